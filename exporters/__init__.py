@@ -1,0 +1,1 @@
+"""PyTorch model -> TorchScript and ONNX files, their contract checks, and the parity gate."""

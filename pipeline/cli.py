@@ -1,0 +1,396 @@
+"""The `pipeline` command: a thin layer that parses options, calls the stage functions and prints.
+
+Heavy imports (torch, onnx) happen inside the commands that need them, so `pipeline --help` and
+`pipeline predict` start fast and work with the base install.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import click
+
+from pipeline import __version__
+from runtime.errors import SeqshipError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+ARTIFACTS_ENV = "SEQSHIP_ARTIFACTS_DIR"
+
+
+def default_artifacts_dir() -> Path:
+    """SEQSHIP_ARTIFACTS_DIR, else the source checkout's artifacts/ folder, else ./artifacts."""
+    env = os.environ.get(ARTIFACTS_ENV)
+    if env:
+        return Path(env).resolve()
+    checkout = Path(__file__).resolve().parent.parent / "artifacts"
+    if (checkout / "README.md").is_file():
+        return checkout
+    return Path("artifacts").resolve()
+
+
+def setup_logging(verbosity: int) -> None:
+    level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if verbosity > 0 else "%(message)s"))
+    for name in ("pipeline", "exporters", "runtime"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level)
+        logger.propagate = False
+
+
+def fail(error: Exception, as_json: bool, **extra) -> click.ClickException:
+    """A domain error becomes `Error: ...` and exit 1; with --json, an error object on stdout too."""
+    if as_json:
+        click.echo(json.dumps({"ok": False, "error": str(error), "error_type": type(error).__name__, **extra}, ensure_ascii=False))
+    return click.ClickException(str(error))
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, "--version", prog_name="seqship")
+@click.option("-v", "--verbose", count=True, help="More log detail (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
+def cli(verbose: int, quiet: bool) -> None:
+    """seqship: train an embedding + GRU text classifier, export it to TorchScript and ONNX,
+    prove the exports match PyTorch, and ship a bundle that a torch-free predictor runs.
+
+    \b
+    Examples:
+      pipeline run all --data-dir ../shared/data          # names dataset -> artifacts/names/bundle/
+      pipeline predict --bundle artifacts/names/bundle Nguyen Schmidt
+      pipeline run verify --run-name names --atol 1e-6    # re-check parity of an existing run
+    """
+    setup_logging(-1 if quiet else verbose)
+
+
+# --- shared options -----------------------------------------------------------------------------------
+
+
+def common_options(f):
+    f = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")(f)
+    f = click.option("--force", is_flag=True, help="Redo the stage(s) even when their inputs are unchanged.")(f)
+    f = click.option("--run-name", default=None, help="Folder under the artifacts dir [default: the dataset name].")(f)
+    f = click.option(
+        "--artifacts-dir", type=click.Path(file_okay=False, path_type=Path), default=None, envvar=ARTIFACTS_ENV,
+        help=f"Where runs are written [env {ARTIFACTS_ENV}; default: the checkout's artifacts/].",
+    )(f)
+    return f
+
+
+def data_options(f):
+    f = click.option("--seed", type=int, default=0, show_default=True, help="Seed for the split, training and probes.")(f)
+    f = click.option("--label-column", default="label", show_default=True, help="Label column of a CSV/TSV/JSONL --data file.")(f)
+    f = click.option("--text-column", default="text", show_default=True, help="Text column of a CSV/TSV/JSONL --data file.")(f)
+    f = click.option("--data", "data_path", type=click.Path(exists=True, path_type=Path), default=None,
+                     help="Your own data: a folder of <label>.txt files, or a .csv/.tsv/.jsonl file.")(f)
+    f = click.option("--data-dir", envvar="SEQSHIP_DATA_DIR", type=click.Path(file_okay=False), default=None,
+                     help="Folder holding the registry datasets (e.g. names/) [env SEQSHIP_DATA_DIR]; else they are downloaded.")(f)
+    f = click.option("--dataset", default="names", show_default=True, help="Registry dataset (see `pipeline datasets`).")(f)
+    return f
+
+
+def train_options(f):
+    opts = [
+        click.option("--epochs", type=click.IntRange(1), default=30, show_default=True, help="Most epochs (early stopping may end sooner)."),
+        click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True),
+        click.option("--lr", type=float, default=3e-3, show_default=True, help="AdamW learning rate."),
+        click.option("--patience", type=click.IntRange(1), default=5, show_default=True, help="Epochs without better val macro-F1 before stopping."),
+        click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True),
+        click.option("--cell", type=click.Choice(["gru", "lstm"]), default="gru", show_default=True),
+        click.option("--embed-dim", type=click.IntRange(1), default=64, show_default=True),
+        click.option("--hidden-dim", type=click.IntRange(1), default=128, show_default=True),
+        click.option("--layers", "num_layers", type=click.IntRange(1), default=1, show_default=True),
+        click.option("--bidirectional/--unidirectional", default=True, show_default=True),
+        click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True),
+        click.option("--tokenizer", type=click.Choice(["char", "word"]), default="char", show_default=True),
+        click.option("--lowercase/--keep-case", default=False, show_default=True),
+        click.option("--max-length", type=click.IntRange(1), default=None, help="Tokens kept per text [default: from training lengths]."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def verify_options(f):
+    f = click.option("--rtol", type=click.FloatRange(0), default=1e-5, show_default=True, help="Relative tolerance of the parity gate.")(f)
+    f = click.option("--atol", type=click.FloatRange(0), default=1e-5, show_default=True, help="Absolute tolerance of the parity gate.")(f)
+    return f
+
+
+def _run(opts: dict):
+    from pipeline.stages import Run
+
+    name = opts.get("run_name") or (Path(opts["data_path"]).stem if opts.get("data_path") else opts.get("dataset") or "names")
+    return Run(opts.get("artifacts_dir") or default_artifacts_dir(), name)
+
+
+def _data_cfg(opts: dict):
+    from pipeline.data import DataConfig
+
+    return DataConfig(
+        dataset=None if opts["data_path"] else opts["dataset"],
+        data=str(Path(opts["data_path"]).resolve()) if opts["data_path"] else None,
+        text_column=opts["text_column"], label_column=opts["label_column"], seed=opts["seed"],
+    )
+
+
+def _train_cfg(opts: dict):
+    from pipeline.train import TrainConfig
+
+    return TrainConfig(**{f.name: opts[f.name] for f in fields(TrainConfig) if f.name in opts})
+
+
+def _verify_cfg(opts: dict):
+    from pipeline.stages import VerifyConfig
+
+    return VerifyConfig(atol=opts["atol"], rtol=opts["rtol"], seed=opts.get("seed", 0))
+
+
+class TrainProgress:
+    """Renders the train stage's progress events as one progress bar per epoch on stderr."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def __call__(self, event: str, info: dict) -> None:
+        if event == "epoch_start":
+            self.bar = click.progressbar(
+                length=info["steps"], label=f"epoch {info['epoch']}/{info['epochs']}", file=sys.stderr,
+                item_show_func=lambda item: item, show_eta=False,
+            )
+            self.bar.__enter__()
+        elif event == "step" and self.bar is not None:
+            self.bar.update(1, f"loss {info['loss']:.4f}")
+        elif event == "epoch_end" and self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+            click.echo(
+                f"  epoch {info['epoch']}: loss {info['train_loss']:.4f}  val acc {info['val_accuracy']:.4f}  "
+                f"val macro-F1 {info['val_macro_f1']:.4f}{'  (best)' if info['best'] else ''}",
+                err=True,
+            )
+
+
+def _report(results, run, as_json: bool) -> None:
+    if as_json:
+        out = {"ok": True, "run": run.name, "run_dir": str(run.root), "stages": [r.to_dict() for r in results]}
+        if (run.dir("package") / "manifest.json").is_file():
+            out["bundle"] = str(run.dir("package"))
+        for r in results:
+            if r.stage == "train":
+                out["metrics"] = r.summary
+            if r.stage == "verify":
+                out["parity"] = r.summary
+        click.echo(json.dumps(out, indent=1, ensure_ascii=False, default=str))
+        return
+    for r in results:
+        click.echo(f"{r.stage:<8} {'reused' if r.skipped else 'done  '} {r.seconds:7.1f}s  {r.path}")
+    for r in results:
+        if r.stage == "train":
+            click.echo(f"test accuracy {r.summary['test_accuracy']:.4f}, macro-F1 {r.summary['test_macro_f1']:.4f}")
+        if r.stage == "verify":
+            worst = ", ".join(f"{b} {v:.1e}" for b, v in r.summary["max_abs_by_backend"].items())
+            click.echo(f"parity passed (max |diff|: {worst}); test-set label agreement {r.summary['test_set_label_agreement']:.2%}")
+        if r.stage == "package":
+            click.echo(f"bundle: {r.path}")
+
+
+def _guarded(as_json: bool, work):
+    from exporters.errors import ParityError
+
+    try:
+        return work()
+    except ParityError as e:
+        raise fail(e, as_json, parity=e.report) from None
+    except SeqshipError as e:
+        raise fail(e, as_json) from None
+
+
+# --- pipeline run ... ---------------------------------------------------------------------------------
+
+
+@cli.group(context_settings=CONTEXT)
+def run() -> None:
+    """Run the whole pipeline or one stage of it (each stage reuses the previous one's outputs)."""
+
+
+@run.command("all", context_settings=CONTEXT)
+@common_options
+@data_options
+@train_options
+@verify_options
+def run_all_cmd(**opts) -> None:
+    """Every stage: data -> train -> export -> verify -> package.
+
+    Stages whose inputs are unchanged since their last run are reused (use --force to redo them).
+    The bundle lands in <artifacts-dir>/<run-name>/bundle/.
+
+    \b
+    Example:
+      pipeline run all --data-dir ../shared/data --epochs 20 --json
+    """
+    from pipeline.stages import run_all
+
+    r = _run(opts)
+
+    def work():
+        return run_all(r, _data_cfg(opts), _train_cfg(opts), _verify_cfg(opts), opts["data_dir"], opts["force"],
+                       progress=None if opts["as_json"] else TrainProgress())
+
+    _report(_guarded(opts["as_json"], work), r, opts["as_json"])
+
+
+@run.command("data", context_settings=CONTEXT)
+@common_options
+@data_options
+def run_data_cmd(**opts) -> None:
+    """Load, clean, de-duplicate and split the data (grouped by text, stratified by label)."""
+    from pipeline.stages import stage_data
+
+    r = _run(opts)
+    _report([_guarded(opts["as_json"], lambda: stage_data(r, _data_cfg(opts), opts["data_dir"], force=opts["force"]))], r, opts["as_json"])
+
+
+@run.command("train", context_settings=CONTEXT)
+@common_options
+@click.option("--seed", type=int, default=0, show_default=True, help="Training seed.")
+@train_options
+def run_train_cmd(**opts) -> None:
+    """Train on the data stage's splits; keep the checkpoint with the best validation macro-F1."""
+    from pipeline.stages import stage_train
+
+    opts.setdefault("dataset", "names")
+    r = _run(opts)
+    progress = None if opts["as_json"] else TrainProgress()
+    _report([_guarded(opts["as_json"], lambda: stage_train(r, _train_cfg(opts), opts["force"], progress))], r, opts["as_json"])
+
+
+@run.command("export", context_settings=CONTEXT)
+@common_options
+def run_export_cmd(**opts) -> None:
+    """Export the trained model to model.pt (TorchScript) and model.onnx, and check the contract."""
+    from pipeline.stages import stage_export
+
+    r = _run(opts)
+    _report([_guarded(opts["as_json"], lambda: stage_export(r, opts["force"]))], r, opts["as_json"])
+
+
+@run.command("verify", context_settings=CONTEXT)
+@common_options
+@verify_options
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random probe inputs.")
+def run_verify_cmd(**opts) -> None:
+    """The parity gate: exports vs eager PyTorch on probes and on the whole test set. Exit 1 on any mismatch."""
+    from pipeline.stages import stage_verify
+
+    r = _run(opts)
+    _report([_guarded(opts["as_json"], lambda: stage_verify(r, _verify_cfg(opts), opts["force"]))], r, opts["as_json"])
+
+
+@run.command("package", context_settings=CONTEXT)
+@common_options
+def run_package_cmd(**opts) -> None:
+    """Write the bundle (manifest with sha256 of every file, model files, tokenizer, model card)."""
+    from pipeline.stages import stage_package
+
+    r = _run(opts)
+    _report([_guarded(opts["as_json"], lambda: stage_package(r, opts["force"]))], r, opts["as_json"])
+
+
+# --- using a bundle -------------------------------------------------------------------------------------
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path), envvar="SEQSHIP_BUNDLE",
+              help="Bundle folder [env SEQSHIP_BUNDLE].")
+@click.option("--top-k", type=click.IntRange(1), default=1, show_default=True, help="Labels to list per text.")
+@click.option("--providers", default="auto", show_default=True, help="auto, cpu, cuda, or a comma-separated list of onnxruntime providers.")
+@click.argument("texts", nargs=-1)
+def predict(bundle_dir: Path, top_k: int, providers: str, texts: tuple[str, ...]) -> None:
+    """Label texts with a bundle; prints one JSON object per text. Needs no torch.
+
+    Texts come from the arguments, or one per line from stdin when none are given. A text that cannot
+    be scored (empty after normalisation) gets {"index", "error"} and the exit code is 1.
+
+    \b
+    Examples:
+      pipeline predict --bundle artifacts/names/bundle Nguyen Schmidt --top-k 3
+      cut -f1 names.txt | pipeline predict --bundle artifacts/names/bundle
+    """
+    from runtime import InputError, Predictor
+
+    prov = providers.split(",") if "," in providers else providers
+    try:
+        predictor = Predictor.load(bundle_dir, providers=prov)
+    except SeqshipError as e:
+        raise click.ClickException(str(e)) from None
+    if not texts:
+        texts = tuple(line.rstrip("\r") for line in sys.stdin.read().split("\n"))
+        if texts and texts[-1] == "":
+            texts = texts[:-1]
+    lines: dict[int, dict] = {}
+    good = []
+    for i, text in enumerate(texts):
+        try:
+            predictor.tokenizer.encode(text, i)
+            good.append(i)
+        except InputError as e:
+            lines[i] = {"index": i, "text": text, "error": str(e)}
+    # The scorable texts go through the predictor together, so it can batch them.
+    for i, result in zip(good, predictor.predict([texts[i] for i in good], top_k=top_k) if good else []):
+        lines[i] = {"index": i, "text": texts[i], **result.to_dict(), "provider": predictor.provider}
+    for i in range(len(texts)):
+        click.echo(json.dumps(lines[i], ensure_ascii=False))
+    errors = len(texts) - len(good)
+    if errors:
+        raise click.ClickException(f"{errors} of {len(texts)} texts could not be scored")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("bundle_dir", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
+def inspect(bundle_dir: Path, as_json: bool) -> None:
+    """Check a bundle (every file against its manifest) and describe it."""
+    from runtime.bundle import open_bundle
+
+    try:
+        b = open_bundle(bundle_dir)
+    except SeqshipError as e:
+        raise fail(e, as_json) from None
+    m = b.manifest
+    if as_json:
+        click.echo(json.dumps({"ok": True, "bundle": str(b.root), "manifest": m}, indent=1, ensure_ascii=False))
+        return
+    click.echo(f"{b.root}: {m['format']} v{m['format_version']}, {len(m['labels'])} labels, files verified")
+    met = m.get("metrics", {})
+    if met:
+        click.echo(f"test accuracy {met.get('test_accuracy', float('nan')):.4f}, macro-F1 {met.get('test_macro_f1', float('nan')):.4f}")
+    for name, entry in m["files"].items():
+        click.echo(f"  {name:<16} {entry['bytes']:>10} bytes  sha256 {entry['sha256'][:16]}…")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON.")
+def datasets(as_json: bool) -> None:
+    """List the datasets `--dataset` accepts and where each is looked for."""
+    from dataclasses import asdict
+
+    from pipeline.data import REGISTRY
+
+    if as_json:
+        click.echo(json.dumps({n: asdict(d) for n, d in REGISTRY.items()}, indent=1))
+        return
+    for name, d in REGISTRY.items():
+        click.echo(f"{name:<10} {d.task}\n{'':<10} <data-dir>/{d.folder}/, else downloaded from {d.url}")
+
+
+def main() -> None:
+    cli(prog_name="pipeline")
+
+
+if __name__ == "__main__":
+    main()

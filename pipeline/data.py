@@ -1,0 +1,356 @@
+"""The data stage: find the data, read it, clean it, split it without leaks, fingerprint it."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+import unicodedata
+import urllib.error
+import urllib.request
+import zipfile
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from runtime.bundle import sha256_file
+from runtime.errors import SeqshipError
+
+log = logging.getLogger(__name__)
+
+DATA_DIR_ENV = "SEQSHIP_DATA_DIR"
+CACHE_DIR_ENV = "SEQSHIP_CACHE_DIR"
+NAMES_URL_ENV = "SEQSHIP_NAMES_URL"
+
+
+class DataError(SeqshipError):
+    """Data cannot be found, read or split; the message names the file, line or option."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A registry entry: where its files live under a data folder and how to read them."""
+
+    name: str
+    folder: str  # sub-folder of the data dir (and of the download cache)
+    task: str
+    url: str | None = None  # public archive to download when no local copy is given
+    archive_prefix: str = ""  # folder inside the archive that holds the files
+    sha256: dict[str, str] = field(default_factory=dict)  # file -> checksum, verified after download
+    junk: tuple[str, ...] = ()  # known non-data lines to drop
+
+
+NAMES_SHA256 = {
+    "Arabic.txt": "6f424a8dbe51cbbbabab7a57d38b617210125e4e3991f3c657cb79b8f104bafc",
+    "Chinese.txt": "49263ef55a8cb1740e841d65cad8214b2f9b5b869bc534c811746422496fa91e",
+    "Czech.txt": "145bbbd6d0816578f03388e92c264d39ef1c60df920b081d371fa5c5cc055a8e",
+    "Dutch.txt": "924f32b635170eae561f84538632138fc07d4c8bbd70ba3fb980de1ecc4d2af3",
+    "English.txt": "52826b9a9a6cc794126e772655b406a67282c5435008f5192da0cdb188cf9c11",
+    "French.txt": "81e65b36c60ed5b89a17422f6edcadbb89546f38ad69e960e64e7ba682012a95",
+    "German.txt": "7449cd590b97a733e18d613a4155decd77ec35dc5f8aadd7a82204dce4f051db",
+    "Greek.txt": "3555b5186de7f401e6d991b088e9e644ca3099116477818c25ab5793801389e6",
+    "Irish.txt": "cf8c7013256252a88d2503127b87282a11f21b2ff6db1bded68834c19a1ec058",
+    "Italian.txt": "f88414c27d0606a11a678b4859277828c2565d6cc4d9ee932deef6e94f3b35e4",
+    "Japanese.txt": "e0e717e114fec3e7eade4d9dabe0067c475f43147e36a22b47902ee76ad9e67f",
+    "Korean.txt": "cd54221ccb362a6cba4c78828838cf3268a0e59744767a37cf6ec4b74036b136",
+    "Polish.txt": "45bab898af2f60ed3a728bbf6980e28821011a7caa53227553b5785903a40826",
+    "Portuguese.txt": "50a8735f41f4f73757c8ce5b16cb0275cd86b2b214bcbc8c9805f508cb131c53",
+    "Russian.txt": "43b3e64ce351f77f1ac9e0cdf7566012d127f4371875fd25208845b5c9d6f7c3",
+    "Scottish.txt": "78d0252711d87d948ea86fe34826c51d2d794a8e52d15b5d6f7b6244d45d62dd",
+    "Spanish.txt": "1bcb462ed3316756a85781d68232bddae04498fdddd5d9219c53fd1fbdeba7a7",
+    "Vietnamese.txt": "f3f9e4164ab47601178a6e45b216464a64122f49d05541f24bf18a757253281d",
+}
+
+REGISTRY: dict[str, Dataset] = {
+    "names": Dataset(
+        name="names",
+        folder="names",
+        task="surname -> language of origin (18 classes, char level; PyTorch char-RNN tutorial data)",
+        url="https://download.pytorch.org/tutorial/data.zip",
+        archive_prefix="data/names/",
+        sha256=NAMES_SHA256,
+        junk=("To The First Page",),  # 24 scraped page-navigation lines in Russian.txt
+    ),
+}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What to read and how to split it; part of the data stage's inputs."""
+
+    dataset: str | None = "names"  # registry name (ignored when `data` is set)
+    data: str | None = None  # a user's folder of <label>.txt files, or a .csv/.tsv/.jsonl file
+    text_column: str = "text"  # column holding the text (csv/tsv/jsonl)
+    label_column: str = "label"  # column holding the label (csv/tsv/jsonl)
+    seed: int = 0  # split shuffling
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
+            raise DataError(
+                f"val_fraction={self.val_fraction} and test_fraction={self.test_fraction} must be in (0, 1) "
+                "and leave room for training"
+            )
+        if self.data is None and self.dataset not in REGISTRY:
+            raise DataError(f"unknown dataset {self.dataset!r}: choose one of {sorted(REGISTRY)} or pass --data PATH")
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get(CACHE_DIR_ENV)
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "seqship"
+
+
+def _verified(folder: Path, sums: dict[str, str]) -> bool:
+    return folder.is_dir() and all((folder / n).is_file() and sha256_file(folder / n) == s for n, s in sums.items())
+
+
+def _download(ds: Dataset, cache: Path) -> Path:
+    """Fetch the dataset's archive into the cache, verify each file, and move it into place whole."""
+    target = cache / ds.folder
+    if _verified(target, ds.sha256):
+        return target
+    url = os.environ.get(NAMES_URL_ENV, ds.url) if ds.name == "names" else ds.url
+    cache.mkdir(parents=True, exist_ok=True)
+    log.info("downloading %s from %s into %s", ds.name, url, cache)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r:
+            payload = r.read()
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise DataError(
+            f"dataset {ds.name!r}: no local copy and the download from {url} failed ({e}). "
+            f"Offline? Pass --data-dir DIR or set {DATA_DIR_ENV}=DIR, where DIR holds {ds.folder}/"
+        ) from None
+    tmp = Path(tempfile.mkdtemp(prefix=f".{ds.folder}-", dir=cache))
+    try:
+        with zipfile.ZipFile(io.BytesIO(payload)) as z:
+            for name in ds.sha256:
+                try:
+                    data = z.read(ds.archive_prefix + name)
+                except KeyError:
+                    raise DataError(f"{url}: archive lacks {ds.archive_prefix + name}") from None
+                digest = hashlib.sha256(data).hexdigest()
+                if digest != ds.sha256[name]:
+                    raise DataError(f"{url}: {name} has sha256 {digest}, expected {ds.sha256[name]}; refusing it")
+                (tmp / name).write_bytes(data)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except zipfile.BadZipFile:
+        raise DataError(f"{url}: not a zip archive") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def locate(cfg: DataConfig, data_dir: str | None = None, cache_dir: str | None = None) -> Path:
+    """The file or folder to read: the user's --data, else <data-dir>/<dataset>/, else the download cache."""
+    if cfg.data is not None:
+        path = Path(cfg.data)
+        if not path.exists():
+            raise DataError(f"--data {path}: no such file or folder")
+        return path
+    ds = REGISTRY[cfg.dataset]
+    data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
+    if data_dir:
+        folder = Path(data_dir) / ds.folder
+        if not folder.is_dir():
+            raise DataError(
+                f"dataset {ds.name!r}: {folder} does not exist; --data-dir/{DATA_DIR_ENV} must point at a folder "
+                f"that holds {ds.folder}/"
+            )
+        return folder
+    return _download(ds, Path(cache_dir) if cache_dir else default_cache_dir())
+
+
+def _decode(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}, line {line}: bytes that are not UTF-8 ({e.reason}); re-save the file as UTF-8") from None
+
+
+def _lines(text: str) -> list[str]:
+    # Split on "\n" only: str.splitlines() also breaks on U+0085 and U+2028, which occur inside real texts.
+    return [line.rstrip("\r") for line in text.split("\n")]
+
+
+def read_label_folder(folder: Path) -> tuple[list[tuple[str, str]], list[Path]]:
+    """(text, label) rows from a folder of <label>.txt files, one text per line."""
+    files = sorted(p for p in folder.iterdir() if p.suffix == ".txt" and p.is_file())
+    if not files:
+        raise DataError(f"{folder}: no <label>.txt files found")
+    rows = [(line, f.stem) for f in files for line in _lines(_decode(f))]
+    return rows, files
+
+
+def read_table(path: Path, text_column: str, label_column: str) -> list[tuple[str, str]]:
+    """(text, label) rows from a CSV, TSV or JSONL file with named columns."""
+    text = _decode(path)
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(_lines(text), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}, line {n}: not JSON ({e})") from None
+            if not isinstance(obj, dict) or text_column not in obj or label_column not in obj:
+                raise DataError(f"{path}, line {n}: needs keys {text_column!r} and {label_column!r}")
+            rows.append((str(obj[text_column]), str(obj[label_column])))
+        return rows
+    if suffix not in (".csv", ".tsv"):
+        raise DataError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .jsonl or a folder of <label>.txt")
+    # TSV files in the wild carry stray quotes inside texts: read them without CSV quoting.
+    dialect = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {"delimiter": ","}
+    reader = csv.reader(io.StringIO(text, newline=""), **dialect)
+    header = next(reader, None)
+    if not header:
+        raise DataError(f"{path}: empty file")
+    for col, opt in ((text_column, "--text-column"), (label_column, "--label-column")):
+        if col not in header:
+            raise DataError(f"{path}: no column {col!r} (columns: {header}); choose one with {opt}")
+    ti, li = header.index(text_column), header.index(label_column)
+    rows = []
+    for n, rec in enumerate(reader, 2):
+        if not rec:
+            continue
+        if len(rec) <= max(ti, li):
+            raise DataError(f"{path}, line {n}: {len(rec)} fields, expected at least {max(ti, li) + 1}")
+        rows.append((rec[ti], rec[li].strip()))
+    return rows
+
+
+def clean(rows: list[tuple[str, str]], junk: tuple[str, ...] = ()) -> tuple[list[tuple[str, str]], dict]:
+    """NFC-normalise and strip texts, drop empty and known junk rows, remove exact duplicate pairs."""
+    junk_set = set(junk)
+    seen: set[tuple[str, str]] = set()
+    kept: list[tuple[str, str]] = []
+    counts = Counter()
+    for text, label in rows:
+        counts["rows_read"] += 1
+        text = unicodedata.normalize("NFC", text).strip()
+        if not text:
+            counts["empty_dropped"] += 1
+            continue
+        if text in junk_set:
+            counts["junk_dropped"] += 1
+            continue
+        if (text, label) in seen:
+            counts["duplicates_removed"] += 1
+            continue
+        seen.add((text, label))
+        kept.append((text, label))
+    labels_per_text = Counter(t for t, _ in kept)
+    counts["texts_with_several_labels"] = sum(1 for c in labels_per_text.values() if c > 1)
+    counts["unique_pairs"] = len(kept)
+    return kept, {k: counts[k] for k in ("rows_read", "empty_dropped", "junk_dropped", "duplicates_removed", "unique_pairs", "texts_with_several_labels")}
+
+
+def split(rows: list[tuple[str, str]], cfg: DataConfig) -> dict[str, list[tuple[str, str]]]:
+    """Train/val/test split, stratified by label and grouped by text (a text never crosses splits).
+
+    A text with several labels forms one group, stratified under its rarest label so that small
+    classes keep their share of validation and test items.
+    """
+    by_text: dict[str, list[str]] = defaultdict(list)
+    for text, label in rows:
+        by_text[text].append(label)
+    freq = Counter(label for _, label in rows)
+    strata: dict[str, list[str]] = defaultdict(list)
+    for text, labels in by_text.items():
+        strata[min(labels, key=lambda lab: (freq[lab], lab))].append(text)
+    rng = random.Random(cfg.seed)
+    assign: dict[str, str] = {}
+    for label in sorted(strata):
+        texts = sorted(strata[label])
+        rng.shuffle(texts)
+        n = len(texts)
+        n_test, n_val = round(n * cfg.test_fraction), round(n * cfg.val_fraction)
+        if n >= 3:  # every class with enough items appears in validation and test
+            n_test, n_val = max(1, n_test), max(1, n_val)
+        for i, text in enumerate(texts):
+            assign[text] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    out: dict[str, list[tuple[str, str]]] = {"train": [], "val": [], "test": []}
+    for text, label in sorted(rows, key=lambda r: (r[1], r[0])):
+        out[assign[text]].append((text, label))
+    return out
+
+
+def fingerprint(splits: dict[str, list[tuple[str, str]]]) -> str:
+    """sha256 of the split data itself (not of file paths): equal data gives an equal fingerprint."""
+    h = hashlib.sha256()
+    for name in ("train", "val", "test"):
+        for text, label in splits[name]:
+            h.update(json.dumps([name, text, label], ensure_ascii=False).encode("utf-8") + b"\n")
+    return h.hexdigest()
+
+
+def load_rows(cfg: DataConfig, source: Path) -> tuple[list[tuple[str, str]], list[Path], tuple[str, ...]]:
+    """Raw (text, label) rows, the files they came from, and the junk lines to drop."""
+    junk = REGISTRY[cfg.dataset].junk if cfg.data is None else ()
+    if source.is_dir():
+        rows, files = read_label_folder(source)
+        return rows, files, junk
+    return read_table(source, cfg.text_column, cfg.label_column), [source], junk
+
+
+def source_digest(files: list[Path]) -> dict[str, str]:
+    """sha256 of every source file, by name: the data stage reruns when any of them changes."""
+    return {f.name: sha256_file(f) for f in files}
+
+
+def prepare(cfg: DataConfig, source: Path, out_dir: Path) -> dict:
+    """Run the data stage into out_dir: {train,val,test}.jsonl and summary.json. Returns the summary."""
+    rows, files, junk = load_rows(cfg, source)
+    kept, counts = clean(rows, junk)
+    labels = sorted({label for _, label in kept})
+    if not kept:
+        raise DataError(f"{source}: no usable rows after dropping empty lines")
+    if len(labels) < 2:
+        raise DataError(f"{source}: only one label ({labels[0]!r}); a classifier needs at least two")
+    splits = split(kept, cfg)
+    for name, part in splits.items():
+        with open(out_dir / f"{name}.jsonl", "w", encoding="utf-8") as f:
+            for text, label in part:
+                f.write(json.dumps({"text": text, "label": label}, ensure_ascii=False) + "\n")
+    seen_in = {name: {t for t, _ in part} for name, part in splits.items()}
+    if seen_in["train"] & (seen_in["val"] | seen_in["test"]) or seen_in["val"] & seen_in["test"]:
+        raise DataError("internal error: the grouped split put one text in two splits; please report it")
+    summary = {
+        "config": asdict(cfg),
+        "source": str(source),
+        "labels": labels,
+        "counts": counts,
+        "splits": {name: len(part) for name, part in splits.items()},
+        "per_label": {name: dict(sorted(Counter(lab for _, lab in part).items())) for name, part in splits.items()},
+        "fingerprint": fingerprint(splits),
+        "source_files": source_digest(files),
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    log.info(
+        "data: %d rows read, %d kept (%d duplicates, %d empty, %d junk removed); split %s",
+        counts["rows_read"], counts["unique_pairs"], counts["duplicates_removed"], counts["empty_dropped"],
+        counts["junk_dropped"], summary["splits"],
+    )
+    return summary
+
+
+def read_split(data_dir: Path, name: str) -> list[tuple[str, str]]:
+    """(text, label) rows of one split written by `prepare`."""
+    path = data_dir / f"{name}.jsonl"
+    with open(path, encoding="utf-8") as f:
+        return [(d["text"], d["label"]) for d in map(json.loads, f)]

@@ -1,0 +1,141 @@
+"""The package stage: verified files + manifest + model card -> a bundle folder."""
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from importlib import metadata
+from pathlib import Path
+
+from pipeline import __version__
+from runtime import bundle as fmt
+from runtime.predictor import Predictor
+
+# The ONNX predictor is what ships; a TorchScript file rides along for libtorch users.
+NOTES = [
+    "model.pt is TorchScript, which PyTorch deprecates in favour of torch.export (DeprecationWarning on "
+    "torch 2.13); it is shipped because C++ libtorch loads it. The runtime predictor uses model.onnx only.",
+    "A text that is empty after normalisation cannot be scored (the model needs one token); the runtime "
+    "raises InputError naming its index.",
+]
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "seqship": __version__}
+    for dist in ("torch", "onnx", "onnxscript", "onnxruntime", "numpy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def build_bundle(run, records: dict, out: Path) -> dict:
+    """Write the bundle into `out` (a temporary folder the caller renames into place) and check it loads."""
+    from runtime.errors import BundleError
+
+    export_dir, train_dir = run.dir("export"), run.dir("train")
+    verify = json.loads((run.dir("verify") / "parity.json").read_text(encoding="utf-8"))
+    for name in (fmt.MODEL_ONNX, fmt.MODEL_TORCHSCRIPT):
+        if fmt.sha256_file(export_dir / name) != verify["files"][name]:
+            raise BundleError(f"{export_dir / name} differs from the file the parity gate verified; re-run `pipeline run verify`")
+    for name in (fmt.MODEL_ONNX, fmt.MODEL_TORCHSCRIPT, fmt.TOKENIZER):
+        shutil.copyfile(export_dir / name, out / name)
+    labels = json.loads((export_dir / "labels.json").read_text(encoding="utf-8"))
+    export = json.loads((export_dir / "export.json").read_text(encoding="utf-8"))
+    metrics = json.loads((train_dir / "metrics.json").read_text(encoding="utf-8"))
+    history = json.loads((train_dir / "history.json").read_text(encoding="utf-8"))
+    model_config = json.loads((train_dir / "model_config.json").read_text(encoding="utf-8"))
+    tokenizer = json.loads((export_dir / fmt.TOKENIZER).read_text(encoding="utf-8"))
+    data = records["data"]["summary"]
+    parity = records["verify"]["summary"]
+    test = metrics["test"]
+    manifest = {
+        "format": fmt.FORMAT,
+        "format_version": fmt.FORMAT_VERSION,
+        "name": run.name,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "labels": labels,
+        "signature": export["signature"],
+        "tokenizer": {"file": fmt.TOKENIZER, "type": tokenizer["type"], "max_length": tokenizer["max_length"],
+                      "vocab_size": len(tokenizer["vocab"]), "pad_id": tokenizer["pad_id"], "unk_id": tokenizer["unk_id"],
+                      "normalization": tokenizer["normalization"], "lowercase": tokenizer["lowercase"]},
+        "model": model_config,
+        "training": history["config"],
+        "metrics": {
+            "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"], "test_n": test["n"],
+            "val_accuracy": metrics["val"]["accuracy"], "val_macro_f1": metrics["val"]["macro_f1"],
+            "per_class": test["per_class"], "confusion_matrix": test["confusion_matrix"],
+            "best_epoch": metrics["best_epoch"], "train_seconds": metrics["train_seconds"],
+        },
+        "parity": parity,
+        "data": {"source": data["config"].get("data") or data["config"].get("dataset"), "fingerprint": data["fingerprint"],
+                 "counts": data["counts"], "splits": data["splits"]},
+        "versions": library_versions(),
+        "notes": NOTES + [f"export warning: {w}" for w in export["torchscript"].get("warnings", [])],
+    }
+    (out / fmt.MODEL_CARD).write_text(model_card(manifest), encoding="utf-8")
+    manifest["files"] = {p.name: fmt.file_entry(p) for p in sorted(out.iterdir()) if p.is_file()}
+    (out / fmt.MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    # The bundle must load exactly as an application will load it before it is put in place.
+    predictor = Predictor.load(out, providers="cpu")
+    return {"files": manifest["files"], "provider_checked": predictor.provider, "labels": len(labels)}
+
+
+def model_card(m: dict) -> str:
+    """The bundle's README.md: what it predicts, from what data, how well, how exactly, how to load it."""
+    met, par, sig = m["metrics"], m["parity"], m["signature"]
+    worst = max(par["max_abs_by_backend"].values(), default=0.0)
+    per_class = "\n".join(
+        f"| {lab} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
+        for lab, v in met["per_class"].items()
+    )
+    return f"""# {m['name']}: seqship bundle
+
+Text classifier ({m['model']['cell'].upper()}, {'bidirectional' if m['model']['bidirectional'] else 'unidirectional'},
+{m['model']['num_layers']} layer(s), embedding {m['model']['embed_dim']}, hidden {m['model']['hidden_dim']}) predicting
+one of {len(m['labels'])} labels: {', '.join(m['labels'])}.
+
+## Data
+Source `{m['data']['source']}`; {m['data']['counts']['unique_pairs']} unique (text, label) pairs after removing
+{m['data']['counts']['duplicates_removed']} duplicates, {m['data']['counts']['empty_dropped']} empty and
+{m['data']['counts']['junk_dropped']} junk rows; split (grouped by text, stratified by label) {m['data']['splits']}.
+Fingerprint `{m['data']['fingerprint']}`.
+
+## Metrics (test split, {met['test_n']} texts)
+Accuracy **{met['test_accuracy']:.4f}**, macro-F1 **{met['test_macro_f1']:.4f}** (validation: {met['val_accuracy']:.4f} / {met['val_macro_f1']:.4f}).
+
+| label | precision | recall | F1 | support |
+|---|---|---|---|---|
+{per_class}
+
+## Parity
+TorchScript and ONNX Runtime were checked against eager PyTorch at probe shapes (T=1, a long row, a ragged
+padded batch, real texts) and on the whole test set: {'passed' if par['passed'] else 'FAILED'} with
+|a - b| <= {par['atol']:g} + {par['rtol']:g}·|ref|; largest absolute difference {worst:.2e};
+label agreement on {par['test_set_texts']} test texts {par['test_set_label_agreement']:.2%}.
+
+## Files
+`model.onnx` (opset {sig['opset']}; inputs `token_ids` int64 [batch, seq], `lengths` int64 [batch]; output
+`logits` float32 [batch, {len(m['labels'])}]), `model.pt` (TorchScript, same signature), `tokenizer.json`
+(the preprocessing spec), `manifest.json` (labels, sha256 of every file, metrics, versions).
+
+## Load it
+Python, with only numpy and onnxruntime:
+```python
+from runtime import Predictor
+p = Predictor.load("path/to/this/folder")
+print(p.predict(["some text"], top_k=3))
+```
+Another language: read `manifest.json` (labels; check each file's sha256), implement `tokenizer.json`
+(NFC-normalise, {'lower-case, ' if m['tokenizer'].get('lowercase') else ''}strip, split into {m['tokenizer']['type']} tokens,
+keep the first {m['tokenizer']['max_length']}, map to vocab ids with unk id {m['tokenizer']['unk_id']}), right-pad
+with id {m['tokenizer']['pad_id']}, and run `model.onnx` with any ONNX Runtime binding; argmax of `logits` indexes
+`labels`. C++ libtorch: `torch::jit::load("model.pt")` and call `forward({{token_ids, lengths}})`.
+
+## Notes
+{chr(10).join('- ' + n for n in m['notes'])}
+
+Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}. Created {m['created_at']}.
+"""

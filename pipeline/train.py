@@ -1,0 +1,282 @@
+"""The train stage: tokenizer from the training split, seeded training, early stopping, test metrics."""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.model import ModelConfig, TextClassifier
+from runtime.errors import SeqshipError
+from runtime.tokenizer import Tokenizer, TokenizerSpec, build_vocab, normalize, pad_batch, split_tokens
+
+log = logging.getLogger(__name__)
+
+WEIGHTS = "weights.pt"
+MODEL_CONFIG = "model_config.json"
+TOKENIZER = "tokenizer.json"
+LABELS = "labels.json"
+METRICS = "metrics.json"
+HISTORY = "history.json"
+
+Progress = Callable[[str, dict], None]  # (event, fields): "epoch_start", "step", "epoch_end"
+
+
+class TrainError(SeqshipError):
+    """Training cannot start or its saved outputs cannot be read."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training, tokenizer and model-size choices; part of the train stage's inputs."""
+
+    epochs: int = 30  # upper bound; early stopping usually ends sooner
+    batch_size: int = 64
+    lr: float = 3e-3  # AdamW learning rate
+    weight_decay: float = 1e-4
+    clip_norm: float = 1.0  # gradient norm clipping
+    patience: int = 5  # epochs without a better validation macro-F1 before stopping
+    seed: int = 0
+    device: str = "cpu"  # "cpu", "cuda" or "auto"
+    tokenizer: str = "char"  # "char" or "word"
+    lowercase: bool = False
+    max_length: int | None = None  # None: the 99.9th percentile of training lengths, rounded up to 8
+    min_freq: int = 1  # tokens seen fewer times in training map to unk
+    cell: str = "gru"
+    embed_dim: int = 64
+    hidden_dim: int = 128
+    num_layers: int = 1
+    bidirectional: bool = True
+    dropout: float = 0.1
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainError("--device cuda: torch sees no CUDA GPU here; use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise TrainError(f"--device must be cpu, cuda or auto, got {name!r}")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def fit_tokenizer(texts: Sequence[str], cfg: TrainConfig) -> Tokenizer:
+    """Vocabulary and max_length from the training texts only, through the runtime's own code."""
+    base = TokenizerSpec(type=cfg.tokenizer, lowercase=cfg.lowercase)
+    token_lists = [split_tokens(normalize(t, base), base.type) for t in texts]
+    max_length = cfg.max_length
+    if max_length is None:
+        p = float(np.percentile([len(t) for t in token_lists], 99.9))
+        max_length = max(8, int(math.ceil(p / 8) * 8))
+    spec = TokenizerSpec(
+        type=cfg.tokenizer,
+        lowercase=cfg.lowercase,
+        max_length=max_length,
+        vocab=build_vocab(token_lists, min_freq=cfg.min_freq),
+    )
+    return Tokenizer(spec)
+
+
+def encode_split(tokenizer: Tokenizer, rows: Sequence[tuple[str, str]], label_ids: dict[str, int]):
+    """Token id lists and label ids of a split."""
+    ids = [tokenizer.encode(text, i)[0] for i, (text, _) in enumerate(rows)]
+    y = np.array([label_ids[label] for _, label in rows], dtype=np.int64)
+    return ids, y
+
+
+def batches(ids: list[list[int]], order: np.ndarray, batch_size: int, pad_id: int):
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        tok, lengths = pad_batch([ids[i] for i in idx], pad_id)
+        yield idx, torch.from_numpy(tok), torch.from_numpy(lengths)
+
+
+def bucketed_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+    """Shuffled, but batches hold similar lengths (less padding, faster epochs)."""
+    perm = rng.permutation(len(lengths))
+    chunk = batch_size * 50
+    groups = []
+    for start in range(0, len(perm), chunk):
+        part = perm[start : start + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        groups.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
+    rng.shuffle(groups)
+    return np.concatenate(groups) if groups else perm
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, ids: list[list[int]], pad_id: int, device: torch.device, batch_size: int = 512) -> np.ndarray:
+    """Logits for encoded texts, in input order (model in eval mode)."""
+    model.eval()
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    out = None
+    for idx, tok, lengths in batches(ids, order, batch_size, pad_id):
+        logits = model(tok.to(device), lengths.to(device)).float().cpu().numpy()
+        if out is None:
+            out = np.empty((len(ids), logits.shape[1]), dtype=np.float32)
+        out[idx] = logits
+    return out
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str]) -> dict:
+    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix."""
+    k = len(labels)
+    cm = np.zeros((k, k), dtype=np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    tp = np.diag(cm).astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(cm.sum(0) > 0, tp / cm.sum(0), 0.0)
+        recall = np.where(cm.sum(1) > 0, tp / cm.sum(1), 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    present = cm.sum(1) > 0  # macro-F1 over classes that occur in this split
+    return {
+        "accuracy": float(tp.sum() / max(1, cm.sum())),
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "per_class": {
+            lab: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(cm[i].sum())}
+            for i, lab in enumerate(labels)
+        },
+        "confusion_matrix": cm.tolist(),  # rows: true label, columns: predicted label
+        "n": int(cm.sum()),
+    }
+
+
+def train(
+    train_rows: Sequence[tuple[str, str]],
+    val_rows: Sequence[tuple[str, str]],
+    test_rows: Sequence[tuple[str, str]],
+    labels: Sequence[str],
+    cfg: TrainConfig,
+    out_dir: Path,
+    progress: Progress | None = None,
+) -> dict:
+    """Train, keep the best validation checkpoint, evaluate on test, and save everything to out_dir."""
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    label_ids = {lab: i for i, lab in enumerate(labels)}
+    tokenizer = fit_tokenizer([t for t, _ in train_rows], cfg)
+    pad = tokenizer.spec.pad_id
+    x_train, y_train = encode_split(tokenizer, train_rows, label_ids)
+    x_val, y_val = encode_split(tokenizer, val_rows, label_ids)
+    x_test, y_test = encode_split(tokenizer, test_rows, label_ids)
+    mcfg = ModelConfig(
+        vocab_size=tokenizer.vocab_size,
+        num_labels=len(labels),
+        pad_id=pad,
+        cell=cfg.cell,
+        embed_dim=cfg.embed_dim,
+        hidden_dim=cfg.hidden_dim,
+        num_layers=cfg.num_layers,
+        bidirectional=cfg.bidirectional,
+        dropout=cfg.dropout,
+    )
+    model = TextClassifier(mcfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=max(1, cfg.patience // 2))
+    loss_fn = nn.CrossEntropyLoss()
+    rng = np.random.default_rng(cfg.seed)
+    lengths = np.array([len(x) for x in x_train])
+    steps = math.ceil(len(x_train) / cfg.batch_size)
+    history, best_f1, best_state, best_epoch, stale = [], -1.0, None, 0, 0
+    started = time.perf_counter()
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        t0, total, seen = time.perf_counter(), 0.0, 0
+        if progress:
+            progress("epoch_start", {"epoch": epoch, "epochs": cfg.epochs, "steps": steps})
+        for idx, tok, lens in batches(x_train, bucketed_order(lengths, cfg.batch_size, rng), cfg.batch_size, pad):
+            target = torch.from_numpy(y_train[idx]).to(device)
+            loss = loss_fn(model(tok.to(device), lens.to(device)), target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+            opt.step()
+            total += loss.item() * len(idx)
+            seen += len(idx)
+            if progress:
+                progress("step", {"loss": total / seen})
+        val = classification_metrics(y_val, predict_logits(model, x_val, pad, device).argmax(1), labels)
+        sched.step(val["macro_f1"])
+        record = {
+            "epoch": epoch,
+            "train_loss": total / max(1, seen),
+            "val_accuracy": val["accuracy"],
+            "val_macro_f1": val["macro_f1"],
+            "lr": opt.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - t0,
+        }
+        history.append(record)
+        improved = val["macro_f1"] > best_f1
+        if improved:
+            best_f1, best_epoch, stale = val["macro_f1"], epoch, 0
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        else:
+            stale += 1
+        if progress:
+            progress("epoch_end", {**record, "best": improved})
+        log.log(logging.DEBUG if progress else logging.INFO, "epoch %d: loss %.4f val acc %.4f macro-F1 %.4f", epoch, record["train_loss"], val["accuracy"], val["macro_f1"])
+        if stale >= cfg.patience:
+            log.info("early stop: no better validation macro-F1 for %d epochs", stale)
+            break
+    train_seconds = time.perf_counter() - started
+    model.load_state_dict(best_state)
+    model = model.cpu().eval()
+    test = classification_metrics(y_test, predict_logits(model, x_test, pad, torch.device("cpu")).argmax(1), labels)
+    val = classification_metrics(y_val, predict_logits(model, x_val, pad, torch.device("cpu")).argmax(1), labels)
+    metrics = {
+        "test": test,
+        "val": {"accuracy": val["accuracy"], "macro_f1": val["macro_f1"]},
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "train_seconds": train_seconds,
+        "device": str(device),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "longest_train_tokens": int(max(len(tokenizer.tokens(t)) for t, _ in train_rows)),
+    }
+    torch.save(best_state, out_dir / WEIGHTS)
+    mcfg.save(out_dir / MODEL_CONFIG)
+    (out_dir / TOKENIZER).write_text(tokenizer.spec.to_json(), encoding="utf-8")
+    (out_dir / LABELS).write_text(json.dumps(list(labels), ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    (out_dir / METRICS).write_text(json.dumps(metrics, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out_dir / HISTORY).write_text(json.dumps({"config": asdict(cfg), "epochs": history}, indent=1) + "\n", encoding="utf-8")
+    return metrics
+
+
+def load_trained(train_dir: Path) -> tuple[TextClassifier, Tokenizer, list[str], dict]:
+    """Rebuild the trained model (eval, CPU) from JSON config + weights, never unpickling objects."""
+    try:
+        mcfg = ModelConfig.load(train_dir / MODEL_CONFIG)
+        tokenizer = Tokenizer.from_file(train_dir / TOKENIZER)
+        labels = json.loads((train_dir / LABELS).read_text(encoding="utf-8"))
+        metrics = json.loads((train_dir / METRICS).read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise TrainError(f"{e.filename}: missing; run `pipeline run train` first") from None
+    except (ValueError, TypeError) as e:
+        raise TrainError(f"{train_dir}: unreadable training outputs ({e}); re-run `pipeline run train --force`") from None
+    model = TextClassifier(mcfg)
+    try:
+        state = torch.load(train_dir / WEIGHTS, map_location="cpu", weights_only=True)
+        model.load_state_dict(state, strict=True)
+    except FileNotFoundError:
+        raise TrainError(f"{train_dir / WEIGHTS}: missing; run `pipeline run train` first") from None
+    except Exception as e:  # a truncated or foreign checkpoint fails in many ways; all mean "retrain"
+        raise TrainError(
+            f"{train_dir / WEIGHTS}: cannot be loaded ({type(e).__name__}: {str(e)[:200]}); "
+            "re-run `pipeline run train --force`"
+        ) from None
+    return model.eval(), tokenizer, labels, metrics

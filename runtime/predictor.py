@@ -1,0 +1,130 @@
+"""Text in, label out: a bundle's ONNX model behind its own tokenizer, on onnxruntime alone."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from runtime.bundle import MODEL_ONNX, TOKENIZER, open_bundle
+from runtime.errors import BundleError, InputError
+from runtime.session import OnnxModel
+from runtime.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One text's result: best label, its probability, the top-k list and how the text was read."""
+
+    label: str
+    score: float  # softmax probability of `label`
+    top_k: tuple[tuple[str, float], ...]  # (label, probability), best first
+    num_tokens: int  # tokens the model saw (after truncation)
+    truncated: bool  # True when the text had more than max_length tokens
+
+    def to_dict(self) -> dict:
+        return {
+            "label": self.label,
+            "score": self.score,
+            "top_k": [{"label": lab, "score": s} for lab, s in self.top_k],
+            "num_tokens": self.num_tokens,
+            "truncated": self.truncated,
+        }
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class Predictor:
+    """Scores texts with an exported model. Thread-safe: calls share nothing mutable."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        tokenizer: Tokenizer,
+        labels: Sequence[str],
+        providers: str | Sequence[str] | None = "auto",
+        *,
+        batch_size: int = 256,
+        intra_op_num_threads: int | None = None,
+        inter_op_num_threads: int | None = None,
+    ):
+        """Build from loose files (as `pipeline verify` does); applications use `Predictor.load`."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.tokenizer = tokenizer
+        self.labels = tuple(labels)
+        self.batch_size = batch_size
+        self.model = OnnxModel(model_path, providers, intra_op_num_threads, inter_op_num_threads)
+        if self.model.num_labels is not None and self.model.num_labels != len(self.labels):
+            raise BundleError(
+                f"{model_path}: the model outputs {self.model.num_labels} classes but {len(self.labels)} labels "
+                "were given; labels and model come from different runs"
+            )
+
+    @classmethod
+    def load(cls, bundle_dir: str | os.PathLike, providers: str | Sequence[str] | None = "auto", **kwargs) -> "Predictor":
+        """Open a bundle folder, verify every file against its manifest, and start a session."""
+        bundle = open_bundle(bundle_dir)
+        tokenizer = Tokenizer.from_file(bundle.path(TOKENIZER))
+        sig = bundle.manifest["signature"]
+        vocab_size = sig.get("vocab_size") if isinstance(sig, dict) else None
+        if vocab_size is not None and vocab_size != tokenizer.vocab_size:
+            raise BundleError(
+                f"{bundle.path(TOKENIZER)}: vocabulary of {tokenizer.vocab_size} tokens, but the model's "
+                f"embedding has {vocab_size} rows (manifest signature.vocab_size); tokenizer and model disagree"
+            )
+        return cls(bundle.path(MODEL_ONNX), tokenizer, bundle.labels, providers, **kwargs)
+
+    @property
+    def provider(self) -> str:
+        """The execution provider that really runs the model."""
+        return self.model.provider
+
+    def _check_texts(self, texts) -> list:
+        if isinstance(texts, (str, bytes)):
+            raise InputError("pass a list of texts, not a single string: use predict([text])")
+        try:
+            return list(texts)
+        except TypeError:
+            raise InputError(f"texts must be a list of strings, got {type(texts).__name__}") from None
+
+    def _run(self, texts: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Logits [n, C], tokens used [n] and truncation flags [n], batching similar lengths together."""
+        encoded = [self.tokenizer.encode(t, i) for i, t in enumerate(texts)]
+        n = len(encoded)
+        logits = np.empty((n, len(self.labels)), dtype=np.float32)
+        lengths = np.fromiter((len(ids) for ids, _ in encoded), dtype=np.int64, count=n)
+        truncated = np.fromiter((tr for _, tr in encoded), dtype=bool, count=n)
+        # Sorting by length keeps padding (wasted work) small; the contract makes results batch-independent.
+        order = np.argsort(lengths, kind="stable")
+        pad = self.tokenizer.spec.pad_id
+        for start in range(0, n, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            width = int(lengths[idx].max())
+            ids = np.full((len(idx), width), pad, dtype=np.int64)
+            for row, i in enumerate(idx):
+                ids[row, : lengths[i]] = encoded[i][0]
+            logits[idx] = self.model.run(ids, lengths[idx])
+        return logits, lengths, truncated
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        """Raw model scores, float32 [len(texts), len(labels)]."""
+        return self._run(self._check_texts(texts))[0]
+
+    def predict(self, texts: Sequence[str], top_k: int = 1) -> list[Prediction]:
+        """One Prediction per text, in input order."""
+        if not 1 <= top_k <= len(self.labels):
+            raise InputError(f"top_k must be between 1 and {len(self.labels)}, got {top_k}")
+        logits, lengths, truncated = self._run(self._check_texts(texts))
+        probs = softmax(logits.astype(np.float64))
+        best = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
+        results = []
+        for i in range(len(probs)):
+            top = tuple((self.labels[j], float(probs[i, j])) for j in best[i])
+            results.append(Prediction(top[0][0], top[0][1], top, int(lengths[i]), bool(truncated[i])))
+        return results

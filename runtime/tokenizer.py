@@ -1,0 +1,229 @@
+"""The preprocessing spec, implemented once: text -> token ids, exactly as training saw them.
+
+The spec is data (`tokenizer.json`), so any language can reproduce the ids:
+
+1. the text must be a string (anything else is an error);
+2. Unicode-normalise it with `normalization` (NFC by default; `null` means none);
+3. lower-case it with full Unicode lower-casing when `lowercase` is true;
+4. strip leading and trailing whitespace (the code points listed in `WHITESPACE`);
+5. split it into tokens:
+   - `char`: one token per Unicode code point (not per UTF-16 unit);
+   - `word`: maximal runs of word characters (general category L*, M*, N* or Pc) are tokens, every
+     other non-whitespace code point is a token on its own, whitespace separates and is dropped;
+6. keep the first `max_length` tokens (longer texts are truncated, and the result says so);
+7. map each token to its index in `vocab`, or to `unk_id` when it is not there; the entries at
+   `pad_id` and `unk_id` are reserved names that no text token ever maps to;
+8. a text with no tokens left is an error: the model needs at least one position.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import unicodedata
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from runtime.errors import InputError, TokenizerError
+
+FORMAT = "seqship.tokenizer"
+FORMAT_VERSION = 1
+TYPES = ("char", "word")
+NORMALIZATIONS = ("NFC", "NFKC", "NFD", "NFKD", None)
+PAD_TOKEN = "<pad>"
+UNK_TOKEN = "<unk>"
+
+# Python's str.isspace() set (Unicode 15), spelled out so that other languages can reproduce it exactly;
+# a test checks it against str.isspace() over every code point.
+WHITESPACE = frozenset(
+    chr(c)
+    for c in (
+        0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x1F, 0x20, 0x85, 0xA0, 0x1680,
+        *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F, 0x205F, 0x3000,
+    )
+)
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """Everything needed to turn text into token ids; serialised as tokenizer.json."""
+
+    type: str = "char"  # "char" or "word": what one token is
+    vocab: tuple[str, ...] = field(default=(PAD_TOKEN, UNK_TOKEN))  # index = token id
+    max_length: int = 64  # tokens kept per text; the rest is cut (truncation is reported)
+    normalization: str | None = "NFC"  # unicodedata form applied first, or None
+    lowercase: bool = False  # full Unicode lower-casing after normalisation
+    pad_id: int = 0  # id used to right-pad rows of a batch; never produced by a text
+    unk_id: int = 1  # id of any token missing from vocab
+
+    def __post_init__(self) -> None:
+        if self.type not in TYPES:
+            raise TokenizerError(f"tokenizer type {self.type!r} is unknown: use one of {TYPES}")
+        if self.normalization not in NORMALIZATIONS:
+            raise TokenizerError(
+                f"tokenizer normalization {self.normalization!r} is unknown: use one of {NORMALIZATIONS}"
+            )
+        if not isinstance(self.max_length, int) or self.max_length < 1:
+            raise TokenizerError(f"tokenizer max_length must be an integer >= 1, got {self.max_length!r}")
+        n = len(self.vocab)
+        for name in ("pad_id", "unk_id"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 0 <= value < n:
+                raise TokenizerError(f"tokenizer {name}={value!r} is outside the vocabulary (size {n})")
+        if self.pad_id == self.unk_id:
+            raise TokenizerError("tokenizer pad_id and unk_id must differ")
+        if len(set(self.vocab)) != n:
+            dup = next(t for t, c in Counter(self.vocab).items() if c > 1)
+            raise TokenizerError(f"tokenizer vocab lists {dup!r} more than once")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["vocab"] = list(self.vocab)
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, **d}
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys, UTF-8, no ASCII escaping): what tokenizer.json holds."""
+        return json.dumps(self.to_dict(), ensure_ascii=False, sort_keys=True, indent=1) + "\n"
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "tokenizer spec") -> "TokenizerSpec":
+        if not isinstance(d, dict):
+            raise TokenizerError(f"{source}: expected a JSON object, got {type(d).__name__}")
+        if d.get("format") != FORMAT:
+            raise TokenizerError(f"{source}: 'format' is {d.get('format')!r}, expected {FORMAT!r}")
+        if d.get("format_version") != FORMAT_VERSION:
+            raise TokenizerError(
+                f"{source}: format_version {d.get('format_version')!r} is not supported "
+                f"(this runtime reads version {FORMAT_VERSION}); upgrade seqship or re-export the bundle"
+            )
+        known = {"type", "vocab", "max_length", "normalization", "lowercase", "pad_id", "unk_id"}
+        missing = sorted(known - d.keys())
+        if missing:
+            raise TokenizerError(f"{source}: missing keys {missing}")
+        if not isinstance(d["vocab"], list) or not all(isinstance(t, str) for t in d["vocab"]):
+            raise TokenizerError(f"{source}: 'vocab' must be a list of strings")
+        kwargs = {k: d[k] for k in known}
+        kwargs["vocab"] = tuple(d["vocab"])
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "tokenizer.json") -> "TokenizerSpec":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise TokenizerError(f"{source} is not valid JSON: {e}") from None
+        return cls.from_dict(d, source)
+
+
+def _is_word_char(ch: str) -> bool:
+    cat = unicodedata.category(ch)
+    return cat[0] in "LMN" or cat == "Pc"
+
+
+def _strip(text: str) -> str:
+    start, end = 0, len(text)
+    while start < end and text[start] in WHITESPACE:
+        start += 1
+    while end > start and text[end - 1] in WHITESPACE:
+        end -= 1
+    return text[start:end]
+
+
+def normalize(text: str, spec: TokenizerSpec) -> str:
+    """Steps 2-4 of the spec: Unicode normalisation, optional lower-casing, whitespace strip."""
+    if spec.normalization:
+        text = unicodedata.normalize(spec.normalization, text)
+    if spec.lowercase:
+        text = text.lower()
+    return _strip(text)
+
+
+def split_tokens(text: str, kind: str) -> list[str]:
+    """Step 5 of the spec on already-normalised text."""
+    if kind == "char":
+        return list(text)
+    tokens: list[str] = []
+    run: list[str] = []
+    for ch in text:
+        if _is_word_char(ch):
+            run.append(ch)
+            continue
+        if run:
+            tokens.append("".join(run))
+            run = []
+        if ch not in WHITESPACE:
+            tokens.append(ch)
+    if run:
+        tokens.append("".join(run))
+    return tokens
+
+
+def build_vocab(token_lists: Iterable[Sequence[str]], min_freq: int = 1, max_size: int | None = None) -> tuple[str, ...]:
+    """Specials first, then tokens by falling frequency (ties by code point order): deterministic."""
+    counts = Counter(t for tokens in token_lists for t in tokens)
+    ranked = sorted((t for t, c in counts.items() if c >= min_freq), key=lambda t: (-counts[t], t))
+    if max_size is not None:
+        ranked = ranked[: max(0, max_size - 2)]
+    return (PAD_TOKEN, UNK_TOKEN, *ranked)
+
+
+class Tokenizer:
+    """Applies a TokenizerSpec; the one implementation that training and serving share."""
+
+    def __init__(self, spec: TokenizerSpec):
+        self.spec = spec
+        reserved = {spec.pad_id, spec.unk_id}
+        self._ids = {tok: i for i, tok in enumerate(spec.vocab) if i not in reserved}
+
+    @classmethod
+    def from_file(cls, path) -> "Tokenizer":
+        with open(path, encoding="utf-8") as f:
+            return cls(TokenizerSpec.from_json(f.read(), source=str(path)))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.spec.vocab)
+
+    def tokens(self, text: str) -> list[str]:
+        """All tokens of a text, before truncation."""
+        return split_tokens(normalize(text, self.spec), self.spec.type)
+
+    def encode(self, text, index: int = 0) -> tuple[list[int], bool]:
+        """Token ids of one text (at most max_length) and whether it was truncated."""
+        if not isinstance(text, str):
+            raise InputError(
+                f"text #{index} is a {type(text).__name__}, not a str: pass text as Python strings", index
+            )
+        tokens = self.tokens(text)
+        if not tokens:
+            raise InputError(
+                f"text #{index} is empty after normalisation ({text[:40]!r}): "
+                "the model needs at least one token; drop or replace empty texts before predicting",
+                index,
+            )
+        truncated = len(tokens) > self.spec.max_length
+        unk = self.spec.unk_id
+        ids = [self._ids.get(t, unk) for t in tokens[: self.spec.max_length]]
+        return ids, truncated
+
+    def encode_batch(self, texts: Sequence, start_index: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Right-padded `token_ids [B, T]`, `lengths [B]` (int64) and `truncated [B]` (bool)."""
+        encoded = [self.encode(t, start_index + i) for i, t in enumerate(texts)]
+        return pad_batch([ids for ids, _ in encoded], self.spec.pad_id) + (
+            np.array([tr for _, tr in encoded], dtype=bool),
+        )
+
+
+def pad_batch(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad id lists into the model contract's `token_ids [B, T]` and `lengths [B]` (int64)."""
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    width = int(lengths.max()) if len(rows) else 0
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = r
+    return ids, lengths

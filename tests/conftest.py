@@ -1,0 +1,55 @@
+"""Shared fixtures: the real data folder, and one real pipeline run that many tests inspect."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def find_data_dir() -> Path:
+    """SEQSHIP_DATA_DIR, else ../shared/data beside the checkout (where CI puts it)."""
+    env = os.environ.get("SEQSHIP_DATA_DIR")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = find_data_dir()
+    if not (path / "names").is_dir():
+        pytest.fail(f"real data not found at {path}/names: set SEQSHIP_DATA_DIR to the shared data folder")
+    return path
+
+
+# Small enough to train in seconds on 2 cores, large enough that parity is checked on a real model.
+TINY = ["--epochs", "2", "--embed-dim", "16", "--hidden-dim", "32", "--batch-size", "128"]
+
+
+def invoke(*args, env=None):
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, data_dir):
+    """`pipeline run all --json` on the real names data with a tiny model; returns (artifacts_dir, summary)."""
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    result = invoke("run", "all", "--data-dir", str(data_dir), "--artifacts-dir", str(artifacts), "--run-name", "tiny", "--json", *TINY)
+    assert result.exit_code == 0, result.output
+    return artifacts, json.loads(result.stdout)
+
+
+@pytest.fixture
+def bundle_copy(tiny_run, tmp_path) -> Path:
+    """A private copy of the tiny run's bundle that a test may damage."""
+    artifacts, summary = tiny_run
+    dst = tmp_path / "bundle"
+    shutil.copytree(summary["bundle"], dst)
+    return dst

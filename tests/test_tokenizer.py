@@ -1,0 +1,105 @@
+"""The tokenizer spec: what training saw is what serving sees, in any language."""
+import json
+import sys
+import unicodedata
+
+import pytest
+
+from runtime.errors import InputError, TokenizerError
+from runtime.tokenizer import (
+    WHITESPACE, Tokenizer, TokenizerSpec, build_vocab, normalize, pad_batch, split_tokens,
+)
+
+
+def make(texts, **kw):
+    base = TokenizerSpec(**{k: v for k, v in kw.items() if k != "max_length"})
+    vocab = build_vocab([split_tokens(normalize(t, base), base.type) for t in texts])
+    return Tokenizer(TokenizerSpec(vocab=vocab, **kw))
+
+
+def test_whitespace_table_matches_python_isspace_everywhere():
+    # The spec spells out its whitespace so other languages can reproduce it; it must equal str.isspace.
+    assert WHITESPACE == {chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()}
+
+
+def test_spec_round_trips_through_json_with_a_stable_hash():
+    tok = make(["Nguyen", "Schmidt", "Škoda"], max_length=12)
+    again = TokenizerSpec.from_json(tok.spec.to_json())
+    assert again == tok.spec
+    assert again.sha256() == tok.spec.sha256()
+    assert json.loads(tok.spec.to_json())["vocab"][:2] == ["<pad>", "<unk>"]
+
+
+def test_char_tokens_are_code_points_and_unknowns_map_to_unk():
+    tok = make(["ab", "😀"], max_length=10)
+    ids, truncated = tok.encode("a😀z")
+    assert len(ids) == 3  # the astral emoji is one token, not two UTF-16 units
+    assert ids[2] == tok.spec.unk_id and ids[0] != tok.spec.unk_id
+    assert not truncated
+
+
+def test_canonically_equivalent_texts_get_the_same_ids():
+    tok = make(["Müller", "Škoda"], max_length=10)
+    nfc, nfd = unicodedata.normalize("NFC", "Müller Škoda"), unicodedata.normalize("NFD", "Müller Škoda")
+    assert nfc != nfd
+    assert tok.encode(nfc) == tok.encode(nfd)
+
+
+def test_truncation_keeps_the_first_max_length_tokens_and_says_so():
+    tok = make(["abcdef"], max_length=4)
+    ids, truncated = tok.encode("abcdefabc")
+    assert truncated and len(ids) == 4
+    assert ids == tok.encode("abcd")[0]
+
+
+def test_word_tokens_split_on_whitespace_and_punctuation_keeping_marks_in_words():
+    assert split_tokens("Hello, wörld!  it's", "word") == ["Hello", ",", "wörld", "!", "it", "'", "s"]
+    decomposed = unicodedata.normalize("NFD", "café")
+    assert split_tokens(decomposed, "word") == [decomposed]  # the combining accent stays inside the word
+
+
+def test_lowercase_and_strip_apply_before_splitting():
+    tok = make(["abc"], max_length=8, lowercase=True)
+    assert tok.encode("\u3000 ABC \u2028")[0] == tok.encode("abc")[0]
+
+
+def test_empty_and_non_string_texts_raise_input_error_naming_the_index():
+    tok = make(["abc"], max_length=8)
+    with pytest.raises(InputError, match="#3 is empty") as e:
+        tok.encode(" \t\n", index=3)
+    assert e.value.index == 3
+    with pytest.raises(InputError, match="#1 is a bytes"):
+        tok.encode_batch(["abc", b"abc"])
+
+
+def test_reserved_names_never_come_out_of_a_text():
+    tok = make(["<pad>", "x"], max_length=8, type="word")
+    ids, _ = tok.encode("<pad> <unk>")
+    assert tok.spec.pad_id not in ids
+
+
+def test_vocab_is_deterministic_frequency_then_code_point_order():
+    assert build_vocab([["b", "a"], ["a", "c"], ["c"]]) == ("<pad>", "<unk>", "a", "c", "b")
+    assert build_vocab([["a", "a", "b"]], min_freq=2) == ("<pad>", "<unk>", "a")
+
+
+def test_pad_batch_right_pads_with_the_pad_id():
+    ids, lengths = pad_batch([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and lengths.tolist() == [3, 1]
+    assert ids.dtype.name == lengths.dtype.name == "int64"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"format_version": 99}, "format_version 99 is not supported"),
+        ({"type": "byte"}, "type 'byte' is unknown"),
+        ({"pad_id": 50}, "pad_id=50 is outside"),
+        ({"vocab": ["<pad>", "<unk>", "a", "a"]}, "lists 'a' more than once"),
+        ({"max_length": 0}, "max_length must be"),
+    ],
+)
+def test_malformed_specs_are_refused_with_the_reason(change, message):
+    d = make(["abc"], max_length=8).spec.to_dict() | change
+    with pytest.raises(TokenizerError, match=message):
+        TokenizerSpec.from_dict(d)
