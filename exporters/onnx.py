@@ -1,6 +1,7 @@
 """PyTorch model -> model.onnx with the dynamo exporter, then the contract checks that guard its known pitfalls."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -61,6 +62,18 @@ def clear_recurrent_dispatch_cache() -> int:
     return cleared
 
 
+@contextlib.contextmanager
+def _quiet_registration_log():
+    """The exporter logs one WARNING per missing torchvision op on every export; none concern this model."""
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def export_onnx(
     model: torch.nn.Module,
     path: str | os.PathLike,
@@ -74,7 +87,7 @@ def export_onnx(
     tmp = path.with_name(path.name + ".partial")
     model = model.eval()
     cleared = clear_recurrent_dispatch_cache()
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, _quiet_registration_log():
         warnings.simplefilter("always")
         try:
             program = torch.onnx.export(

@@ -113,7 +113,7 @@ def run_gate(
             results.append({"backend": name, "probe": probe.name, "check": "vs_reference", **stats})
     ragged = next((p for p in probes if p.name == "ragged"), None)
     if ragged is not None:
-        for name, backend in {"pytorch": reference, **backends}.items():
+        for name, backend in {"pytorch:eager": reference, **backends}.items():
             stats = padded_vs_single(backend, ragged, atol, rtol)
             results.append({"backend": name, "probe": "ragged", "check": "padded_vs_single", **stats})
     return {

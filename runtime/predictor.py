@@ -58,6 +58,7 @@ class Predictor:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.tokenizer = tokenizer
         self.labels = tuple(labels)
+        self.bundle = None  # the checked Bundle (manifest included) when built by Predictor.load
         self.batch_size = batch_size
         self.model = OnnxModel(model_path, providers, intra_op_num_threads, inter_op_num_threads)
         if self.model.num_labels is not None and self.model.num_labels != len(self.labels):
@@ -78,7 +79,9 @@ class Predictor:
                 f"{bundle.path(TOKENIZER)}: vocabulary of {tokenizer.vocab_size} tokens, but the model's "
                 f"embedding has {vocab_size} rows (manifest signature.vocab_size); tokenizer and model disagree"
             )
-        return cls(bundle.path(MODEL_ONNX), tokenizer, bundle.labels, providers, **kwargs)
+        predictor = cls(bundle.path(MODEL_ONNX), tokenizer, bundle.labels, providers, **kwargs)
+        predictor.bundle = bundle
+        return predictor
 
     @property
     def provider(self) -> str:

@@ -1,0 +1,87 @@
+"""The `pipeline` command as users and CI drive it: exit codes, JSON output, reuse of finished stages."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import TINY, invoke
+
+COMMANDS = [[], ["run"], ["run", "all"], ["run", "data"], ["run", "train"], ["run", "export"], ["run", "verify"],
+            ["run", "package"], ["predict"], ["inspect"], ["datasets"]]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "pipeline")
+def test_every_command_has_help(cmd):
+    for flag in ("--help", "-h"):
+        result = invoke(*cmd, flag)
+        assert result.exit_code == 0 and "Usage:" in result.output
+    assert len(result.output.split("Usage:")[1].strip()) > 40  # a real description, not just a usage line
+
+
+def test_version():
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output.startswith("seqship, version ")
+
+
+def test_run_all_json_summary_has_bundle_metrics_and_parity(tiny_run):
+    artifacts, summary = tiny_run
+    assert summary["ok"] and summary["run"] == "tiny"
+    assert summary["bundle"] == str(artifacts.resolve() / "tiny" / "bundle")
+    assert [s["stage"] for s in summary["stages"]] == ["data", "train", "export", "verify", "package"]
+    assert 0 < summary["metrics"]["test_accuracy"] <= 1 and "test_macro_f1" in summary["metrics"]
+    assert summary["parity"]["passed"] and summary["parity"]["test_set_label_agreement"] == 1.0
+
+
+def test_a_second_run_all_reuses_every_stage_and_force_redoes_them(tiny_run, data_dir, tmp_path):
+    shutil.copytree(tiny_run[0] / "tiny", tmp_path / "tiny")  # a copy: other tests read the shared run
+    artifacts = tmp_path
+    args = ["run", "all", "--data-dir", str(data_dir), "--artifacts-dir", str(artifacts), "--run-name", "tiny", "--json", *TINY]
+    again = json.loads(invoke(*args).stdout)
+    assert [s["skipped"] for s in again["stages"]] == [True] * 5
+    # A changed tolerance re-runs verify and package only; everything upstream is reused.
+    changed = json.loads(invoke(*args, "--atol", "2e-5").stdout)
+    assert [s["skipped"] for s in changed["stages"]] == [True, True, True, False, False]
+    forced = json.loads(invoke("run", "data", "--data-dir", str(data_dir), "--artifacts-dir", str(artifacts), "--run-name", "tiny", "--json", "--force").stdout)
+    assert forced["stages"][0]["skipped"] is False
+
+
+def test_stage_before_its_input_exists_says_which_command_to_run(tmp_path):
+    result = invoke("run", "export", "--artifacts-dir", str(tmp_path), "--run-name", "fresh")
+    assert result.exit_code == 1 and "run `pipeline run train` first" in result.output
+
+
+def test_usage_errors_exit_2_and_domain_errors_exit_1(tmp_path, data_dir):
+    assert invoke("run", "all", "--epochs", "zero").exit_code == 2
+    assert invoke("predict").exit_code == 2  # --bundle is required
+    bad = invoke("run", "data", "--dataset", "nope", "--data-dir", str(data_dir), "--artifacts-dir", str(tmp_path))
+    assert bad.exit_code == 1 and "unknown dataset 'nope'" in bad.output
+    missing = invoke("predict", "--bundle", str(tmp_path), "x")
+    assert missing.exit_code == 1 and "manifest.json: missing" in missing.output
+
+
+def test_predict_prints_json_lines_in_input_order_and_flags_bad_lines(tiny_run):
+    bundle = tiny_run[1]["bundle"]
+    result = invoke("predict", "--bundle", bundle, "--top-k", "3", "Nguyen", "  ", "Schmidt")
+    assert result.exit_code == 1 and "1 of 3 texts could not be scored" in result.output
+    lines = [json.loads(x) for x in result.stdout.splitlines()]
+    assert [x["index"] for x in lines] == [0, 1, 2]
+    assert "error" in lines[1] and len(lines[0]["top_k"]) == 3 and lines[2]["provider"] == "CPUExecutionProvider"
+
+
+def test_predict_reads_stdin_and_runs_without_torch(tiny_run):
+    # The console entry point in a fresh process, with torch made unimportable: the base install suffices.
+    code = "import sys; sys.modules['torch'] = None; from pipeline.cli import main; sys.argv = ['pipeline'] + sys.argv[1:]; main()"
+    out = subprocess.run([sys.executable, "-c", code, "predict", "--bundle", tiny_run[1]["bundle"]],
+                         input="Nguyen\nKowalski\n", capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert [json.loads(x)["text"] for x in out.stdout.splitlines()] == ["Nguyen", "Kowalski"]
+
+
+def test_inspect_verifies_and_describes_a_bundle(tiny_run, bundle_copy):
+    ok = invoke("inspect", tiny_run[1]["bundle"], "--json")
+    assert ok.exit_code == 0 and json.loads(ok.stdout)["manifest"]["format"] == "seqship.bundle"
+    (bundle_copy / "tokenizer.json").write_text("{}")
+    bad = invoke("inspect", str(bundle_copy))
+    assert bad.exit_code == 1 and "tokenizer.json" in bad.output
