@@ -103,6 +103,7 @@ def run_gate(
     probes: Sequence[Probe],
     atol: float,
     rtol: float,
+    reference_name: str = "pytorch:eager",
 ) -> dict:
     """Compare every backend with the reference on every probe, and check padded == single for all."""
     results = []
@@ -113,7 +114,7 @@ def run_gate(
             results.append({"backend": name, "probe": probe.name, "check": "vs_reference", **stats})
     ragged = next((p for p in probes if p.name == "ragged"), None)
     if ragged is not None:
-        for name, backend in {"pytorch:eager": reference, **backends}.items():
+        for name, backend in {reference_name: reference, **backends}.items():
             stats = padded_vs_single(backend, ragged, atol, rtol)
             results.append({"backend": name, "probe": "ragged", "check": "padded_vs_single", **stats})
     return {
@@ -188,6 +189,9 @@ def format_table(report: dict) -> str:
             f"test set: {ts['texts']} texts, label agreement {ts['label_agreement']:.2%}"
             + ("" if ts["label_agreement"] == 1.0 else f"  FAIL (first: {ts['disagreements'][:3]})")
         )
+    for i in report.get("integrity", []):
+        if not i["passed"]:
+            lines.append(f"file {i['file']}: {i['problem']}  FAIL")
     for s in report.get("skipped", []):
         lines.append(f"skipped {s['backend']}: {s['reason']}")
     lines.append(f"tolerance: |a - b| <= {report['atol']:g} + {report['rtol']:g} * |reference|")

@@ -304,50 +304,130 @@ def run_package_cmd(**opts) -> None:
 # --- using a bundle -------------------------------------------------------------------------------------
 
 
+def _providers(value: str):
+    return [p.strip() for p in value.split(",") if p.strip()] if "," in value else value
+
+
 @cli.command(context_settings=CONTEXT)
 @click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path), envvar="SEQSHIP_BUNDLE",
               help="Bundle folder [env SEQSHIP_BUNDLE].")
 @click.option("--top-k", type=click.IntRange(1), default=1, show_default=True, help="Labels to list per text.")
-@click.option("--providers", default="auto", show_default=True, help="auto, cpu, cuda, or a comma-separated list of onnxruntime providers.")
+@click.option("--providers", default="auto", show_default=True, envvar="SEQSHIP_PROVIDERS",
+              help="auto, cpu, cuda, or a comma-separated list of onnxruntime providers [env SEQSHIP_PROVIDERS].")
+@click.option("--threads", type=click.IntRange(1), default=None, help="onnxruntime intra-op threads [default: onnxruntime's].")
+@click.option("--input", "input_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Score this file (one text per line, or .jsonl with a 'text' key) instead of TEXT arguments.")
+@click.option("--output", "output_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --input: write JSON lines here, atomically (default: stdout).")
+@click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "lines"]), default="auto", show_default=True,
+              help="--input format; auto = jsonl for .jsonl/.ndjson files, else one text per line.")
 @click.argument("texts", nargs=-1)
-def predict(bundle_dir: Path, top_k: int, providers: str, texts: tuple[str, ...]) -> None:
+def predict(bundle_dir, top_k, providers, threads, input_path, output_path, fmt, texts) -> None:
     """Label texts with a bundle; prints one JSON object per text. Needs no torch.
 
-    Texts come from the arguments, or one per line from stdin when none are given. A text that cannot
-    be scored (empty after normalisation) gets {"index", "error"} and the exit code is 1.
+    Texts come from the arguments, from --input FILE (streamed in bounded memory, with a progress bar
+    when --output is given), or one per line from stdin. Each output line carries the input's index;
+    a text that cannot be scored (empty after normalisation) gets {"index", "error"} and the exit code is 1.
 
     \b
     Examples:
       pipeline predict --bundle artifacts/names/bundle Nguyen Schmidt --top-k 3
-      cut -f1 names.txt | pipeline predict --bundle artifacts/names/bundle
+      pipeline predict --bundle artifacts/names/bundle --input names.txt --output labels.jsonl
+      cut -f1 names.tsv | pipeline predict --bundle artifacts/names/bundle
     """
     from runtime import InputError, Predictor
 
-    prov = providers.split(",") if "," in providers else providers
     try:
-        predictor = Predictor.load(bundle_dir, providers=prov)
+        predictor = Predictor.load(bundle_dir, providers=_providers(providers), intra_op_num_threads=threads)
     except SeqshipError as e:
         raise click.ClickException(str(e)) from None
+    if output_path is not None and input_path is None:
+        raise click.UsageError("--output needs --input")
+    if input_path is not None:
+        if texts:
+            raise click.UsageError("give TEXT arguments or --input, not both")
+        stats = _predict_file(predictor, input_path, output_path, fmt, top_k)
+        if stats.errors:
+            raise click.ClickException(f"{stats.errors} of {stats.texts} texts could not be scored (see their 'error' lines)")
+        return
     if not texts:
         texts = tuple(line.rstrip("\r") for line in sys.stdin.read().split("\n"))
         if texts and texts[-1] == "":
             texts = texts[:-1]
-    lines: dict[int, dict] = {}
-    good = []
-    for i, text in enumerate(texts):
-        try:
-            predictor.tokenizer.encode(text, i)
-            good.append(i)
-        except InputError as e:
-            lines[i] = {"index": i, "text": text, "error": str(e)}
-    # The scorable texts go through the predictor together, so it can batch them.
-    for i, result in zip(good, predictor.predict([texts[i] for i in good], top_k=top_k) if good else []):
-        lines[i] = {"index": i, "text": texts[i], **result.to_dict(), "provider": predictor.provider}
-    for i in range(len(texts)):
-        click.echo(json.dumps(lines[i], ensure_ascii=False))
-    errors = len(texts) - len(good)
+    errors = 0
+    for i, result in enumerate(predictor.predict(list(texts), top_k=top_k, errors="return")):
+        if isinstance(result, InputError):
+            errors += 1
+            line = {"index": i, "text": texts[i], "error": str(result)}
+        else:
+            line = {"index": i, "text": texts[i], **result.to_dict()}
+        click.echo(json.dumps(line, ensure_ascii=False))
     if errors:
         raise click.ClickException(f"{errors} of {len(texts)} texts could not be scored")
+
+
+def _predict_file(predictor, input_path: Path, output_path: Path | None, fmt: str, top_k: int):
+    from runtime.bulk import score_file
+
+    try:
+        if output_path is None:  # stream to stdout through a temporary file: output stays in input order
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp) / "out.jsonl"
+                stats = score_file(predictor, input_path, out, fmt=fmt, top_k=top_k)
+                with open(out, encoding="utf-8") as f:
+                    for line in f:
+                        click.echo(line, nl=False)
+            return stats
+        size = max(1, input_path.stat().st_size)
+        with click.progressbar(length=size, label=f"scoring {input_path.name}", file=sys.stderr) as bar:
+            done = [0]
+
+            def progress(pos: int, n: int) -> None:
+                bar.update(pos - done[0])
+                done[0] = pos
+
+            stats = score_file(predictor, input_path, output_path, fmt=fmt, top_k=top_k, on_progress=progress)
+        click.echo(f"{stats.scored} scored, {stats.errors} errors -> {output_path} ({predictor.provider})", err=True)
+        return stats
+    except SeqshipError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Bundle folder.")
+@click.option("--texts", "texts_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Real texts (one per line) to compare text-in -> label-out as well as the probes.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
+@verify_options
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random probe inputs.")
+def verify(bundle_dir: Path, texts_path: Path | None, as_json: bool, **opts) -> None:
+    """Re-check a shipped bundle: its model.onnx against its own model.pt, and every file's sha256.
+
+    Exit 1, with the parity table, when the ONNX model computes something else (for instance after a
+    hand edit) or a file no longer matches the manifest. Needs the `train` extra (torch).
+
+    \b
+    Example:
+      pipeline verify --bundle artifacts/names/bundle --texts names.txt
+    """
+    from exporters.parity import format_table
+    from pipeline.verify import verify_bundle
+
+    def work():
+        texts = None
+        if texts_path is not None:
+            texts = [t for t in texts_path.read_text(encoding="utf-8").split("\n") if t.strip()]
+        return verify_bundle(bundle_dir, _verify_cfg(opts), texts)
+
+    report = _guarded(as_json, work)
+    if as_json:
+        click.echo(json.dumps({"ok": report["passed"], "parity": report}, indent=1, ensure_ascii=False))
+    else:
+        click.echo(format_table(report))
+    if not report["passed"]:
+        raise click.ClickException(f"bundle {bundle_dir} failed verification")
 
 
 @cli.command(context_settings=CONTEXT)

@@ -133,6 +133,17 @@ def _replace_dir(src: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+FAULT_PAUSE_ENV = "SEQSHIP_FAULT_PAUSE"
+
+
+def _fault_pause(stage: str) -> None:
+    """Fault injection for tests: SEQSHIP_FAULT_PAUSE=<stage> holds that stage for 60 s with its outputs
+    complete but not yet in place -- the worst moment to be killed."""
+    if os.environ.get(FAULT_PAUSE_ENV) == stage:
+        log.warning("%s=%s: pausing before the %s stage commits", FAULT_PAUSE_ENV, stage, stage)
+        time.sleep(60)
+
+
 def run_stage(run: Run, stage: str, inputs: dict, produce: Callable[[Path], dict], force: bool = False) -> StageResult:
     """Run `produce(tmp_dir)` unless a record with the same inputs and intact outputs exists.
 
@@ -159,6 +170,7 @@ def run_stage(run: Run, stage: str, inputs: dict, produce: Callable[[Path], dict
                 _replace_dir(tmp, folder)
             raise
         outputs = {p.name: file_entry(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        _fault_pause(stage)
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; a bundle is meant to be shared
         _replace_dir(tmp, folder)
     finally:

@@ -61,3 +61,42 @@ def build_report(train_dir: Path, export_dir: Path, test_rows: Sequence[tuple[st
     report["passed"] = report["passed"] and report["test_set"]["passed"]
     report["files"] = {"model.onnx": sha256_file(onnx_path), "model.pt": sha256_file(ts_path)}
     return report
+
+
+def verify_bundle(bundle_dir: Path, cfg, texts: Sequence[str] | None = None) -> dict:
+    """Parity of a shipped bundle: its model.onnx against its own model.pt (TorchScript), which the gate
+    proved equal to eager PyTorch when the bundle was made. File integrity is reported, not assumed."""
+    from runtime.bundle import MODEL_ONNX, MODEL_TORCHSCRIPT, TOKENIZER, read_manifest, safe_member
+    from runtime.tokenizer import Tokenizer
+
+    manifest = read_manifest(bundle_dir)
+    integrity = []
+    for name, entry in manifest["files"].items():
+        path = safe_member(Path(bundle_dir), name)
+        problem = None
+        if not path.is_file():
+            problem = "missing"
+        elif sha256_file(path) != entry.get("sha256"):
+            problem = "sha256 differs from the manifest (altered after packaging)"
+        integrity.append({"file": name, "passed": problem is None, **({"problem": problem} if problem else {})})
+    onnx_path, ts_path = Path(bundle_dir) / MODEL_ONNX, Path(bundle_dir) / MODEL_TORCHSCRIPT
+    tokenizer = Tokenizer.from_file(Path(bundle_dir) / TOKENIZER)
+    reference = torch_backend(torch.jit.load(str(ts_path), map_location="cpu"))
+    backends: dict[str, Backend] = {"onnxruntime:CPUExecutionProvider": OnnxModel(onnx_path, providers="cpu").run}
+    skipped = []
+    if CUDA in ort.get_available_providers():
+        backends[f"onnxruntime:{CUDA}"] = OnnxModel(onnx_path, providers="cuda").run
+    else:
+        skipped.append({"backend": f"onnxruntime:{CUDA}", "reason": f"onnxruntime offers only {ort.get_available_providers()}"})
+    real = tokenizer.encode_batch(list(texts)[:64])[:2] if texts else None
+    spec = tokenizer.spec
+    probes = make_probes(tokenizer.vocab_size, spec.pad_id, 4 * spec.max_length, min(spec.max_length, 64), real, cfg.seed)
+    report = run_gate(reference, backends, probes, cfg.atol, cfg.rtol, reference_name="torchscript:cpu")
+    report["reference"] = f"{MODEL_TORCHSCRIPT} of the bundle (TorchScript, cpu)"
+    report["skipped"] = skipped
+    report["integrity"] = integrity
+    if texts:
+        predictor = Predictor(onnx_path, tokenizer, manifest["labels"], providers="cpu")
+        report["test_set"] = check_test_set(reference, predictor, list(texts), cfg.atol, cfg.rtol)
+    report["passed"] = report["passed"] and all(i["passed"] for i in integrity) and report.get("test_set", {}).get("passed", True)
+    return report

@@ -22,6 +22,7 @@ class Prediction:
     top_k: tuple[tuple[str, float], ...]  # (label, probability), best first
     num_tokens: int  # tokens the model saw (after truncation)
     truncated: bool  # True when the text had more than max_length tokens
+    provider: str  # the onnxruntime execution provider that computed it
 
     def to_dict(self) -> dict:
         return {
@@ -30,6 +31,7 @@ class Prediction:
             "top_k": [{"label": lab, "score": s} for lab, s in self.top_k],
             "num_tokens": self.num_tokens,
             "truncated": self.truncated,
+            "provider": self.provider,
         }
 
 
@@ -81,7 +83,19 @@ class Predictor:
             )
         predictor = cls(bundle.path(MODEL_ONNX), tokenizer, bundle.labels, providers, **kwargs)
         predictor.bundle = bundle
+        predictor._check_embedding()
         return predictor
+
+    def _check_embedding(self) -> None:
+        """The highest token id must index a row of the model's embedding (catches a mismatched tokenizer)."""
+        top = self.tokenizer.vocab_size - 1
+        try:
+            self.model.run(np.array([[top]], dtype=np.int64), np.array([1], dtype=np.int64))
+        except Exception as e:  # onnxruntime reports an out-of-range Gather index as a generic failure
+            raise BundleError(
+                f"{TOKENIZER}: token id {top} (the vocabulary has {top + 1} entries) is outside the model's "
+                f"embedding ({str(e).splitlines()[0][:160]}); tokenizer and model disagree"
+            ) from None
 
     @property
     def provider(self) -> str:
@@ -91,43 +105,69 @@ class Predictor:
     def _check_texts(self, texts) -> list:
         if isinstance(texts, (str, bytes)):
             raise InputError("pass a list of texts, not a single string: use predict([text])")
+        if texts is None:
+            raise InputError("texts is None: pass a list of strings")
         try:
             return list(texts)
         except TypeError:
             raise InputError(f"texts must be a list of strings, got {type(texts).__name__}") from None
 
-    def _run(self, texts: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Logits [n, C], tokens used [n] and truncation flags [n], batching similar lengths together."""
-        encoded = [self.tokenizer.encode(t, i) for i, t in enumerate(texts)]
+    def _encode(self, texts: list, errors: str, first_index: int = 0) -> tuple[list, dict[int, InputError]]:
+        encoded, failed = [], {}
+        for i, t in enumerate(texts):
+            try:
+                encoded.append(self.tokenizer.encode(t, first_index + i))
+            except InputError as e:
+                if errors == "raise":
+                    raise
+                failed[i] = e
+                encoded.append(None)
+        return encoded, failed
+
+    def _run(self, encoded: list) -> np.ndarray:
+        """Logits [n, C] for encoded texts (None rows stay NaN), batching similar lengths together."""
         n = len(encoded)
-        logits = np.empty((n, len(self.labels)), dtype=np.float32)
-        lengths = np.fromiter((len(ids) for ids, _ in encoded), dtype=np.int64, count=n)
-        truncated = np.fromiter((tr for _, tr in encoded), dtype=bool, count=n)
+        logits = np.full((n, len(self.labels)), np.nan, dtype=np.float32)
+        rows = np.array([i for i, e in enumerate(encoded) if e is not None], dtype=np.int64)
+        lengths = np.zeros(n, dtype=np.int64)
+        for i in rows:
+            lengths[i] = len(encoded[i][0])
         # Sorting by length keeps padding (wasted work) small; the contract makes results batch-independent.
-        order = np.argsort(lengths, kind="stable")
+        order = rows[np.argsort(lengths[rows], kind="stable")]
         pad = self.tokenizer.spec.pad_id
-        for start in range(0, n, self.batch_size):
+        for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             width = int(lengths[idx].max())
             ids = np.full((len(idx), width), pad, dtype=np.int64)
             for row, i in enumerate(idx):
                 ids[row, : lengths[i]] = encoded[i][0]
             logits[idx] = self.model.run(ids, lengths[idx])
-        return logits, lengths, truncated
+        return logits
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
-        """Raw model scores, float32 [len(texts), len(labels)]."""
-        return self._run(self._check_texts(texts))[0]
+        """Raw model scores, float32 [len(texts), len(labels)]; raises InputError on the first bad text."""
+        encoded, _ = self._encode(self._check_texts(texts), "raise")
+        return self._run(encoded)
 
-    def predict(self, texts: Sequence[str], top_k: int = 1) -> list[Prediction]:
-        """One Prediction per text, in input order."""
+    def predict(self, texts: Sequence[str], top_k: int = 1, errors: str = "raise", first_index: int = 0) -> list:
+        """One Prediction per text, in input order.
+
+        errors="raise" (default): the first text that cannot be scored raises InputError naming its index.
+        errors="return": that text's slot holds the InputError instead, and the others are still scored.
+        first_index: added to the indices that errors name (for callers that stream a larger input in chunks).
+        """
         if not 1 <= top_k <= len(self.labels):
             raise InputError(f"top_k must be between 1 and {len(self.labels)}, got {top_k}")
-        logits, lengths, truncated = self._run(self._check_texts(texts))
-        probs = softmax(logits.astype(np.float64))
+        if errors not in ("raise", "return"):
+            raise InputError(f"errors must be 'raise' or 'return', got {errors!r}")
+        encoded, failed = self._encode(self._check_texts(texts), errors, first_index)
+        probs = softmax(self._run(encoded).astype(np.float64))
         best = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
-        results = []
-        for i in range(len(probs)):
+        results: list = []
+        for i, enc in enumerate(encoded):
+            if enc is None:
+                results.append(failed[i])
+                continue
             top = tuple((self.labels[j], float(probs[i, j])) for j in best[i])
-            results.append(Prediction(top[0][0], top[0][1], top, int(lengths[i]), bool(truncated[i])))
+            results.append(Prediction(top[0][0], top[0][1], top, len(enc[0]), enc[1], self.provider))
         return results

@@ -82,15 +82,24 @@ def test_labels_that_disagree_with_the_model_output_are_refused(bundle_copy):
         Predictor.load(bundle_copy)
 
 
-def test_a_tokenizer_that_disagrees_with_the_embedding_is_refused(bundle_copy):
-    # Swap in a consistent-looking tokenizer with one more token, re-hashed so only the size check can catch it.
-    tok = bundle_copy / "tokenizer.json"
-    spec = json.loads(tok.read_text())
-    spec["vocab"].append("new-token")
-    tok.write_text(json.dumps(spec))
+@pytest.mark.parametrize("also_edit_signature", [False, True])
+def test_a_tokenizer_that_disagrees_with_the_embedding_is_refused(bundle_copy, also_edit_signature):
+    # A tokenizer with more tokens than the embedding has rows, re-hashed into the manifest so only the
+    # size checks can catch it: first the manifest's signature, then (signature edited too) a probe of
+    # the model itself with the highest token id.
     from runtime.bundle import file_entry
 
-    edit_manifest(bundle_copy, lambda d: d["files"].update({"tokenizer.json": file_entry(tok)}))
+    tok = bundle_copy / "tokenizer.json"
+    spec = json.loads(tok.read_text())
+    spec["vocab"] += [f"new-{i}" for i in range(5)]
+    tok.write_text(json.dumps(spec))
+
+    def change(d):
+        d["files"]["tokenizer.json"] = file_entry(tok)
+        if also_edit_signature:
+            d["signature"]["vocab_size"] = len(spec["vocab"])
+
+    edit_manifest(bundle_copy, change)
     with pytest.raises(BundleError, match="tokenizer and model disagree"):
         Predictor.load(bundle_copy)
 
