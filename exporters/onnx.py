@@ -16,6 +16,7 @@ import torch
 
 from exporters.contract import ModelContract
 from exporters.errors import ContractError, ExportError
+from exporters.recurrent import TRANSLATIONS
 from runtime.session import OnnxModel
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ def export_onnx(
                 input_names=[s.name for s in contract.inputs],
                 output_names=[s.name for s in contract.outputs],
                 dynamic_shapes=contract.dynamic_shapes,
+                custom_translation_table=TRANSLATIONS,
             )
         except Exception as e:  # the exporter raises many private types; keep the cause chained
             raise ExportError(f"torch.onnx.export failed for {path.name}: {type(e).__name__}: {str(e)[:500]}") from e

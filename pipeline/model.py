@@ -3,17 +3,21 @@
 Length-aware without pack_padded_sequence (which the dynamo ONNX exporter cannot export): the forward
 direction reads its output at position length-1; the backward direction runs on each row reversed
 *within its own length* (an index gather), so padding never enters a real position's state. A padded
-row therefore gives the same logits as the same row run alone.
+row therefore gives the same logits as the same row run alone. For ONNX export each layer runs as one
+custom op (exporters/recurrent.py) that becomes a single GRU/LSTM node with sequence_lens.
 """
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Tuple
+from typing import Iterator, Tuple
 
 import torch
 from torch import nn
+
+from exporters.recurrent import rnn_layer
 
 CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
 
@@ -52,21 +56,36 @@ class RecurrentLayer(nn.Module):
 
     def __init__(self, cell: str, input_dim: int, hidden_dim: int, bidirectional: bool):
         super().__init__()
+        self.cell = cell
+        self.hidden_dim = hidden_dim
+        self.bidirectional = bidirectional
+        self.fused = False  # True only while exporting to ONNX (see fused_recurrence)
         self.fwd = CELLS[cell](input_dim, hidden_dim, batch_first=True)
         self.bwd = CELLS[cell](input_dim, hidden_dim, batch_first=True) if bidirectional else None
 
     def forward(
-        self, x: torch.Tensor, rev: torch.Tensor, valid: torch.Tensor
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # x (B, T, I); rev (B, T) index that reverses each row within its length; valid (B, T, 1)
+        self, x: torch.Tensor, lengths: torch.Tensor, rev: torch.Tensor, valid: torch.Tensor, last: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        # x (B, T, I); rev (B, T) reverses each row within its length; valid (B, T, 1); last (B, 1, 1) = length-1
+        # returns y (B, T, D*H), zero at padding, and h (B, D*H), each direction's state after the last real token
+        if self.fused and not torch.jit.is_scripting():
+            return self._fused(x, lengths)
         out_f, _ = self.fwd(x)  # (B, T, H)
+        h_f = torch.gather(out_f, 1, last.expand(-1, 1, out_f.size(2))).squeeze(1)  # (B, H)
         bwd = self.bwd
         if bwd is None:
-            return out_f * valid, out_f, out_f
+            return out_f * valid, h_f
         x_rev = torch.gather(x, 1, rev.unsqueeze(2).expand(-1, -1, x.size(2)))  # (B, T, I)
-        out_b_rev, _ = bwd(x_rev)  # (B, T, H), position t = backward state at original length-1-t
+        out_b_rev, _ = bwd(x_rev)  # (B, T, H); position t holds the backward state at original length-1-t
+        h_b = torch.gather(out_b_rev, 1, last.expand(-1, 1, out_b_rev.size(2))).squeeze(1)  # (B, H)
         out_b = torch.gather(out_b_rev, 1, rev.unsqueeze(2).expand(-1, -1, out_b_rev.size(2)))
-        return torch.cat([out_f, out_b], 2) * valid, out_f, out_b_rev  # (B, T, 2H)
+        return torch.cat([out_f, out_b], 2) * valid, torch.cat([h_f, h_b], 1)  # (B, T, 2H), (B, 2H)
+
+    @torch.jit.unused
+    def _fused(self, x: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The same layer as one custom op, which the ONNX export turns into a single GRU/LSTM node."""
+        params = list(self.fwd.parameters()) + (list(self.bwd.parameters()) if self.bwd is not None else [])
+        return rnn_layer(x, lengths, params, self.hidden_dim, self.cell, self.bidirectional)
 
 
 class TextClassifier(nn.Module):
@@ -75,7 +94,6 @@ class TextClassifier(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         dirs = 2 if cfg.bidirectional else 1
-        self.bidirectional = cfg.bidirectional
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=cfg.pad_id)
         self.layers = nn.ModuleList(
             [
@@ -94,14 +112,22 @@ class TextClassifier(nn.Module):
         rev = torch.where(valid_mask, length - 1 - pos, pos)  # (B, T); padding maps to itself
         valid = valid_mask.unsqueeze(2).to(x.dtype)  # (B, T, 1)
         last = (lengths - 1).view(-1, 1, 1)  # (B, 1, 1)
-        out_f = x
-        out_b_rev = x
+        h = x[:, 0]  # replaced by the first layer; TorchScript needs it defined
         for i, layer in enumerate(self.layers):
             if i > 0:
                 x = self.dropout(x)
-            x, out_f, out_b_rev = layer(x, rev, valid)
-        h = torch.gather(out_f, 1, last.expand(-1, 1, out_f.size(2))).squeeze(1)  # (B, H)
-        if self.bidirectional:
-            h_b = torch.gather(out_b_rev, 1, last.expand(-1, 1, out_b_rev.size(2))).squeeze(1)  # (B, H)
-            h = torch.cat([h, h_b], 1)  # (B, 2H)
+            x, h = layer(x, lengths, rev, valid, last)
         return self.head(self.dropout(h))  # (B, C)
+
+
+@contextmanager
+def fused_recurrence(model: TextClassifier) -> Iterator[TextClassifier]:
+    """Within this block each recurrent layer runs as one custom op (for ONNX export); restored after."""
+    layers = [m for m in model.modules() if isinstance(m, RecurrentLayer)]
+    try:
+        for layer in layers:
+            layer.fused = True
+        yield model
+    finally:
+        for layer in layers:
+            layer.fused = False

@@ -226,6 +226,7 @@ def stage_export(run: Run, force: bool = False) -> StageResult:
     from exporters.contract import ModelContract
     from exporters.onnx import export_onnx, labels_metadata, require_onnxscript
     from exporters.torchscript import export_torchscript
+    from pipeline.model import fused_recurrence
     from pipeline.train import load_trained
 
     trained = run.require("train", "export")
@@ -242,9 +243,10 @@ def stage_export(run: Run, force: bool = False) -> StageResult:
         # T differs from the batch size and is > 1 so no axis is confused with another or pinned to 1.
         n = tokenizer.vocab_size
         example = (torch.arange(2 * 7, dtype=torch.int64).remainder(n - 2).add(2).view(2, 7), torch.tensor([7, 3]))
-        onnx_checks = export_onnx(
-            model, out / "model.onnx", contract, example, labels_metadata(labels, tokenizer.spec.sha256(), __version__)
-        )
+        with fused_recurrence(model):  # each recurrent layer -> one ONNX GRU/LSTM node with sequence_lens
+            onnx_checks = export_onnx(
+                model, out / "model.onnx", contract, example, labels_metadata(labels, tokenizer.spec.sha256(), __version__)
+            )
         summary = {
             "signature": contract.signature() | {"vocab_size": tokenizer.vocab_size},
             "torchscript": ts | {"seconds": t1 - t0},

@@ -76,6 +76,7 @@ class OnnxModel:
                 f"{path}: graph inputs {names} / outputs {[o.name for o in self.session.get_outputs()]} "
                 f"do not follow the model contract {list(INPUTS)} -> ['{OUTPUT}']"
             )
+        self._outputs = [OUTPUT]
         out_shape = self.session.get_outputs()[0].shape
         self.num_labels = out_shape[-1] if isinstance(out_shape[-1], int) else None
 
@@ -84,7 +85,11 @@ class OnnxModel:
         token_ids = np.ascontiguousarray(token_ids, dtype=np.int64)
         lengths = np.ascontiguousarray(lengths, dtype=np.int64)
         check_batch(token_ids, lengths)
-        return self.session.run([OUTPUT], {"token_ids": token_ids, "lengths": lengths})[0]
+        return self.run_trusted(token_ids, lengths)
+
+    def run_trusted(self, token_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """run() without the input checks, for callers that built the batch themselves (the Predictor)."""
+        return self.session.run(self._outputs, {"token_ids": token_ids, "lengths": lengths})[0]
 
 
 def check_batch(token_ids: np.ndarray, lengths: np.ndarray) -> None:

@@ -125,22 +125,13 @@ def _is_word_char(ch: str) -> bool:
     return cat[0] in "LMN" or cat == "Pc"
 
 
-def _strip(text: str) -> str:
-    start, end = 0, len(text)
-    while start < end and text[start] in WHITESPACE:
-        start += 1
-    while end > start and text[end - 1] in WHITESPACE:
-        end -= 1
-    return text[start:end]
-
-
 def normalize(text: str, spec: TokenizerSpec) -> str:
     """Steps 2-4 of the spec: Unicode normalisation, optional lower-casing, whitespace strip."""
-    if spec.normalization:
+    if spec.normalization and not text.isascii():  # every normalisation form leaves ASCII unchanged
         text = unicodedata.normalize(spec.normalization, text)
     if spec.lowercase:
         text = text.lower()
-    return _strip(text)
+    return text.strip()  # str.strip() removes exactly WHITESPACE (a test holds the two equal)
 
 
 def split_tokens(text: str, kind: str) -> list[str]:

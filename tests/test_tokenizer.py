@@ -20,6 +20,10 @@ def make(texts, **kw):
 def test_whitespace_table_matches_python_isspace_everywhere():
     # The spec spells out its whitespace so other languages can reproduce it; it must equal str.isspace.
     assert WHITESPACE == {chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()}
+    spec = TokenizerSpec(normalization=None)  # (NFC itself maps some spaces to others, e.g. U+2001 -> U+2003)
+    for c in WHITESPACE:  # step 4 strips exactly these, at both ends, and nothing else
+        assert normalize(c + c + "x" + c + "y" + c, spec) == "x" + c + "y"
+    assert normalize("\u200bx\ufeff", spec) == "\u200bx\ufeff"  # zero-width space and BOM are not whitespace
 
 
 def test_spec_round_trips_through_json_with_a_stable_hash():
