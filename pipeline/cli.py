@@ -431,6 +431,46 @@ def verify(bundle_dir: Path, texts_path: Path | None, as_json: bool, **opts) -> 
 
 
 @cli.command(context_settings=CONTEXT)
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Bundle folder.")
+@click.option("--texts", "texts_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Real texts, one per line [default: the test split of the run the bundle belongs to].")
+@click.option("--threads", type=click.IntRange(1), default=lambda: os.cpu_count() or 1, show_default="all cores",
+              help="Intra-op threads for every contender.")
+@click.option("--repeats", type=click.IntRange(1), default=5, show_default=True, help="Repeats per figure (medians are reported).")
+@click.option("--latency-texts", type=click.IntRange(1), default=300, show_default=True, help="Texts timed one at a time.")
+@click.option("--bulk-texts", type=click.IntRange(1), default=10_000, show_default=True, help="Texts per bulk repeat.")
+@click.option("--cold-repeats", type=click.IntRange(1), default=3, show_default=True, help="Fresh processes per cold-start figure.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def bench(bundle_dir, texts_path, threads, repeats, latency_texts, bulk_texts, cold_repeats, as_json) -> None:
+    """Measure the bundle's predictor against eager PyTorch, TorchScript and plain onnxruntime.
+
+    One-text latency (p50/p99), bulk throughput, cold start (wall time and peak RSS of a fresh
+    process), efficiency (useful FLOP/s vs this machine's matmul peak) and the run's stage times,
+    with ratios from this run alone. A contender whose outputs differ from eager PyTorch is refused.
+    Needs the `train` extra (torch).
+
+    \b
+    Example:
+      pipeline bench --bundle artifacts/names/bundle --json
+    """
+    from pipeline.bench import BenchConfig, format_report, run_bench
+
+    def work():
+        if texts_path is not None:
+            texts = [t for t in texts_path.read_text(encoding="utf-8").split("\n") if t.strip()]
+        else:
+            test = Path(bundle_dir).resolve().parent / "data" / "test.jsonl"
+            if not test.is_file():
+                raise SeqshipError(f"{test}: not found; pass --texts FILE (one text per line)")
+            texts = [json.loads(line)["text"] for line in test.read_text(encoding="utf-8").splitlines() if line]
+        cfg = BenchConfig(threads=threads, repeats=repeats, latency_texts=latency_texts, bulk_texts=bulk_texts, cold_repeats=cold_repeats)
+        return run_bench(Path(bundle_dir), texts, cfg, progress=lambda msg: None if as_json else click.echo(msg + " ...", err=True))
+
+    result = _guarded(as_json, work)
+    click.echo(json.dumps(result, indent=1) if as_json else format_report(result))
+
+
+@cli.command(context_settings=CONTEXT)
 @click.argument("bundle_dir", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
 def inspect(bundle_dir: Path, as_json: bool) -> None:

@@ -134,3 +134,33 @@ def test_canary_pack_padded_sequence_still_does_not_export_with_dynamo():
 
     with pytest.raises(Exception):
         torch.onnx.export(Packed().eval(), EXAMPLE, dynamo=True, verbose=False, dynamic_shapes=({0: "b", 1: "t"}, {0: "b"}))
+
+
+@pytest.mark.parametrize("cell, bidirectional, layers", [("gru", True, 2), ("lstm", True, 1), ("gru", False, 1), ("lstm", False, 2)])
+def test_fused_export_is_one_recurrent_node_per_layer_and_matches_eager(tmp_path, cell, bidirectional, layers):
+    from pipeline.model import fused_recurrence
+    from runtime.session import OnnxModel
+
+    torch.manual_seed(0)
+    model = TextClassifier(ModelConfig(20, 4, cell=cell, embed_dim=8, hidden_dim=8, num_layers=layers, bidirectional=bidirectional)).eval()
+    ids = torch.randint(1, 20, (5, 9))
+    lens = torch.tensor([9, 4, 1, 7, 2])
+    with torch.inference_mode():
+        plain = model(ids, lens)
+        with fused_recurrence(model):  # the custom op's eager implementation is the same computation
+            torch.testing.assert_close(model(ids, lens), plain, atol=1e-6, rtol=1e-6)
+    path = tmp_path / "m.onnx"
+    with fused_recurrence(model):
+        export_onnx(model, path, ModelContract(num_labels=4), EXAMPLE)
+    assert not any(layer.fused for layer in model.layers)  # restored after the block
+    nodes = [n for n in onnx.load(path).graph.node if n.op_type in ("GRU", "LSTM")]
+    assert [n.op_type for n in nodes] == [cell.upper()] * layers
+    for n in nodes:
+        attrs = {a.name: a for a in n.attribute}
+        assert attrs["direction"].s == (b"bidirectional" if bidirectional else b"forward")
+        assert n.input[4], "sequence_lens must be wired to the lengths input"
+    session = OnnxModel(path, providers="cpu")
+    np.testing.assert_allclose(session.run(ids.numpy(), lens.numpy()), plain.numpy(), atol=1e-5, rtol=1e-5)
+    for i, n in enumerate(lens.tolist()):  # padding changes nothing in the fused graph either
+        alone = session.run(ids[i : i + 1, :n].numpy(), lens[i : i + 1].numpy())
+        np.testing.assert_allclose(alone[0], plain[i].numpy(), atol=1e-5, rtol=1e-5)

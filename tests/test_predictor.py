@@ -83,7 +83,8 @@ def test_asking_for_cuda_without_it_is_an_error_listing_what_is_available(tiny_r
 
 
 def test_session_threads_are_settable_and_reported(tiny_run):
-    p = Predictor.load(tiny_run[1]["bundle"], providers=["CPUExecutionProvider"], intra_op_num_threads=1, inter_op_num_threads=1)
+    p = Predictor.load(tiny_run[1]["bundle"], providers=["CPUExecutionProvider"], intra_op_num_threads=3, inter_op_num_threads=1)
     opts = p.model.session.get_session_options()
-    assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (1, 1)
+    # On CPU the thread budget parallelises batches; the session itself runs single-threaded.
+    assert (opts.intra_op_num_threads, opts.inter_op_num_threads, p.threads) == (1, 1, 3)
     assert p.predict(["Nguyen"])[0].provider == p.provider == "CPUExecutionProvider"
