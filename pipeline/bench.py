@@ -12,20 +12,20 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from runtime.bundle import MODEL_ONNX, MODEL_TORCHSCRIPT, open_bundle
-from runtime.predictor import Predictor
-from runtime.tokenizer import pad_batch
+from pipeline.bench_runtime import BenchConfig, time_each, time_total, workload
+from runtime.bundle import MODEL_TORCHSCRIPT, open_bundle
+from runtime.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
-IDLE_S = 1.0  # pause before each contender (see entry() in run_bench)
 TARGETS = {
     "latency_one.predictor_speedup_vs_eager": (">=", 5.0),
     "throughput_bulk.predictor_vs_eager": (">=", 3.0),
@@ -34,30 +34,6 @@ TARGETS = {
     "cold_start.rss_fraction": ("<=", 0.25),
     "efficiency.fraction_of_matmul_peak": (">=", 0.40),
 }
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    """How much to measure; the defaults are what the README's figures use."""
-
-    threads: int = 2  # intra-op threads for every contender (torch.set_num_threads, onnxruntime, BLAS)
-    latency_texts: int = 300  # texts timed one at a time, per repeat
-    bulk_texts: int = 10_000  # texts per bulk repeat (the test set, cycled)
-    batch_size: int = 256  # naive padded batches for eager PyTorch and plain onnxruntime
-    repeats: int = 5
-    warmup: int = 50
-    cold_repeats: int = 3
-    matmul_n: int = 2048
-    atol: float = 1e-5  # outputs must agree with eager PyTorch this closely to be reported
-    rtol: float = 1e-5
-
-
-def _median(values: Sequence[float]) -> float:
-    return float(statistics.median(values))
-
-
-def _percentile(values: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
 
 
 def eager_from_bundle(bundle) -> "torch.nn.Module":
@@ -96,31 +72,6 @@ def agreement(reference: np.ndarray, outputs: dict[str, np.ndarray], atol: float
     return verdict
 
 
-def _time_each(fn: Callable[[int], object], n: int, cfg: BenchConfig) -> dict:
-    for i in range(min(cfg.warmup, n)):
-        fn(i)
-    p50s, p99s = [], []
-    for _ in range(cfg.repeats):
-        times = []
-        for i in range(n):
-            t0 = time.perf_counter_ns()
-            fn(i)
-            times.append((time.perf_counter_ns() - t0) / 1000)
-        p50s.append(_percentile(times, 50))
-        p99s.append(_percentile(times, 99))
-    return {"p50_us": _median(p50s), "p99_us": _median(p99s)}
-
-
-def _time_total(fn: Callable[[], object], n_texts: int, cfg: BenchConfig) -> dict:
-    fn()  # warm-up
-    secs = []
-    for _ in range(cfg.repeats):
-        t0 = time.perf_counter()
-        fn()
-        secs.append(time.perf_counter() - t0)
-    return {"seconds": _median(secs), "texts_per_s": n_texts / _median(secs)}
-
-
 COLD_PREDICTOR = """
 import sys, time
 from runtime import Predictor
@@ -151,7 +102,7 @@ def _cold(script: str, bundle_dir: Path, text: str, cfg: BenchConfig) -> dict:
         if out.returncode != 0:
             raise RuntimeError(f"cold-start process failed: {out.stderr[-500:]}")
         rss.append(int(out.stdout.rsplit("PEAK_KB", 1)[1].split()[0]) / 1024)
-    return {"wall_s": _median(walls), "peak_rss_mib": _median(rss)}
+    return {"wall_s": statistics.median(walls), "peak_rss_mib": statistics.median(rss)}
 
 
 MATMUL = """
@@ -186,66 +137,55 @@ def stage_seconds(bundle_dir: Path) -> dict | None:
 
 def run_bench(bundle_dir: Path, texts: Sequence[str], cfg: BenchConfig, progress: Callable[[str], None] = lambda s: None) -> dict:
     """Measure every figure; returns the JSON-ready result (see README "Performance")."""
-    import onnxruntime as ort
     import torch
 
-    torch.set_num_threads(cfg.threads)
     bundle = open_bundle(bundle_dir)
+    tok = Tokenizer.from_file(bundle.path("tokenizer.json"))
+    texts, one, bulk, batches, check = workload(texts, tok, cfg)
+
+    progress("onnxruntime and the predictor, in a process without torch")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "texts.json").write_text(json.dumps(texts, ensure_ascii=False))
+        (tmp / "cfg.json").write_text(json.dumps(asdict(cfg)))
+        out = subprocess.run([sys.executable, "-m", "pipeline.bench_runtime", str(bundle.root), str(tmp / "texts.json"),
+                              str(tmp / "cfg.json"), str(tmp)], capture_output=True, text=True, timeout=1800)
+        if out.returncode != 0:
+            raise RuntimeError(f"the onnxruntime benchmark process failed: {out.stderr[-800:]}")
+        onnx_side = json.loads((tmp / "result.json").read_text())
+        outputs = {name: np.load(tmp / f"{name}.npy") for name in ("onnxruntime", "predictor")}
+
+    progress("eager PyTorch and TorchScript")
+    torch.set_num_threads(cfg.threads)
     eager = eager_from_bundle(bundle)
     scripted = torch.jit.load(str(bundle.path(MODEL_TORCHSCRIPT)), map_location="cpu")
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = cfg.threads
-    session = ort.InferenceSession(str(bundle.path(MODEL_ONNX)), so, providers=["CPUExecutionProvider"])
-    predictor = Predictor.load(bundle_dir, providers="cpu", intra_op_num_threads=cfg.threads)
-    tok = predictor.tokenizer
-    texts = [t for t in texts if tok.tokens(t)]
-    if not texts:
-        raise ValueError("no scorable texts to benchmark with")
-    bulk = [texts[i % len(texts)] for i in range(cfg.bulk_texts)]
-    one = [texts[i % len(texts)] for i in range(cfg.latency_texts)]
-    one_ids = [tok.encode_batch([t])[:2] for t in one]
-    one_t = [(torch.from_numpy(a), torch.from_numpy(b)) for a, b in one_ids]
-    batches = [pad_batch([tok.encode(t)[0] for t in bulk[i : i + cfg.batch_size]], tok.spec.pad_id) for i in range(0, len(bulk), cfg.batch_size)]
-    batches_t = [(torch.from_numpy(a), torch.from_numpy(b)) for a, b in batches]
 
     def torch_run(model, a, b):
         with torch.inference_mode():
             return model(a, b)
 
     # Exactness first: a contender that computes something else is refused, whatever its speed.
-    progress("checking that every contender computes what eager PyTorch computes")
-    check = batches[: max(1, 512 // cfg.batch_size)]
     ref = np.concatenate([torch_run(eager, torch.from_numpy(a), torch.from_numpy(b)).numpy() for a, b in check]).astype(np.float64)
-    n_check = len(ref)
-    outputs = {
-        "torchscript": np.concatenate([torch_run(scripted, torch.from_numpy(a), torch.from_numpy(b)).numpy() for a, b in check]),
-        "onnxruntime": np.concatenate([session.run(["logits"], {"token_ids": a, "lengths": b})[0] for a, b in check]),
-        "predictor": predictor.logits(bulk[:n_check]),
-    }
+    outputs["torchscript"] = np.concatenate([torch_run(scripted, torch.from_numpy(a), torch.from_numpy(b)).numpy() for a, b in check])
     refused = agreement(ref, outputs, cfg.atol, cfg.rtol)
+    one_t = [tuple(torch.from_numpy(x) for x in tok.encode_batch([t])[:2]) for t in one]
+    batches_t = [(torch.from_numpy(a), torch.from_numpy(b)) for a, b in batches]
 
-    def entry(name: str, measure: Callable[[], dict]) -> dict:
+    def entry(name: str, figure: dict | Callable[[], dict]) -> dict:
         if refused.get(name):
             return {"refused": refused[name]}
-        # Idle threads of the contender measured before (torch's OpenMP pool, onnxruntime's) spin-wait
-        # for a while after their last job and would steal cores from this one: let them fall asleep.
-        time.sleep(IDLE_S)
-        return measure()
+        return figure() if callable(figure) else figure
 
-    progress("latency, one text at a time")
     latency = {
-        "eager": entry("eager", lambda: _time_each(lambda i: torch_run(eager, *one_t[i]), len(one), cfg)),
-        "torchscript": entry("torchscript", lambda: _time_each(lambda i: torch_run(scripted, *one_t[i]), len(one), cfg)),
-        "onnxruntime": entry("onnxruntime", lambda: _time_each(
-            lambda i: session.run(["logits"], {"token_ids": one_ids[i][0], "lengths": one_ids[i][1]}), len(one), cfg)),
-        "predictor": entry("predictor", lambda: _time_each(lambda i: predictor.predict([one[i]]), len(one), cfg)),
+        "eager": time_each(lambda i: torch_run(eager, *one_t[i]), len(one), cfg),
+        "torchscript": entry("torchscript", lambda: time_each(lambda i: torch_run(scripted, *one_t[i]), len(one), cfg)),
+        "onnxruntime": entry("onnxruntime", onnx_side["latency"]["onnxruntime"]),
+        "predictor": entry("predictor", onnx_side["latency"]["predictor"]),
     }
-    progress(f"bulk throughput, {len(bulk)} texts")
     throughput = {
-        "eager": entry("eager", lambda: _time_total(lambda: [torch_run(eager, a, b) for a, b in batches_t], len(bulk), cfg)),
-        "onnxruntime": entry("onnxruntime", lambda: _time_total(
-            lambda: [session.run(["logits"], {"token_ids": a, "lengths": b}) for a, b in batches], len(bulk), cfg)),
-        "predictor": entry("predictor", lambda: _time_total(lambda: predictor.predict(bulk), len(bulk), cfg)),
+        "eager": time_total(lambda: [torch_run(eager, a, b) for a, b in batches_t], len(bulk), cfg),
+        "onnxruntime": entry("onnxruntime", onnx_side["throughput"]["onnxruntime"]),
+        "predictor": entry("predictor", onnx_side["throughput"]["predictor"]),
     }
     progress("cold start, fresh processes")
     cold = {"predictor": _cold(COLD_PREDICTOR, bundle.root, one[0], cfg), "pytorch": _cold(COLD_TORCH, bundle.root, one[0], cfg)}

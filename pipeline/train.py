@@ -166,6 +166,17 @@ def train(
     progress: Progress | None = None,
 ) -> dict:
     """Train, keep the best validation checkpoint, evaluate on test, and save everything to out_dir."""
+    # Some CPU kernels (multi-threaded backward reductions) are not bit-reproducible by default: the
+    # same seed gave different weights run to run until deterministic algorithms were required.
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _train(train_rows, val_rows, test_rows, labels, cfg, out_dir, progress)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: Path, progress: Progress | None) -> dict:
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     label_ids = {lab: i for i, lab in enumerate(labels)}
