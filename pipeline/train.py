@@ -166,14 +166,17 @@ def train(
     progress: Progress | None = None,
 ) -> dict:
     """Train, keep the best validation checkpoint, evaluate on test, and save everything to out_dir."""
-    # Some CPU kernels (multi-threaded backward reductions) are not bit-reproducible by default: the
-    # same seed gave different weights run to run until deterministic algorithms were required.
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    # Same seed, same weights: two processes trained different weights until deterministic algorithms
+    # were required AND oneDNN (mkldnn) was switched off; its multi-threaded CPU kernels are not
+    # bit-reproducible and torch does not flag them as nondeterministic. Both are restored afterwards.
+    was_deterministic, was_mkldnn = torch.are_deterministic_algorithms_enabled(), torch.backends.mkldnn.enabled
     torch.use_deterministic_algorithms(True)
+    torch.backends.mkldnn.enabled = False
     try:
         return _train(train_rows, val_rows, test_rows, labels, cfg, out_dir, progress)
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
+        torch.backends.mkldnn.enabled = was_mkldnn
 
 
 def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: Path, progress: Progress | None) -> dict:
