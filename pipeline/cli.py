@@ -216,6 +216,9 @@ def _guarded(as_json: bool, work):
 @cli.group(context_settings=CONTEXT)
 def run() -> None:
     """Run the whole pipeline or one stage of it (each stage reuses the previous one's outputs)."""
+    from pipeline import pin_blas_for_reproducibility
+
+    pin_blas_for_reproducibility()  # before torch is imported: one seed, one model
 
 
 @run.command("all", context_settings=CONTEXT)
@@ -468,6 +471,36 @@ def bench(bundle_dir, texts_path, threads, repeats, latency_texts, bulk_texts, c
 
     result = _guarded(as_json, work)
     click.echo(json.dumps(result, indent=1) if as_json else format_report(result))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Bundle folder.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port (0: any free port).")
+def demo(bundle_dir: Path, host: str, port: int) -> None:
+    """Serve a page that runs the bundle in your browser (onnxruntime-web, WebAssembly).
+
+    Type a text and see the top-3 labels as bars, updated as you type. The server only serves static
+    files: the page, the JavaScript predictor and the bundle. Needs `npm ci --prefix runtime/js
+    --ignore-scripts` once, from the checkout.
+
+    \b
+    Example:
+      pipeline demo --bundle artifacts/names/bundle     # then open http://127.0.0.1:8000/
+    """
+    from pipeline.demo import make_server
+
+    try:
+        server = make_server(bundle_dir, host, port)
+    except (SeqshipError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"serving {bundle_dir} at http://{host}:{server.server_address[1]}/ (Ctrl-C to stop)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 @cli.command(context_settings=CONTEXT)

@@ -5,6 +5,7 @@ import copy
 import json
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -169,6 +170,9 @@ def train(
     # Same seed, same weights: two processes trained different weights until deterministic algorithms
     # were required AND oneDNN (mkldnn) was switched off; its multi-threaded CPU kernels are not
     # bit-reproducible and torch does not flag them as nondeterministic. Both are restored afterwards.
+    if "MKL_CBWR" not in os.environ:
+        log.warning("MKL_CBWR is not set: this training may not be bit-reproducible across processes "
+                    "(call pipeline.pin_blas_for_reproducibility() before importing torch; `pipeline run` does)")
     was_deterministic, was_mkldnn = torch.are_deterministic_algorithms_enabled(), torch.backends.mkldnn.enabled
     torch.use_deterministic_algorithms(True)
     torch.backends.mkldnn.enabled = False

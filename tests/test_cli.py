@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import TINY, invoke
 
 COMMANDS = [[], ["run"], ["run", "all"], ["run", "data"], ["run", "train"], ["run", "export"], ["run", "verify"],
-            ["run", "package"], ["predict"], ["verify"], ["inspect"], ["datasets"]]
+            ["run", "package"], ["predict"], ["verify"], ["bench"], ["demo"], ["inspect"], ["datasets"]]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "pipeline")
