@@ -8,6 +8,12 @@ from pathlib import Path
 
 import pytest
 
+import pipeline
+
+# Before anything imports torch: MKL then gives the same bits in this process and in the processes the
+# tests start (training twice, the C++ libtorch program), instead of choosing kernels by alignment.
+pipeline.pin_blas_for_reproducibility()
+
 REPO = Path(__file__).resolve().parent.parent
 
 
