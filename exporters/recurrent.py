@@ -1,4 +1,4 @@
-"""A length-aware recurrent layer as one custom op, exported to ONE ONNX GRU/LSTM node with sequence_lens.
+"""A length-aware recurrent layer as one custom op, exported to ONE ONNX GRU/LSTM/RNN node with sequence_lens.
 
 Why: the plain PyTorch formulation (gather-reversal for the backward direction, gather of position
 length-1) exports, op by op, into ~70 ONNX nodes around two unidirectional GRU nodes. ONNX's own
@@ -35,6 +35,8 @@ def rnn_layer(
         h0 = inp.new_zeros(1, B, hidden_size)
         if cell == "lstm":
             return torch.lstm(inp, [h0, h0], p, True, 1, 0.0, False, False, True)[0]
+        if cell == "rnn":
+            return torch.rnn_tanh(inp, h0, p, True, 1, 0.0, False, False, True)[0]
         return torch.gru(inp, h0, p, True, 1, 0.0, False, False, True)[0]
 
     def at_last(seq: Tensor) -> Tensor:
@@ -61,8 +63,9 @@ def _onnx_rnn_layer(x, lengths, params, hidden_size, cell, bidirectional):
     from onnxscript import opset20 as op
 
     H = hidden_size
-    # PyTorch gate order -> ONNX gate order: GRU (r, z, n) -> (z, r, h); LSTM (i, f, g, o) -> (i, o, f, c).
-    order = (1, 0, 2) if cell == "gru" else (0, 3, 1, 2)
+    # PyTorch gate order -> ONNX gate order: GRU (r, z, n) -> (z, r, h); LSTM (i, f, g, o) -> (i, o, f, c);
+    # a plain (tanh) RNN has one gate.
+    order = {"gru": (1, 0, 2), "lstm": (0, 3, 1, 2), "rnn": (0,)}[cell]
 
     def reorder(w):
         parts = [op.Slice(w, starts=[i * H], ends=[(i + 1) * H], axes=[0]) for i in order]
@@ -78,8 +81,10 @@ def _onnx_rnn_layer(x, lengths, params, hidden_size, cell, bidirectional):
     if cell == "gru":
         # linear_before_reset=1 is PyTorch's GRU formulation (the contract check asserts it).
         Y, Y_h = op.GRU(xt, W, R, B, sequence_lens=seq_lens, hidden_size=H, direction=direction, linear_before_reset=1)
-    else:
+    elif cell == "lstm":
         Y, Y_h, _ = op.LSTM(xt, W, R, B, sequence_lens=seq_lens, hidden_size=H, direction=direction)
+    else:  # ONNX RNN's default activation is Tanh, as is nn.RNN's
+        Y, Y_h = op.RNN(xt, W, R, B, sequence_lens=seq_lens, hidden_size=H, direction=direction)
     y = op.Reshape(op.Transpose(Y, perm=[2, 0, 1, 3]), op.Constant(value_ints=[0, 0, -1]))  # [B, T, D*H]
     h = op.Reshape(op.Transpose(Y_h, perm=[1, 0, 2]), op.Constant(value_ints=[0, -1]))  # [B, D*H]
     return y, h

@@ -50,7 +50,7 @@ def eager_from_bundle(bundle) -> "torch.nn.Module":
 
 def flops_per_text(model_cfg: dict, tokens: int) -> float:
     """Matrix-multiply FLOPs of one text with `tokens` real tokens (padding excluded; 2 per multiply-add)."""
-    gates = {"gru": 3, "lstm": 4}[model_cfg["cell"]]
+    gates = {"gru": 3, "lstm": 4, "rnn": 1}[model_cfg["cell"]]
     h, e, d = model_cfg["hidden_dim"], model_cfg["embed_dim"], 2 if model_cfg["bidirectional"] else 1
     per_token = 0.0
     for layer in range(model_cfg["num_layers"]):

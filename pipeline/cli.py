@@ -100,7 +100,7 @@ def train_options(f):
         click.option("--lr", type=float, default=3e-3, show_default=True, help="AdamW learning rate."),
         click.option("--patience", type=click.IntRange(1), default=5, show_default=True, help="Epochs without better val macro-F1 before stopping."),
         click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True),
-        click.option("--cell", type=click.Choice(["gru", "lstm"]), default="gru", show_default=True),
+        click.option("--cell", type=click.Choice(["gru", "lstm", "rnn"]), default="gru", show_default=True, help="Recurrent cell (rnn = tanh RNN)."),
         click.option("--embed-dim", type=click.IntRange(1), default=64, show_default=True),
         click.option("--hidden-dim", type=click.IntRange(1), default=128, show_default=True),
         click.option("--layers", "num_layers", type=click.IntRange(1), default=1, show_default=True),

@@ -19,7 +19,7 @@ from torch import nn
 
 from exporters.recurrent import rnn_layer
 
-CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
+CELLS = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}  # nn.RNN: tanh
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class ModelConfig:
     vocab_size: int  # embedding rows = len(tokenizer vocab)
     num_labels: int  # logits per row = len(labels)
     pad_id: int = 0  # embedding row that padding uses (kept at zero)
-    cell: str = "gru"  # recurrent cell: "gru" or "lstm"
+    cell: str = "gru"  # recurrent cell: "gru", "lstm" or "rnn" (tanh)
     embed_dim: int = 64  # E: size of a token embedding
     hidden_dim: int = 128  # H: recurrent state size per direction
     num_layers: int = 1  # stacked recurrent layers

@@ -136,7 +136,7 @@ def test_canary_pack_padded_sequence_still_does_not_export_with_dynamo():
         torch.onnx.export(Packed().eval(), EXAMPLE, dynamo=True, verbose=False, dynamic_shapes=({0: "b", 1: "t"}, {0: "b"}))
 
 
-@pytest.mark.parametrize("cell, bidirectional, layers", [("gru", True, 2), ("lstm", True, 1), ("gru", False, 1), ("lstm", False, 2)])
+@pytest.mark.parametrize("cell, bidirectional, layers", [("gru", True, 2), ("lstm", True, 1), ("gru", False, 1), ("lstm", False, 2), ("rnn", True, 2)])
 def test_fused_export_is_one_recurrent_node_per_layer_and_matches_eager(tmp_path, cell, bidirectional, layers):
     from pipeline.model import fused_recurrence
     from runtime.session import OnnxModel
@@ -153,7 +153,7 @@ def test_fused_export_is_one_recurrent_node_per_layer_and_matches_eager(tmp_path
     with fused_recurrence(model):
         export_onnx(model, path, ModelContract(num_labels=4), EXAMPLE)
     assert not any(layer.fused for layer in model.layers)  # restored after the block
-    nodes = [n for n in onnx.load(path).graph.node if n.op_type in ("GRU", "LSTM")]
+    nodes = [n for n in onnx.load(path).graph.node if n.op_type in ("GRU", "LSTM", "RNN")]
     assert [n.op_type for n in nodes] == [cell.upper()] * layers
     for n in nodes:
         attrs = {a.name: a for a in n.attribute}

@@ -15,7 +15,7 @@ def ragged(vocab=30, lengths=(9, 4, 1, 7), seed=0):
     return ids, lens
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])
 @pytest.mark.parametrize("bidirectional", [True, False])
 @pytest.mark.parametrize("layers", [1, 2])
 def test_padded_row_equals_the_row_run_alone(cell, bidirectional, layers):
