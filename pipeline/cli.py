@@ -94,21 +94,24 @@ def data_options(f):
 
 
 def train_options(f):
+    dflt = "dataset's, else "  # options whose default depends on the dataset (see `pipeline datasets`)
     opts = [
-        click.option("--epochs", type=click.IntRange(1), default=30, show_default=True, help="Most epochs (early stopping may end sooner)."),
-        click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True),
-        click.option("--lr", type=float, default=3e-3, show_default=True, help="AdamW learning rate."),
-        click.option("--patience", type=click.IntRange(1), default=5, show_default=True, help="Epochs without better val macro-F1 before stopping."),
-        click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True),
-        click.option("--cell", type=click.Choice(["gru", "lstm", "rnn"]), default="gru", show_default=True, help="Recurrent cell (rnn = tanh RNN)."),
-        click.option("--embed-dim", type=click.IntRange(1), default=64, show_default=True),
-        click.option("--hidden-dim", type=click.IntRange(1), default=128, show_default=True),
-        click.option("--layers", "num_layers", type=click.IntRange(1), default=1, show_default=True),
-        click.option("--bidirectional/--unidirectional", default=True, show_default=True),
-        click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True),
-        click.option("--tokenizer", type=click.Choice(["char", "word"]), default="char", show_default=True),
-        click.option("--lowercase/--keep-case", default=False, show_default=True),
-        click.option("--max-length", type=click.IntRange(1), default=None, help="Tokens kept per text [default: from training lengths]."),
+        click.option("--epochs", type=click.IntRange(1), default=None, help="Most epochs (early stopping may end sooner) [default: 30]."),
+        click.option("--batch-size", type=click.IntRange(1), default=None, help="[default: 64]"),
+        click.option("--lr", type=float, default=None, help="AdamW learning rate [default: 3e-3]."),
+        click.option("--patience", type=click.IntRange(1), default=None, help="Epochs without better val macro-F1 before stopping [default: 5]."),
+        click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default=None, help="[default: cpu]"),
+        click.option("--cell", type=click.Choice(["gru", "lstm", "rnn"]), default=None, help="Recurrent cell (rnn = tanh RNN) [default: gru]."),
+        click.option("--embed-dim", type=click.IntRange(1), default=None, help=f"[default: {dflt}64]"),
+        click.option("--hidden-dim", type=click.IntRange(1), default=None, help=f"[default: {dflt}128]"),
+        click.option("--layers", "num_layers", type=click.IntRange(1), default=None, help="[default: 1]"),
+        click.option("--bidirectional/--unidirectional", default=None, help="[default: bidirectional]"),
+        click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None, help="[default: 0.1]"),
+        click.option("--tokenizer", type=click.Choice(["char", "word"]), default=None, help=f"[default: {dflt}char]"),
+        click.option("--lowercase/--keep-case", default=None, help=f"[default: {dflt}keep case]"),
+        click.option("--max-length", type=click.IntRange(1), default=None,
+                     help=f"Tokens kept per text [default: {dflt}the 99.9th percentile of training lengths]."),
+        click.option("--min-freq", type=click.IntRange(1), default=None, help="Rarer training tokens map to unk [default: 1]."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -138,10 +141,18 @@ def _data_cfg(opts: dict):
     )
 
 
-def _train_cfg(opts: dict):
+def _train_cfg(opts: dict, run=None):
+    """TrainConfig defaults, then the dataset's defaults, then the options given on the command line."""
+    from pipeline.data import REGISTRY
     from pipeline.train import TrainConfig
 
-    return TrainConfig(**{f.name: opts[f.name] for f in fields(TrainConfig) if f.name in opts})
+    dataset = None if opts.get("data_path") else opts.get("dataset")
+    if run is not None and not opts.get("dataset_given"):
+        record = run.record("data")  # `run train` alone: the dataset of the run's data stage
+        dataset = record["inputs"]["config"].get("dataset") if record else dataset
+    values = dict(REGISTRY[dataset].train_defaults) if dataset in REGISTRY else {}
+    values |= {f.name: opts[f.name] for f in fields(TrainConfig) if opts.get(f.name) is not None}
+    return TrainConfig(**values)
 
 
 def _verify_cfg(opts: dict):
@@ -269,7 +280,7 @@ def run_train_cmd(**opts) -> None:
     opts.setdefault("dataset", "names")
     r = _run(opts)
     progress = None if opts["as_json"] else TrainProgress()
-    _report([_guarded(opts["as_json"], lambda: stage_train(r, _train_cfg(opts), opts["force"], progress))], r, opts["as_json"])
+    _report([_guarded(opts["as_json"], lambda: stage_train(r, _train_cfg(opts, r), opts["force"], progress))], r, opts["as_json"])
 
 
 @run.command("export", context_settings=CONTEXT)
@@ -538,7 +549,9 @@ def datasets(as_json: bool) -> None:
         click.echo(json.dumps({n: asdict(d) for n, d in REGISTRY.items()}, indent=1))
         return
     for name, d in REGISTRY.items():
-        click.echo(f"{name:<10} {d.task}\n{'':<10} <data-dir>/{d.folder}/, else downloaded from {d.url}")
+        where = f"downloaded from {d.url}" if d.url else "no download registered yet"
+        defaults = ", ".join(f"{k}={v}" for k, v in d.train_defaults) or "the general defaults"
+        click.echo(f"{name:<14} {d.task}\n{'':<14} <data-dir>/{d.folder}/, else {where}; training: {defaults}")
 
 
 def main() -> None:

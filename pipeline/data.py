@@ -39,6 +39,13 @@ class Dataset:
     name: str
     folder: str  # sub-folder of the data dir (and of the download cache)
     task: str
+    reader: str = "label_folder"  # "label_folder" (<label>.txt files), "table" (csv/tsv files), "label_files"
+    files: tuple[str, ...] = ()  # table: files pooled for train/val (and test, unless test_files is set)
+    test_files: tuple[str, ...] = ()  # table: a fixed, published test split
+    text_column: str = "text"
+    label_column: str = "label"
+    label_files: tuple[tuple[str, str], ...] = ()  # label_files: (file, label), one text per line
+    train_defaults: tuple[tuple[str, object], ...] = ()  # TrainConfig fields this task needs by default
     url: str | None = None  # public archive to download when no local copy is given
     archive_prefix: str = ""  # folder inside the archive that holds the files
     sha256: dict[str, str] = field(default_factory=dict)  # file -> checksum, verified after download
@@ -75,6 +82,31 @@ REGISTRY: dict[str, Dataset] = {
         archive_prefix="data/names/",
         sha256=NAMES_SHA256,
         junk=("To The First Page",),  # 24 scraped page-navigation lines in Russian.txt
+    ),
+    "waimai": Dataset(
+        name="waimai", folder="chinese", task="Chinese food-delivery review sentiment (2 classes, char level)",
+        reader="table", files=("waimai_10k.csv",), text_column="review", label_column="label",
+        train_defaults=(("max_length", 128),),
+    ),
+    "chnsenticorp": Dataset(
+        name="chnsenticorp", folder="chinese", task="Chinese hotel review sentiment (2 classes, char level)",
+        reader="table", files=("ChnSentiCorp_htl_all.csv",), text_column="review", label_column="label",
+        train_defaults=(("max_length", 256),),
+    ),
+    "shopping-cats": Dataset(
+        name="shopping-cats", folder="chinese", task="Chinese shopping reviews -> product category (10 classes, char level)",
+        reader="table", files=("online_shopping_10_cats.csv",), text_column="review", label_column="cat",
+        train_defaults=(("max_length", 128),),
+    ),
+    "sst2": Dataset(
+        name="sst2", folder="english/SST-2", task="English movie sentiment, GLUE SST-2 (2 classes, word level; test = GLUE dev)",
+        reader="table", files=("train.tsv", "dev.tsv"), test_files=("test.tsv",), text_column="sentence",
+        label_column="label", train_defaults=(("tokenizer", "word"), ("lowercase", True), ("embed_dim", 128)),
+    ),
+    "mr": Dataset(
+        name="mr", folder="english/rt-polaritydata", task="English sentence polarity, MR (2 classes, word level)",
+        reader="label_files", label_files=(("rt-polarity.pos", "1"), ("rt-polarity.neg", "0")),
+        train_defaults=(("tokenizer", "word"), ("lowercase", True), ("embed_dim", 128)),
     ),
 }
 
@@ -115,6 +147,11 @@ def _verified(folder: Path, sums: dict[str, str]) -> bool:
 
 def _download(ds: Dataset, cache: Path) -> Path:
     """Fetch the dataset's archive into the cache, verify each file, and move it into place whole."""
+    if ds.url is None:
+        raise DataError(
+            f"dataset {ds.name!r}: no local copy, and no download is registered for it yet. "
+            f"Pass --data-dir DIR or set {DATA_DIR_ENV}=DIR, where DIR holds {ds.folder}/"
+        )
     target = cache / ds.folder
     if _verified(target, ds.sha256):
         return target
@@ -242,7 +279,7 @@ def clean(rows: list[tuple[str, str]], junk: tuple[str, ...] = ()) -> tuple[list
     counts = Counter()
     for text, label in rows:
         counts["rows_read"] += 1
-        text = unicodedata.normalize("NFC", text).strip()
+        text = unicodedata.normalize("NFC", text).strip().lstrip("\ufeff").strip()  # stray BOMs open some reviews
         if not text:
             counts["empty_dropped"] += 1
             continue
@@ -260,12 +297,24 @@ def clean(rows: list[tuple[str, str]], junk: tuple[str, ...] = ()) -> tuple[list
     return kept, {k: counts[k] for k in ("rows_read", "empty_dropped", "junk_dropped", "duplicates_removed", "unique_pairs", "texts_with_several_labels")}
 
 
-def split(rows: list[tuple[str, str]], cfg: DataConfig) -> dict[str, list[tuple[str, str]]]:
+def split(
+    rows: list[tuple[str, str]], cfg: DataConfig, fixed_test: list[tuple[str, str]] | None = None
+) -> dict[str, list[tuple[str, str]]]:
     """Train/val/test split, stratified by label and grouped by text (a text never crosses splits).
 
     A text with several labels forms one group, stratified under its rarest label so that small
-    classes keep their share of validation and test items.
+    classes keep their share of validation and test items. With a fixed (published) test split,
+    pool rows whose text is in it are dropped, and the pool is split into train and validation only.
     """
+    if fixed_test is not None:
+        test_texts = {t for t, _ in fixed_test}
+        pool = [(t, lab) for t, lab in rows if t not in test_texts]
+        cfg_pool = DataConfig(dataset=cfg.dataset, data=cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction, test_fraction=1e-9)
+        out = split(pool, cfg_pool)
+        out["train"] += out.pop("test")
+        out["train"].sort(key=lambda r: (r[1], r[0]))
+        out["test"] = sorted(fixed_test, key=lambda r: (r[1], r[0]))
+        return out
     by_text: dict[str, list[str]] = defaultdict(list)
     for text, label in rows:
         by_text[text].append(label)
@@ -299,13 +348,37 @@ def fingerprint(splits: dict[str, list[tuple[str, str]]]) -> str:
     return h.hexdigest()
 
 
-def load_rows(cfg: DataConfig, source: Path) -> tuple[list[tuple[str, str]], list[Path], tuple[str, ...]]:
-    """Raw (text, label) rows, the files they came from, and the junk lines to drop."""
-    junk = REGISTRY[cfg.dataset].junk if cfg.data is None else ()
-    if source.is_dir():
-        rows, files = read_label_folder(source)
-        return rows, files, junk
-    return read_table(source, cfg.text_column, cfg.label_column), [source], junk
+def source_files(cfg: DataConfig, source: Path) -> list[Path]:
+    """Every file the data stage reads, for its input digest."""
+    if cfg.data is None:
+        ds = REGISTRY[cfg.dataset]
+        if ds.reader == "table":
+            return [source / f for f in ds.files + ds.test_files]
+        if ds.reader == "label_files":
+            return [source / f for f, _ in ds.label_files]
+    return sorted(p for p in source.iterdir() if p.suffix == ".txt" and p.is_file()) if source.is_dir() else [source]
+
+
+def load_rows(cfg: DataConfig, source: Path):
+    """Raw (text, label) rows, a fixed test split's rows (or None), the files read, and junk lines to drop."""
+    if cfg.data is not None:
+        if source.is_dir():
+            rows, files = read_label_folder(source)
+            return rows, None, files, ()
+        return read_table(source, cfg.text_column, cfg.label_column), None, [source], ()
+    ds = REGISTRY[cfg.dataset]
+    files = source_files(cfg, source)
+    for f in files:
+        if not f.is_file():
+            raise DataError(f"dataset {ds.name!r}: {f} is missing; the data folder must hold {ds.folder}/ as published")
+    if ds.reader == "label_folder":
+        return read_label_folder(source)[0], None, files, ds.junk
+    if ds.reader == "label_files":
+        rows = [(line, label) for f, label in ds.label_files for line in _lines(_decode(source / f))]
+        return rows, None, files, ds.junk
+    rows = [r for f in ds.files for r in read_table(source / f, ds.text_column, ds.label_column)]
+    test = [r for f in ds.test_files for r in read_table(source / f, ds.text_column, ds.label_column)] or None
+    return rows, test, files, ds.junk
 
 
 def source_digest(files: list[Path]) -> dict[str, str]:
@@ -315,14 +388,17 @@ def source_digest(files: list[Path]) -> dict[str, str]:
 
 def prepare(cfg: DataConfig, source: Path, out_dir: Path) -> dict:
     """Run the data stage into out_dir: {train,val,test}.jsonl and summary.json. Returns the summary."""
-    rows, files, junk = load_rows(cfg, source)
+    rows, fixed_test, files, junk = load_rows(cfg, source)
     kept, counts = clean(rows, junk)
-    labels = sorted({label for _, label in kept})
+    if fixed_test is not None:
+        fixed_test, test_counts = clean(fixed_test, junk)
+        counts["fixed_test_rows"] = test_counts["unique_pairs"]
+    labels = sorted({label for _, label in kept + (fixed_test or [])})
     if not kept:
         raise DataError(f"{source}: no usable rows after dropping empty lines")
     if len(labels) < 2:
         raise DataError(f"{source}: only one label ({labels[0]!r}); a classifier needs at least two")
-    splits = split(kept, cfg)
+    splits = split(kept, cfg, fixed_test)
     for name, part in splits.items():
         with open(out_dir / f"{name}.jsonl", "w", encoding="utf-8") as f:
             for text, label in part:

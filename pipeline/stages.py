@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline import __version__
-from pipeline.data import DataConfig, locate, prepare, read_split, source_digest
+from pipeline.data import DataConfig, locate, prepare, read_split, source_digest, source_files
 from runtime.bundle import file_entry
 from runtime.errors import SeqshipError
 
@@ -188,14 +188,10 @@ def run_stage(run: Run, stage: str, inputs: dict, produce: Callable[[Path], dict
 # --- the stages -------------------------------------------------------------------------------------
 
 
-def _source_files(source: Path) -> list[Path]:
-    return sorted(p for p in source.iterdir() if p.suffix == ".txt" and p.is_file()) if source.is_dir() else [source]
-
-
 def stage_data(run: Run, cfg: DataConfig, data_dir: str | None = None, cache_dir: str | None = None, force: bool = False) -> StageResult:
     """Find, clean, de-duplicate and split the data; record counts and a fingerprint."""
     source = locate(cfg, data_dir, cache_dir)
-    inputs = {"config": asdict(cfg), "source_files": source_digest(_source_files(source))}
+    inputs = {"config": asdict(cfg), "source_files": source_digest(source_files(cfg, source))}
     return run_stage(run, "data", inputs, lambda out: prepare(cfg, source, out), force)
 
 

@@ -85,3 +85,24 @@ def test_inspect_verifies_and_describes_a_bundle(tiny_run, bundle_copy):
     (bundle_copy / "tokenizer.json").write_text("{}")
     bad = invoke("inspect", str(bundle_copy))
     assert bad.exit_code == 1 and "tokenizer.json" in bad.output
+
+
+def test_dataset_defaults_apply_unless_an_option_overrides_them():
+    from pipeline.cli import _train_cfg
+
+    base = {"data_path": None, "dataset": "sst2", "seed": 0}
+    cfg = _train_cfg(base)
+    assert (cfg.tokenizer, cfg.lowercase, cfg.embed_dim, cfg.hidden_dim) == ("word", True, 128, 128)
+    assert _train_cfg(base | {"tokenizer": "char", "lowercase": False}).tokenizer == "char"
+    assert _train_cfg(base | {"lowercase": False}).lowercase is False
+    assert _train_cfg({"data_path": None, "dataset": "names", "seed": 0}).tokenizer == "char"
+
+
+@pytest.mark.parametrize("variant", [["--cell", "lstm", "--layers", "2"], ["--cell", "rnn", "--unidirectional"]])
+def test_every_cell_variant_passes_the_parity_gate_end_to_end(data_dir, tmp_path, variant):
+    result = invoke("run", "all", "--data-dir", str(data_dir), "--artifacts-dir", str(tmp_path), "--run-name", "v", "--json", *TINY, "--epochs", "1", *variant)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["parity"]["passed"] and summary["parity"]["test_set_label_agreement"] == 1.0
+    manifest = json.loads((tmp_path / "v" / "bundle" / "manifest.json").read_text())
+    assert manifest["model"]["cell"] == variant[1]

@@ -126,3 +126,24 @@ def test_download_verifies_checksums_and_caches(data_dir, tmp_path, monkeypatch)
     with pytest.raises(DataError, match="Greek.txt has sha256 .* refusing it"):
         _download(REGISTRY["names"], tmp_path / "cache2")
     assert not (tmp_path / "cache2" / "names").exists()
+
+
+@pytest.mark.parametrize("name, labels, test_size", [
+    ("waimai", 2, None), ("chnsenticorp", 2, None), ("shopping-cats", 10, None), ("sst2", 2, 872), ("mr", 2, None),
+])
+def test_registry_datasets_read_their_published_files(data_dir, tmp_path, name, labels, test_size):
+    cfg = DataConfig(dataset=name)
+    summary = prepare(cfg, locate(cfg, str(data_dir)), tmp_path)
+    assert len(summary["labels"]) == labels
+    parts = {s: read_split(tmp_path, s) for s in ("train", "val", "test")}
+    train_texts = {t for t, _ in parts["train"]}
+    assert not train_texts & {t for t, _ in parts["test"]} and not train_texts & {t for t, _ in parts["val"]}
+    if test_size:  # a published test split is used as it is, never re-split
+        assert summary["splits"]["test"] == test_size
+    assert not any(t.startswith("\ufeff") for rows in parts.values() for t, _ in rows)
+
+
+def test_registry_dataset_without_a_local_copy_says_where_to_put_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("SEQSHIP_DATA_DIR", raising=False)
+    with pytest.raises(DataError, match=r"'waimai': no local copy.*--data-dir DIR or set SEQSHIP_DATA_DIR=DIR, where DIR holds chinese/"):
+        locate(DataConfig(dataset="waimai"), cache_dir=str(tmp_path))
