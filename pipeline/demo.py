@@ -29,7 +29,10 @@ def routes(bundle_dir: Path) -> dict[str, Path]:
     if not (ORT_WEB / "ort.min.js").is_file():
         raise DemoError(f"{ORT_WEB}: onnxruntime-web is not installed; run `{INSTALL_HINT}` from the checkout")
     open_bundle(bundle_dir)  # refuse to serve a damaged bundle
-    return {"/bundle/": Path(bundle_dir).resolve(), "/ort/": ORT_WEB, "/js/": JS_ROOT / "src", "/": JS_ROOT / "web"}
+    # Resolved once here, so that the containment check in translate_path compares real paths (a
+    # symlinked node_modules, as pnpm or a shared checkout makes, would otherwise look like an escape).
+    folders = {"/bundle/": Path(bundle_dir), "/ort/": ORT_WEB, "/js/": JS_ROOT / "src", "/": JS_ROOT / "web"}
+    return {prefix: folder.resolve() for prefix, folder in folders.items()}
 
 
 class DemoHandler(SimpleHTTPRequestHandler):

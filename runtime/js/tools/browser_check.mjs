@@ -16,8 +16,14 @@ try {
   const page = await browser.newPage({ viewport: { width: 900, height: 600 } });
   const console_ = [];
   page.on("console", (m) => console_.push(m.text()));
+  page.on("requestfailed", (r) => console_.push(`request failed: ${r.url()}`));
+  page.on("response", (r) => { if (r.status() >= 400) console_.push(`HTTP ${r.status()}: ${r.url()}`); });
   await page.goto(url);
-  await page.waitForFunction(() => window.seqship && (window.seqship.ready || window.seqship.error), null, { timeout: 120000 });
+  try {
+    await page.waitForFunction(() => window.seqship && (window.seqship.ready || window.seqship.error), null, { timeout: 120000 });
+  } catch (e) {
+    throw new Error(`the page never became ready (${e.message}); browser console: ${JSON.stringify(console_)}`);
+  }
   const error = await page.evaluate(() => window.seqship.error || null);
   if (error) throw new Error(`the page could not load the bundle: ${error}`);
   const typed = [];
