@@ -319,7 +319,10 @@ def run_package_cmd(**opts) -> None:
 
 
 def _providers(value: str):
-    return [p.strip() for p in value.split(",") if p.strip()] if "," in value else value
+    """"auto" / "cpu" / "cuda" as they are; anything else is a comma-separated list of provider names."""
+    if value.lower() in ("auto", "cpu", "cuda"):
+        return value.lower()
+    return [p.strip() for p in value.split(",") if p.strip()]
 
 
 @cli.command(context_settings=CONTEXT)
@@ -328,7 +331,8 @@ def _providers(value: str):
 @click.option("--top-k", type=click.IntRange(1), default=1, show_default=True, help="Labels to list per text.")
 @click.option("--providers", default="auto", show_default=True, envvar="SEQSHIP_PROVIDERS",
               help="auto, cpu, cuda, or a comma-separated list of onnxruntime providers [env SEQSHIP_PROVIDERS].")
-@click.option("--threads", type=click.IntRange(1), default=None, help="onnxruntime intra-op threads [default: onnxruntime's].")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="CPU: batches scored at once, each on a single-threaded session [default: all cores]; CUDA: intra-op threads.")
 @click.option("--input", "input_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Score this file (one text per line, or .jsonl with a 'text' key) instead of TEXT arguments.")
 @click.option("--output", "output_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -368,6 +372,8 @@ def predict(bundle_dir, top_k, providers, threads, input_path, output_path, fmt,
         texts = tuple(line.rstrip("\r") for line in sys.stdin.read().split("\n"))
         if texts and texts[-1] == "":
             texts = texts[:-1]
+    from runtime.bulk import json_line
+
     errors = 0
     for i, result in enumerate(predictor.predict(list(texts), top_k=top_k, errors="return")):
         if isinstance(result, InputError):
@@ -375,7 +381,7 @@ def predict(bundle_dir, top_k, providers, threads, input_path, output_path, fmt,
             line = {"index": i, "text": texts[i], "error": str(result)}
         else:
             line = {"index": i, "text": texts[i], **result.to_dict()}
-        click.echo(json.dumps(line, ensure_ascii=False))
+        click.echo(json_line(line), nl=False)
     if errors:
         raise click.ClickException(f"{errors} of {len(texts)} texts could not be scored")
 

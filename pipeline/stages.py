@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 STAGES = ("data", "train", "export", "verify", "package")
 STAGE_DIRS = {"data": "data", "train": "train", "export": "export", "verify": "verify", "package": "bundle"}
 # What each stage consumes from the one before it.
-UPSTREAM = {"data": (), "train": ("data",), "export": ("train",), "verify": ("train", "export", "data"), "package": ("train", "export", "verify", "data")}
+UPSTREAM = {"data": (), "train": ("data",), "export": ("train",), "verify": ("train", "export", "data"), "package": ("data", "train", "export", "verify")}
 
 
 class StageError(SeqshipError):
@@ -97,6 +98,13 @@ class Run:
                 f"{by}: the outputs of stage {stage} in {self.dir(stage)} were changed or removed; "
                 f"re-run `pipeline run {stage} --force`"
             )
+        for up in UPSTREAM[stage]:  # stale: made from an upstream stage that has been redone since
+            current = self.record(up)
+            if current is None or record.get("inputs", {}).get(up) != current.get("outputs"):
+                raise StageError(
+                    f"{by}: stage {stage} was made from an earlier {up} stage, which has been redone since; "
+                    f"re-run `pipeline run {stage}` (or `pipeline run all`) first"
+                )
         return record
 
 
@@ -158,8 +166,34 @@ def run_stage(run: Run, stage: str, inputs: dict, produce: Callable[[Path], dict
         log.info("%s: inputs unchanged, reusing %s (use --force to redo)", stage, folder)
         return StageResult(stage, folder, True, time.perf_counter() - started, record.get("summary", {}))
     run.root.mkdir(parents=True, exist_ok=True)
-    for stale in run.root.glob(f".{folder.name}.tmp-*"):  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
+    with _run_lock(run):
+        return _run_stage_locked(run, stage, inputs, produce, digest, started)
+
+
+@contextmanager
+def _run_lock(run: Run):
+    """One process at a time per run folder: a second one would sweep the first one's temporary folders."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, as before
+        yield
+        return
+    with open(run.root / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StageError(f"another pipeline process is working on run {run.name!r} ({run.root}); wait for it to finish") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _run_stage_locked(run: Run, stage: str, inputs: dict, produce, digest: str, started: float) -> StageResult:
+    folder = run.dir(stage)
+    for pattern in (f".{folder.name}.tmp-*", f".{folder.name}.old-*"):  # left by a killed run
+        for stale in run.root.glob(pattern):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=run.root))
     run.record_path(stage).unlink(missing_ok=True)
     try:
@@ -261,7 +295,7 @@ def stage_verify(run: Run, cfg: VerifyConfig, force: bool = False) -> StageResul
     from pipeline.verify import build_report
 
     trained, exported, data = run.require("train", "verify"), run.require("export", "verify"), run.require("data", "verify")
-    inputs = {"config": asdict(cfg), "train": trained["outputs"], "export": exported["outputs"], "test": data["outputs"]["test.jsonl"]}
+    inputs = {"config": asdict(cfg), "train": trained["outputs"], "export": exported["outputs"], "data": data["outputs"]}
 
     def produce(out: Path) -> dict:
         report = build_report(run.dir("train"), run.dir("export"), read_split(run.dir("data"), "test"), cfg)

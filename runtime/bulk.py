@@ -23,6 +23,17 @@ class BulkStats:
     errors: int = 0  # lines answered with {"error": ...}
 
 
+def json_line(obj: dict) -> str:
+    """One JSON line, UTF-8 where possible; a lone surrogate (valid in a Python str, not in UTF-8) is
+    written as a JSON escape instead of failing the whole run."""
+    line = json.dumps(obj, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(obj, ensure_ascii=True)
+    return line + "\n"
+
+
 def _records(path: Path, fmt: str) -> Iterator[tuple[int, dict]]:
     """(bytes read so far, record) per input line; a record has 'text' and, for JSONL, maybe 'id'."""
     if fmt == "auto":
@@ -31,7 +42,7 @@ def _records(path: Path, fmt: str) -> Iterator[tuple[int, dict]]:
         for n, raw in enumerate(f, 1):
             pos = f.tell()
             try:
-                line = raw.decode("utf-8").rstrip("\n").rstrip("\r")
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8").rstrip("\n").rstrip("\r")
             except UnicodeDecodeError as e:
                 yield pos, {"error": f"line {n}: not UTF-8 ({e.reason})"}
                 continue
@@ -120,5 +131,5 @@ def _flush(predictor: Predictor, chunk: list[dict], out, top_k: int, stats: Bulk
             stats.errors += 1
         else:
             stats.scored += 1
-        out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        out.write(json_line(rec))
     chunk.clear()

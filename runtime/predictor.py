@@ -1,6 +1,7 @@
 """Text in, label out: a bundle's ONNX model behind its own tokenizer, on onnxruntime alone."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import threading
@@ -109,8 +110,30 @@ class Predictor:
             )
         predictor = cls(bundle.path(MODEL_ONNX), tokenizer, bundle.labels, providers, **kwargs)
         predictor.bundle = bundle
+        predictor._check_model_metadata()
         predictor._check_embedding()
         return predictor
+
+    def _check_model_metadata(self) -> None:
+        """model.onnx records the labels and tokenizer it was exported with: a bundle whose manifest or
+        tokenizer.json was swapped (same sizes, other order) would otherwise answer with wrong labels."""
+        meta = self.model.session.get_modelmeta().custom_metadata_map
+        if "seqship.labels" in meta:
+            try:
+                labels = tuple(json.loads(meta["seqship.labels"]))
+            except ValueError:
+                raise BundleError(f"{MODEL_ONNX}: metadata 'seqship.labels' is not JSON") from None
+            if labels != self.labels:
+                raise BundleError(
+                    f"{MODEL_ONNX} was exported with labels {list(labels)[:4]}..., the manifest lists "
+                    f"{list(self.labels)[:4]}...; labels and model disagree (order matters)"
+                )
+        want = meta.get("seqship.tokenizer_sha256")
+        if want is not None and want != self.tokenizer.spec.sha256():
+            raise BundleError(
+                f"{TOKENIZER} is not the tokenizer {MODEL_ONNX} was exported with (sha256 of its canonical JSON "
+                "differs from the model's metadata); tokenizer and model disagree"
+            )
 
     def _check_embedding(self) -> None:
         """The highest token id must index a row of the model's embedding (catches a mismatched tokenizer)."""
@@ -167,7 +190,15 @@ class Predictor:
             yield encoded, failed, self.model.run_trusted(np.array([ids], dtype=np.int64), np.array([len(ids)], dtype=np.int64))
             return
         parallel = self.threads > 1 and len(texts) > self.batch_size
-        chunks = []
+        chunks: list = []
+        try:
+            yield from self._chunks(texts, errors, first_index, parallel, chunks)
+        finally:  # an error (or a caller that stops early) must not leave batches queued on the workers
+            for _, _, _, jobs in chunks:
+                for _, future in jobs:
+                    future.cancel()
+
+    def _chunks(self, texts: list, errors: str, first_index: int, parallel: bool, chunks: list):
         for c0 in range(0, len(texts), CHUNK):
             encoded, failed = self._encode(texts[c0 : c0 + CHUNK], errors, first_index + c0)
             logits = np.full((len(encoded), len(self.labels)), np.nan, dtype=np.float32)

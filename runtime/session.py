@@ -100,6 +100,9 @@ def check_batch(token_ids: np.ndarray, lengths: np.ndarray) -> None:
         )
     if token_ids.shape[0] == 0 or token_ids.shape[1] == 0:
         raise InputError(f"token_ids has an empty axis {token_ids.shape}: every row needs at least one token")
+    if token_ids.min() < 0:  # ONNX Gather would count a negative id from the end: a silent wrong answer
+        row = int(np.argwhere(token_ids < 0)[0][0])
+        raise InputError(f"row {row}: negative token id {int(token_ids.min())}; ids index tokenizer.json's vocab", row)
     bad = np.flatnonzero((lengths < 1) | (lengths > token_ids.shape[1]))
     if bad.size:
         i = int(bad[0])

@@ -65,6 +65,11 @@ class TokenizerSpec:
             raise TokenizerError(
                 f"tokenizer normalization {self.normalization!r} is unknown: use one of {NORMALIZATIONS}"
             )
+        if not isinstance(self.lowercase, bool):
+            raise TokenizerError(f"tokenizer lowercase must be true or false, got {self.lowercase!r}")
+        for name in ("max_length", "pad_id", "unk_id"):
+            if isinstance(getattr(self, name), bool):
+                raise TokenizerError(f"tokenizer {name} must be an integer, got {getattr(self, name)!r}")
         if not isinstance(self.max_length, int) or self.max_length < 1:
             raise TokenizerError(f"tokenizer max_length must be an integer >= 1, got {self.max_length!r}")
         n = len(self.vocab)

@@ -136,3 +136,21 @@ def test_model_onnx_carries_its_labels_and_tokenizer_hash(bundle_copy):
     props = meta.custom_metadata_map
     assert json.loads(props["seqship.labels"]) == json.loads((bundle_copy / "manifest.json").read_text())["labels"]
     assert props["seqship.tokenizer_sha256"] == Tokenizer.from_file(bundle_copy / "tokenizer.json").spec.sha256()
+
+
+def test_labels_or_tokenizer_swapped_for_same_sized_ones_are_refused(bundle_copy):
+    # Same counts, other order: only the model's own metadata can tell (it would answer wrong labels).
+    from runtime.bundle import file_entry
+
+    original = (bundle_copy / "manifest.json").read_text()
+    edit_manifest(bundle_copy, lambda d: d.update(labels=d["labels"][::-1]))
+    with pytest.raises(BundleError, match="labels and model disagree"):
+        Predictor.load(bundle_copy)
+    (bundle_copy / "manifest.json").write_text(original)
+    tok = bundle_copy / "tokenizer.json"
+    spec = json.loads(tok.read_text())
+    spec["vocab"] = spec["vocab"][:2] + spec["vocab"][2:][::-1]
+    tok.write_text(json.dumps(spec))
+    edit_manifest(bundle_copy, lambda d: d["files"].update({"tokenizer.json": file_entry(tok)}))
+    with pytest.raises(BundleError, match="not the tokenizer model.onnx was exported with"):
+        Predictor.load(bundle_copy)

@@ -106,3 +106,13 @@ def test_every_cell_variant_passes_the_parity_gate_end_to_end(data_dir, tmp_path
     assert summary["parity"]["passed"] and summary["parity"]["test_set_label_agreement"] == 1.0
     manifest = json.loads((tmp_path / "v" / "bundle" / "manifest.json").read_text())
     assert manifest["model"]["cell"] == variant[1]
+
+
+def test_a_stage_made_from_an_older_upstream_is_not_used(tiny_run, data_dir, tmp_path):
+    # Redo the data stage with another seed: the trained model no longer matches the data, so
+    # packaging (or anything downstream) must refuse until train and the rest are redone.
+    shutil.copytree(tiny_run[0] / "tiny", tmp_path / "tiny")
+    common = ["--artifacts-dir", str(tmp_path), "--run-name", "tiny"]
+    assert invoke("run", "data", "--data-dir", str(data_dir), "--seed", "7", *common).exit_code == 0
+    result = invoke("run", "package", "--force", *common)
+    assert result.exit_code == 1 and "made from an earlier data stage" in result.output

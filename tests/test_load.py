@@ -24,9 +24,10 @@ def real_texts(tiny_run):
 
 
 def test_one_predictor_shared_by_8_threads_gives_the_single_threaded_results(tiny_run, real_texts):
-    predictor = Predictor.load(tiny_run[1]["bundle"], providers="cpu")
+    # batch_size=4 with calls of up to 12 texts: most calls go through the shared worker pool too.
+    predictor = Predictor.load(tiny_run[1]["bundle"], providers="cpu", batch_size=4, intra_op_num_threads=2)
     rng = random.Random(0)
-    batches = [[rng.choice(real_texts) for _ in range(rng.randint(1, 8))] for _ in range(THREADS * CALLS)]
+    batches = [[rng.choice(real_texts) for _ in range(rng.randint(1, 12))] for _ in range(THREADS * CALLS)]
     expected = [predictor.logits(b) for b in batches]  # single-threaded, first
     failures, done = [], [0] * THREADS
 
@@ -120,3 +121,16 @@ def test_a_killed_bulk_run_leaves_no_half_written_output(tiny_run, real_texts, t
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert dst.read_text() == '{"previous": "output"}\n'  # untouched: never half-written
+
+
+def test_bulk_survives_a_bom_and_an_id_that_is_not_valid_utf8(tiny_run, tmp_path):
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text("\ufeff" + json.dumps({"id": "a", "text": "Nguyen"}) + "\n" + json.dumps({"id": "\ud800", "text": "Rossi"}) + "\n",
+                   encoding="utf-8")
+    from runtime.bulk import score_file
+
+    predictor = Predictor.load(tiny_run[1]["bundle"], providers="cpu")
+    stats = score_file(predictor, src, out)
+    lines = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+    assert stats.scored == 2 and lines[1]["id"] == "\ud800"
+    assert lines[0]["num_tokens"] == 6  # the byte-order mark is not read as a token

@@ -88,3 +88,20 @@ def test_session_threads_are_settable_and_reported(tiny_run):
     # On CPU the thread budget parallelises batches; the session itself runs single-threaded.
     assert (opts.intra_op_num_threads, opts.inter_op_num_threads, p.threads) == (1, 1, 3)
     assert p.predict(["Nguyen"])[0].provider == p.provider == "CPUExecutionProvider"
+
+
+def test_negative_token_ids_are_refused_not_read_from_the_end(tiny_run):
+    from pathlib import Path
+
+    from runtime.session import OnnxModel
+
+    model = OnnxModel(Path(tiny_run[1]["bundle"]) / "model.onnx", providers="cpu")
+    with pytest.raises(InputError, match="row 1: negative token id -1"):
+        model.run(np.array([[3, 4], [5, -1]]), np.array([2, 2]))
+
+
+def test_a_single_provider_name_is_accepted_on_the_command_line(tiny_run):
+    from tests.conftest import invoke
+
+    result = invoke("predict", "--bundle", tiny_run[1]["bundle"], "--providers", "CPUExecutionProvider", "Nguyen")
+    assert result.exit_code == 0, result.output
