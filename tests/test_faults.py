@@ -61,6 +61,14 @@ def test_runs_killed_in_train_export_and_package_leave_no_bundle_and_resume(data
     assert Predictor.load(run / "bundle", providers="cpu").predict(["Nguyen"])[0].label
     assert not list(run.glob(".*.tmp-*"))  # leftovers of the killed runs were cleaned up
 
+    # 5. replacing an existing bundle: killed before the new one is in place, the old one stays whole
+    kill_when(start([*args, "--atol", "2e-5"], {"SEQSHIP_FAULT_PAUSE": "package"}),
+              lambda: any(run.glob(".bundle.tmp-*/manifest.json")), "the second package paused")
+    old = Predictor.load(run / "bundle", providers="cpu")
+    assert old.bundle.manifest["parity"]["atol"] == 1e-5
+    assert invoke(*args, "--atol", "2e-5").exit_code == 0
+    assert Predictor.load(run / "bundle", providers="cpu").bundle.manifest["parity"]["atol"] == 2e-5
+
 
 def test_a_truncated_checkpoint_is_detected_and_retrained(tiny_run, data_dir, tmp_path):
     shutil.copytree(tiny_run[0] / "tiny", tmp_path / "tiny")
