@@ -147,8 +147,8 @@ def _train_cfg(opts: dict, run=None):
     from pipeline.train import TrainConfig
 
     dataset = None if opts.get("data_path") else opts.get("dataset")
-    if run is not None and not opts.get("dataset_given"):
-        record = run.record("data")  # `run train` alone: the dataset of the run's data stage
+    if run is not None:  # `run train` alone has no --dataset: use the dataset of the run's data stage
+        record = run.record("data")
         dataset = record["inputs"]["config"].get("dataset") if record else dataset
     values = dict(REGISTRY[dataset].train_defaults) if dataset in REGISTRY else {}
     values |= {f.name: opts[f.name] for f in fields(TrainConfig) if opts.get(f.name) is not None}
