@@ -106,7 +106,11 @@ def train_options(f):
         click.option("--hidden-dim", type=click.IntRange(1), default=None, help=f"[default: {dflt}128]"),
         click.option("--layers", "num_layers", type=click.IntRange(1), default=None, help="[default: 1]"),
         click.option("--bidirectional/--unidirectional", default=None, help="[default: bidirectional]"),
-        click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None, help="[default: 0.1]"),
+        click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None, help=f"Between layers and before the head [default: {dflt}0.1]."),
+        click.option("--embed-dropout", type=click.FloatRange(0, 1, max_open=True), default=None, help=f"On token embeddings [default: {dflt}0]."),
+        click.option("--pooling", type=click.Choice(["last", "max", "last+max"]), default=None,
+                     help=f"Head input: last state per direction, max over positions, or both [default: {dflt}last]."),
+        click.option("--weight-decay", type=click.FloatRange(0), default=None, help=f"AdamW weight decay [default: {dflt}1e-4]."),
         click.option("--tokenizer", type=click.Choice(["char", "word"]), default=None, help=f"[default: {dflt}char]"),
         click.option("--lowercase/--keep-case", default=None, help=f"[default: {dflt}keep case]"),
         click.option("--max-length", type=click.IntRange(1), default=None,
@@ -555,7 +559,8 @@ def datasets(as_json: bool) -> None:
         click.echo(json.dumps({n: asdict(d) for n, d in REGISTRY.items()}, indent=1))
         return
     for name, d in REGISTRY.items():
-        where = f"downloaded from {d.url}" if d.url else "no download registered yet"
+        where = (f"downloaded from {d.download.url} (override: {d.download.env_var(name)})" if d.download
+                 else "no public download")
         defaults = ", ".join(f"{k}={v}" for k, v in d.train_defaults) or "the general defaults"
         click.echo(f"{name:<14} {d.task}\n{'':<14} <data-dir>/{d.folder}/, else {where}; training: {defaults}")
 

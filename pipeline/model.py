@@ -19,6 +19,7 @@ from torch import nn
 
 from exporters.recurrent import rnn_layer
 
+POOLINGS = ("last", "max", "last+max")
 CELLS = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}  # nn.RNN: tanh
 
 
@@ -35,10 +36,17 @@ class ModelConfig:
     num_layers: int = 1  # stacked recurrent layers
     bidirectional: bool = True  # add a backward direction (2H features into the head)
     dropout: float = 0.1  # between layers and before the head; inactive in eval mode
+    embed_dropout: float = 0.0  # on token embeddings while training; inactive in eval mode
+    pooling: str = "last"  # head input: "last" state per direction, "max" over real positions, or "last+max"
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
             raise ValueError(f"cell must be one of {sorted(CELLS)}, got {self.cell!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {self.pooling!r}")
+        for name in ("dropout", "embed_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         for name in ("vocab_size", "num_labels", "embed_dim", "hidden_dim", "num_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -102,10 +110,13 @@ class TextClassifier(nn.Module):
             ]
         )
         self.dropout = nn.Dropout(cfg.dropout)
-        self.head = nn.Linear(cfg.hidden_dim * dirs, cfg.num_labels)
+        self.embed_dropout = nn.Dropout(cfg.embed_dropout)
+        self.pooling = cfg.pooling
+        features = cfg.hidden_dim * dirs * (2 if cfg.pooling == "last+max" else 1)
+        self.head = nn.Linear(features, cfg.num_labels)
 
     def forward(self, token_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        x = self.embed(token_ids)  # (B, T, E)
+        x = self.embed_dropout(self.embed(token_ids))  # (B, T, E)
         pos = torch.arange(token_ids.size(1), device=token_ids.device).unsqueeze(0)  # (1, T)
         length = lengths.unsqueeze(1)  # (B, 1)
         valid_mask = pos < length  # (B, T)
@@ -117,6 +128,10 @@ class TextClassifier(nn.Module):
             if i > 0:
                 x = self.dropout(x)
             x, h = layer(x, lengths, rev, valid, last)
+        if self.pooling != "last":
+            # Max over real positions only: padding is -inf here, so a padded row pools what it pools alone.
+            pooled = torch.where(valid_mask.unsqueeze(2), x, torch.full_like(x, float("-inf"))).amax(1)  # (B, D*H)
+            h = pooled if self.pooling == "max" else torch.cat([h, pooled], 1)
         return self.head(self.dropout(h))  # (B, C)
 
 

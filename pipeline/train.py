@@ -58,6 +58,8 @@ class TrainConfig:
     num_layers: int = 1
     bidirectional: bool = True
     dropout: float = 0.1
+    embed_dropout: float = 0.0
+    pooling: str = "last"  # "last", "max" or "last+max"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -202,6 +204,8 @@ def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: P
         num_layers=cfg.num_layers,
         bidirectional=cfg.bidirectional,
         dropout=cfg.dropout,
+        embed_dropout=cfg.embed_dropout,
+        pooling=cfg.pooling,
     )
     model = TextClassifier(mcfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -98,7 +98,10 @@ def test_dataset_defaults_apply_unless_an_option_overrides_them():
     assert _train_cfg({"data_path": None, "dataset": "names", "seed": 0}).tokenizer == "char"
 
 
-@pytest.mark.parametrize("variant", [["--cell", "lstm", "--layers", "2"], ["--cell", "rnn", "--unidirectional"]])
+@pytest.mark.parametrize("variant", [
+    ["--cell", "lstm", "--layers", "2"], ["--cell", "rnn", "--unidirectional"],
+    ["--cell", "gru", "--pooling", "last+max", "--embed-dropout", "0.2"],
+])
 def test_every_cell_variant_passes_the_parity_gate_end_to_end(data_dir, tmp_path, variant):
     result = invoke("run", "all", "--data-dir", str(data_dir), "--artifacts-dir", str(tmp_path), "--run-name", "v", "--json", *TINY, "--epochs", "1", *variant)
     assert result.exit_code == 0, result.output
@@ -106,6 +109,8 @@ def test_every_cell_variant_passes_the_parity_gate_end_to_end(data_dir, tmp_path
     assert summary["parity"]["passed"] and summary["parity"]["test_set_label_agreement"] == 1.0
     manifest = json.loads((tmp_path / "v" / "bundle" / "manifest.json").read_text())
     assert manifest["model"]["cell"] == variant[1]
+    if "--pooling" in variant:
+        assert manifest["model"]["pooling"] == "last+max" and manifest["model"]["embed_dropout"] == 0.2
 
 
 def test_a_stage_made_from_an_older_upstream_is_not_used(tiny_run, data_dir, tmp_path):

@@ -136,13 +136,17 @@ def test_canary_pack_padded_sequence_still_does_not_export_with_dynamo():
         torch.onnx.export(Packed().eval(), EXAMPLE, dynamo=True, verbose=False, dynamic_shapes=({0: "b", 1: "t"}, {0: "b"}))
 
 
-@pytest.mark.parametrize("cell, bidirectional, layers", [("gru", True, 2), ("lstm", True, 1), ("gru", False, 1), ("lstm", False, 2), ("rnn", True, 2)])
-def test_fused_export_is_one_recurrent_node_per_layer_and_matches_eager(tmp_path, cell, bidirectional, layers):
+@pytest.mark.parametrize("cell, bidirectional, layers, pooling", [
+    ("gru", True, 2, "last"), ("lstm", True, 1, "last"), ("gru", False, 1, "max"), ("lstm", False, 2, "last+max"),
+    ("rnn", True, 2, "last"), ("gru", True, 1, "last+max"),
+])
+def test_fused_export_is_one_recurrent_node_per_layer_and_matches_eager(tmp_path, cell, bidirectional, layers, pooling):
     from pipeline.model import fused_recurrence
     from runtime.session import OnnxModel
 
     torch.manual_seed(0)
-    model = TextClassifier(ModelConfig(20, 4, cell=cell, embed_dim=8, hidden_dim=8, num_layers=layers, bidirectional=bidirectional)).eval()
+    model = TextClassifier(ModelConfig(20, 4, cell=cell, embed_dim=8, hidden_dim=8, num_layers=layers,
+                                       bidirectional=bidirectional, pooling=pooling)).eval()
     ids = torch.randint(1, 20, (5, 9))
     lens = torch.tensor([9, 4, 1, 7, 2])
     with torch.inference_mode():
