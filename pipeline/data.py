@@ -9,13 +9,14 @@ import logging
 import os
 import random
 import shutil
+import tarfile
 import tempfile
 import unicodedata
 import urllib.error
 import urllib.request
 import zipfile
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from runtime.bundle import sha256_file
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "SEQSHIP_DATA_DIR"
 CACHE_DIR_ENV = "SEQSHIP_CACHE_DIR"
-NAMES_URL_ENV = "SEQSHIP_NAMES_URL"
+DOWNLOAD_RECORD = "download.json"  # written into a cache folder once its files are verified
+MAX_DOWNLOAD_BYTES = 200 << 20
 
 
 class DataError(SeqshipError):
@@ -46,10 +48,39 @@ class Dataset:
     label_column: str = "label"
     label_files: tuple[tuple[str, str], ...] = ()  # label_files: (file, label), one text per line
     train_defaults: tuple[tuple[str, object], ...] = ()  # TrainConfig fields this task needs by default
-    url: str | None = None  # public archive to download when no local copy is given
-    archive_prefix: str = ""  # folder inside the archive that holds the files
-    sha256: dict[str, str] = field(default_factory=dict)  # file -> checksum, verified after download
+    download: "Download | None" = None  # the public source, fetched into the cache when no local copy is given
     junk: tuple[str, ...] = ()  # known non-data lines to drop
+
+    def layout(self, source: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(pooled files, fixed test files) of a table dataset: a download may publish them under other names."""
+        if self.download is not None and self.download.files and (source / DOWNLOAD_RECORD).is_file():
+            return self.download.files, self.download.test_files
+        return self.files, self.test_files
+
+
+@dataclass(frozen=True)
+class Download:
+    """A dataset's public source and how to turn it into verified files in the cache.
+
+    Every download is checked before anything is moved into place: the archive against a published
+    checksum where one exists (`archive_md5`), and each stored file against `sha256` (digests of the
+    files as they are stored, i.e. after `transcode`). A file that fails is refused; the cache keeps
+    nothing half-written under a final name.
+    """
+
+    url: str
+    kind: str  # "file" (the URL is the file itself), "zip" or "tar.gz"
+    members: tuple[tuple[str, str], ...]  # (path inside the archive, or "" for kind "file"; name stored in the cache)
+    sha256: tuple[tuple[str, str], ...] = ()  # stored name -> sha256 after transcoding
+    archive_md5: str | None = None  # published checksum of the archive as served
+    transcode: str | None = None  # the source's text encoding; stored re-encoded as UTF-8
+    files: tuple[str, ...] = ()  # table datasets: pooled files under their downloaded names (default: the dataset's)
+    test_files: tuple[str, ...] = ()
+    note: str = ""  # how the download relates to the local copy the checksums came from
+
+    def env_var(self, dataset: str) -> str:
+        """Environment variable that overrides the URL (a mirror, or a file:// copy)."""
+        return "SEQSHIP_" + dataset.upper().replace("-", "_") + "_URL"
 
 
 NAMES_SHA256 = {
@@ -73,40 +104,71 @@ NAMES_SHA256 = {
     "Vietnamese.txt": "f3f9e4164ab47601178a6e45b216464a64122f49d05541f24bf18a757253281d",
 }
 
+SOPHONPLUS = "https://raw.githubusercontent.com/SophonPlus/ChineseNlpCorpus/master/datasets/"
+
 REGISTRY: dict[str, Dataset] = {
     "names": Dataset(
         name="names",
         folder="names",
         task="surname -> language of origin (18 classes, char level; PyTorch char-RNN tutorial data)",
-        url="https://download.pytorch.org/tutorial/data.zip",
-        archive_prefix="data/names/",
-        sha256=NAMES_SHA256,
-        junk=("To The First Page",),  # 24 scraped page-navigation lines in Russian.txt
+        download=Download(
+            url="https://download.pytorch.org/tutorial/data.zip", kind="zip",
+            members=tuple(("data/names/" + n, n) for n in NAMES_SHA256), sha256=tuple(NAMES_SHA256.items()),
+        ),
+        junk=("To The First Page",),  # scraped page-navigation lines in Russian.txt
     ),
     "waimai": Dataset(
         name="waimai", folder="chinese", task="Chinese food-delivery review sentiment (2 classes, char level)",
         reader="table", files=("waimai_10k.csv",), text_column="review", label_column="label",
         train_defaults=(("max_length", 128),),
+        download=Download(
+            url=SOPHONPLUS + "waimai_10k/waimai_10k.csv", kind="file", members=(("", "waimai_10k.csv"),),
+            sha256=(("waimai_10k.csv", "b8b5c11c00b51578d35937fca56e03a126b45381f1ea4b22893237cb377a26fe"),),
+        ),
     ),
     "chnsenticorp": Dataset(
         name="chnsenticorp", folder="chinese", task="Chinese hotel review sentiment (2 classes, char level)",
         reader="table", files=("ChnSentiCorp_htl_all.csv",), text_column="review", label_column="label",
         train_defaults=(("max_length", 256),),
+        download=Download(
+            url=SOPHONPLUS + "ChnSentiCorp_htl_all/ChnSentiCorp_htl_all.csv", kind="file",
+            members=(("", "ChnSentiCorp_htl_all.csv"),),
+            sha256=(("ChnSentiCorp_htl_all.csv", "1d414b9c65caf3a836abdb4efded621968502ad3338e1a9d885ae131c86083f0"),),
+        ),
     ),
     "shopping-cats": Dataset(
         name="shopping-cats", folder="chinese", task="Chinese shopping reviews -> product category (10 classes, char level)",
         reader="table", files=("online_shopping_10_cats.csv",), text_column="review", label_column="cat",
         train_defaults=(("max_length", 128),),
+        download=Download(
+            url=SOPHONPLUS + "online_shopping_10_cats/online_shopping_10_cats.zip", kind="zip",
+            members=(("online_shopping_10_cats.csv", "online_shopping_10_cats.csv"),),
+            sha256=(("online_shopping_10_cats.csv", "f6c5b724122d8547b700ac4524898eb7e28abbee63f798e95a8faa408829afdb"),),
+        ),
     ),
     "sst2": Dataset(
         name="sst2", folder="english/SST-2", task="English movie sentiment, GLUE SST-2 (2 classes, word level; test = GLUE dev)",
         reader="table", files=("train.tsv", "dev.tsv"), test_files=("test.tsv",), text_column="sentence",
         label_column="label", train_defaults=(("tokenizer", "word"), ("lowercase", True), ("embed_dim", 128)),
+        download=Download(
+            url="https://dl.fbaipublicfiles.com/glue/data/SST-2.zip", kind="zip",
+            members=(("SST-2/train.tsv", "train.tsv"), ("SST-2/dev.tsv", "test.tsv")),
+            archive_md5="9f81648d4199384278b86e315dac217c",  # as published with torchtext's SST2 dataset
+            files=("train.tsv",), test_files=("test.tsv",),
+            note="GLUE's train.tsv is the local train.tsv + dev.tsv pooled; GLUE's dev.tsv is the local test.tsv",
+        ),
     ),
     "mr": Dataset(
         name="mr", folder="english/rt-polaritydata", task="English sentence polarity, MR (2 classes, word level)",
         reader="label_files", label_files=(("rt-polarity.pos", "1"), ("rt-polarity.neg", "0")),
         train_defaults=(("tokenizer", "word"), ("lowercase", True), ("embed_dim", 128)),
+        download=Download(
+            url="https://www.cs.cornell.edu/people/pabo/movie-review-data/rt-polaritydata.tar.gz", kind="tar.gz",
+            members=(("rt-polaritydata/rt-polarity.pos", "rt-polarity.pos"), ("rt-polaritydata/rt-polarity.neg", "rt-polarity.neg")),
+            sha256=(("rt-polarity.pos", "4134882974a28d0c7b5151256f0e33a6169984ee7372c279e673f1114f475d58"),
+                    ("rt-polarity.neg", "2d11cfbc790f1cd96d78339f41ce53ced1efa83cd22d37d6788fa3fe3d17e2fd")),
+            transcode="cp1252",  # the published files are Windows-1252, which is where "ladrÃ³n" comes from
+        ),
     ),
 }
 
@@ -141,48 +203,107 @@ def default_cache_dir() -> Path:
     return Path(base) / "seqship"
 
 
-def _verified(folder: Path, sums: dict[str, str]) -> bool:
-    return folder.is_dir() and all((folder / n).is_file() and sha256_file(folder / n) == s for n, s in sums.items())
+def _cached(target: Path, dl: Download) -> bool:
+    """A cache folder that a finished, verified download left behind (checked again, file by file)."""
+    record = target / DOWNLOAD_RECORD
+    if not record.is_file():
+        return False
+    try:
+        stored = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    names = [name for _, name in dl.members]
+    if stored.get("files") != names or not all((target / n).is_file() for n in names):
+        return False
+    return all(sha256_file(target / n) == digest for n, digest in dl.sha256)
+
+
+def _fetch(url: str, name: str, folder: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r:
+            payload = r.read(MAX_DOWNLOAD_BYTES + 1)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise DataError(
+            f"dataset {name!r}: no local copy and the download from {url} failed ({e}). "
+            f"Offline? Pass --data-dir DIR or set {DATA_DIR_ENV}=DIR, where DIR holds {folder}/"
+        ) from None
+    if len(payload) > MAX_DOWNLOAD_BYTES:
+        raise DataError(f"{url}: larger than {MAX_DOWNLOAD_BYTES >> 20} MiB; refusing it")
+    return payload
+
+
+def _members(payload: bytes, dl: Download, url: str) -> dict[str, bytes]:
+    """The bytes of each wanted member, by stored name."""
+    wanted = dict(dl.members)
+    try:
+        if dl.kind == "file":
+            return {name: payload for name in wanted.values()}
+        if dl.kind == "zip":
+            with zipfile.ZipFile(io.BytesIO(payload)) as z:
+                names = set(z.namelist())
+                out = {}
+                for member, name in wanted.items():
+                    if member not in names:
+                        raise DataError(f"{url}: archive lacks {member}")
+                    out[name] = z.read(member)
+                return out
+        if dl.kind == "tar.gz":
+            with tarfile.open(fileobj=io.BytesIO(payload), mode="r:gz") as t:
+                out = {}
+                for member, name in wanted.items():
+                    try:
+                        info = t.getmember(member)
+                    except KeyError:
+                        raise DataError(f"{url}: archive lacks {member}") from None
+                    f = t.extractfile(info) if info.isfile() else None  # read as bytes; nothing is extracted to disk
+                    if f is None:
+                        raise DataError(f"{url}: {member} is not a regular file in the archive")
+                    out[name] = f.read()
+                return out
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as e:
+        raise DataError(f"{url}: not a readable {dl.kind} archive ({e})") from None
+    raise DataError(f"internal error: unknown download kind {dl.kind!r}")
 
 
 def _download(ds: Dataset, cache: Path) -> Path:
-    """Fetch the dataset's archive into the cache, verify each file, and move it into place whole."""
-    if ds.url is None:
+    """Fetch the dataset's public source into <cache>/<dataset>/, verify every file, and move it into place whole."""
+    dl = ds.download
+    if dl is None:
         raise DataError(
-            f"dataset {ds.name!r}: no local copy, and no download is registered for it yet. "
+            f"dataset {ds.name!r}: no local copy, and it has no public download. "
             f"Pass --data-dir DIR or set {DATA_DIR_ENV}=DIR, where DIR holds {ds.folder}/"
         )
-    target = cache / ds.folder
-    if _verified(target, ds.sha256):
+    target = cache / ds.name
+    if _cached(target, dl):
         return target
-    url = os.environ.get(NAMES_URL_ENV, ds.url) if ds.name == "names" else ds.url
+    url = os.environ.get(dl.env_var(ds.name)) or dl.url
     cache.mkdir(parents=True, exist_ok=True)
-    log.info("downloading %s from %s into %s", ds.name, url, cache)
+    log.info("downloading %s from %s into %s", ds.name, url, target)
+    payload = _fetch(url, ds.name, ds.folder)
+    if dl.archive_md5 is not None:
+        digest = hashlib.md5(payload).hexdigest()
+        if digest != dl.archive_md5:
+            raise DataError(f"{url}: md5 {digest}, expected the published {dl.archive_md5}; refusing it")
+    files = _members(payload, dl, url)
+    if dl.transcode:
+        try:
+            files = {n: b.decode(dl.transcode).encode("utf-8") for n, b in files.items()}
+        except UnicodeDecodeError as e:
+            raise DataError(f"{url}: not {dl.transcode} text as expected ({e}); refusing it") from None
+    for name, digest in dl.sha256:
+        got = hashlib.sha256(files[name]).hexdigest()
+        if got != digest:
+            raise DataError(f"{url}: {name} has sha256 {got}, expected {digest}; refusing it")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{ds.name}-", dir=cache))
     try:
-        with urllib.request.urlopen(url, timeout=60) as r:
-            payload = r.read()
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        raise DataError(
-            f"dataset {ds.name!r}: no local copy and the download from {url} failed ({e}). "
-            f"Offline? Pass --data-dir DIR or set {DATA_DIR_ENV}=DIR, where DIR holds {ds.folder}/"
-        ) from None
-    tmp = Path(tempfile.mkdtemp(prefix=f".{ds.folder}-", dir=cache))
-    try:
-        with zipfile.ZipFile(io.BytesIO(payload)) as z:
-            for name in ds.sha256:
-                try:
-                    data = z.read(ds.archive_prefix + name)
-                except KeyError:
-                    raise DataError(f"{url}: archive lacks {ds.archive_prefix + name}") from None
-                digest = hashlib.sha256(data).hexdigest()
-                if digest != ds.sha256[name]:
-                    raise DataError(f"{url}: {name} has sha256 {digest}, expected {ds.sha256[name]}; refusing it")
-                (tmp / name).write_bytes(data)
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        record = {"dataset": ds.name, "url": url, "files": [n for _, n in dl.members],
+                  "sha256": {n: hashlib.sha256(b).hexdigest() for n, b in files.items()}}
+        (tmp / DOWNLOAD_RECORD).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
-    except zipfile.BadZipFile:
-        raise DataError(f"{url}: not a zip archive") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -353,7 +474,8 @@ def source_files(cfg: DataConfig, source: Path) -> list[Path]:
     if cfg.data is None:
         ds = REGISTRY[cfg.dataset]
         if ds.reader == "table":
-            return [source / f for f in ds.files + ds.test_files]
+            files, test_files = ds.layout(source)
+            return [source / f for f in files + test_files]
         if ds.reader == "label_files":
             return [source / f for f, _ in ds.label_files]
     return sorted(p for p in source.iterdir() if p.suffix == ".txt" and p.is_file()) if source.is_dir() else [source]
@@ -376,8 +498,9 @@ def load_rows(cfg: DataConfig, source: Path):
     if ds.reader == "label_files":
         rows = [(line, label) for f, label in ds.label_files for line in _lines(_decode(source / f))]
         return rows, None, files, ds.junk
-    rows = [r for f in ds.files for r in read_table(source / f, ds.text_column, ds.label_column)]
-    test = [r for f in ds.test_files for r in read_table(source / f, ds.text_column, ds.label_column)] or None
+    pooled, test_files = ds.layout(source)
+    rows = [r for f in pooled for r in read_table(source / f, ds.text_column, ds.label_column)]
+    test = [r for f in test_files for r in read_table(source / f, ds.text_column, ds.label_column)] or None
     return rows, test, files, ds.junk
 
 

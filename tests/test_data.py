@@ -1,10 +1,13 @@
 """The data stage on the real names data and on users' own files."""
+import dataclasses
 import hashlib
 import io
 import json
+import tarfile
 import zipfile
 
 import pytest
+
 
 from pipeline.data import DataConfig, DataError, _download, REGISTRY, clean, locate, prepare, read_split
 
@@ -102,30 +105,89 @@ def test_missing_data_dir_and_offline_download_errors_name_the_option_and_variab
         locate(DataConfig(), cache_dir=str(tmp_path / "cache"))
 
 
-def make_zip(data_dir, tamper=None):
+def published_source(name, data_dir, tamper=None):
+    """The dataset's public source rebuilt, in its published layout and encoding, from the local copy."""
+    ds = REGISTRY[name]
+    dl, local = ds.download, data_dir / ds.folder
+    if name == "sst2":  # GLUE's train.tsv = the local train.tsv + dev.tsv; GLUE's dev.tsv = the local test.tsv
+        dev = (local / "dev.tsv").read_bytes().split(b"\n", 1)[1]
+        stored = {"train.tsv": (local / "train.tsv").read_bytes().rstrip(b"\n") + b"\n" + dev,
+                  "test.tsv": (local / "test.tsv").read_bytes()}
+    else:
+        stored = {n: (local / n).read_bytes() for _, n in dl.members}
+    if dl.transcode:
+        stored = {n: b.decode("utf-8").encode(dl.transcode) for n, b in stored.items()}
+    if tamper:
+        stored[tamper] += b"x"
+    if dl.kind == "file":
+        return stored[dl.members[0][1]]
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        for name in REGISTRY["names"].sha256:
-            data = (data_dir / "names" / name).read_bytes()
-            z.writestr("data/names/" + name, data + (b"x" if name == tamper else b""))
+    if dl.kind == "zip":
+        with zipfile.ZipFile(buf, "w") as z:
+            for member, n in dl.members:
+                z.writestr(member, stored[n])
+    else:
+        with tarfile.open(fileobj=buf, mode="w:gz") as t:
+            for member, n in dl.members:
+                info = tarfile.TarInfo(member)
+                info.size = len(stored[n])
+                t.addfile(info, io.BytesIO(stored[n]))
     return buf.getvalue()
 
 
-def test_download_verifies_checksums_and_caches(data_dir, tmp_path, monkeypatch):
-    # The real download code path, fed the tutorial archive's layout through a file:// URL (no network here).
-    good = tmp_path / "data.zip"
-    good.write_bytes(make_zip(data_dir))
-    monkeypatch.setenv("SEQSHIP_NAMES_URL", good.as_uri())
-    folder = _download(REGISTRY["names"], tmp_path / "cache")
-    assert hashlib.sha256((folder / "Arabic.txt").read_bytes()).hexdigest() == REGISTRY["names"].sha256["Arabic.txt"]
-    good.unlink()  # a second call is served from the verified cache
-    assert _download(REGISTRY["names"], tmp_path / "cache") == folder
-    bad = tmp_path / "bad.zip"
-    bad.write_bytes(make_zip(data_dir, tamper="Greek.txt"))
-    monkeypatch.setenv("SEQSHIP_NAMES_URL", bad.as_uri())
-    with pytest.raises(DataError, match="Greek.txt has sha256 .* refusing it"):
-        _download(REGISTRY["names"], tmp_path / "cache2")
-    assert not (tmp_path / "cache2" / "names").exists()
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_download_verifies_stores_and_reads_like_the_local_copy(name, data_dir, tmp_path, monkeypatch):
+    # The real download path (urllib, archive reading, checksums, atomic move), fed the published layout
+    # through a file:// URL: there is no network here. The downloaded data must split exactly like the local copy.
+    ds = REGISTRY[name]
+    source = tmp_path / "source"
+    source.write_bytes(published_source(name, data_dir))
+    monkeypatch.setenv(ds.download.env_var(name), source.as_uri())
+    if ds.download.archive_md5:  # SST-2's checksum is GLUE's archive; ours is rebuilt, so trust its md5 here only
+        monkeypatch.setitem(REGISTRY, name, dataclasses.replace(
+            ds, download=dataclasses.replace(ds.download, archive_md5=hashlib.md5(source.read_bytes()).hexdigest())))
+    cache = tmp_path / "cache"
+    folder = locate(DataConfig(dataset=name), cache_dir=str(cache))
+    assert folder == cache / name and json.loads((folder / "download.json").read_text())["dataset"] == name
+    source.unlink()  # a second call is served from the verified cache, without the network
+    assert locate(DataConfig(dataset=name), cache_dir=str(cache)) == folder
+    cfg = DataConfig(dataset=name)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    downloaded = prepare(cfg, folder, tmp_path / "a")
+    local = prepare(cfg, locate(cfg, str(data_dir)), tmp_path / "b")
+    assert downloaded["fingerprint"] == local["fingerprint"] and downloaded["splits"] == local["splits"]
+
+
+@pytest.mark.parametrize("name", ["names", "mr", "waimai"])
+def test_a_download_that_fails_its_checksum_is_refused_and_leaves_nothing(name, data_dir, tmp_path, monkeypatch):
+    ds = REGISTRY[name]
+    bad_file = ds.download.sha256[-1][0]
+    source = tmp_path / "bad"
+    source.write_bytes(published_source(name, data_dir, tamper=bad_file))
+    monkeypatch.setenv(ds.download.env_var(name), source.as_uri())
+    with pytest.raises(DataError, match=f"{bad_file} has sha256 .* refusing it"):
+        _download(ds, tmp_path / "cache")
+    assert not (tmp_path / "cache" / name).exists() and not list((tmp_path / "cache").iterdir())
+    (tmp_path / "junk").write_bytes(b"<html>not an archive</html>")
+    monkeypatch.setenv(ds.download.env_var(name), (tmp_path / "junk").as_uri())
+    with pytest.raises(DataError, match="not a readable|sha256"):
+        _download(ds, tmp_path / "cache")
+
+
+def test_sst2_download_is_refused_unless_it_is_the_published_glue_archive(data_dir, tmp_path, monkeypatch):
+    source = tmp_path / "SST-2.zip"
+    source.write_bytes(published_source("sst2", data_dir))
+    monkeypatch.setenv("SEQSHIP_SST2_URL", source.as_uri())
+    with pytest.raises(DataError, match="md5 .*, expected the published 9f81648d4199384278b86e315dac217c; refusing it"):
+        locate(DataConfig(dataset="sst2"), cache_dir=str(tmp_path / "cache"))
+    assert not (tmp_path / "cache" / "sst2").exists()
+
+
+def test_every_registry_download_is_checked_by_a_checksum():
+    for name, ds in REGISTRY.items():
+        dl = ds.download
+        assert dl is not None and (dl.archive_md5 or {n for n, _ in dl.sha256} == {n for _, n in dl.members}), name
+        assert dl.url.startswith("https://"), name
 
 
 @pytest.mark.parametrize("name, labels, test_size", [
@@ -145,5 +207,7 @@ def test_registry_datasets_read_their_published_files(data_dir, tmp_path, name, 
 
 def test_registry_dataset_without_a_local_copy_says_where_to_put_it(tmp_path, monkeypatch):
     monkeypatch.delenv("SEQSHIP_DATA_DIR", raising=False)
-    with pytest.raises(DataError, match=r"'waimai': no local copy.*--data-dir DIR or set SEQSHIP_DATA_DIR=DIR, where DIR holds chinese/"):
+    monkeypatch.setenv("SEQSHIP_WAIMAI_URL", "http://127.0.0.1:9/waimai_10k.csv")  # nothing listens there
+    with pytest.raises(DataError, match=r"'waimai': no local copy and the download from .* failed .*Offline\? "
+                                        r"Pass --data-dir DIR or set SEQSHIP_DATA_DIR=DIR, where DIR holds chinese/"):
         locate(DataConfig(dataset="waimai"), cache_dir=str(tmp_path))
