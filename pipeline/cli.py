@@ -190,16 +190,20 @@ class TrainProgress:
             )
 
 
-def _report(results, run, as_json: bool) -> None:
+def _report(results, run, as_json: bool, report: Path | None = None) -> None:
     if as_json:
         out = {"ok": True, "run": run.name, "run_dir": str(run.root), "stages": [r.to_dict() for r in results]}
         if (run.dir("package") / "manifest.json").is_file():
             out["bundle"] = str(run.dir("package"))
+        if report is not None:
+            out["report"] = str(report)
         for r in results:
             if r.stage == "train":
                 out["metrics"] = r.summary
             if r.stage == "verify":
                 out["parity"] = r.summary
+            if r.stage == "cv":
+                out["cv"] = r.summary
         click.echo(json.dumps(out, indent=1, ensure_ascii=False, default=str))
         return
     for r in results:
@@ -212,6 +216,12 @@ def _report(results, run, as_json: bool) -> None:
             click.echo(f"parity passed (max |diff|: {worst}); test-set label agreement {r.summary['test_set_label_agreement']:.2%}")
         if r.stage == "package":
             click.echo(f"bundle: {r.path}")
+        if r.stage == "cv":
+            c = r.summary
+            click.echo(f"{c['folds']}-fold cross-validation: accuracy {c['accuracy_mean']:.4f} ± {c['accuracy_std']:.4f}, "
+                       f"macro-F1 {c['macro_f1_mean']:.4f}")
+    if report is not None:
+        click.echo(f"report: {report}")
 
 
 def _guarded(as_json: bool, work):
@@ -236,20 +246,26 @@ def run() -> None:
     pin_blas_for_reproducibility()  # before torch is imported: one seed, one model
 
 
+CV_OPTION = click.option("--cv", "cv_folds", type=click.IntRange(2), default=None,
+                         help="Also cross-validate: K folds over all the data, each fold the test set once (e.g. --cv 10 for mr).")
+
+
 @run.command("all", context_settings=CONTEXT)
 @common_options
 @data_options
 @train_options
 @verify_options
+@CV_OPTION
 def run_all_cmd(**opts) -> None:
-    """Every stage: data -> train -> export -> verify -> package.
+    """Every stage: data -> train -> export -> verify -> package (-> cv with --cv K), then report.html.
 
     Stages whose inputs are unchanged since their last run are reused (use --force to redo them).
-    The bundle lands in <artifacts-dir>/<run-name>/bundle/.
+    The bundle lands in <artifacts-dir>/<run-name>/bundle/, the report beside it in report.html.
 
     \b
     Example:
       pipeline run all --data-dir ../shared/data --epochs 20 --json
+      pipeline run all --dataset mr --cv 10
     """
     from pipeline.stages import run_all
 
@@ -257,9 +273,42 @@ def run_all_cmd(**opts) -> None:
 
     def work():
         return run_all(r, _data_cfg(opts), _train_cfg(opts), _verify_cfg(opts), opts["data_dir"], opts["force"],
-                       progress=None if opts["as_json"] else TrainProgress())
+                       progress=None if opts["as_json"] else TrainProgress(), cv_folds=opts["cv_folds"] or 0)
 
-    _report(_guarded(opts["as_json"], work), r, opts["as_json"])
+    results = _guarded(opts["as_json"], work)
+    _report(results, r, opts["as_json"], report=_write_report(r, opts["as_json"]))
+
+
+def _write_report(r, as_json: bool) -> Path:
+    from pipeline.report import write_report
+
+    return _guarded(as_json, lambda: write_report(r))
+
+
+@run.command("cv", context_settings=CONTEXT)
+@common_options
+@click.option("--seed", type=int, default=0, show_default=True, help="Training seed.")
+@train_options
+@click.option("--folds", type=click.IntRange(2), default=10, show_default=True, help="Number of folds.")
+def run_cv_cmd(**opts) -> None:
+    """K-fold cross-validation over the data stage's rows, with these training options; updates report.html."""
+    from pipeline.stages import stage_cv
+
+    opts.setdefault("dataset", "names")
+    r = _run(opts)
+    result = _guarded(opts["as_json"], lambda: stage_cv(r, _train_cfg(opts, r), opts["folds"], opts["force"]))
+    report = _write_report(r, opts["as_json"]) if r.record("train") else None
+    _report([result], r, opts["as_json"], report=report)
+
+
+@run.command("report", context_settings=CONTEXT)
+@common_options
+def run_report_cmd(**opts) -> None:
+    """Write report.html for a run from the stages it has (data and train at least)."""
+    r = _run(opts)
+    if r.record("train") is None:
+        raise fail(SeqshipError(f"run {r.name!r} has no train stage in {r.root}: run `pipeline run all` first"), opts["as_json"])
+    _report([], r, opts["as_json"], report=_write_report(r, opts["as_json"]))
 
 
 @run.command("data", context_settings=CONTEXT)

@@ -460,6 +460,34 @@ def split(
     return out
 
 
+def kfold(rows: list[tuple[str, str]], k: int, seed: int = 0) -> list[list[tuple[str, str]]]:
+    """k disjoint folds covering every row, grouped by text and stratified by label like `split`."""
+    if k < 2:
+        raise DataError(f"--cv {k}: cross-validation needs at least 2 folds")
+    by_text: dict[str, list[str]] = defaultdict(list)
+    for text, label in rows:
+        by_text[text].append(label)
+    if len(by_text) < k:
+        raise DataError(f"--cv {k}: only {len(by_text)} distinct texts; use fewer folds")
+    freq = Counter(label for _, label in rows)
+    strata: dict[str, list[str]] = defaultdict(list)
+    for text, labels in by_text.items():
+        strata[min(labels, key=lambda lab: (freq[lab], lab))].append(text)
+    rng = random.Random(seed)
+    fold_of: dict[str, int] = {}
+    offset = 0
+    for label in sorted(strata):
+        texts = sorted(strata[label])
+        rng.shuffle(texts)
+        for i, text in enumerate(texts):
+            fold_of[text] = (offset + i) % k
+        offset += len(texts)  # the next stratum starts where this one stopped, keeping fold sizes even
+    folds: list[list[tuple[str, str]]] = [[] for _ in range(k)]
+    for text, label in sorted(rows, key=lambda r: (r[1], r[0])):
+        folds[fold_of[text]].append((text, label))
+    return folds
+
+
 def fingerprint(splits: dict[str, list[tuple[str, str]]]) -> str:
     """sha256 of the split data itself (not of file paths): equal data gives an equal fingerprint."""
     h = hashlib.sha256()

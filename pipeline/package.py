@@ -134,6 +134,10 @@ keep the first {m['tokenizer']['max_length']}, map to vocab ids with unk id {m['
 with id {m['tokenizer']['pad_id']}, and run `model.onnx` with any ONNX Runtime binding; argmax of `logits` indexes
 `labels`. C++ libtorch: `torch::jit::load("model.pt")` and call `forward({{token_ids, lengths}})`.
 
+## Report
+Training curves, the confusion matrix, per-class metrics, the parity table and the dataset summary:
+[`../report.html`](../report.html), written beside this bundle by `pipeline run all` (or `pipeline run report`).
+
 ## Notes
 {chr(10).join('- ' + n for n in m['notes'])}
 

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from contextlib import contextmanager
@@ -22,9 +23,9 @@ from runtime.errors import SeqshipError
 log = logging.getLogger(__name__)
 
 STAGES = ("data", "train", "export", "verify", "package")
-STAGE_DIRS = {"data": "data", "train": "train", "export": "export", "verify": "verify", "package": "bundle"}
+STAGE_DIRS = {"data": "data", "train": "train", "export": "export", "verify": "verify", "package": "bundle", "cv": "cv"}
 # What each stage consumes from the one before it.
-UPSTREAM = {"data": (), "train": ("data",), "export": ("train",), "verify": ("train", "export", "data"), "package": ("data", "train", "export", "verify")}
+UPSTREAM = {"data": (), "train": ("data",), "export": ("train",), "verify": ("train", "export", "data"), "package": ("data", "train", "export", "verify"), "cv": ("data",)}
 
 
 class StageError(SeqshipError):
@@ -249,6 +250,52 @@ def stage_train(run: Run, cfg, force: bool = False, progress=None) -> StageResul
     return run_stage(run, "train", inputs, produce, force)
 
 
+def stage_cv(run: Run, cfg, folds: int, force: bool = False) -> StageResult:
+    """k-fold cross-validation over all of the data stage's rows, with the run's training config.
+
+    Each fold is the test set once; the rest is split into train and validation (for early stopping)
+    exactly as the data stage splits. Only metrics and histories are kept, never the fold models.
+    """
+    from pipeline.data import DataConfig, kfold, split
+    from pipeline.train import train
+
+    data = run.require("data", "cv")
+    summary = data["summary"]
+    if summary["counts"].get("fixed_test_rows"):
+        raise StageError(f"--cv: run {run.name!r} uses a dataset with a published test split; report on it instead of cross-validating")
+    inputs = {"config": asdict(cfg), "folds": folds, "data": data["outputs"]}
+
+    def produce(out: Path) -> dict:
+        d = run.dir("data")
+        rows = read_split(d, "train") + read_split(d, "val") + read_split(d, "test")
+        dcfg = summary["config"]
+        results = []
+        for i, test_rows in enumerate(kfold(rows, folds, dcfg["seed"])):
+            test_texts = {t for t, _ in test_rows}
+            rest = [r for r in rows if r[0] not in test_texts]
+            parts = split(rest, DataConfig(dataset=None, data="-", seed=dcfg["seed"] + i, val_fraction=dcfg["val_fraction"],
+                                           test_fraction=1e-9), fixed_test=test_rows)
+            with tempfile.TemporaryDirectory(prefix="cv-fold-") as tmp:
+                metrics = train(parts["train"], parts["val"], parts["test"], summary["labels"], cfg, Path(tmp))
+                history = json.loads((Path(tmp) / "history.json").read_text(encoding="utf-8"))["epochs"]
+            fold = {"fold": i + 1, "train": len(parts["train"]), "val": len(parts["val"]), "test": len(parts["test"]),
+                    "accuracy": metrics["test"]["accuracy"], "macro_f1": metrics["test"]["macro_f1"],
+                    "best_epoch": metrics["best_epoch"], "epochs_run": metrics["epochs_run"],
+                    "train_seconds": metrics["train_seconds"], "history": history}
+            results.append(fold)
+            log.info("cv fold %d/%d: accuracy %.4f, macro-F1 %.4f (%.0f s)", i + 1, folds, fold["accuracy"],
+                     fold["macro_f1"], fold["train_seconds"])
+        acc = [f["accuracy"] for f in results]
+        f1 = [f["macro_f1"] for f in results]
+        report = {"folds": folds, "results": results, "accuracy_mean": statistics.fmean(acc), "accuracy_std": statistics.stdev(acc),
+                  "macro_f1_mean": statistics.fmean(f1), "macro_f1_std": statistics.stdev(f1),
+                  "train_seconds_total": float(sum(f["train_seconds"] for f in results))}
+        (out / "cv.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        return {k: report[k] for k in ("folds", "accuracy_mean", "accuracy_std", "macro_f1_mean", "macro_f1_std", "train_seconds_total")}
+
+    return run_stage(run, "cv", inputs, produce, force)
+
+
 def stage_export(run: Run, force: bool = False) -> StageResult:
     """TorchScript and ONNX files from the trained model, each checked against the contract."""
     import torch
@@ -346,8 +393,9 @@ def run_all(
     force: bool = False,
     progress=None,
     on_stage: Callable[[StageResult], None] | None = None,
+    cv_folds: int = 0,
 ) -> list[StageResult]:
-    """data -> train -> export -> verify -> package; unchanged stages are reused unless force."""
+    """data -> train -> export -> verify -> package (-> cv with cv_folds); unchanged stages are reused unless force."""
     steps = [
         lambda: stage_data(run, data_cfg, data_dir, force=force),
         lambda: stage_train(run, train_cfg, force=force, progress=progress),
@@ -355,6 +403,8 @@ def run_all(
         lambda: stage_verify(run, verify_cfg, force=force),
         lambda: stage_package(run, force=force),
     ]
+    if cv_folds:
+        steps.append(lambda: stage_cv(run, train_cfg, cv_folds, force=force))
     results = []
     for step in steps:
         results.append(step())

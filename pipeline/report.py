@@ -1,0 +1,280 @@
+"""report.html: one self-contained page per run, written beside the bundle.
+
+Tables always render (dataset summary, training history, per-class metrics, confusion matrix as a
+coloured table, parity, cross-validation). With matplotlib installed (`pip install -e '.[report]'`)
+the page also embeds PNG plots: curves, confusion heatmap, length histogram, per-fold accuracy.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from pipeline import __version__
+
+log = logging.getLogger(__name__)
+
+REPORT = "report.html"
+
+
+def _load(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+
+
+def _matplotlib():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        return plt
+    except ImportError:
+        return None
+
+
+def _png(plt, fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _img(b64: str, alt: str) -> str:
+    return f'<img class="plot" alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+
+
+def _table(header: list[str], rows: list[list], cls: str = "") -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c if isinstance(c, _Raw) else e(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+class _Raw(str):
+    """Already-escaped HTML for a table cell."""
+
+
+def _f(x, digits: int = 4) -> str:
+    return "" if x is None else f"{x:.{digits}f}"
+
+
+def token_lengths(train_dir: Path, texts: list[str]) -> list[int]:
+    from runtime.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_file(train_dir / "tokenizer.json")
+    return [len(tok.tokens(t)) for t in texts]
+
+
+def _confusion_table(labels: list[str], cm: list[list[int]]) -> str:
+    """The confusion matrix as a table whose cells are shaded by row-normalised share (a heatmap without images)."""
+    e = html.escape
+    head = "<th>true \\ predicted</th>" + "".join(f"<th>{e(lab)}</th>" for lab in labels)
+    rows = []
+    for lab, row in zip(labels, cm):
+        total = sum(row) or 1
+        cells = "".join(
+            f'<td style="background: rgba(31, 119, 180, {v / total:.3f}); color: {"#fff" if v / total > 0.5 else "#000"}">{v}</td>'
+            for v in row
+        )
+        rows.append(f"<tr><th>{e(lab)}</th>{cells}</tr>")
+    return f'<table class="confusion"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _plots(plt, labels, history, cm, lengths, max_length, cv) -> dict[str, str]:
+    out = {}
+    epochs = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4))
+    a.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train loss")
+    a.set_xlabel("epoch"), a.set_ylabel("cross-entropy"), a.set_title("Training loss"), a.legend()
+    b.plot(epochs, [h["val_accuracy"] for h in history], marker="o", label="val accuracy")
+    b.plot(epochs, [h["val_macro_f1"] for h in history], marker="s", label="val macro-F1")
+    b.set_xlabel("epoch"), b.set_title("Validation"), b.legend()
+    out["curves"] = _png(plt, fig)
+
+    n = len(labels)
+    fig, ax = plt.subplots(figsize=(min(2 + 0.55 * n, 12), min(1.6 + 0.5 * n, 11)))
+    norm = [[v / (sum(r) or 1) for v in r] for r in cm]
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), labels, rotation=60 if n > 4 else 0, ha="right" if n > 4 else "center")
+    ax.set_yticks(range(n), labels)
+    ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title("Confusion matrix (test; rows normalised)")
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, cm[i][j], ha="center", va="center", fontsize=8, color="white" if norm[i][j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    out["confusion"] = _png(plt, fig)
+
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.hist(lengths, bins=min(60, max(10, len(set(lengths)))), color="#4c72b0")
+    ax.axvline(max_length, color="#c44e52", linestyle="--", label=f"max_length {max_length}")
+    ax.set_xlabel("tokens per training text"), ax.set_ylabel("texts"), ax.set_title("Length histogram"), ax.legend()
+    out["lengths"] = _png(plt, fig)
+
+    if cv:
+        fig, ax = plt.subplots(figsize=(7, 3))
+        folds = [r["fold"] for r in cv["results"]]
+        ax.bar(folds, [r["accuracy"] for r in cv["results"]], color="#55a868")
+        ax.axhline(cv["accuracy_mean"], color="#c44e52", linestyle="--", label=f"mean {cv['accuracy_mean']:.4f}")
+        ax.set_xlabel("fold"), ax.set_ylabel("test accuracy"), ax.set_xticks(folds)
+        ax.set_ylim(max(0.0, min(r["accuracy"] for r in cv["results"]) - 0.05), 1.0)
+        ax.set_title(f"{cv['folds']}-fold cross-validation"), ax.legend()
+        out["cv"] = _png(plt, fig)
+    return out
+
+
+def build_report(run) -> str:
+    """The report's HTML for a run that has at least its data and train stages."""
+    from pipeline.data import read_split
+
+    e = html.escape
+    data = _load(run.dir("data") / "summary.json")
+    metrics = _load(run.dir("train") / "metrics.json")
+    history = (_load(run.dir("train") / "history.json") or {}).get("epochs")
+    if data is None or metrics is None or history is None:
+        from pipeline.stages import StageError
+
+        raise StageError(f"run {run.name!r} has no data and train stages yet: run `pipeline run all` first")
+    model_cfg = _load(run.dir("train") / "model_config.json") or {}
+    spec = _load(run.dir("train") / "tokenizer.json") or {}
+    parity = _load(run.dir("verify") / "parity.json")
+    manifest = _load(run.dir("package") / "manifest.json")
+    cv = _load(run.dir("cv") / "cv.json")
+    labels = data["labels"]
+    test = metrics["test"]
+    lengths = token_lengths(run.dir("train"), [t for t, _ in read_split(run.dir("data"), "train")])
+
+    plt = _matplotlib()
+    plots = _plots(plt, labels, history, test["confusion_matrix"], lengths, spec.get("max_length", max(lengths)), cv) if plt else {}
+
+    def plot(name: str, alt: str) -> str:
+        return _img(plots[name], alt) if name in plots else ""
+
+    counts = data["counts"]
+    srt = sorted(lengths)
+
+    def pct(q: float) -> int:
+        return srt[min(len(srt) - 1, int(q * len(srt)))]
+
+    sections = []
+    sections.append(
+        f"""<section id="summary"><h2>Summary</h2>
+{_table(["", ""], [
+    ["test accuracy", _f(test["accuracy"])], ["test macro-F1", _f(test["macro_f1"])],
+    ["validation accuracy / macro-F1", f"{_f(metrics['val']['accuracy'])} / {_f(metrics['val']['macro_f1'])}"],
+    ["best epoch / epochs run", f"{metrics['best_epoch']} / {metrics['epochs_run']}"],
+    ["train time", f"{metrics['train_seconds']:.1f} s on {metrics['device']}"],
+    ["model", ", ".join(f"{k}={v}" for k, v in sorted(model_cfg.items()))],
+    ["parameters", f"{metrics['parameters']:,}"],
+    ["tokenizer", f"{spec.get('type')}, vocabulary {len(spec.get('vocab', []))}, max_length {spec.get('max_length')}, "
+                  f"lowercase {spec.get('lowercase')}"],
+    ["parity gate", "not run" if parity is None else ("passed" if parity["passed"] else "FAILED")],
+    ["bundle", "not packaged" if manifest is None else f"{run.dir('package')} ({sum(f['bytes'] for f in manifest['files'].values()):,} bytes)"],
+], "kv")}</section>"""
+    )
+    split_rows = [[name, n] + [data["per_label"][name].get(lab, 0) for lab in labels] for name, n in data["splits"].items()]
+    sections.append(
+        f"""<section id="dataset"><h2>Dataset</h2>
+<p>Source <code>{e(data['source'])}</code>; fingerprint <code>{e(data['fingerprint'][:16])}</code>.</p>
+{_table(["rows read", "empty dropped", "junk dropped", "duplicates removed", "unique pairs", "texts with several labels"],
+        [[counts.get(k, 0) for k in ("rows_read", "empty_dropped", "junk_dropped", "duplicates_removed", "unique_pairs", "texts_with_several_labels")]], "counts")}
+<h3>Splits by label</h3>
+{_table(["split", "texts"] + labels, split_rows, "splits")}
+<h3>Training text lengths (tokens)</h3>
+{_table(["min", "median", "p90", "p99", "max", "max_length (truncation)"], [[srt[0], pct(0.5), pct(0.9), pct(0.99), srt[-1], spec.get("max_length")]], "lengths")}
+{plot("lengths", "histogram of training text lengths")}
+</section>"""
+    )
+    sections.append(
+        f"""<section id="training"><h2>Training</h2>
+{plot("curves", "training loss and validation accuracy and macro-F1 per epoch")}
+{_table(["epoch", "train loss", "val accuracy", "val macro-F1", "lr", "seconds"],
+        [[h["epoch"], _f(h["train_loss"]), _f(h["val_accuracy"]), _f(h["val_macro_f1"]), f"{h['lr']:g}", f"{h['seconds']:.1f}"] for h in history], "history")}
+</section>"""
+    )
+    per_class = [[lab, _f(v["precision"], 3), _f(v["recall"], 3), _f(v["f1"], 3), v["support"]] for lab, v in test["per_class"].items()]
+    sections.append(
+        f"""<section id="test"><h2>Test metrics ({test['n']} texts)</h2>
+<h3>Per class</h3>
+{_table(["label", "precision", "recall", "F1", "support"], per_class, "per-class")}
+<h3>Confusion matrix</h3>
+{plot("confusion", "confusion matrix heatmap")}
+{_confusion_table(labels, test["confusion_matrix"])}
+</section>"""
+    )
+    if parity is not None:
+        rows = [[r["backend"], r["probe"], r["check"], "yes" if r["passed"] else "NO", f"{r.get('max_abs', 0):.2e}", f"{r.get('max_rel', 0):.2e}"]
+                for r in parity["results"] if "max_abs" in r]
+        ts = parity["test_set"]
+        skipped = "".join(
+            f"<li>{e(s['backend'])}: {e(s['reason'])}</li>" if isinstance(s, dict) and {"backend", "reason"} <= set(s) else f"<li>{e(str(s))}</li>"
+            for s in parity.get("skipped", [])
+        )
+        sections.append(
+            f"""<section id="parity"><h2>Parity (|a - b| &le; {parity['atol']:g} + {parity['rtol']:g}&middot;|ref|)</h2>
+{_table(["backend", "probe", "check", "passed", "max |diff|", "max rel"], rows, "parity")}
+<p>Whole test set through the runtime predictor ({e(str(ts.get('provider')))}): {ts['texts']} texts, label agreement
+{ts['label_agreement']:.2%}, max |diff| {ts['logits'].get('max_abs', 0):.2e}.</p>
+{f"<p>Skipped:</p><ul>{skipped}</ul>" if skipped else ""}
+</section>"""
+        )
+    if cv is not None:
+        rows = [[r["fold"], r["train"], r["val"], r["test"], _f(r["accuracy"]), _f(r["macro_f1"]), r["best_epoch"], f"{r['train_seconds']:.0f}"]
+                for r in cv["results"]]
+        sections.append(
+            f"""<section id="cv"><h2>{cv['folds']}-fold cross-validation</h2>
+<p>Mean accuracy <b>{cv['accuracy_mean']:.4f}</b> &plusmn; {cv['accuracy_std']:.4f} (sample std), mean macro-F1
+{cv['macro_f1_mean']:.4f}; {cv['train_seconds_total']:.0f} s of training in all.</p>
+{plot("cv", "test accuracy per cross-validation fold")}
+{_table(["fold", "train", "val", "test", "accuracy", "macro-F1", "best epoch", "train s"], rows, "cv")}
+</section>"""
+        )
+    note = "" if plt else (
+        '<p class="note">Plots are not included: matplotlib is not installed here '
+        "(<code>pip install -e '.[report]'</code> adds them). The tables below carry the same numbers.</p>"
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>seqship report: {e(run.name)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; padding: 0 1rem; }}
+table {{ border-collapse: collapse; margin: 0.6rem 0 1.2rem; font-size: 0.9rem; }}
+th, td {{ border: 1px solid #ccc; padding: 0.25rem 0.55rem; text-align: right; }}
+th:first-child, td:first-child, table.kv td {{ text-align: left; }}
+img.plot {{ display: block; max-width: 100%; margin: 0.5rem 0; }}
+.note {{ background: #fff6d6; padding: 0.5rem 0.8rem; }}
+code {{ font-size: 0.85rem; }}
+</style></head>
+<body>
+<h1>seqship report: {e(run.name)}</h1>
+<p>{len(labels)} labels: {e(", ".join(labels))}. Generated {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())} by seqship {__version__}.</p>
+{note}
+{"".join(sections)}
+</body></html>
+"""
+
+
+def write_report(run) -> Path:
+    """Write <run>/report.html atomically and return its path."""
+    page = build_report(run)
+    path = run.root / REPORT
+    fd, tmp = tempfile.mkstemp(prefix=f".{REPORT}.", dir=run.root)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(page)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    log.info("report: %s", path)
+    return path
