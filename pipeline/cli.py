@@ -614,6 +614,49 @@ def datasets(as_json: bool) -> None:
         click.echo(f"{name:<14} {d.task}\n{'':<14} <data-dir>/{d.folder}/, else {where}; training: {defaults}")
 
 
+@cli.command(context_settings=CONTEXT)
+@click.option("--run", "do_run", is_flag=True, help="Run each dataset's default config end to end first (long: see the README).")
+@click.option("--datasets", "names", default=",".join(["names", "waimai", "chnsenticorp", "shopping-cats", "sst2", "mr"]),
+              show_default=True, help="Comma-separated registry datasets.")
+@click.option("--data-dir", envvar="SEQSHIP_DATA_DIR", type=click.Path(file_okay=False), default=None,
+              help="Folder holding the registry datasets [env SEQSHIP_DATA_DIR]; else they are downloaded.")
+@click.option("--artifacts-dir", envvar="SEQSHIP_ARTIFACTS_DIR", type=click.Path(file_okay=False), default=None,
+              help="Where runs are written [env SEQSHIP_ARTIFACTS_DIR; default: the checkout's artifacts/].")
+@click.option("--force", is_flag=True, help="With --run: redo stages even when their inputs are unchanged.")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+def results(do_run: bool, names: str, data_dir, artifacts_dir, force: bool, as_json: bool) -> None:
+    """The README's results table: accuracy, macro-F1, train time, parity and bundle size per dataset.
+
+    \b
+    Example (every dataset's default config, about an hour on 2 CPU cores):
+      pipeline results --run --data-dir ../shared/data
+    """
+    from pipeline.data import REGISTRY
+    from pipeline.results import markdown, results as collect_results
+
+    datasets_ = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in datasets_ if n not in REGISTRY]
+    if unknown:
+        raise click.BadParameter(f"unknown dataset(s) {unknown}; choose from {sorted(REGISTRY)}", param_hint="--datasets")
+    if do_run:
+        from pipeline import pin_blas_for_reproducibility
+
+        pin_blas_for_reproducibility()  # before torch is imported
+
+    def progress(row):
+        if not as_json:
+            click.echo(f"{row['dataset']}: accuracy {row['accuracy']:.4f}", err=True)
+
+    rows = _guarded(as_json, lambda: collect_results(artifacts_dir or default_artifacts_dir(), datasets_, data_dir, do_run, force, progress))
+    missing = [n for n in datasets_ if n not in {r["dataset"] for r in rows}]
+    if as_json:
+        click.echo(json.dumps({"rows": rows, "missing": missing}, indent=1))
+    else:
+        click.echo(markdown(rows))
+        if missing:
+            click.echo(f"\nnot run yet (use --run): {', '.join(missing)}", err=True)
+
+
 def main() -> None:
     cli(prog_name="pipeline")
 

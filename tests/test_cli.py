@@ -3,6 +3,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +122,21 @@ def test_a_stage_made_from_an_older_upstream_is_not_used(tiny_run, data_dir, tmp
     assert invoke("run", "data", "--data-dir", str(data_dir), "--seed", "7", *common).exit_code == 0
     result = invoke("run", "package", "--force", *common)
     assert result.exit_code == 1 and "made from an earlier data stage" in result.output
+
+
+def test_results_table_reads_each_runs_records(tiny_run, tmp_path):
+    artifacts, summary = tiny_run
+    (tmp_path / "names").symlink_to(artifacts / "tiny", target_is_directory=True)  # as if `results --run` had made it
+    out = invoke("results", "--artifacts-dir", str(tmp_path), "--datasets", "names,sst2", "--json")
+    assert out.exit_code == 0, out.output
+    got = json.loads(out.stdout)
+    assert got["missing"] == ["sst2"] and [r["dataset"] for r in got["rows"]] == ["names"]
+    row = got["rows"][0]
+    assert row["accuracy"] == summary["metrics"]["test_accuracy"] and row["target_accuracy"] == 0.84
+    assert row["parity_max_abs"] == max(summary["parity"]["max_abs_by_backend"].values())
+    bundle = Path(summary["bundle"])
+    assert row["bundle_bytes"] == sum(p.stat().st_size for p in bundle.iterdir() if p.name != "manifest.json")
+    table = invoke("results", "--artifacts-dir", str(tmp_path), "--datasets", "names").stdout.splitlines()
+    assert len(table) == 3 and all(line.count("|") == 8 for line in table)  # a well-formed markdown table
+    assert table[2].startswith(f"| names | **{row['accuracy']:.4f}** | ≥ 0.84 ")
+    assert invoke("results", "--datasets", "nope").exit_code == 2
