@@ -116,6 +116,8 @@ def train_options(f):
         click.option("--max-length", type=click.IntRange(1), default=None,
                      help=f"Tokens kept per text [default: {dflt}the 99.9th percentile of training lengths]."),
         click.option("--min-freq", type=click.IntRange(1), default=None, help="Rarer training tokens map to unk [default: 1]."),
+        click.option("--max-vocab", type=click.IntRange(3), default=None,
+                     help="Keep only the most frequent tokens, pad and unk included [default: no limit]."),
     ]
     for opt in reversed(opts):
         f = opt(f)

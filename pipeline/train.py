@@ -52,6 +52,7 @@ class TrainConfig:
     lowercase: bool = False
     max_length: int | None = None  # None: the 99.9th percentile of training lengths, rounded up to 8
     min_freq: int = 1  # tokens seen fewer times in training map to unk
+    max_vocab: int | None = None  # keep at most this many entries (pad and unk included), most frequent first
     cell: str = "gru"
     embed_dim: int = 64
     hidden_dim: int = 128
@@ -90,7 +91,7 @@ def fit_tokenizer(texts: Sequence[str], cfg: TrainConfig) -> Tokenizer:
         type=cfg.tokenizer,
         lowercase=cfg.lowercase,
         max_length=max_length,
-        vocab=build_vocab(token_lists, min_freq=cfg.min_freq),
+        vocab=build_vocab(token_lists, min_freq=cfg.min_freq, max_size=cfg.max_vocab),
     )
     return Tokenizer(spec)
 

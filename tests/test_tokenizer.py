@@ -85,6 +85,20 @@ def test_reserved_names_never_come_out_of_a_text():
 def test_vocab_is_deterministic_frequency_then_code_point_order():
     assert build_vocab([["b", "a"], ["a", "c"], ["c"]]) == ("<pad>", "<unk>", "a", "c", "b")
     assert build_vocab([["a", "a", "b"]], min_freq=2) == ("<pad>", "<unk>", "a")
+    assert build_vocab([["b", "a"], ["a", "c"], ["c"]], max_size=4) == ("<pad>", "<unk>", "a", "c")  # pad and unk count
+
+
+def test_word_vocabulary_limits_from_the_cli_reach_the_spec_and_map_the_rest_to_unk():
+    from pipeline.cli import _train_cfg
+    from pipeline.train import fit_tokenizer
+
+    texts = ["The film, the FILM!", "a film", "the end"]  # "the" and "film" 3 times each, "a" and "end" once
+    tok = fit_tokenizer(texts, _train_cfg({"data_path": None, "dataset": "mr", "seed": 0, "min_freq": 2}))
+    assert tok.spec.vocab == ("<pad>", "<unk>", "film", "the")  # lower-cased; "a" and "end" below min_freq
+    assert tok.encode("The end of the film")[0] == [3, 1, 1, 3, 2]
+    tok = fit_tokenizer(texts, _train_cfg({"data_path": None, "dataset": "mr", "seed": 0, "max_vocab": 3}))
+    assert tok.spec.vocab == ("<pad>", "<unk>", "film")  # a tie goes to code-point order
+    assert tok.encode("the film")[0] == [1, 2]
 
 
 def test_pad_batch_right_pads_with_the_pad_id():
