@@ -276,5 +276,5 @@ def write_report(run) -> Path:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    log.info("report: %s", path)
+    log.debug("report: %s", path)
     return path
