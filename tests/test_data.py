@@ -139,6 +139,7 @@ def published_source(name, data_dir, tamper=None):
 def test_download_verifies_stores_and_reads_like_the_local_copy(name, data_dir, tmp_path, monkeypatch):
     # The real download path (urllib, archive reading, checksums, atomic move), fed the published layout
     # through a file:// URL: there is no network here. The downloaded data must split exactly like the local copy.
+    monkeypatch.delenv("SEQSHIP_DATA_DIR", raising=False)  # no local copy: the download path
     ds = REGISTRY[name]
     source = tmp_path / "source"
     source.write_bytes(published_source(name, data_dir))
@@ -175,6 +176,7 @@ def test_a_download_that_fails_its_checksum_is_refused_and_leaves_nothing(name, 
 
 
 def test_sst2_download_is_refused_unless_it_is_the_published_glue_archive(data_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv("SEQSHIP_DATA_DIR", raising=False)
     source = tmp_path / "SST-2.zip"
     source.write_bytes(published_source("sst2", data_dir))
     monkeypatch.setenv("SEQSHIP_SST2_URL", source.as_uri())
