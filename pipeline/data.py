@@ -117,13 +117,15 @@ REGISTRY: dict[str, Dataset] = {
             url="https://download.pytorch.org/tutorial/data.zip", kind="zip",
             members=tuple(("data/names/" + n, n) for n in NAMES_SHA256), sha256=tuple(NAMES_SHA256.items()),
         ),
+        # Measured (README, Results): last+max pooling with more dropout beat the plain last state (0.831 vs 0.818).
+        train_defaults=(("pooling", "last+max"), ("dropout", 0.3), ("embed_dropout", 0.1)),
         junk=("To The First Page",),  # scraped page-navigation lines in Russian.txt
         target_accuracy=0.84,
     ),
     "waimai": Dataset(
         name="waimai", folder="chinese", task="Chinese food-delivery review sentiment (2 classes, char level)",
         reader="table", files=("waimai_10k.csv",), text_column="review", label_column="label",
-        train_defaults=(("max_length", 128),),
+        train_defaults=(("max_length", 128), ("pooling", "max"), ("dropout", 0.5), ("embed_dropout", 0.2), ("lr", 1e-3)),
         download=Download(
             url=SOPHONPLUS + "waimai_10k/waimai_10k.csv", kind="file", members=(("", "waimai_10k.csv"),),
             sha256=(("waimai_10k.csv", "b8b5c11c00b51578d35937fca56e03a126b45381f1ea4b22893237cb377a26fe"),),
@@ -133,7 +135,8 @@ REGISTRY: dict[str, Dataset] = {
     "chnsenticorp": Dataset(
         name="chnsenticorp", folder="chinese", task="Chinese hotel review sentiment (2 classes, char level)",
         reader="table", files=("ChnSentiCorp_htl_all.csv",), text_column="review", label_column="label",
-        train_defaults=(("max_length", 256),),
+        train_defaults=(("max_length", 256), ("pooling", "max"), ("dropout", 0.5), ("embed_dropout", 0.2), ("lr", 1e-3),
+                        ("hidden_dim", 256)),
         download=Download(
             url=SOPHONPLUS + "ChnSentiCorp_htl_all/ChnSentiCorp_htl_all.csv", kind="file",
             members=(("", "ChnSentiCorp_htl_all.csv"),),
@@ -144,7 +147,8 @@ REGISTRY: dict[str, Dataset] = {
     "shopping-cats": Dataset(
         name="shopping-cats", folder="chinese", task="Chinese shopping reviews -> product category (10 classes, char level)",
         reader="table", files=("online_shopping_10_cats.csv",), text_column="review", label_column="cat",
-        train_defaults=(("max_length", 128),),
+        train_defaults=(("max_length", 128), ("pooling", "max"), ("dropout", 0.5), ("embed_dropout", 0.2), ("lr", 1e-3),
+                        ("batch_size", 128), ("epochs", 15), ("patience", 3)),  # the largest set: bounded to stay under 15 min
         download=Download(
             url=SOPHONPLUS + "online_shopping_10_cats/online_shopping_10_cats.zip", kind="zip",
             members=(("online_shopping_10_cats.csv", "online_shopping_10_cats.csv"),),
@@ -154,7 +158,8 @@ REGISTRY: dict[str, Dataset] = {
     "sst2": Dataset(
         name="sst2", folder="english/SST-2", task="English movie sentiment, GLUE SST-2 (2 classes, word level; test = GLUE dev)",
         reader="table", files=("train.tsv", "dev.tsv"), test_files=("test.tsv",), text_column="sentence",
-        label_column="label", train_defaults=(("tokenizer", "word"), ("lowercase", True), ("embed_dim", 128)),
+        label_column="label", train_defaults=(("tokenizer", "word"), ("lowercase", True), ("embed_dim", 128), ("pooling", "max"),
+                                              ("dropout", 0.5), ("embed_dropout", 0.3), ("lr", 1e-3)),
         download=Download(
             url="https://dl.fbaipublicfiles.com/glue/data/SST-2.zip", kind="zip",
             members=(("SST-2/train.tsv", "train.tsv"), ("SST-2/dev.tsv", "test.tsv")),
@@ -167,7 +172,9 @@ REGISTRY: dict[str, Dataset] = {
     "mr": Dataset(
         name="mr", folder="english/rt-polaritydata", task="English sentence polarity, MR (2 classes, word level)",
         reader="label_files", label_files=(("rt-polarity.pos", "1"), ("rt-polarity.neg", "0")),
-        train_defaults=(("tokenizer", "word"), ("lowercase", True), ("embed_dim", 128)),
+        # Small (10k sentences): rare words dropped and strong regularisation (0.780 vs 0.750 on the 90/10 split).
+        train_defaults=(("tokenizer", "word"), ("lowercase", True), ("embed_dim", 128), ("min_freq", 2), ("pooling", "last+max"),
+                        ("dropout", 0.5), ("embed_dropout", 0.4), ("weight_decay", 0.01)),
         download=Download(
             url="https://www.cs.cornell.edu/people/pabo/movie-review-data/rt-polaritydata.tar.gz", kind="tar.gz",
             members=(("rt-polaritydata/rt-polarity.pos", "rt-polarity.pos"), ("rt-polaritydata/rt-polarity.neg", "rt-polarity.neg")),
