@@ -281,10 +281,17 @@ def run_all_cmd(**opts) -> None:
     _report(results, r, opts["as_json"], report=_write_report(r, opts["as_json"]))
 
 
-def _write_report(r, as_json: bool) -> Path:
+def _write_report(r, as_json: bool, strict: bool = False) -> Path | None:
+    """report.html for the run. After `run all` a failing report is a warning: the bundle is already made."""
     from pipeline.report import write_report
 
-    return _guarded(as_json, lambda: write_report(r))
+    if strict:
+        return _guarded(as_json, lambda: write_report(r))
+    try:
+        return write_report(r)
+    except Exception as e:  # noqa: BLE001 - reported, never hides the stages' own result
+        click.echo(f"Warning: report.html was not written ({type(e).__name__}: {e}); `pipeline run report` retries", err=True)
+        return None
 
 
 @run.command("cv", context_settings=CONTEXT)
@@ -310,7 +317,7 @@ def run_report_cmd(**opts) -> None:
     r = _run(opts)
     if r.record("train") is None:
         raise fail(SeqshipError(f"run {r.name!r} has no train stage in {r.root}: run `pipeline run all` first"), opts["as_json"])
-    _report([], r, opts["as_json"], report=_write_report(r, opts["as_json"]))
+    _report([], r, opts["as_json"], report=_write_report(r, opts["as_json"], strict=True))
 
 
 @run.command("data", context_settings=CONTEXT)

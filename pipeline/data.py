@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import http.client
 import io
 import json
 import logging
@@ -15,6 +16,7 @@ import unicodedata
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -117,8 +119,8 @@ REGISTRY: dict[str, Dataset] = {
             url="https://download.pytorch.org/tutorial/data.zip", kind="zip",
             members=tuple(("data/names/" + n, n) for n in NAMES_SHA256), sha256=tuple(NAMES_SHA256.items()),
         ),
-        # Measured (README, Results): last+max pooling with more dropout beat the plain last state (0.831 vs 0.818).
-        train_defaults=(("pooling", "last+max"), ("dropout", 0.3), ("embed_dropout", 0.1)),
+        # The general defaults: last+max pooling measured 0.819-0.831 against 0.818 (noise), and its extra graph
+        # nodes cost the one-text latency target (4.8x instead of 5.2-5.5x eager), so names keeps the last state.
         junk=("To The First Page",),  # scraped page-navigation lines in Russian.txt
         target_accuracy=0.84,
     ),
@@ -230,14 +232,16 @@ def _cached(target: Path, dl: Download) -> bool:
     names = [name for _, name in dl.members]
     if stored.get("files") != names or not all((target / n).is_file() for n in names):
         return False
-    return all(sha256_file(target / n) == digest for n, digest in dl.sha256)
+    # The registry's digests where it has them; else (an archive checked by its md5) those the download recorded.
+    digests = dict(dl.sha256) or stored.get("sha256") or {}
+    return set(digests) == set(names) and all(sha256_file(target / n) == digests[n] for n in names)
 
 
 def _fetch(url: str, name: str, folder: str) -> bytes:
     try:
         with urllib.request.urlopen(url, timeout=60) as r:
             payload = r.read(MAX_DOWNLOAD_BYTES + 1)
-    except (urllib.error.URLError, OSError, ValueError) as e:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
         raise DataError(
             f"dataset {name!r}: no local copy and the download from {url} failed ({e}). "
             f"Offline? Pass --data-dir DIR or set {DATA_DIR_ENV}=DIR, where DIR holds {folder}/"
@@ -260,6 +264,8 @@ def _members(payload: bytes, dl: Download, url: str) -> dict[str, bytes]:
                 for member, name in wanted.items():
                     if member not in names:
                         raise DataError(f"{url}: archive lacks {member}")
+                    if z.getinfo(member).file_size > MAX_DOWNLOAD_BYTES:
+                        raise DataError(f"{url}: {member} unpacks to more than {MAX_DOWNLOAD_BYTES >> 20} MiB; refusing it")
                     out[name] = z.read(member)
                 return out
         if dl.kind == "tar.gz":
@@ -273,10 +279,12 @@ def _members(payload: bytes, dl: Download, url: str) -> dict[str, bytes]:
                     f = t.extractfile(info) if info.isfile() else None  # read as bytes; nothing is extracted to disk
                     if f is None:
                         raise DataError(f"{url}: {member} is not a regular file in the archive")
+                    if info.size > MAX_DOWNLOAD_BYTES:
+                        raise DataError(f"{url}: {member} unpacks to more than {MAX_DOWNLOAD_BYTES >> 20} MiB; refusing it")
                     out[name] = f.read()
                 return out
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as e:
-        raise DataError(f"{url}: not a readable {dl.kind} archive ({e})") from None
+    except (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError) as e:
+        raise DataError(f"{url}: not a readable {dl.kind} archive ({type(e).__name__}: {e})") from None
     raise DataError(f"internal error: unknown download kind {dl.kind!r}")
 
 
@@ -309,19 +317,30 @@ def _download(ds: Dataset, cache: Path) -> Path:
         got = hashlib.sha256(files[name]).hexdigest()
         if got != digest:
             raise DataError(f"{url}: {name} has sha256 {got}, expected {digest}; refusing it")
+    for stale in cache.glob(f".{ds.name}-*"):  # left by a download that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{ds.name}-", dir=cache))
+    old = cache / f".{ds.name}-old-{os.getpid()}"
     try:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
         record = {"dataset": ds.name, "url": url, "files": [n for _, n in dl.members],
                   "sha256": {n: hashlib.sha256(b).hexdigest() for n, b in files.items()}}
         (tmp / DOWNLOAD_RECORD).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; a shared cache stays shared
+        try:
+            if target.exists():  # moved aside, not deleted first: the folder is old-whole or new-whole
+                os.replace(target, old)
+            os.replace(tmp, target)
+        except OSError:
+            if not _cached(target, dl):  # another process put a verified copy in place meanwhile: use it
+                raise DataError(f"could not move the verified download into {target}; remove that folder and retry") from None
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        for leftover in (tmp, old):
+            if leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
     return target
 
 
@@ -478,12 +497,12 @@ def split(
 def kfold(rows: list[tuple[str, str]], k: int, seed: int = 0) -> list[list[tuple[str, str]]]:
     """k disjoint folds covering every row, grouped by text and stratified by label like `split`."""
     if k < 2:
-        raise DataError(f"--cv {k}: cross-validation needs at least 2 folds")
+        raise DataError(f"cross-validation needs at least 2 folds, got {k}")
     by_text: dict[str, list[str]] = defaultdict(list)
     for text, label in rows:
         by_text[text].append(label)
     if len(by_text) < k:
-        raise DataError(f"--cv {k}: only {len(by_text)} distinct texts; use fewer folds")
+        raise DataError(f"cross-validation with {k} folds: only {len(by_text)} distinct texts; use fewer folds")
     freq = Counter(label for _, label in rows)
     strata: dict[str, list[str]] = defaultdict(list)
     for text, labels in by_text.items():

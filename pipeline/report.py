@@ -90,6 +90,18 @@ def _confusion_table(labels: list[str], cm: list[list[int]]) -> str:
     return f'<table class="confusion"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
+def _tick_labels(labels: list[str]) -> list[str]:
+    """Labels as the plots show them: as they are when the default font draws every character, else #index."""
+    try:
+        from matplotlib import font_manager, ft2font
+
+        font = ft2font.FT2Font(font_manager.findfont(font_manager.FontProperties()))
+        drawable = all(font.get_char_index(ord(c)) for lab in labels for c in lab if not c.isspace())
+    except Exception:
+        drawable = all(c.isascii() for lab in labels for c in lab)
+    return list(labels) if drawable else [f"#{i}" for i in range(len(labels))]
+
+
 def _plots(plt, labels, history, cm, lengths, max_length, cv) -> dict[str, str]:
     out = {}
     epochs = [h["epoch"] for h in history]
@@ -105,8 +117,8 @@ def _plots(plt, labels, history, cm, lengths, max_length, cv) -> dict[str, str]:
     fig, ax = plt.subplots(figsize=(min(2 + 0.55 * n, 12), min(1.6 + 0.5 * n, 11)))
     norm = [[v / (sum(r) or 1) for v in r] for r in cm]
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), labels, rotation=60 if n > 4 else 0, ha="right" if n > 4 else "center")
-    ax.set_yticks(range(n), labels)
+    ax.set_xticks(range(n), labels, rotation=60 if n > 4 else 0, ha="right" if n > 4 else "center", parse_math=False)
+    ax.set_yticks(range(n), labels, parse_math=False)
     ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title("Confusion matrix (test; rows normalised)")
     for i in range(n):
         for j in range(n):
@@ -136,25 +148,36 @@ def build_report(run) -> str:
     """The report's HTML for a run that has at least its data and train stages."""
     from pipeline.data import read_split
 
+    from pipeline.stages import StageError
+
     e = html.escape
+    if run.record("train") is None:
+        raise StageError(f"run {run.name!r} has no train stage in {run.root}: run `pipeline run all` first")
+    run.require("train", "report")  # intact, and made from the current data stage
     data = _load(run.dir("data") / "summary.json")
     metrics = _load(run.dir("train") / "metrics.json")
     history = (_load(run.dir("train") / "history.json") or {}).get("epochs")
-    if data is None or metrics is None or history is None:
-        from pipeline.stages import StageError
-
-        raise StageError(f"run {run.name!r} has no data and train stages yet: run `pipeline run all` first")
     model_cfg = _load(run.dir("train") / "model_config.json") or {}
     spec = _load(run.dir("train") / "tokenizer.json") or {}
-    parity = _load(run.dir("verify") / "parity.json")
-    manifest = _load(run.dir("package") / "manifest.json")
-    cv = _load(run.dir("cv") / "cv.json")
-    labels = data["labels"]
+    # Later stages count only if they were made from this model; otherwise the page says they are stale.
+    stale = [s for s in ("verify", "package", "cv") if run.record(s) is not None and
+             (run.current(s) is None or (s == "cv" and run.current_cv() is None))]
+    parity = _load(run.dir("verify") / "parity.json") if run.current("verify") else None
+    manifest = _load(run.dir("package") / "manifest.json") if run.current("package") else None
+    cv = _load(run.dir("cv") / "cv.json") if run.current_cv() else None
+    labels = _load(run.dir("train") / "labels.json") or data["labels"]  # the model's own label order
     test = metrics["test"]
     lengths = token_lengths(run.dir("train"), [t for t, _ in read_split(run.dir("data"), "train")])
 
     plt = _matplotlib()
-    plots = _plots(plt, labels, history, test["confusion_matrix"], lengths, spec.get("max_length", max(lengths)), cv) if plt else {}
+    plots, plot_error = {}, None
+    if plt:
+        try:
+            plots = _plots(plt, _tick_labels(labels), history, test["confusion_matrix"], lengths, spec.get("max_length", max(lengths)), cv)
+        except Exception as err:  # a plot is a convenience: the tables carry every number
+            plot_error = f"{type(err).__name__}: {err}"
+            log.warning("report: plots left out (%s)", plot_error)
+            plt.close("all")
 
     def plot(name: str, alt: str) -> str:
         return _img(plots[name], alt) if name in plots else ""
@@ -242,6 +265,14 @@ def build_report(run) -> str:
         '<p class="note">Plots are not included: matplotlib is not installed here '
         "(<code>pip install -e '.[report]'</code> adds them). The tables below carry the same numbers.</p>"
     )
+    if plot_error:
+        note += f'<p class="note">Plots are not included: drawing them failed ({e(plot_error)}). The tables carry the same numbers.</p>'
+    if stale:
+        note += (f'<p class="note">Left out as stale (made from an earlier model or data): {e(", ".join(stale))}. '
+                 "Re-run <code>pipeline run all</code> to bring them up to date.</p>")
+    if any(label != tick for label, tick in zip(labels, _tick_labels(labels))):
+        note += ('<p class="note">In the plots, labels the plotting font cannot draw are shown by number: '
+                 + e(", ".join(f"#{i} = {lab}" for i, lab in enumerate(labels))) + ".</p>")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>seqship report: {e(run.name)}</title>

@@ -16,9 +16,9 @@ COLUMNS = ("dataset", "accuracy", "target", "macro-F1", "train time", "parity: m
 
 def collect(run: Run, dataset: str) -> dict | None:
     """One row from a finished run's stage records, or None when the run has not been packaged."""
-    train, verify, package = run.record("train"), run.record("verify"), run.record("package")
-    if not (train and verify and package):
-        return None
+    data, train, verify, package = (run.current(s) for s in ("data", "train", "verify", "package"))
+    if not (data and train and verify and package) or data["inputs"]["config"].get("dataset") != dataset:
+        return None  # not packaged, stale, or a run of some other data under this name
     manifest = json.loads((run.dir("package") / "manifest.json").read_text(encoding="utf-8"))
     ds = REGISTRY.get(dataset)
     row = {
@@ -35,7 +35,7 @@ def collect(run: Run, dataset: str) -> dict | None:
         "test_texts": manifest["metrics"]["test_n"],
         "model": manifest["model"],
     }
-    cv = run.record("cv")
+    cv = run.current_cv()
     if cv:
         row["cv"] = cv["summary"]
     # The number a published result is compared with: the k-fold mean where the task is reported that way.

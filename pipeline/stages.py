@@ -108,6 +108,20 @@ class Run:
                 )
         return record
 
+    def current(self, stage: str) -> dict | None:
+        """The stage's record if it is intact and made from the current upstream stages, else None."""
+        try:
+            return self.require(stage, "report")
+        except StageError:
+            return None
+
+    def current_cv(self) -> dict | None:
+        """The cv record if it is current and was trained with the same config as the train stage."""
+        cv, train = self.current("cv"), self.current("train")
+        if cv is None or train is None or cv.get("inputs", {}).get("config") != train.get("inputs", {}).get("config"):
+            return None
+        return cv
+
 
 def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
@@ -404,10 +418,18 @@ def run_all(
         lambda: stage_package(run, force=force),
     ]
     if cv_folds:
+        def check_cv() -> None:  # before training, not after: a published test split is reported on, not folded
+            if (run.record("data") or {}).get("summary", {}).get("counts", {}).get("fixed_test_rows"):
+                raise StageError(f"--cv: run {run.name!r} uses a dataset with a published test split; report on it instead of cross-validating")
+
+        steps.insert(1, lambda: check_cv())
         steps.append(lambda: stage_cv(run, train_cfg, cv_folds, force=force))
     results = []
     for step in steps:
-        results.append(step())
+        result = step()
+        if result is None:  # a check, not a stage
+            continue
+        results.append(result)
         if on_stage:
-            on_stage(results[-1])
+            on_stage(result)
     return results

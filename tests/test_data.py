@@ -152,6 +152,12 @@ def test_download_verifies_stores_and_reads_like_the_local_copy(name, data_dir, 
     assert folder == cache / name and json.loads((folder / "download.json").read_text())["dataset"] == name
     source.unlink()  # a second call is served from the verified cache, without the network
     assert locate(DataConfig(dataset=name), cache_dir=str(cache)) == folder
+    victim = folder / ds.download.members[-1][1]
+    good = victim.read_bytes()
+    victim.write_bytes(good + b"x")  # changed in the cache after the download: re-checked, not trusted
+    with pytest.raises(DataError, match="download from .* failed"):
+        locate(DataConfig(dataset=name), cache_dir=str(cache))
+    victim.write_bytes(good)
     cfg = DataConfig(dataset=name)
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     downloaded = prepare(cfg, folder, tmp_path / "a")

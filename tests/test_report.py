@@ -28,7 +28,7 @@ def render(report: Path, work: Path) -> dict:
                    cwd=JS, check=True, capture_output=True, timeout=120)
     assert shot.stat().st_size > 10_000  # a real full-page screenshot
     seen = json.loads(out.read_text())
-    assert seen["errors"] == []
+    assert seen["errors"] == [] and seen["scripts"] == 0 and not seen["injected"]
     seen["by_id"] = {s["id"]: s for s in seen["sections"]}
     return seen
 
@@ -112,6 +112,38 @@ def test_cross_validation_folds_cover_the_data_and_appear_in_the_report(data_dir
     again = invoke("run", "all", "--data-dir", str(data_dir), "--artifacts-dir", str(tmp_path), "--run-name", "cv",
                    "--json", *TINY, "--epochs", "1", "--cv", "3")
     assert [s["skipped"] for s in json.loads(again.stdout)["stages"]] == [True] * 6  # an unchanged cv stage is reused
+    # A new model makes the cross-validation, the parity report and the bundle stale: the report leaves them out.
+    assert invoke("run", "train", "--artifacts-dir", str(tmp_path), "--run-name", "cv", *TINY, "--epochs", "2").exit_code == 0
+    assert invoke("run", "report", "--artifacts-dir", str(tmp_path), "--run-name", "cv").exit_code == 0
+    seen = render(tmp_path / "cv" / "report.html", tmp_path)
+    assert "cv" not in seen["by_id"] and "parity" not in seen["by_id"]
+    assert any("stale" in n and "verify, package, cv" in n for n in seen["notes"])
+
+
+def test_kfold_folds_are_disjoint_grouped_stratified_and_cover_every_row():
+    from pipeline.data import kfold
+
+    rows = [(f"t{i}", "a" if i % 3 else "b") for i in range(100)] + [("t1", "b"), ("t2", "b")]  # two texts, two labels
+    folds = kfold(rows, 4, seed=0)
+    assert sorted(r for f in folds for r in f) == sorted(rows)  # a partition: every row exactly once
+    texts = [{t for t, _ in f} for f in folds]
+    assert all(not (texts[i] & texts[j]) for i in range(4) for j in range(i + 1, 4))  # a text never in two folds
+    assert [sum(lab == "b" for _, lab in f) for f in folds] == [9, 9, 9, 9]  # 36 texts in the rarer label's stratum
+    assert max(len(f) for f in folds) - min(len(f) for f in folds) <= 2
+    assert kfold(rows, 4, seed=0) == folds and kfold(rows, 4, seed=1) != folds
+
+
+def test_labels_and_texts_from_user_data_are_shown_as_text_never_run(data_dir, tmp_path):
+    names = (data_dir / "names" / "Japanese.txt").read_text().split()[:60] + (data_dir / "names" / "Russian.txt").read_text().split()[:60]
+    hostile = ["<img src=x onerror=\"window.__injected=true\">", "$\\alpha$ & <script>window.__injected=true</script>"]
+    rows = [{"text": n, "label": hostile[i >= 60]} for i, n in enumerate(names)]
+    data = tmp_path / "hostile.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = invoke("run", "all", "--data", str(data), "--artifacts-dir", str(tmp_path), "--json", *TINY, "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    seen = render(Path(json.loads(result.stdout)["report"]), tmp_path)  # asserts no script element and nothing injected
+    assert [row[0] for row in table(seen["by_id"]["test"], "per-class")["cells"]] == sorted(hostile)
+    assert all(img["decoded"] for sec in seen["sections"] for img in sec["images"])  # "$\alpha$" did not break the plots
 
 
 def test_cv_refuses_a_dataset_with_a_published_test_split(data_dir, tmp_path):

@@ -39,6 +39,8 @@ try {
         })),
       })),
       notes: [...document.querySelectorAll(".note")].map((n) => n.textContent),
+      scripts: document.querySelectorAll("script").length,
+      injected: window.__injected === true,
     };
   });
   seen.errors = errors;
