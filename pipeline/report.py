@@ -56,12 +56,8 @@ def _img(b64: str, alt: str) -> str:
 def _table(header: list[str], rows: list[list], cls: str = "") -> str:
     e = html.escape
     head = "".join(f"<th>{e(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c if isinstance(c, _Raw) else e(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>" for r in rows)
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-class _Raw(str):
-    """Already-escaped HTML for a table cell."""
 
 
 def _f(x, digits: int = 4) -> str:
@@ -170,10 +166,11 @@ def build_report(run) -> str:
     lengths = token_lengths(run.dir("train"), [t for t, _ in read_split(run.dir("data"), "train")])
 
     plt = _matplotlib()
+    ticks = _tick_labels(labels) if plt else list(labels)
     plots, plot_error = {}, None
     if plt:
         try:
-            plots = _plots(plt, _tick_labels(labels), history, test["confusion_matrix"], lengths, spec.get("max_length", max(lengths)), cv)
+            plots = _plots(plt, ticks, history, test["confusion_matrix"], lengths, spec.get("max_length", max(lengths)), cv)
         except Exception as err:  # a plot is a convenience: the tables carry every number
             plot_error = f"{type(err).__name__}: {err}"
             log.warning("report: plots left out (%s)", plot_error)
@@ -270,7 +267,7 @@ def build_report(run) -> str:
     if stale:
         note += (f'<p class="note">Left out as stale (made from an earlier model or data): {e(", ".join(stale))}. '
                  "Re-run <code>pipeline run all</code> to bring them up to date.</p>")
-    if any(label != tick for label, tick in zip(labels, _tick_labels(labels))):
+    if ticks != list(labels):
         note += ('<p class="note">In the plots, labels the plotting font cannot draw are shown by number: '
                  + e(", ".join(f"#{i} = {lab}" for i, lab in enumerate(labels))) + ".</p>")
     return f"""<!doctype html>

@@ -264,6 +264,12 @@ def stage_train(run: Run, cfg, force: bool = False, progress=None) -> StageResul
     return run_stage(run, "train", inputs, produce, force)
 
 
+def refuse_cv_with_fixed_test(run: Run) -> None:
+    """Cross-validation folds all the data; a dataset with a published test split is reported on that instead."""
+    if (run.record("data") or {}).get("summary", {}).get("counts", {}).get("fixed_test_rows"):
+        raise StageError(f"--cv: run {run.name!r} uses a dataset with a published test split; report on it instead of cross-validating")
+
+
 def stage_cv(run: Run, cfg, folds: int, force: bool = False) -> StageResult:
     """k-fold cross-validation over all of the data stage's rows, with the run's training config.
 
@@ -275,8 +281,7 @@ def stage_cv(run: Run, cfg, folds: int, force: bool = False) -> StageResult:
 
     data = run.require("data", "cv")
     summary = data["summary"]
-    if summary["counts"].get("fixed_test_rows"):
-        raise StageError(f"--cv: run {run.name!r} uses a dataset with a published test split; report on it instead of cross-validating")
+    refuse_cv_with_fixed_test(run)
     inputs = {"config": asdict(cfg), "folds": folds, "data": data["outputs"]}
 
     def produce(out: Path) -> dict:
@@ -287,8 +292,7 @@ def stage_cv(run: Run, cfg, folds: int, force: bool = False) -> StageResult:
         for i, test_rows in enumerate(kfold(rows, folds, dcfg["seed"])):
             test_texts = {t for t, _ in test_rows}
             rest = [r for r in rows if r[0] not in test_texts]
-            parts = split(rest, DataConfig(dataset=None, data="-", seed=dcfg["seed"] + i, val_fraction=dcfg["val_fraction"],
-                                           test_fraction=1e-9), fixed_test=test_rows)
+            parts = split(rest, DataConfig(**{**dcfg, "seed": dcfg["seed"] + i}), fixed_test=test_rows)  # train/val only
             with tempfile.TemporaryDirectory(prefix="cv-fold-") as tmp:
                 metrics = train(parts["train"], parts["val"], parts["test"], summary["labels"], cfg, Path(tmp))
                 history = json.loads((Path(tmp) / "history.json").read_text(encoding="utf-8"))["epochs"]
@@ -418,11 +422,7 @@ def run_all(
         lambda: stage_package(run, force=force),
     ]
     if cv_folds:
-        def check_cv() -> None:  # before training, not after: a published test split is reported on, not folded
-            if (run.record("data") or {}).get("summary", {}).get("counts", {}).get("fixed_test_rows"):
-                raise StageError(f"--cv: run {run.name!r} uses a dataset with a published test split; report on it instead of cross-validating")
-
-        steps.insert(1, lambda: check_cv())
+        steps.insert(1, lambda: refuse_cv_with_fixed_test(run))  # before training, not after packaging
         steps.append(lambda: stage_cv(run, train_cfg, cv_folds, force=force))
     results = []
     for step in steps:
