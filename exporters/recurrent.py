@@ -1,11 +1,22 @@
-"""A length-aware recurrent layer as one custom op, exported to ONE ONNX GRU/LSTM/RNN node with sequence_lens.
+"""A length-aware recurrent layer as one custom op, exported to ONNX without relying on `sequence_lens`.
 
-Why: the plain PyTorch formulation (gather-reversal for the backward direction, gather of position
-length-1) exports, op by op, into ~70 ONNX nodes around two unidirectional GRU nodes. ONNX's own
-GRU/LSTM take `sequence_lens` and a `bidirectional` direction, which is exactly this layer's meaning:
-one node, no gathers, no padding work, and the final states come out directly. The dynamo exporter
-maps the op through a custom translation; TorchScript never sees it (the scripted model keeps the
-plain path, which C++ libtorch can load with no extra library). The parity gate proves the two agree.
+Why a custom op: the plain PyTorch formulation (gather-reversal for the backward direction, gather of
+position length-1) exports, op by op, into ~70 ONNX nodes. This op's translation writes the layer
+directly: one forward-only GRU/LSTM/RNN node per direction, weights already in ONNX layout (constants
+folded at export time, nothing re-packed at run time), and length-awareness expressed with ops that
+every engine implements the same way.
+
+Why not `sequence_lens`: the layer's correctness would then rest on an engine honouring that input,
+and several do not (measured: onnx.reference ignores it, OpenVINO's CPU plugin ignores it whenever
+shapes are dynamic, tract refuses a non-constant one). Here no recurrent node gets `sequence_lens`:
+- forward direction: run over the padded rows; padding comes after the real tokens, so every real
+  position's state is exact; the final state is read at position length-1 by a one-hot mask;
+- backward direction: each row is reversed *within its own length* (ReverseSequence, which keeps
+  padding at the end), run forward, read at length-1, and its outputs reversed back the same way;
+- every recurrent node gets an explicit zero initial state (tract cannot infer one on a symbolic batch);
+- outputs at padded positions are zeroed, so a stacked layer or max pooling never sees them.
+TorchScript never sees the op (the scripted model keeps the plain path, which C++ libtorch loads with
+no extra library). The parity gate proves the two agree, in every engine it finds.
 """
 from __future__ import annotations
 
@@ -13,26 +24,62 @@ import torch
 from torch import Tensor
 
 OP_NAMESPACE = "seqship"
-_ONNX_INT32 = 6
+_ONNX_FLOAT = 1
+# PyTorch gate order -> ONNX gate order: GRU (r, z, n) -> (z, r, h); LSTM (i, f, g, o) -> (i, o, f, c);
+# a plain (tanh) RNN has one gate.
+GATE_ORDER = {"gru": (1, 0, 2), "lstm": (0, 3, 1, 2), "rnn": (0,)}
+
+
+def _reorder(w: Tensor, cell: str, H: int) -> Tensor:
+    return torch.cat([w[i * H : (i + 1) * H] for i in GATE_ORDER[cell]], 0)
+
+
+def _restore(w: Tensor, cell: str, H: int) -> Tensor:
+    order = GATE_ORDER[cell]
+    parts = [w[order.index(i) * H : (order.index(i) + 1) * H] for i in range(len(order))]
+    return torch.cat(parts, 0)
+
+
+def onnx_layout(params: list[Tensor], cell: str, hidden_size: int) -> list[Tensor]:
+    """PyTorch's (w_ih, w_hh, b_ih, b_hh) per direction -> ONNX's (W [1,nH,I], R [1,nH,H], B [1,2nH]).
+
+    Computed once at export time so the ONNX graph holds the weights as constants, in the layout its
+    GRU/LSTM/RNN nodes read.
+    """
+    out = []
+    with torch.no_grad():
+        for d in range(0, len(params), 4):
+            w_ih, w_hh, b_ih, b_hh = params[d : d + 4]
+            out += [
+                _reorder(w_ih, cell, hidden_size).unsqueeze(0).contiguous(),
+                _reorder(w_hh, cell, hidden_size).unsqueeze(0).contiguous(),
+                torch.cat([_reorder(b_ih, cell, hidden_size), _reorder(b_hh, cell, hidden_size)]).unsqueeze(0).contiguous(),
+            ]
+    return out
 
 
 @torch.library.custom_op(f"{OP_NAMESPACE}::rnn_layer", mutates_args=())
 def rnn_layer(
-    x: Tensor, lengths: Tensor, params: list[Tensor], hidden_size: int, cell: str, bidirectional: bool
+    x: Tensor, lengths: Tensor, weights: list[Tensor], hidden_size: int, cell: str, bidirectional: bool
 ) -> tuple[Tensor, Tensor]:
     """(y [B, T, D*H] zero at padding, h [B, D*H] final state of each direction) for right-padded x [B, T, I].
 
-    Eager implementation, for completeness and tests: the same gather formulation as the model's plain path.
+    `weights` are in ONNX layout (see onnx_layout). Eager implementation, for completeness and tests:
+    the same gather formulation as the model's plain path.
     """
     B, T, _ = x.shape
+    H = hidden_size
     pos = torch.arange(T, device=x.device).unsqueeze(0)  # (1, T)
     length = lengths.unsqueeze(1)  # (B, 1)
     valid_b = pos < length
     rev = torch.where(valid_b, length - 1 - pos, pos)  # (B, T)
     last = (lengths - 1).view(-1, 1, 1)
 
-    def run(inp: Tensor, p: list[Tensor]) -> Tensor:
-        h0 = inp.new_zeros(1, B, hidden_size)
+    def run(inp: Tensor, w: list[Tensor]) -> Tensor:
+        W, R, Bias = w[0][0], w[1][0], w[2][0]
+        n = Bias.shape[0] // 2
+        p = [_restore(W, cell, H), _restore(R, cell, H), _restore(Bias[:n], cell, H), _restore(Bias[n:], cell, H)]
+        h0 = inp.new_zeros(1, B, H)
         if cell == "lstm":
             return torch.lstm(inp, [h0, h0], p, True, 1, 0.0, False, False, True)[0]
         if cell == "rnn":
@@ -42,52 +89,68 @@ def rnn_layer(
     def at_last(seq: Tensor) -> Tensor:
         return torch.gather(seq, 1, last.expand(-1, 1, seq.size(2))).squeeze(1)
 
-    out_f = run(x, params[:4])
+    out_f = run(x, weights[:3])
     if not bidirectional:
         return out_f * valid_b.unsqueeze(2), at_last(out_f)
     x_rev = torch.gather(x, 1, rev.unsqueeze(2).expand(-1, -1, x.size(2)))
-    out_b_rev = run(x_rev, params[4:8])
+    out_b_rev = run(x_rev, weights[3:6])
     out_b = torch.gather(out_b_rev, 1, rev.unsqueeze(2).expand(-1, -1, out_b_rev.size(2)))
     y = torch.cat([out_f, out_b], 2) * valid_b.unsqueeze(2)
     return y, torch.cat([at_last(out_f), at_last(out_b_rev)], 1)
 
 
 @rnn_layer.register_fake
-def _rnn_layer_fake(x, lengths, params, hidden_size, cell, bidirectional):
+def _rnn_layer_fake(x, lengths, weights, hidden_size, cell, bidirectional):
     d = 2 if bidirectional else 1
     return x.new_empty(x.shape[0], x.shape[1], d * hidden_size), x.new_empty(x.shape[0], d * hidden_size)
 
 
-def _onnx_rnn_layer(x, lengths, params, hidden_size, cell, bidirectional):
-    """ONNX translation: one GRU/LSTM node over [T, B, I] with sequence_lens = lengths."""
+def _onnx_rnn_layer(x, lengths, weights, hidden_size, cell, bidirectional):
+    """ONNX translation: forward-only recurrent nodes, no sequence_lens, explicit zero initial state."""
     from onnxscript import opset20 as op
 
     H = hidden_size
-    # PyTorch gate order -> ONNX gate order: GRU (r, z, n) -> (z, r, h); LSTM (i, f, g, o) -> (i, o, f, c);
-    # a plain (tanh) RNN has one gate.
-    order = {"gru": (1, 0, 2), "lstm": (0, 3, 1, 2), "rnn": (0,)}[cell]
+    shape = op.Shape(x)  # [B, T, I]
+    # Expand of a float32 zero, not ConstantOfShape: tract types ConstantOfShape's default value as f64.
+    h0 = op.Expand(op.Constant(value_floats=[0.0]), op.Concat(op.Constant(value_ints=[1]), op.Slice(shape, [0], [1]), op.Constant(value_ints=[H]), axis=0))  # [1, B, H]
+    last = op.Unsqueeze(op.Sub(lengths, op.Constant(value_int=1)), [1])  # [B, 1]: the last real position
 
-    def reorder(w):
-        parts = [op.Slice(w, starts=[i * H], ends=[(i + 1) * H], axes=[0]) for i in order]
-        return op.Concat(*parts, axis=0)
+    def recur(inp, w):  # batch-major [B, T, I] in; onnxruntime's CPU kernels take only time-major (layout 0)
+        xt = op.Transpose(inp, perm=[1, 0, 2])  # [T, B, I]
+        if cell == "gru":
+            # linear_before_reset=1 is PyTorch's GRU formulation (the contract check asserts it).
+            Y, _ = op.GRU(xt, w[0], w[1], w[2], None, h0, hidden_size=H, linear_before_reset=1)
+        elif cell == "lstm":
+            Y, _, _ = op.LSTM(xt, w[0], w[1], w[2], None, h0, h0, hidden_size=H)
+        else:  # ONNX RNN's default activation is Tanh, as is nn.RNN's
+            Y, _ = op.RNN(xt, w[0], w[1], w[2], None, h0, hidden_size=H)
+        return Y  # [T, 1, B, H]
 
-    dirs = [params[0:4], params[4:8]] if bidirectional else [params[0:4]]
-    W = op.Concat(*[op.Unsqueeze(reorder(p[0]), [0]) for p in dirs], axis=0)  # [D, n*H, I]
-    R = op.Concat(*[op.Unsqueeze(reorder(p[1]), [0]) for p in dirs], axis=0)  # [D, n*H, H]
-    B = op.Concat(*[op.Unsqueeze(op.Concat(reorder(p[2]), reorder(p[3]), axis=0), [0]) for p in dirs], axis=0)
-    xt = op.Transpose(x, perm=[1, 0, 2])  # [T, B, I]
-    seq_lens = op.Cast(lengths, to=_ONNX_INT32)
-    direction = "bidirectional" if bidirectional else "forward"
-    if cell == "gru":
-        # linear_before_reset=1 is PyTorch's GRU formulation (the contract check asserts it).
-        Y, Y_h = op.GRU(xt, W, R, B, sequence_lens=seq_lens, hidden_size=H, direction=direction, linear_before_reset=1)
-    elif cell == "lstm":
-        Y, Y_h, _ = op.LSTM(xt, W, R, B, sequence_lens=seq_lens, hidden_size=H, direction=direction)
-    else:  # ONNX RNN's default activation is Tanh, as is nn.RNN's
-        Y, Y_h = op.RNN(xt, W, R, B, sequence_lens=seq_lens, hidden_size=H, direction=direction)
-    y = op.Reshape(op.Transpose(Y, perm=[2, 0, 1, 3]), op.Constant(value_ints=[0, 0, -1]))  # [B, T, D*H]
-    h = op.Reshape(op.Transpose(Y_h, perm=[1, 0, 2]), op.Constant(value_ints=[0, -1]))  # [B, D*H]
-    return y, h
+    def states(Y):  # [T, D, B, H] -> y [B, T, D*H] (every position), h [B, D*H] (position length-1)
+        Yb = op.Transpose(Y, perm=[2, 0, 1, 3])  # [B, T, D, H]
+        y = op.Reshape(Yb, op.Constant(value_ints=[0, 0, -1]))
+        return y, op.Reshape(op.GatherND(Yb, last, batch_dims=1), op.Constant(value_ints=[0, -1]))
+
+    pos = op.Range(op.Constant(value_int=0), op.Gather(shape, op.Constant(value_int=1)), op.Constant(value_int=1))  # [T]
+    real = op.Less(pos, op.Unsqueeze(lengths, [1]))  # [B, T]: a real token, not padding
+    valid = op.Unsqueeze(op.Cast(real, to=_ONNX_FLOAT), [2])  # [B, T, 1]
+    Y_f = recur(x, weights[0:3])
+    if not bidirectional:
+        y, h = states(Y_f)
+        return op.Mul(y, valid), h
+    # rev[b, t] = length_b - 1 - t for real tokens, t for padding: each row reversed within its length,
+    # padding kept at the end. ReverseSequence says the same, but tract does not implement it; the
+    # reference evaluator's GatherElements handles at most 64 steps; tract's GatherND refuses negative
+    # indices (by aborting the process).
+    rev = op.Unsqueeze(op.Where(real, op.Sub(last, pos), pos), [2])  # [B, T, 1]
+
+    def reverse(seq):  # [B, T, F] -> the same rows, each reversed within its length (its own inverse)
+        return op.GatherND(seq, rev, batch_dims=1)
+
+    y_f, h_f = states(Y_f)
+    y_b_rev, h_b = states(recur(reverse(x), weights[3:6]))
+    y = op.Mul(op.Concat(y_f, reverse(y_b_rev), axis=2), valid)  # [B, T, 2H], zero at padding
+    return y, op.Concat(h_f, h_b, axis=1)  # [B, 2H]: both directions' states at length-1
 
 
 TRANSLATIONS = {torch.ops.seqship.rnn_layer.default: _onnx_rnn_layer}

@@ -4,7 +4,8 @@ Length-aware without pack_padded_sequence (which the dynamo ONNX exporter cannot
 direction reads its output at position length-1; the backward direction runs on each row reversed
 *within its own length* (an index gather), so padding never enters a real position's state. A padded
 row therefore gives the same logits as the same row run alone. For ONNX export each layer runs as one
-custom op (exporters/recurrent.py) that becomes a single GRU/LSTM node with sequence_lens.
+custom op (exporters/recurrent.py) whose weights are folded into ONNX layout once, and whose graph does
+not depend on any engine honouring a recurrent node's `sequence_lens`.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Iterator, Tuple
 import torch
 from torch import nn
 
-from exporters.recurrent import rnn_layer
+from exporters.recurrent import onnx_layout, rnn_layer
 
 POOLINGS = ("last", "max", "last+max")
 CELLS = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}  # nn.RNN: tanh
@@ -92,8 +93,17 @@ class RecurrentLayer(nn.Module):
     @torch.jit.unused
     def _fused(self, x: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The same layer as one custom op, which the ONNX export turns into a single GRU/LSTM node."""
+        weights = [getattr(self, f"onnx_w{i}") for i in range(3 * (2 if self.bidirectional else 1))]
+        return rnn_layer(x, lengths, weights, self.hidden_dim, self.cell, self.bidirectional)
+
+    def fold_weights(self) -> list[str]:
+        """Register this layer's weights in ONNX layout as buffers (constants in the export); returns their names."""
         params = list(self.fwd.parameters()) + (list(self.bwd.parameters()) if self.bwd is not None else [])
-        return rnn_layer(x, lengths, params, self.hidden_dim, self.cell, self.bidirectional)
+        names = []
+        for i, w in enumerate(onnx_layout(params, self.cell, self.hidden_dim)):
+            self.register_buffer(f"onnx_w{i}", w, persistent=False)
+            names.append(f"onnx_w{i}")
+        return names
 
 
 class TextClassifier(nn.Module):
@@ -137,12 +147,17 @@ class TextClassifier(nn.Module):
 
 @contextmanager
 def fused_recurrence(model: TextClassifier) -> Iterator[TextClassifier]:
-    """Within this block each recurrent layer runs as one custom op (for ONNX export); restored after."""
+    """Within this block each recurrent layer runs as one custom op with folded weights (for ONNX export);
+    restored after. Weights are folded on entry: train more, then enter again."""
     layers = [m for m in model.modules() if isinstance(m, RecurrentLayer)]
+    folded: list[tuple[RecurrentLayer, list[str]]] = []
     try:
         for layer in layers:
+            folded.append((layer, layer.fold_weights()))
             layer.fused = True
         yield model
     finally:
-        for layer in layers:
+        for layer, names in folded:
             layer.fused = False
+            for name in names:
+                delattr(layer, name)
