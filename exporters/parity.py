@@ -194,5 +194,10 @@ def format_table(report: dict) -> str:
             lines.append(f"file {i['file']}: {i['problem']}  FAIL")
     for s in report.get("skipped", []):
         lines.append(f"skipped {s['backend']}: {s['reason']}")
+    if report.get("engines"):
+        from exporters.portability import format_engines
+
+        lines += ["", "the same model.onnx in every ONNX engine found (reference: " + report.get("reference", "pytorch") + "):",
+                  format_engines(report["engines"])]
     lines.append(f"tolerance: |a - b| <= {report['atol']:g} + {report['rtol']:g} * |reference|")
     return "\n".join(lines)

@@ -80,13 +80,20 @@ def build_bundle(run, records: dict, out: Path) -> dict:
     (out / fmt.MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     # The bundle must load exactly as an application will load it before it is put in place.
     predictor = Predictor.load(out, providers="cpu")
-    return {"files": manifest["files"], "provider_checked": predictor.provider, "labels": len(labels)}
+    return {"files": manifest["files"], "provider_checked": predictor.provider, "labels": len(labels), "digest": predictor.digest}
 
 
 def model_card(m: dict) -> str:
     """The bundle's README.md: what it predicts, from what data, how well, how exactly, how to load it."""
     met, par, sig = m["metrics"], m["parity"], m["signature"]
     worst = max(par["max_abs_by_backend"].values(), default=0.0)
+    engines = "\n".join(
+        f"| {name} | {e.get('version')} | {'verified' if e['passed'] else 'FAILED'} | "
+        f"{'-' if e.get('max_abs') is None else format(e['max_abs'], '.1e')} | "
+        f"{'-' if e.get('label_agreement') is None else format(e['label_agreement'], '.2%')} |"
+        for name, e in par.get("engines", {}).items()
+    ) or "| (none recorded) | | | | |"
+    skipped = "".join(f"\nNot checked: {s['engine']} ({s['reason']})." for s in par.get("engines_skipped", []))
     per_class = "\n".join(
         f"| {lab} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
         for lab, v in met["per_class"].items()
@@ -115,6 +122,14 @@ TorchScript and ONNX Runtime were checked against eager PyTorch at probe shapes 
 padded batch, real texts) and on the whole test set: {'passed' if par['passed'] else 'FAILED'} with
 |a - b| <= {par['atol']:g} + {par['rtol']:g}·|ref|; largest absolute difference {worst:.2e};
 label agreement on {par['test_set_texts']} test texts {par['test_set_label_agreement']:.2%}.
+
+The same `model.onnx` was run in each ONNX engine below on those probes and the whole test set in padded
+batches (labels compared outside near ties, where the reference's top two logits are within twice the tolerance):
+
+| engine | version | result | max abs diff | label agreement |
+|---|---|---|---|---|
+{engines}
+{skipped}
 
 ## Files
 `model.onnx` (opset {sig['opset']}; inputs `token_ids` int64 [batch, seq], `lengths` int64 [batch]; output

@@ -390,6 +390,14 @@ def summarize_parity(report: dict) -> dict:
         "test_set_texts": report["test_set"]["texts"],
         "test_set_max_abs": report["test_set"]["logits"].get("max_abs"),
         "skipped": report.get("skipped", []),
+        # The model.onnx in every engine found: the bundle is verified on these, at these versions.
+        "engines": {
+            e["engine"]: {"version": e.get("version"), "passed": e["passed"], "max_abs": e.get("max_abs"),
+                          "label_agreement": (e.get("labels") or {}).get("agreement_outside_near_ties"),
+                          "near_ties": (e.get("labels") or {}).get("near_ties")}
+            for e in report.get("engines", {}).get("engines", [])
+        },
+        "engines_skipped": report.get("engines", {}).get("skipped", []),
     }
 
 

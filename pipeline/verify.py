@@ -10,6 +10,7 @@ import onnxruntime as ort
 import torch
 
 from exporters.parity import Backend, check_test_set, make_probes, run_gate
+from exporters.portability import engine_gate
 from pipeline.train import load_trained
 from runtime.bundle import sha256_file
 from runtime.predictor import Predictor
@@ -58,12 +59,24 @@ def build_report(train_dir: Path, export_dir: Path, test_rows: Sequence[tuple[st
     report["skipped"] = skipped
     predictor = Predictor(onnx_path, tokenizer, labels, providers="cpu")
     report["test_set"] = check_test_set(reference, predictor, texts, cfg.atol, cfg.rtol)
-    report["passed"] = report["passed"] and report["test_set"]["passed"]
+    report["engines"] = engine_gate(onnx_path, reference, probes, _ids(tokenizer, texts), tokenizer.spec.pad_id, cfg.atol, cfg.rtol)
+    report["passed"] = report["passed"] and report["test_set"]["passed"] and report["engines"]["passed"]
     report["files"] = {"model.onnx": sha256_file(onnx_path), "model.pt": sha256_file(ts_path)}
     return report
 
 
-def verify_bundle(bundle_dir: Path, cfg, texts: Sequence[str] | None = None) -> dict:
+def _ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of the texts that can be scored (the rest are the runtime's InputError, tested elsewhere)."""
+    out = []
+    for i, t in enumerate(texts):
+        try:
+            out.append(tokenizer.encode(t, i)[0])
+        except Exception:  # an empty or unscoreable text has no ids to compare
+            continue
+    return out
+
+
+def verify_bundle(bundle_dir: Path, cfg, texts: Sequence[str] | None = None, expected_sha256: str | None = None) -> dict:
     """Parity of a shipped bundle: its model.onnx against its own model.pt (TorchScript), which the gate
     proved equal to eager PyTorch when the bundle was made. File integrity is reported, not assumed."""
     from runtime.bundle import MODEL_ONNX, MODEL_TORCHSCRIPT, TOKENIZER, read_manifest, safe_member
@@ -71,6 +84,10 @@ def verify_bundle(bundle_dir: Path, cfg, texts: Sequence[str] | None = None) -> 
 
     manifest = read_manifest(bundle_dir)
     integrity = []
+    try:  # exactly what an application's Predictor.load checks (metadata, external data, pin, Unicode, finite)
+        Predictor.load(bundle_dir, providers="cpu", expected_sha256=expected_sha256)
+    except Exception as e:  # a SeqshipError names the problem; anything else is still a failure to load
+        integrity.append({"file": "(bundle)", "passed": False, "problem": f"Predictor.load refuses it: {type(e).__name__}: {e}"})
     for name, entry in manifest["files"].items():
         path = safe_member(Path(bundle_dir), name)
         problem = None
@@ -98,5 +115,9 @@ def verify_bundle(bundle_dir: Path, cfg, texts: Sequence[str] | None = None) -> 
     if texts:
         predictor = Predictor(onnx_path, tokenizer, manifest["labels"], providers="cpu")
         report["test_set"] = check_test_set(reference, predictor, list(texts), cfg.atol, cfg.rtol)
-    report["passed"] = report["passed"] and all(i["passed"] for i in integrity) and report.get("test_set", {}).get("passed", True)
+    report["engines"] = engine_gate(onnx_path, reference, probes, _ids(tokenizer, texts or []), spec.pad_id, cfg.atol, cfg.rtol)
+    report["passed"] = (
+        report["passed"] and all(i["passed"] for i in integrity) and report.get("test_set", {}).get("passed", True)
+        and report["engines"]["passed"]
+    )
     return report
