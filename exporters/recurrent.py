@@ -60,12 +60,12 @@ def onnx_layout(params: list[Tensor], cell: str, hidden_size: int) -> list[Tenso
 
 @torch.library.custom_op(f"{OP_NAMESPACE}::rnn_layer", mutates_args=())
 def rnn_layer(
-    x: Tensor, lengths: Tensor, weights: list[Tensor], hidden_size: int, cell: str, bidirectional: bool
+    x: Tensor, lengths: Tensor, weights: list[Tensor], hidden_size: int, cell: str, bidirectional: bool, with_y: bool
 ) -> tuple[Tensor, Tensor]:
     """(y [B, T, D*H] zero at padding, h [B, D*H] final state of each direction) for right-padded x [B, T, I].
 
-    `weights` are in ONNX layout (see onnx_layout). Eager implementation, for completeness and tests:
-    the same gather formulation as the model's plain path.
+    `weights` are in ONNX layout (see onnx_layout). with_y=False: no later op reads y (an empty tensor).
+    Eager implementation, for completeness and tests: the same gather formulation as the model's plain path.
     """
     B, T, _ = x.shape
     H = hidden_size
@@ -91,29 +91,36 @@ def rnn_layer(
 
     out_f = run(x, weights[:3])
     if not bidirectional:
-        return out_f * valid_b.unsqueeze(2), at_last(out_f)
+        return (out_f * valid_b.unsqueeze(2) if with_y else x.new_zeros(0)), at_last(out_f)
     x_rev = torch.gather(x, 1, rev.unsqueeze(2).expand(-1, -1, x.size(2)))
     out_b_rev = run(x_rev, weights[3:6])
     out_b = torch.gather(out_b_rev, 1, rev.unsqueeze(2).expand(-1, -1, out_b_rev.size(2)))
-    y = torch.cat([out_f, out_b], 2) * valid_b.unsqueeze(2)
+    y = torch.cat([out_f, out_b], 2) * valid_b.unsqueeze(2) if with_y else x.new_zeros(0)
     return y, torch.cat([at_last(out_f), at_last(out_b_rev)], 1)
 
 
 @rnn_layer.register_fake
-def _rnn_layer_fake(x, lengths, weights, hidden_size, cell, bidirectional):
+def _rnn_layer_fake(x, lengths, weights, hidden_size, cell, bidirectional, with_y):
     d = 2 if bidirectional else 1
-    return x.new_empty(x.shape[0], x.shape[1], d * hidden_size), x.new_empty(x.shape[0], d * hidden_size)
+    y = x.new_empty(x.shape[0], x.shape[1], d * hidden_size) if with_y else x.new_empty(0)
+    return y, x.new_empty(x.shape[0], d * hidden_size)
 
 
-def _onnx_rnn_layer(x, lengths, weights, hidden_size, cell, bidirectional):
-    """ONNX translation: forward-only recurrent nodes, no sequence_lens, explicit zero initial state."""
+def _onnx_rnn_layer(x, lengths, weights, hidden_size, cell, bidirectional, with_y):
+    """ONNX translation: forward-only recurrent nodes, no sequence_lens, explicit zero initial state.
+
+    Written for few nodes: onnxruntime spends about a microsecond per node, which a one-text call feels.
+    """
     from onnxscript import opset20 as op
 
     H = hidden_size
-    shape = op.Shape(x)  # [B, T, I]
-    # Expand of a float32 zero, not ConstantOfShape: tract types ConstantOfShape's default value as f64.
-    h0 = op.Expand(op.Constant(value_floats=[0.0]), op.Concat(op.Constant(value_ints=[1]), op.Slice(shape, [0], [1]), op.Constant(value_ints=[H]), axis=0))  # [1, B, H]
-    last = op.Unsqueeze(op.Sub(lengths, op.Constant(value_int=1)), [1])  # [B, 1]: the last real position
+    D = 2 if bidirectional else 1
+    one = op.Constant(value_int=1)
+    # Zero initial state [1, B, H] without shape arithmetic: gather row 0 of a constant, B times
+    # (tract cannot run a recurrent node without one on a symbolic batch).
+    zeros = op.Expand(op.Constant(value_floats=[0.0]), op.Constant(value_ints=[1, 1, H]))  # folded to a constant
+    h0 = op.Gather(zeros, op.Sub(lengths, lengths), axis=1)  # [1, B, H]
+    last = op.Unsqueeze(op.Sub(lengths, one), [1])  # [B, 1]: the last real position
 
     def recur(inp, w):  # batch-major [B, T, I] in; onnxruntime's CPU kernels take only time-major (layout 0)
         xt = op.Transpose(inp, perm=[1, 0, 2])  # [T, B, I]
@@ -126,31 +133,32 @@ def _onnx_rnn_layer(x, lengths, weights, hidden_size, cell, bidirectional):
             Y, _ = op.RNN(xt, w[0], w[1], w[2], None, h0, hidden_size=H)
         return Y  # [T, 1, B, H]
 
-    def states(Y):  # [T, D, B, H] -> y [B, T, D*H] (every position), h [B, D*H] (position length-1)
-        Yb = op.Transpose(Y, perm=[2, 0, 1, 3])  # [B, T, D, H]
-        y = op.Reshape(Yb, op.Constant(value_ints=[0, 0, -1]))
-        return y, op.Reshape(op.GatherND(Yb, last, batch_dims=1), op.Constant(value_ints=[0, -1]))
-
-    pos = op.Range(op.Constant(value_int=0), op.Gather(shape, op.Constant(value_int=1)), op.Constant(value_int=1))  # [T]
-    real = op.Less(pos, op.Unsqueeze(lengths, [1]))  # [B, T]: a real token, not padding
-    valid = op.Unsqueeze(op.Cast(real, to=_ONNX_FLOAT), [2])  # [B, T, 1]
     Y_f = recur(x, weights[0:3])
+    if bidirectional:
+        pos = op.Range(op.Constant(value_int=0), op.Gather(op.Shape(x), one), one)  # [T]
+        # rev[b, t] = length_b - 1 - t for real tokens, t for padding: row b reversed within its length,
+        # padding kept at the end. ReverseSequence says the same, but tract does not implement it; the
+        # reference evaluator's GatherElements handles at most 64 steps; tract's GatherND aborts the process
+        # on negative indices; |length_b - 1 - t| (one node fewer) trips tract's evaluation of the model's
+        # own padding mask.
+        rev = op.Unsqueeze(op.Where(op.Less(pos, op.Unsqueeze(lengths, [1])), op.Sub(last, pos), pos), [2])  # [B, T, 1]
+        Y_b_rev = recur(op.GatherND(x, rev, batch_dims=1), weights[3:6])
+        Y = op.Concat(Y_f, Y_b_rev, axis=1)  # [T, 2, B, H]
+    else:
+        Y = Y_f
+    Yb = op.Transpose(Y, perm=[2, 0, 1, 3])  # [B, T, D, H]
+    h = op.Reshape(op.GatherND(Yb, last, batch_dims=1), op.Constant(value_ints=[0, D * H]))  # [B, D*H] at length-1
+    if not with_y:
+        return op.Slice(op.Constant(value_floats=[0.0]), [0], [0]), h  # y: empty, no later op reads it
+    pos = op.Range(op.Constant(value_int=0), op.Gather(op.Shape(x), one), one)  # [T]
+    valid = op.Unsqueeze(op.Cast(op.Less(pos, op.Unsqueeze(lengths, [1])), to=_ONNX_FLOAT), [2])  # [B, T, 1]
     if not bidirectional:
-        y, h = states(Y_f)
-        return op.Mul(y, valid), h
-    # rev[b, t] = length_b - 1 - t for real tokens, t for padding: each row reversed within its length,
-    # padding kept at the end. ReverseSequence says the same, but tract does not implement it; the
-    # reference evaluator's GatherElements handles at most 64 steps; tract's GatherND refuses negative
-    # indices (by aborting the process).
-    rev = op.Unsqueeze(op.Where(real, op.Sub(last, pos), pos), [2])  # [B, T, 1]
-
-    def reverse(seq):  # [B, T, F] -> the same rows, each reversed within its length (its own inverse)
-        return op.GatherND(seq, rev, batch_dims=1)
-
-    y_f, h_f = states(Y_f)
-    y_b_rev, h_b = states(recur(reverse(x), weights[3:6]))
-    y = op.Mul(op.Concat(y_f, reverse(y_b_rev), axis=2), valid)  # [B, T, 2H], zero at padding
-    return y, op.Concat(h_f, h_b, axis=1)  # [B, 2H]: both directions' states at length-1
+        return op.Mul(op.Reshape(Yb, op.Constant(value_ints=[0, 0, H])), valid), h
+    y_f = op.Transpose(op.Squeeze(Y_f, [1]), perm=[1, 0, 2])  # [B, T, H]
+    y_b_rev = op.Transpose(op.Squeeze(Y_b_rev, [1]), perm=[1, 0, 2])
+    y_b = op.GatherND(y_b_rev, rev, batch_dims=1)  # back in original order (rev is its own inverse)
+    y = op.Concat(y_f, y_b, axis=2)
+    return op.Mul(y, valid), h  # y [B, T, 2H], zero at padding
 
 
 TRANSLATIONS = {torch.ops.seqship.rnn_layer.default: _onnx_rnn_layer}

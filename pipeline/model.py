@@ -69,6 +69,7 @@ class RecurrentLayer(nn.Module):
         self.hidden_dim = hidden_dim
         self.bidirectional = bidirectional
         self.fused = False  # True only while exporting to ONNX (see fused_recurrence)
+        self.need_y = True  # whether the next layer or the pooling reads y (set by TextClassifier)
         self.fwd = CELLS[cell](input_dim, hidden_dim, batch_first=True)
         self.bwd = CELLS[cell](input_dim, hidden_dim, batch_first=True) if bidirectional else None
 
@@ -92,9 +93,9 @@ class RecurrentLayer(nn.Module):
 
     @torch.jit.unused
     def _fused(self, x: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The same layer as one custom op, which the ONNX export turns into a single GRU/LSTM node."""
+        """The same layer as a custom op with its own ONNX translation (exporters/recurrent.py)."""
         weights = [getattr(self, f"onnx_w{i}") for i in range(3 * (2 if self.bidirectional else 1))]
-        return rnn_layer(x, lengths, weights, self.hidden_dim, self.cell, self.bidirectional)
+        return rnn_layer(x, lengths, weights, self.hidden_dim, self.cell, self.bidirectional, self.need_y)
 
     def fold_weights(self) -> list[str]:
         """Register this layer's weights in ONNX layout as buffers (constants in the export); returns their names."""
@@ -122,6 +123,8 @@ class TextClassifier(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.embed_dropout = nn.Dropout(cfg.embed_dropout)
         self.pooling = cfg.pooling
+        for i, layer in enumerate(self.layers):
+            layer.need_y = i < cfg.num_layers - 1 or cfg.pooling != "last"
         features = cfg.hidden_dim * dirs * (2 if cfg.pooling == "last+max" else 1)
         self.head = nn.Linear(features, cfg.num_labels)
 
