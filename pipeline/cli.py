@@ -401,8 +401,12 @@ def _providers(value: str):
               help="With --input: write JSON lines here, atomically (default: stdout).")
 @click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "lines"]), default="auto", show_default=True,
               help="--input format; auto = jsonl for .jsonl/.ndjson files, else one text per line.")
+@click.option("--expect-sha256", "expect_sha256", default=None, envvar="SEQSHIP_EXPECT_SHA256",
+              help="Refuse the bundle unless its digest (sha256 of manifest.json, as `pipeline inspect` prints) is this [env SEQSHIP_EXPECT_SHA256].")
+@click.option("--unicode-mismatch", type=click.Choice(["refuse", "warn"]), default="refuse", show_default=True,
+              help="When this Python's Unicode version differs from the tokenizer's: refuse texts whose ids could differ, or warn and score all.")
 @click.argument("texts", nargs=-1)
-def predict(bundle_dir, top_k, providers, threads, input_path, output_path, fmt, texts) -> None:
+def predict(bundle_dir, top_k, providers, threads, input_path, output_path, fmt, expect_sha256, unicode_mismatch, texts) -> None:
     """Label texts with a bundle; prints one JSON object per text. Needs no torch.
 
     Texts come from the arguments, from --input FILE (streamed in bounded memory, with a progress bar
@@ -415,17 +419,18 @@ def predict(bundle_dir, top_k, providers, threads, input_path, output_path, fmt,
       pipeline predict --bundle artifacts/names/bundle --input names.txt --output labels.jsonl
       cut -f1 names.tsv | pipeline predict --bundle artifacts/names/bundle
     """
-    from runtime import InputError, Predictor
+    from runtime import InputError, ModelOutputError, Predictor
 
-    try:
-        predictor = Predictor.load(bundle_dir, providers=_providers(providers), intra_op_num_threads=threads)
-    except SeqshipError as e:
-        raise click.ClickException(str(e)) from None
     if output_path is not None and input_path is None:
         raise click.UsageError("--output needs --input")
+    if input_path is not None and texts:
+        raise click.UsageError("give TEXT arguments or --input, not both")
+    try:
+        predictor = Predictor.load(bundle_dir, providers=_providers(providers), intra_op_num_threads=threads,
+                                   expected_sha256=expect_sha256, unicode_mismatch=unicode_mismatch)
+    except SeqshipError as e:
+        raise click.ClickException(str(e)) from None
     if input_path is not None:
-        if texts:
-            raise click.UsageError("give TEXT arguments or --input, not both")
         stats = _predict_file(predictor, input_path, output_path, fmt, top_k)
         if stats.errors:
             raise click.ClickException(f"{stats.errors} of {stats.texts} texts could not be scored (see their 'error' lines)")
@@ -438,7 +443,7 @@ def predict(bundle_dir, top_k, providers, threads, input_path, output_path, fmt,
 
     errors = 0
     for i, result in enumerate(predictor.predict(list(texts), top_k=top_k, errors="return")):
-        if isinstance(result, InputError):
+        if isinstance(result, (InputError, ModelOutputError)):
             errors += 1
             line = {"index": i, "text": texts[i], "error": str(result)}
         else:
@@ -482,13 +487,18 @@ def _predict_file(predictor, input_path: Path, output_path: Path | None, fmt: st
 @click.option("--texts", "texts_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Real texts (one per line) to compare text-in -> label-out as well as the probes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
+@click.option("--expect-sha256", "expect_sha256", default=None, envvar="SEQSHIP_EXPECT_SHA256",
+              help="Refuse the bundle unless its digest (sha256 of manifest.json) is this [env SEQSHIP_EXPECT_SHA256].")
 @verify_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random probe inputs.")
-def verify(bundle_dir: Path, texts_path: Path | None, as_json: bool, **opts) -> None:
+def verify(bundle_dir: Path, texts_path: Path | None, as_json: bool, expect_sha256: str | None, **opts) -> None:
     """Re-check a shipped bundle: its model.onnx against its own model.pt, and every file's sha256.
 
     Exit 1, with the parity table, when the ONNX model computes something else (for instance after a
-    hand edit) or a file no longer matches the manifest. Needs the `train` extra (torch).
+    hand edit), a file no longer matches the manifest, or the bundle does not load as an application
+    would load it (Predictor.load's checks). The same model.onnx is also run in every ONNX engine
+    installed (onnx.reference, OpenVINO, tract with the `engines` extra; onnxruntime-node and -web where
+    runtime/js is installed). Needs the `train` extra (torch).
 
     \b
     Example:
@@ -501,7 +511,7 @@ def verify(bundle_dir: Path, texts_path: Path | None, as_json: bool, **opts) -> 
         texts = None
         if texts_path is not None:
             texts = [t for t in texts_path.read_text(encoding="utf-8").split("\n") if t.strip()]
-        return verify_bundle(bundle_dir, _verify_cfg(opts), texts)
+        return verify_bundle(bundle_dir, _verify_cfg(opts), texts, expected_sha256=expect_sha256)
 
     report = _guarded(as_json, work)
     if as_json:
@@ -595,9 +605,13 @@ def inspect(bundle_dir: Path, as_json: bool) -> None:
         raise fail(e, as_json) from None
     m = b.manifest
     if as_json:
-        click.echo(json.dumps({"ok": True, "bundle": str(b.root), "manifest": m}, indent=1, ensure_ascii=False))
+        click.echo(json.dumps({"ok": True, "bundle": str(b.root), "digest": b.digest, "manifest": m}, indent=1, ensure_ascii=False))
         return
     click.echo(f"{b.root}: {m['format']} v{m['format_version']}, {len(m['labels'])} labels, files verified")
+    click.echo(f"digest (sha256 of manifest.json; pin it with --expect-sha256): {b.digest}")
+    engines = (m.get("parity") or {}).get("engines") or {}
+    if engines:
+        click.echo("verified on: " + ", ".join(f"{n} {e.get('version')}" + ("" if e.get("passed") else " (FAILED)") for n, e in engines.items()))
     met = m.get("metrics", {})
     if met:
         click.echo(f"test accuracy {met.get('test_accuracy', float('nan')):.4f}, macro-F1 {met.get('test_macro_f1', float('nan')):.4f}")

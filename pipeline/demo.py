@@ -12,7 +12,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from runtime.bundle import open_bundle
+from runtime.predictor import Predictor
 from runtime.errors import SeqshipError
 
 JS_ROOT = Path(__file__).resolve().parent.parent / "runtime" / "js"
@@ -28,7 +28,7 @@ def routes(bundle_dir: Path) -> dict[str, Path]:
     """URL prefix -> folder it serves."""
     if not (ORT_WEB / "ort.min.js").is_file():
         raise DemoError(f"{ORT_WEB}: onnxruntime-web is not installed; run `{INSTALL_HINT}` from the checkout")
-    open_bundle(bundle_dir)  # refuse to serve a damaged bundle
+    Predictor.load(bundle_dir, providers="cpu")  # refuse to serve a bundle an application would refuse
     # Resolved once here, so that the containment check in translate_path compares real paths (a
     # symlinked node_modules, as pnpm or a shared checkout makes, would otherwise look like an escape).
     folders = {"/bundle/": Path(bundle_dir), "/ort/": ORT_WEB, "/js/": JS_ROOT / "src", "/": JS_ROOT / "web"}

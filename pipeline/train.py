@@ -18,7 +18,9 @@ from torch import nn
 
 from pipeline.model import ModelConfig, TextClassifier
 from runtime.errors import SeqshipError
-from runtime.tokenizer import Tokenizer, TokenizerSpec, build_vocab, normalize, pad_batch, split_tokens
+from runtime.tokenizer import (
+    UNICODE_VERSION, Tokenizer, TokenizerSpec, build_vocab, normalize, pad_batch, split_tokens, unassigned_ranges,
+)
 
 log = logging.getLogger(__name__)
 
@@ -280,11 +282,21 @@ def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: P
     return metrics
 
 
+def _load_run_tokenizer(path: Path) -> Tokenizer:
+    """A run's own tokenizer. One written before the spec recorded its Unicode version (format 1) was made
+    on this machine by this pipeline, so it is read as built with this Python's Unicode database; a
+    shipped bundle gets no such benefit of the doubt (the runtime refuses format 1)."""
+    d = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(d, dict) and d.get("format_version") == 1:
+        d = {**d, "format_version": 2, "unicode_version": UNICODE_VERSION, "unassigned": unassigned_ranges()}
+    return Tokenizer(TokenizerSpec.from_dict(d, str(path)))
+
+
 def load_trained(train_dir: Path) -> tuple[TextClassifier, Tokenizer, list[str], dict]:
     """Rebuild the trained model (eval, CPU) from JSON config + weights, never unpickling objects."""
     try:
         mcfg = ModelConfig.load(train_dir / MODEL_CONFIG)
-        tokenizer = Tokenizer.from_file(train_dir / TOKENIZER)
+        tokenizer = _load_run_tokenizer(train_dir / TOKENIZER)
         labels = json.loads((train_dir / LABELS).read_text(encoding="utf-8"))
         metrics = json.loads((train_dir / METRICS).read_text(encoding="utf-8"))
     except FileNotFoundError as e:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from runtime.errors import InputError, SeqshipError
+from runtime.errors import InputError, ModelOutputError, SeqshipError
 from runtime.predictor import Predictor
 
 FORMATS = ("auto", "jsonl", "lines")
@@ -121,7 +121,7 @@ def _flush(predictor: Predictor, chunk: list[dict], out, top_k: int, stats: Bulk
     for rec, res in zip(chunk, results):
         if "error" in rec:
             continue
-        if isinstance(res, InputError):
+        if isinstance(res, (InputError, ModelOutputError)):
             rec["error"] = str(res)
         else:
             rec.update(res.to_dict())

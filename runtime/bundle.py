@@ -4,21 +4,27 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from runtime.errors import BundleError
 
 FORMAT = "seqship.bundle"
-FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS = (1,)
+# 2: labels and tokenizer hash required in model.onnx's metadata, no external data, tokenizer spec v2
+# (records its Unicode version). A version 1 bundle is refused: re-package it.
+FORMAT_VERSION = 2
+SUPPORTED_FORMAT_VERSIONS = (2,)
 MANIFEST = "manifest.json"
 MODEL_ONNX = "model.onnx"
 MODEL_TORCHSCRIPT = "model.pt"
 TOKENIZER = "tokenizer.json"
 MODEL_CARD = "README.md"
-# What the ONNX predictor cannot run without; every other listed file is still checked.
+# What the ONNX predictor cannot run without; every other listed file is still checked. Their bytes are
+# kept from the read that was hashed, so what runs is exactly what was verified.
 REQUIRED_FILES = (MODEL_ONNX, TOKENIZER)
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+REBUILD = "rebuild it with this seqship: `pipeline run export --force`, then `pipeline run all`"
 REQUIRED_KEYS = ("format", "format_version", "labels", "files", "signature")
 
 
@@ -53,12 +59,29 @@ def safe_member(root: Path, name: object) -> Path:
     return path
 
 
+def bundle_digest(root: str | os.PathLike) -> str:
+    """The bundle's digest: sha256 of manifest.json's bytes (which lists every file's sha256)."""
+    return sha256_file(Path(root) / MANIFEST)
+
+
+def check_pin(expected: object) -> str:
+    """A trusted digest as given by a user: 64 hex characters (any case) -> lower case, else BundleError."""
+    if not isinstance(expected, str) or not _HEX64.fullmatch(expected.lower()):
+        raise BundleError(
+            f"expected_sha256 {expected!r} is not a sha256 (64 hex characters); pass the digest that "
+            "`pipeline inspect DIR` prints for the bundle you trust"
+        )
+    return expected.lower()
+
+
 @dataclass(frozen=True)
 class Bundle:
     """A bundle folder whose manifest and files have been checked."""
 
     root: Path
     manifest: dict
+    digest: str = ""  # sha256 of manifest.json's bytes: pins the whole bundle
+    data: dict = None  # file name -> the verified bytes of the required files
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -70,16 +93,20 @@ class Bundle:
 
 def read_manifest(root: str | os.PathLike) -> dict:
     """Parse and structurally validate manifest.json, without touching the other files."""
-    root = Path(root)
+    return _read_manifest(Path(root))[0]
+
+
+def _read_manifest(root: Path) -> tuple[dict, bytes]:
     if not root.is_dir():
         raise BundleError(f"{root}: bundle folder not found; pass the folder that holds {MANIFEST}")
     mpath = root / MANIFEST
     if not mpath.is_file():
         raise BundleError(f"{mpath}: missing; this folder is not a seqship bundle")
+    raw = mpath.read_bytes()
     try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{mpath}: not valid JSON ({e}); the bundle is damaged, re-run `pipeline run package`") from None
+        manifest = json.loads(raw.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise BundleError(f"{mpath}: not valid JSON ({str(e)[:200]}); the bundle is damaged, re-run `pipeline run package`") from None
     if not isinstance(manifest, dict):
         raise BundleError(f"{mpath}: expected a JSON object")
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
@@ -87,9 +114,15 @@ def read_manifest(root: str | os.PathLike) -> dict:
         raise BundleError(f"{mpath}: missing keys {missing}")
     if manifest["format"] != FORMAT:
         raise BundleError(f"{mpath}: format is {manifest['format']!r}, expected {FORMAT!r}")
-    if manifest["format_version"] not in SUPPORTED_FORMAT_VERSIONS:
+    version = manifest["format_version"]
+    if type(version) is int and version == 1:
         raise BundleError(
-            f"{mpath}: format_version {manifest['format_version']!r} is not supported by this runtime "
+            f"{mpath}: format_version 1: this bundle was made by an older seqship (this runtime reads version "
+            f"{FORMAT_VERSION}); {REBUILD}"
+        )
+    if type(version) is not int or version not in SUPPORTED_FORMAT_VERSIONS:  # 2.0 and True are not versions
+        raise BundleError(
+            f"{mpath}: format_version {version!r} is not supported by this runtime "
             f"(supports {list(SUPPORTED_FORMAT_VERSIONS)}); upgrade seqship to load it"
         )
     labels = manifest["labels"]
@@ -106,29 +139,55 @@ def read_manifest(root: str | os.PathLike) -> dict:
     for name in REQUIRED_FILES:
         if name not in files:
             raise BundleError(f"{mpath}: 'files' does not list the required file {name!r}")
-    return manifest
+    for name, entry in files.items():
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("sha256"), str)
+            or not _HEX64.fullmatch(entry["sha256"])
+            or not isinstance(entry.get("bytes"), int)
+            or isinstance(entry.get("bytes"), bool)
+            or entry["bytes"] < 0
+        ):
+            raise BundleError(f"{mpath}: entry for {name!r} must be {{sha256: 64 lower-case hex, bytes: integer >= 0}}")
+    return manifest, raw
 
 
-def open_bundle(root: str | os.PathLike) -> Bundle:
-    """Check a bundle completely (manifest, every file's path, size and sha256) and return it."""
+def open_bundle(root: str | os.PathLike, expected_sha256: str | None = None) -> Bundle:
+    """Check a bundle completely (manifest, every file's path, size and sha256) and return it.
+
+    expected_sha256: the bundle digest you trust (sha256 of manifest.json); anything else is refused.
+    The required files' bytes are read once, hashed, and kept: callers run those very bytes.
+    """
     root = Path(root)
-    manifest = read_manifest(root)
+    pin = check_pin(expected_sha256) if expected_sha256 is not None else None
+    manifest, raw = _read_manifest(root)
+    digest = hashlib.sha256(raw).hexdigest()
+    if pin is not None and digest != pin:
+        raise BundleError(
+            f"{root / MANIFEST}: bundle digest {digest} is not the trusted {pin}; this is not the bundle you pinned "
+            "(or it was re-packaged): get the bundle again from its source, or pin the new digest knowingly"
+        )
+    data = {}
     for name, entry in manifest["files"].items():
         path = safe_member(root, name)
-        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
-            raise BundleError(f"{root / MANIFEST}: entry for {name!r} lacks a sha256")
         if not path.is_file():
             raise BundleError(f"{path}: listed in the manifest but missing; copy the whole bundle folder")
         size = path.stat().st_size
-        if isinstance(entry.get("bytes"), int) and size != entry["bytes"]:
+        if size != entry["bytes"]:
             raise BundleError(
                 f"{path}: {size} bytes, the manifest says {entry['bytes']} (truncated or replaced); "
                 "copy the bundle again"
             )
-        digest = sha256_file(path)
-        if digest != entry["sha256"]:
+        if name in REQUIRED_FILES:
+            with open(path, "rb") as f:
+                content = f.read(entry["bytes"] + 1)
+            file_digest = hashlib.sha256(content).hexdigest()
+            data[name] = content
+        else:
+            file_digest = sha256_file(path)
+        if file_digest != entry["sha256"]:
             raise BundleError(
-                f"{path}: sha256 {digest[:12]}… does not match the manifest's {entry['sha256'][:12]}…; "
+                f"{path}: sha256 {file_digest[:12]}… does not match the manifest's {entry['sha256'][:12]}…; "
                 "the file was altered after packaging, copy the bundle again"
             )
-    return Bundle(root=root, manifest=manifest)
+    return Bundle(root=root, manifest=manifest, digest=digest, data=data)

@@ -24,3 +24,11 @@ class InputError(SeqshipError, ValueError):
 
 class ProviderError(SeqshipError):
     """An execution provider was asked for that onnxruntime cannot give."""
+
+
+class ModelOutputError(SeqshipError):
+    """The model produced non-finite logits (NaN or Inf) for a text; `index` names it. Never a score."""
+
+    def __init__(self, message: str, index: int | None = None):
+        super().__init__(message)
+        self.index = index

@@ -1,6 +1,7 @@
 """Text in, label out: a bundle's ONNX model behind its own tokenizer, on onnxruntime alone."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -11,11 +12,12 @@ from typing import Iterator, NamedTuple, Sequence
 import numpy as np
 
 from runtime.bundle import MODEL_ONNX, TOKENIZER, open_bundle
-from runtime.errors import BundleError, InputError
+from runtime.errors import BundleError, InputError, ModelOutputError, TokenizerError
+from runtime.onnx_proto import read_model_info
 from runtime.session import CPU, OnnxModel, resolve_providers
+from runtime.tokenizer import Tokenizer, TokenizerSpec
 
 CHUNK = 2048  # texts tokenised before their batches are handed to the workers
-from runtime.tokenizer import Tokenizer
 
 
 class Prediction(NamedTuple):
@@ -62,7 +64,7 @@ class Predictor:
 
     def __init__(
         self,
-        model_path: str | os.PathLike,
+        model_path: str | os.PathLike | bytes,
         tokenizer: Tokenizer,
         labels: Sequence[str],
         providers: str | Sequence[str] | None = "auto",
@@ -83,6 +85,7 @@ class Predictor:
         self.tokenizer = tokenizer
         self.labels = tuple(labels)
         self.bundle = None  # the checked Bundle (manifest included) when built by Predictor.load
+        self.digest = None  # the bundle digest (sha256 of manifest.json) when built by Predictor.load
         self.batch_size = batch_size
         wanted = resolve_providers(providers)
         on_cpu = wanted[0] == CPU
@@ -97,10 +100,43 @@ class Predictor:
             )
 
     @classmethod
-    def load(cls, bundle_dir: str | os.PathLike, providers: str | Sequence[str] | None = "auto", **kwargs) -> "Predictor":
-        """Open a bundle folder, verify every file against its manifest, and start a session."""
-        bundle = open_bundle(bundle_dir)
-        tokenizer = Tokenizer.from_file(bundle.path(TOKENIZER))
+    def load(
+        cls,
+        bundle_dir: str | os.PathLike,
+        providers: str | Sequence[str] | None = "auto",
+        *,
+        expected_sha256: str | None = None,
+        unicode_mismatch: str = "refuse",
+        **kwargs,
+    ) -> "Predictor":
+        """Open a bundle folder, verify it, and start a session on the very bytes that were verified.
+
+        Verified: every file's size and sha256 against the manifest (and the manifest's own sha256 against
+        `expected_sha256`, the bundle digest you trust, when given); the labels and the tokenizer that
+        model.onnx records in its metadata (required) against manifest.json and tokenizer.json; no
+        external data; the tokenizer's Unicode version (see runtime.tokenizer); finite logits.
+        """
+        bundle = open_bundle(bundle_dir, expected_sha256)
+        model_bytes, tok_bytes = bundle.data[MODEL_ONNX], bundle.data[TOKENIZER]
+        info = read_model_info(model_bytes)
+        if info.external:
+            tensor, location = info.external[0]
+            raise BundleError(
+                f"{bundle.path(MODEL_ONNX)}: tensor {tensor!r} is stored in the external file {location!r}, which the "
+                "manifest does not hash; seqship bundles must be self-contained (export with external_data=False)"
+            )
+        if info.nonfinite:
+            raise BundleError(
+                f"{bundle.path(MODEL_ONNX)}: weights {info.nonfinite[:3]} hold non-finite values (NaN or Inf); the model "
+                "is damaged (onnxruntime would turn them into finite but meaningless scores): re-export it"
+            )
+        try:
+            tokenizer = Tokenizer(
+                TokenizerSpec.from_json(tok_bytes.decode("utf-8"), source=str(bundle.path(TOKENIZER))), unicode_mismatch
+            )
+        except (UnicodeDecodeError, RecursionError) as e:
+            raise TokenizerError(f"{bundle.path(TOKENIZER)}: not readable as UTF-8 JSON ({str(e)[:120]})") from None
+        _check_bound(info.metadata, bundle.labels, hashlib.sha256(tok_bytes).hexdigest(), bundle.path(MODEL_ONNX))
         sig = bundle.manifest["signature"]
         vocab_size = sig.get("vocab_size") if isinstance(sig, dict) else None
         if vocab_size is not None and vocab_size != tokenizer.vocab_size:
@@ -108,43 +144,44 @@ class Predictor:
                 f"{bundle.path(TOKENIZER)}: vocabulary of {tokenizer.vocab_size} tokens, but the model's "
                 f"embedding has {vocab_size} rows (manifest signature.vocab_size); tokenizer and model disagree"
             )
-        predictor = cls(bundle.path(MODEL_ONNX), tokenizer, bundle.labels, providers, **kwargs)
+        predictor = cls(model_bytes, tokenizer, bundle.labels, providers, **kwargs)
         predictor.bundle = bundle
-        predictor._check_model_metadata()
+        predictor.digest = bundle.digest
         predictor._check_embedding()
         return predictor
 
-    def _check_model_metadata(self) -> None:
-        """model.onnx records the labels and tokenizer it was exported with: a bundle whose manifest or
-        tokenizer.json was swapped (same sizes, other order) would otherwise answer with wrong labels."""
-        meta = self.model.session.get_modelmeta().custom_metadata_map
-        if "seqship.labels" in meta:
-            try:
-                labels = tuple(json.loads(meta["seqship.labels"]))
-            except ValueError:
-                raise BundleError(f"{MODEL_ONNX}: metadata 'seqship.labels' is not JSON") from None
-            if labels != self.labels:
-                raise BundleError(
-                    f"{MODEL_ONNX} was exported with labels {list(labels)[:4]}..., the manifest lists "
-                    f"{list(self.labels)[:4]}...; labels and model disagree (order matters)"
-                )
-        want = meta.get("seqship.tokenizer_sha256")
-        if want is not None and want != self.tokenizer.spec.sha256():
-            raise BundleError(
-                f"{TOKENIZER} is not the tokenizer {MODEL_ONNX} was exported with (sha256 of its canonical JSON "
-                "differs from the model's metadata); tokenizer and model disagree"
-            )
-
     def _check_embedding(self) -> None:
-        """The highest token id must index a row of the model's embedding (catches a mismatched tokenizer)."""
+        """The highest token id must index a row of the model's embedding (catches a mismatched tokenizer),
+        and the model must answer with finite numbers (catches NaN or Inf weights)."""
         top = self.tokenizer.vocab_size - 1
-        try:
-            self.model.run(np.array([[top]], dtype=np.int64), np.array([1], dtype=np.int64))
+        try:  # three steps, so the recurrent weights act on a non-zero state too (same probe as the JS runtime)
+            out = self.model.run(np.array([[top] * 3], dtype=np.int64), np.array([3], dtype=np.int64))
         except Exception as e:  # onnxruntime reports an out-of-range Gather index as a generic failure
             raise BundleError(
                 f"{TOKENIZER}: token id {top} (the vocabulary has {top + 1} entries) is outside the model's "
                 f"embedding ({str(e).splitlines()[0][:160]}); tokenizer and model disagree"
             ) from None
+        if not np.isfinite(out).all():
+            raise BundleError(
+                f"{MODEL_ONNX} answers a three-token probe with non-finite logits (NaN or Inf weights); the model is "
+                "damaged: re-export it"
+            )
+
+    def _finite(self, logits: np.ndarray, encoded: list, failed: dict, errors: str, first_index: int) -> None:
+        """Rows with NaN or Inf logits become a ModelOutputError (raised, or put in that text's slot)."""
+        bad = ~np.isfinite(logits).all(axis=1)
+        for i in np.flatnonzero(bad).tolist():
+            if encoded[i] is None:
+                continue  # a text that was not scored (its NaN row is the placeholder)
+            err = ModelOutputError(
+                f"text #{first_index + i}: the model produced non-finite logits (NaN or Inf); its weights or this "
+                "input overflow float32, and no score is given: check the bundle with `pipeline verify --bundle`",
+                first_index + i,
+            )
+            if errors == "raise":
+                raise err
+            failed[i] = err
+            encoded[i] = None
 
     @property
     def provider(self) -> str:
@@ -262,7 +299,10 @@ class Predictor:
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         """Raw model scores, float32 [len(texts), len(labels)]; raises InputError on the first bad text."""
-        parts = [logits for _, _, logits in self._score_chunks(self._check_texts(texts), "raise")]
+        parts = []
+        for encoded, failed, logits in self._score_chunks(self._check_texts(texts), "raise"):
+            self._finite(logits, encoded, failed, "raise", sum(len(p) for p in parts))
+            parts.append(logits)
         return np.concatenate(parts) if parts else np.empty((0, len(self.labels)), dtype=np.float32)
 
     def predict(self, texts: Sequence[str], top_k: int = 1, errors: str = "raise", first_index: int = 0) -> list:
@@ -272,11 +312,40 @@ class Predictor:
         errors="return": that text's slot holds the InputError instead, and the others are still scored.
         first_index: added to the indices that errors name (for callers that stream a larger input in chunks).
         """
-        if not 1 <= top_k <= len(self.labels):
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= len(self.labels):
             raise InputError(f"top_k must be between 1 and {len(self.labels)}, got {top_k}")
         if errors not in ("raise", "return"):
             raise InputError(f"errors must be 'raise' or 'return', got {errors!r}")
         results: list = []
         for encoded, failed, logits in self._score_chunks(self._check_texts(texts), errors, first_index):
+            self._finite(logits, encoded, failed, errors, first_index + len(results))
             results.extend(self._predictions(encoded, failed, logits, top_k))
         return results
+
+
+def _check_bound(metadata: dict, labels: tuple, tokenizer_sha256: str, where) -> None:
+    """model.onnx (hashed) must name the labels and the tokenizer it was exported with: metadata required.
+
+    The manifest itself is not hashed by anything inside the bundle, so without this a manifest with two
+    labels swapped would load and answer wrong labels.
+    """
+    for key in ("seqship.labels", "seqship.tokenizer_sha256"):
+        if key not in metadata:
+            raise BundleError(
+                f"{where}: carries no {key!r} metadata, so its labels and tokenizer cannot be checked; a seqship "
+                "bundle's model.onnx always does: re-export it (`pipeline run export --force`) and package again"
+            )
+    try:
+        recorded = json.loads(metadata["seqship.labels"])
+    except (ValueError, RecursionError):
+        raise BundleError(f"{where}: metadata 'seqship.labels' is not JSON") from None
+    if not isinstance(recorded, list) or tuple(recorded) != tuple(labels):
+        raise BundleError(
+            f"{where} was exported with labels {str(recorded)[:80]}..., the manifest lists {list(labels)[:4]}...; "
+            "labels and model disagree (order matters): copy the bundle again"
+        )
+    if metadata["seqship.tokenizer_sha256"] != tokenizer_sha256:
+        raise BundleError(
+            f"{TOKENIZER} is not the tokenizer {where} was exported with (its sha256 differs from the model's "
+            "metadata 'seqship.tokenizer_sha256'); tokenizer and model disagree"
+        )

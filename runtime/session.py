@@ -49,7 +49,7 @@ class OnnxModel:
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike | bytes,
         providers: str | Sequence[str] | None = "auto",
         intra_op_num_threads: int | None = None,
         inter_op_num_threads: int | None = None,
@@ -61,7 +61,11 @@ class OnnxModel:
         if inter_op_num_threads is not None:
             opts.inter_op_num_threads = int(inter_op_num_threads)
         opts.log_severity_level = 3  # onnxruntime's own warnings go to stderr unformatted; we report instead
-        self.session = ort.InferenceSession(os.fspath(path), sess_options=opts, providers=wanted)
+        # Bytes: the session runs exactly what the caller verified (a path would be opened again, later).
+        source = bytes(path) if isinstance(path, (bytes, bytearray, memoryview)) else os.fspath(path)
+        if isinstance(source, bytes):
+            path = "model.onnx (verified bytes)"
+        self.session = ort.InferenceSession(source, sess_options=opts, providers=wanted)
         actual = self.session.get_providers()
         # onnxruntime only warns when a provider fails to start; that silent fallback is an error here.
         if not actual or actual[0] != wanted[0]:

@@ -14,11 +14,25 @@ The spec is data (`tokenizer.json`), so any language can reproduce the ids:
 7. map each token to its index in `vocab`, or to `unk_id` when it is not there; the entries at
    `pad_id` and `unk_id` are reserved names that no text token ever maps to;
 8. a text with no tokens left is an error: the model needs at least one position.
+
+Unicode version. Steps 2, 3 and 5 read the Unicode character database, whose version differs between
+runtimes (Python 3.11 has 14.0, Node 20 17.0). The spec records the version it was built with
+(`unicode_version`) and the code points unassigned in it (`unassigned`). Unicode's stability policies
+keep normalisation, case mapping and (in practice; measured over every code point for 14.0 vs 17.0)
+the word/non-word class of *assigned* characters unchanged between versions, so two runtimes can only
+disagree on a code point that one of them does not know. A runtime whose version differs from the spec's
+therefore refuses, text by text, any text holding a code point unassigned in either version (an
+InputError naming it); every other text gets the same ids as the spec's version would give. With
+`unicode_mismatch="warn"` it warns once instead and tokenizes everything with its own tables.
 """
 from __future__ import annotations
 
+import bisect
+import functools
 import hashlib
 import json
+import logging
+import re
 import unicodedata
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -28,8 +42,13 @@ import numpy as np
 
 from runtime.errors import InputError, TokenizerError
 
+log = logging.getLogger(__name__)
+
 FORMAT = "seqship.tokenizer"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: unicode_version and unassigned recorded
+UNICODE_VERSION = unicodedata.unidata_version  # this runtime's Unicode character database
+UNICODE_POLICIES = ("refuse", "warn")
+_RANGES = re.compile(r"[0-9A-F]{4,6}-[0-9A-F]{4,6}( [0-9A-F]{4,6}-[0-9A-F]{4,6})*")
 TYPES = ("char", "word")
 NORMALIZATIONS = ("NFC", "NFKC", "NFD", "NFKD", None)
 PAD_TOKEN = "<pad>"
@@ -46,6 +65,42 @@ WHITESPACE = frozenset(
 )
 
 
+@functools.lru_cache(maxsize=1)
+def unassigned_ranges() -> str:
+    """This runtime's unassigned code points (General Category Cn) as "LO-HI LO-HI ..." upper-case hex."""
+    out, start = [], None
+    for c in range(0x110000):
+        if unicodedata.category(chr(c)) == "Cn":
+            if start is None:
+                start = c
+        elif start is not None:
+            out.append(f"{start:04X}-{c - 1:04X}")
+            start = None
+    if start is not None:
+        out.append(f"{start:04X}-10FFFF")
+    return " ".join(out)
+
+
+def parse_ranges(text: object, source: str = "tokenizer spec") -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """`unassigned` -> (starts, ends), sorted and disjoint, or TokenizerError."""
+    if not isinstance(text, str) or not _RANGES.fullmatch(text):
+        raise TokenizerError(f"{source}: 'unassigned' must be space-separated upper-case hex ranges LO-HI")
+    starts, ends = [], []
+    for part in text.split(" "):
+        lo, hi = (int(x, 16) for x in part.split("-"))
+        if not lo <= hi <= 0x10FFFF or (ends and lo <= ends[-1]):
+            raise TokenizerError(f"{source}: 'unassigned' range {part} is out of order, overlapping or beyond U+10FFFF")
+        starts.append(lo)
+        ends.append(hi)
+    return tuple(starts), tuple(ends)
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    """"14.0.0" / "17.0" -> (14, 0, 0) / (17, 0, 0), for comparing Unicode versions."""
+    parts = [int(p) for p in str(text).split(".")]
+    return tuple(parts + [0] * (3 - len(parts)))
+
+
 @dataclass(frozen=True)
 class TokenizerSpec:
     """Everything needed to turn text into token ids; serialised as tokenizer.json."""
@@ -57,6 +112,8 @@ class TokenizerSpec:
     lowercase: bool = False  # full Unicode lower-casing after normalisation
     pad_id: int = 0  # id used to right-pad rows of a batch; never produced by a text
     unk_id: int = 1  # id of any token missing from vocab
+    unicode_version: str = UNICODE_VERSION  # Unicode database the vocabulary was built with
+    unassigned: str = field(default_factory=unassigned_ranges)  # code points unassigned in that version
 
     def __post_init__(self) -> None:
         if self.type not in TYPES:
@@ -82,6 +139,9 @@ class TokenizerSpec:
         if len(set(self.vocab)) != n:
             dup = next(t for t, c in Counter(self.vocab).items() if c > 1)
             raise TokenizerError(f"tokenizer vocab lists {dup!r} more than once")
+        if not isinstance(self.unicode_version, str) or not re.fullmatch(r"[0-9]{1,3}\.[0-9]{1,3}(\.[0-9]{1,3})?", self.unicode_version):
+            raise TokenizerError(f"tokenizer unicode_version must look like '14.0.0', got {self.unicode_version!r}")
+        parse_ranges(self.unassigned)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -101,12 +161,14 @@ class TokenizerSpec:
             raise TokenizerError(f"{source}: expected a JSON object, got {type(d).__name__}")
         if d.get("format") != FORMAT:
             raise TokenizerError(f"{source}: 'format' is {d.get('format')!r}, expected {FORMAT!r}")
-        if d.get("format_version") != FORMAT_VERSION:
+        if type(d.get("format_version")) is not int or d["format_version"] != FORMAT_VERSION:
             raise TokenizerError(
                 f"{source}: format_version {d.get('format_version')!r} is not supported "
-                f"(this runtime reads version {FORMAT_VERSION}); upgrade seqship or re-export the bundle"
+                f"(this runtime reads version {FORMAT_VERSION}; version 1 did not record its Unicode version): "
+                "upgrade seqship, or rebuild the bundle with this seqship: `pipeline run export --force`, then "
+                "`pipeline run all`"
             )
-        known = {"type", "vocab", "max_length", "normalization", "lowercase", "pad_id", "unk_id"}
+        known = {"type", "vocab", "max_length", "normalization", "lowercase", "pad_id", "unk_id", "unicode_version", "unassigned"}
         missing = sorted(known - d.keys())
         if missing:
             raise TokenizerError(f"{source}: missing keys {missing}")
@@ -169,17 +231,54 @@ def build_vocab(token_lists: Iterable[Sequence[str]], min_freq: int = 1, max_siz
 
 
 class Tokenizer:
-    """Applies a TokenizerSpec; the one implementation that training and serving share."""
+    """Applies a TokenizerSpec; the one implementation that training and serving share.
 
-    def __init__(self, spec: TokenizerSpec):
+    unicode_mismatch: what to do when this runtime's Unicode version differs from the spec's (see the
+    module docstring): "refuse" (default) refuses, text by text, texts whose ids could differ; "warn"
+    warns once and tokenizes everything with this runtime's tables.
+    """
+
+    def __init__(self, spec: TokenizerSpec, unicode_mismatch: str = "refuse"):
+        if unicode_mismatch not in UNICODE_POLICIES:
+            raise TokenizerError(f"unicode_mismatch must be one of {UNICODE_POLICIES}, got {unicode_mismatch!r}")
         self.spec = spec
         reserved = {spec.pad_id, spec.unk_id}
         self._ids = {tok: i for i, tok in enumerate(spec.vocab) if i not in reserved}
+        self.unicode_version = UNICODE_VERSION
+        self._check_unicode = False
+        if version_tuple(spec.unicode_version) != version_tuple(UNICODE_VERSION):
+            if unicode_mismatch == "warn":
+                log.warning(
+                    "tokenizer built with Unicode %s, this runtime has Unicode %s: texts with characters new in "
+                    "either version may get other token ids than in training (unicode_mismatch='warn')",
+                    spec.unicode_version, UNICODE_VERSION,
+                )
+            else:
+                self._check_unicode = True
+                self._starts, self._ends = parse_ranges(spec.unassigned)
 
     @classmethod
-    def from_file(cls, path) -> "Tokenizer":
+    def from_file(cls, path, unicode_mismatch: str = "refuse") -> "Tokenizer":
         with open(path, encoding="utf-8") as f:
-            return cls(TokenizerSpec.from_json(f.read(), source=str(path)))
+            return cls(TokenizerSpec.from_json(f.read(), source=str(path)), unicode_mismatch)
+
+    def _unicode_check(self, text: str, index: int) -> None:
+        """Refuse a text holding a code point that either Unicode version does not know (see module doc)."""
+        if text.isascii():
+            return
+        for ch in text:
+            c = ord(ch)
+            if c < 0x80:
+                continue
+            i = bisect.bisect_right(self._starts, c) - 1
+            if (i >= 0 and c <= self._ends[i]) or unicodedata.category(ch) == "Cn":
+                raise InputError(
+                    f"text #{index} holds U+{c:04X}, which Unicode {self.spec.unicode_version} (the tokenizer's) or "
+                    f"{self.unicode_version} (this runtime's) does not assign, so its tokens could differ from "
+                    f"training: run under Unicode {self.spec.unicode_version}, or load with "
+                    "unicode_mismatch='warn' to accept the difference",
+                    index,
+                )
 
     @property
     def vocab_size(self) -> int:
@@ -195,6 +294,8 @@ class Tokenizer:
             raise InputError(
                 f"text #{index} is a {type(text).__name__}, not a str: pass text as Python strings", index
             )
+        if self._check_unicode:
+            self._unicode_check(text, index)
         tokens = self.tokens(text)
         if not tokens:
             raise InputError(
