@@ -45,10 +45,15 @@ async function update() {
   await pending;
 }
 
+// ?unicodeMismatch=warn scores texts with code points this browser's Unicode tables may not know
+// (a browser does not report its Unicode version, so by default such texts are refused, with the reason).
+const params = new URLSearchParams(location.search);
+
 try {
-  state.predictor = await loadFromUrl("/bundle/");
+  state.predictor = await loadFromUrl("/bundle/", { unicodeMismatch: params.get("unicodeMismatch") === "warn" ? "warn" : "refuse" });
   const m = state.predictor.manifest;
-  $("status").textContent = `${m.name}: ${m.labels.length} labels, test accuracy ${(m.metrics.test_accuracy * 100).toFixed(1)}%, running in your browser (onnxruntime-web, WebAssembly)`;
+  const accuracy = m.metrics && typeof m.metrics.test_accuracy === "number" ? `, test accuracy ${(m.metrics.test_accuracy * 100).toFixed(1)}%` : "";
+  $("status").textContent = `${m.name}: ${m.labels.length} labels${accuracy}, running in your browser (onnxruntime-web, WebAssembly); bundle sha256 ${state.predictor.digest.slice(0, 12)}…`;
   $("text").disabled = false;
   $("text").addEventListener("input", update);
   $("text").focus();
