@@ -55,8 +55,8 @@ def test_manifest_that_is_not_json_or_lacks_keys_or_has_a_newer_version(bundle_c
     with pytest.raises(BundleError, match=r"missing keys \['labels'\]"):
         Predictor.load(bundle_copy)
     m.write_text(original)
-    edit_manifest(bundle_copy, lambda d: d.update(format_version=2))
-    with pytest.raises(BundleError, match="format_version 2 is not supported"):
+    edit_manifest(bundle_copy, lambda d: d.update(format_version=3))
+    with pytest.raises(BundleError, match="format_version 3 is not supported"):
         Predictor.load(bundle_copy)
 
 
@@ -78,7 +78,7 @@ def test_a_symlink_pointing_out_of_the_bundle_is_refused(bundle_copy, tmp_path):
 
 def test_labels_that_disagree_with_the_model_output_are_refused(bundle_copy):
     edit_manifest(bundle_copy, lambda d: d.update(labels=d["labels"][:-1]))
-    with pytest.raises(BundleError, match=r"outputs 18 classes but 17 labels"):
+    with pytest.raises(BundleError, match=r"labels and model disagree"):
         Predictor.load(bundle_copy)
 
 
@@ -152,5 +152,5 @@ def test_labels_or_tokenizer_swapped_for_same_sized_ones_are_refused(bundle_copy
     spec["vocab"] = spec["vocab"][:2] + spec["vocab"][2:][::-1]
     tok.write_text(json.dumps(spec))
     edit_manifest(bundle_copy, lambda d: d["files"].update({"tokenizer.json": file_entry(tok)}))
-    with pytest.raises(BundleError, match="not the tokenizer model.onnx was exported with"):
+    with pytest.raises(BundleError, match="not the tokenizer .*model.onnx was exported with"):
         Predictor.load(bundle_copy)

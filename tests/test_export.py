@@ -140,7 +140,11 @@ def test_canary_pack_padded_sequence_still_does_not_export_with_dynamo():
     ("gru", True, 2, "last"), ("lstm", True, 1, "last"), ("gru", False, 1, "max"), ("lstm", False, 2, "last+max"),
     ("rnn", True, 2, "last"), ("gru", True, 1, "last+max"),
 ])
-def test_fused_export_is_one_recurrent_node_per_layer_and_matches_eager(tmp_path, cell, bidirectional, layers, pooling):
+def test_fused_export_needs_no_sequence_lens_and_matches_eager_in_every_engine(tmp_path, cell, bidirectional, layers, pooling):
+    """No recurrent node relies on sequence_lens (engines that ignore or refuse it get the same answers):
+    the graph says so, and every ONNX engine's padded rows equal PyTorch and the rows alone."""
+    from exporters.parity import make_probes
+    from exporters.portability import JS_ENGINES, PYTHON_ENGINES, engine_gate, format_engines
     from pipeline.model import fused_recurrence
     from runtime.session import OnnxModel
 
@@ -157,14 +161,30 @@ def test_fused_export_is_one_recurrent_node_per_layer_and_matches_eager(tmp_path
     with fused_recurrence(model):
         export_onnx(model, path, ModelContract(num_labels=4), EXAMPLE)
     assert not any(layer.fused for layer in model.layers)  # restored after the block
-    nodes = [n for n in onnx.load(path).graph.node if n.op_type in ("GRU", "LSTM", "RNN")]
-    assert [n.op_type for n in nodes] == [cell.upper()] * layers
+    proto = onnx.load(path)
+    nodes = [n for n in proto.graph.node if n.op_type in ("GRU", "LSTM", "RNN")]
+    assert [n.op_type for n in nodes] == [cell.upper()] * layers * (2 if bidirectional else 1)
+    weights = {i.name for i in proto.graph.initializer}
     for n in nodes:
         attrs = {a.name: a for a in n.attribute}
-        assert attrs["direction"].s == (b"bidirectional" if bidirectional else b"forward")
-        assert n.input[4], "sequence_lens must be wired to the lengths input"
+        assert attrs.get("direction") is None or attrs["direction"].s == b"forward"
+        assert len(n.input) < 5 or not n.input[4], f"{n.name} reads sequence_lens: engines that ignore it would be wrong"
+        assert len(n.input) > 5 and n.input[5], f"{n.name} has no explicit initial state (tract needs one)"
+        assert all(name in weights for name in n.input[1:4]), f"{n.name}'s W, R, B are computed at run time, not constants"
     session = OnnxModel(path, providers="cpu")
     np.testing.assert_allclose(session.run(ids.numpy(), lens.numpy()), plain.numpy(), atol=1e-5, rtol=1e-5)
     for i, n in enumerate(lens.tolist()):  # padding changes nothing in the fused graph either
         alone = session.run(ids[i : i + 1, :n].numpy(), lens[i : i + 1].numpy())
         np.testing.assert_allclose(alone[0], plain[i].numpy(), atol=1e-5, rtol=1e-5)
+
+    def eager(i, n):
+        with torch.inference_mode():
+            return model(torch.from_numpy(i), torch.from_numpy(n)).numpy()
+
+    probes = make_probes(20, 0, long_length=80, ragged_length=12, real=(ids.numpy(), lens.numpy()), seed=1)
+    test_ids = [row[:n].tolist() for row, n in zip(np.random.default_rng(2).integers(1, 20, (60, 30)), range(1, 61))]
+    gate = engine_gate(path, eager, probes, [t for t in test_ids if t], 0, 1e-5, 1e-5)
+    print(format_engines(gate))
+    # CI installs every engine (the `engines` extra, runtime/js): none may be skipped, all must agree.
+    assert [e["engine"] for e in gate["engines"]] == list(PYTHON_ENGINES + JS_ENGINES), gate["skipped"]
+    assert gate["passed"], format_engines(gate)

@@ -123,3 +123,83 @@ def test_malformed_specs_are_refused_with_the_reason(change, message):
     d = make(["abc"], max_length=8).spec.to_dict() | change
     with pytest.raises(TokenizerError, match=message):
         TokenizerSpec.from_dict(d)
+
+
+# --- the same ids from the JavaScript tokenizer: property tests over many scripts -------------------------
+
+import json as _json
+import subprocess as _subprocess
+import unicodedata as _unicodedata
+from pathlib import Path as _Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+_JS_TOOL = _Path(__file__).resolve().parent.parent / "runtime" / "js" / "tools" / "tokenize_stdio.mjs"
+# Latin, Latin-1/Extended with combining marks, Greek (final sigma), Cyrillic, Armenian, Hebrew, Arabic,
+# Devanagari, Thai, Hangul syllables and jamo, CJK, kana, emoji, fullwidth forms, ligatures (NFKC), and
+# blocks that Unicode 15-17 filled (unassigned in Python 3.11's 14.0) to exercise the mismatch rule.
+_SCRIPTS = [(0x20, 0x7E), (0xA0, 0x24F), (0x300, 0x36F), (0x370, 0x3FF), (0x400, 0x4FF), (0x530, 0x58F),
+            (0x590, 0x5FF), (0x600, 0x6FF), (0x900, 0x97F), (0xE00, 0xE7F), (0x1100, 0x11FF), (0xAC00, 0xACFF),
+            (0x4E00, 0x4FFF), (0x3040, 0x30FF), (0x1F300, 0x1FAFF), (0xFF00, 0xFFEF), (0xFB00, 0xFB4F),
+            (0x1E030, 0x1E08F), (0x2EBF0, 0x2EE5F), (0x11F00, 0x11F5F), (0x2000, 0x206F), (0x1D400, 0x1D4FF)]
+_ALPHABET = st.one_of(*[st.characters(min_codepoint=a, max_codepoint=b, exclude_categories=("Cs",)) for a, b in _SCRIPTS])
+
+
+def _spec_file(tmp_path_factory, **kw):
+    spec = TokenizerSpec(vocab=("<pad>", "<unk>", "a", "é", "σ", "ς", "中", "ab", "hello", "ﬁ", "ß"), max_length=40, **kw)
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    path.write_text(spec.to_json(), encoding="utf-8")
+    return Tokenizer(spec), path
+
+
+class _Node:
+    def __init__(self, path):
+        self.proc = _subprocess.Popen(["node", str(_JS_TOOL), str(path)], stdin=_subprocess.PIPE, stdout=_subprocess.PIPE,
+                                      text=True, encoding="utf-8", errors="surrogatepass")
+
+    def __call__(self, text):
+        self.proc.stdin.write(_json.dumps({"text": text}) + "\n")
+        self.proc.stdin.flush()
+        return _json.loads(self.proc.stdout.readline())
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("kind, norm, lower", [("char", "NFC", False), ("word", "NFKC", True), ("word", "NFC", False), ("char", "NFD", True)])
+def test_python_and_node_tokenizers_give_identical_ids_over_many_scripts(tmp_path_factory, kind, norm, lower):
+    """Every text Node accepts gets Python's ids exactly; Node (another Unicode version) refuses exactly
+    the texts holding a code point unassigned in the spec's version, which is where they could differ."""
+    tok, path = _spec_file(tmp_path_factory, type=kind, normalization=norm, lowercase=lower)
+    node = _Node(path)
+    seen = {"same": 0, "refused": 0}
+
+    @settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(st.text(_ALPHABET, min_size=0, max_size=30))
+    def check(text):
+        got = node(text)
+        try:
+            want = tok.encode(text)
+        except Exception as e:  # Python refuses (empty after normalisation): Node must refuse the same way
+            assert "error" in got and got["error"]["name"] == type(e).__name__, (text, got)
+            return
+        unknown = [c for c in text if _unicodedata.category(c) == "Cn"]
+        if "error" in got:
+            assert got["error"]["name"] == "InputError" and unknown, (text, got)
+            seen["refused"] += 1
+        else:
+            assert not unknown or _unicodedata.unidata_version == node_unicode(), (text, got)
+            assert (got["ids"], got["truncated"]) == (want[0], want[1]), text
+            seen["same"] += 1
+
+    try:
+        check()
+    finally:
+        node.close()
+    assert seen["same"] > 500 and seen["refused"] > 10, seen
+
+
+def node_unicode():
+    return _subprocess.run(["node", "-p", "process.versions.unicode"], capture_output=True, text=True).stdout.strip()
