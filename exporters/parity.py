@@ -1,8 +1,11 @@
 """The parity gate: do the exports compute what eager PyTorch computes, at every shape that matters?
 
 Element-wise test with numpy `allclose` semantics, |got - ref| <= atol + rtol * |ref| (as Polygraphy and
-Optimum use). Relative error alone is meaningless near zero logits, so both are reported and the
-absolute-plus-relative bound decides. Every failure is collected; nothing stops at the first.
+Optimum use), where |ref| is measured from each row's largest reference logit: softmax cannot see a
+per-row shift, so a model whose logits are all around 1e6 must not earn a bound of 10 (an adversarial
+review shifted every logit by 1e6 and flipped labels inside the old bound). Relative error alone is
+meaningless near zero logits, so both are reported and the absolute-plus-relative bound decides. Every
+failure is collected; nothing stops at the first.
 """
 from __future__ import annotations
 
@@ -39,7 +42,8 @@ def compare(reference: np.ndarray, got: np.ndarray, atol: float, rtol: float) ->
     if not np.isfinite(diff).all():
         bad = np.argwhere(~np.isfinite(diff))[0]
         return {"passed": False, "error": f"non-finite value at {bad.tolist()}"}
-    bound = atol + rtol * np.abs(ref)
+    scale = np.abs(ref - ref.max(axis=-1, keepdims=True)) if ref.ndim == 2 and ref.size else np.abs(ref)
+    bound = atol + rtol * scale
     rel = diff / np.maximum(np.abs(ref), np.finfo(np.float32).tiny)
     where = np.unravel_index(int(diff.argmax()), diff.shape) if diff.size else ()
     violations = int((diff > bound).sum())
@@ -55,7 +59,7 @@ def compare(reference: np.ndarray, got: np.ndarray, atol: float, rtol: float) ->
         "reference_at_max": float(ref[where]) if diff.size else None,
         "value_at_max": float(got[where]) if diff.size else None,
         # The smallest atol that would have passed with this rtol: how far off a failure is.
-        "min_atol_to_pass": float(max(0.0, (diff - rtol * np.abs(ref)).max())) if diff.size else 0.0,
+        "min_atol_to_pass": float(max(0.0, (diff - rtol * scale).max())) if diff.size else 0.0,
     }
 
 
@@ -145,7 +149,12 @@ def check_test_set(
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         ids, lengths = pad_batch([encoded[i] for i in idx], tokenizer.spec.pad_id)
-        ref[idx] = reference(ids, lengths)
+        out = reference(ids, lengths)
+        if out.shape != (len(idx), ref.shape[1]):
+            return {"texts": len(texts), "label_agreement": 0.0, "disagreements": [], "provider": predictor.provider,
+                    "logits": {"passed": False, "error": f"the reference returned shape {list(out.shape)} for "
+                               f"{len(idx)} texts and {ref.shape[1]} labels"}, "passed": False}
+        ref[idx] = out
     got = predictor.logits(list(texts))
     ref_labels, got_labels = ref.argmax(1), got.argmax(1)
     disagree = np.flatnonzero(ref_labels != got_labels)

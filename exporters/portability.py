@@ -41,8 +41,10 @@ def near_ties(reference: np.ndarray, atol: float, rtol: float) -> np.ndarray:
     if reference.shape[1] < 2:
         return np.zeros(len(reference), dtype=bool)
     top2 = np.sort(reference.astype(np.float64), axis=1)[:, -2:]
-    tol = atol + rtol * np.abs(top2).max(axis=1)
-    return (top2[:, 1] - top2[:, 0]) <= 2 * tol
+    gap = top2[:, 1] - top2[:, 0]
+    # Within compare()'s bounds the top logit may drop by atol and the runner-up rise by atol + rtol * gap
+    # (bounds are measured from the row's top logit, see exporters/parity.py).
+    return gap <= 2 * atol + rtol * gap
 
 
 def label_agreement(reference: np.ndarray, got: np.ndarray, atol: float, rtol: float) -> dict:
@@ -160,6 +162,11 @@ def _judge(name, got, batches, index, ref, shapes, atol, rtol) -> dict:
     if "error" in got:
         return entry | {"loads": False, "passed": False, "error": got["error"]}
     logits = got["logits"]
+    wrong = [f"{batches[i]['name']}: shape {list(np.shape(g))}, expected {list(r.shape)}"
+             for i, (g, r) in enumerate(zip(logits, ref)) if np.shape(g) != r.shape]
+    if wrong or len(logits) != len(ref):
+        return entry | {"loads": True, "passed": False, "max_abs": None, "max_rel": None, "padded_vs_alone_max_abs": None,
+                        "labels": None, "problems": wrong[:3] or [f"{len(logits)} results for {len(ref)} batches"]}
     per_part = {}
     probe_stats = [compare(ref[i], logits[i], atol, rtol) | {"probe": batches[i]["name"]} for i in index["probes"]]
     per_part["probes"] = probe_stats
@@ -179,6 +186,9 @@ def _judge(name, got, batches, index, ref, shapes, atol, rtol) -> dict:
     checks = probe_stats + [per_part[k] for k in ("padded_vs_alone", "test_set") if k in per_part]
     finite = [c for c in checks if "max_abs" in c]
     passed = all(c["passed"] for c in checks) and (labels is None or labels["passed"])
+    problems = [c["error"] for c in checks if "error" in c]
+    if labels is not None and not labels["passed"]:
+        problems.append(f"labels differ outside near ties on rows {labels['disagreements_outside_near_ties'][:5]}")
     return entry | {
         "loads": True,
         "dynamic_shapes": f"{len(shapes)} shapes in one session",
@@ -187,6 +197,7 @@ def _judge(name, got, batches, index, ref, shapes, atol, rtol) -> dict:
         "padded_vs_alone_max_abs": per_part.get("padded_vs_alone", {}).get("max_abs"),
         "labels": labels,
         "checks": per_part,
+        "problems": problems,
         "passed": bool(passed),
     }
 
@@ -202,11 +213,15 @@ def format_engines(gate: dict) -> str:
         lab = r["labels"] or {}
         agree = f"{lab['agreement_outside_near_ties']:.2%}" if lab else "-"
         ties = f"{lab['near_ties']} ({lab['near_tie_flips']} flip)" if lab else "-"
-        pva = r["padded_vs_alone_max_abs"]
+        def num(v, width):
+            return f"{'-' if v is None else format(v, '.2e'):>{width}}"
+
         lines.append(
-            f"{r['engine']:<18} {str(r['version']):<12} {'yes':<5} {r['max_abs']:>9.2e} {r['max_rel']:>9.2e} "
-            f"{pva if pva is None else format(pva, '.2e'):>10} {agree:>8} {ties:>9}  {'ok' if r['passed'] else 'FAIL'}"
+            f"{r['engine']:<18} {str(r['version']):<12} {'yes':<5} {num(r['max_abs'], 9)} {num(r['max_rel'], 9)} "
+            f"{num(r['padded_vs_alone_max_abs'], 10)} {agree:>8} {ties:>9}  {'ok' if r['passed'] else 'FAIL'}"
         )
+        if not r["passed"] and r.get("problems"):
+            lines.append(f"{'':<18} ^ {'; '.join(r['problems'])[:300]}")
     for s in gate["skipped"]:
         lines.append(f"{s['engine']:<18} skipped: {s['reason']}")
     return "\n".join(lines)

@@ -421,6 +421,7 @@ def predict(bundle_dir, top_k, providers, threads, input_path, output_path, fmt,
     """
     from runtime import InputError, ModelOutputError, Predictor
 
+    _check_pin_env(expect_sha256)
     if output_path is not None and input_path is None:
         raise click.UsageError("--output needs --input")
     if input_path is not None and texts:
@@ -451,6 +452,12 @@ def predict(bundle_dir, top_k, providers, threads, input_path, output_path, fmt,
         click.echo(json_line(line), nl=False)
     if errors:
         raise click.ClickException(f"{errors} of {len(texts)} texts could not be scored")
+
+
+def _check_pin_env(given) -> None:
+    """An empty SEQSHIP_EXPECT_SHA256 reads as unset to click: refuse it rather than silently not pinning."""
+    if given is None and os.environ.get("SEQSHIP_EXPECT_SHA256", None) == "":
+        raise click.UsageError("SEQSHIP_EXPECT_SHA256 is set but empty: unset it, or set it to the bundle digest you trust")
 
 
 def _predict_file(predictor, input_path: Path, output_path: Path | None, fmt: str, top_k: int):
@@ -484,8 +491,8 @@ def _predict_file(predictor, input_path: Path, output_path: Path | None, fmt: st
 
 @cli.command(context_settings=CONTEXT)
 @click.option("--bundle", "bundle_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Bundle folder.")
-@click.option("--texts", "texts_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Real texts (one per line) to compare text-in -> label-out as well as the probes.")
+@click.option("--texts", "texts_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Real texts (one per line, UTF-8) to compare text-in -> label-out as well as the probes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
 @click.option("--expect-sha256", "expect_sha256", default=None, envvar="SEQSHIP_EXPECT_SHA256",
               help="Refuse the bundle unless its digest (sha256 of manifest.json) is this [env SEQSHIP_EXPECT_SHA256].")
@@ -507,10 +514,14 @@ def verify(bundle_dir: Path, texts_path: Path | None, as_json: bool, expect_sha2
     from exporters.parity import format_table
     from pipeline.verify import verify_bundle
 
+    _check_pin_env(expect_sha256)
     def work():
         texts = None
         if texts_path is not None:
-            texts = [t for t in texts_path.read_text(encoding="utf-8").split("\n") if t.strip()]
+            try:
+                texts = [t for t in texts_path.read_text(encoding="utf-8").split("\n") if t.strip()]
+            except (OSError, UnicodeDecodeError) as e:
+                raise SeqshipError(f"{texts_path}: cannot be read as UTF-8 text ({str(e)[:120]}); pass one text per line") from None
         return verify_bundle(bundle_dir, _verify_cfg(opts), texts, expected_sha256=expect_sha256)
 
     report = _guarded(as_json, work)
@@ -597,17 +608,25 @@ def demo(bundle_dir: Path, host: str, port: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
 def inspect(bundle_dir: Path, as_json: bool) -> None:
     """Check a bundle (every file against its manifest) and describe it."""
-    from runtime.bundle import open_bundle
+    from runtime import Predictor
 
-    try:
-        b = open_bundle(bundle_dir)
+    try:  # "verified" means what an application's load checks, not only the hashes
+        b = Predictor.load(bundle_dir, providers="cpu", unicode_mismatch="warn").bundle
     except SeqshipError as e:
         raise fail(e, as_json) from None
     m = b.manifest
     if as_json:
-        click.echo(json.dumps({"ok": True, "bundle": str(b.root), "digest": b.digest, "manifest": m}, indent=1, ensure_ascii=False))
+        click.echo(json.dumps({"ok": True, "bundle": str(b.root), "digest": b.digest, "manifest": m}, indent=1))
         return
-    click.echo(f"{b.root}: {m['format']} v{m['format_version']}, {len(m['labels'])} labels, files verified")
+    try:
+        _describe(b)
+    except (TypeError, ValueError, AttributeError, KeyError) as e:  # free-form manifest fields the runtime never reads
+        click.echo(f"(the manifest's descriptive fields are malformed: {type(e).__name__}: {str(e)[:120]})")
+
+
+def _describe(b) -> None:
+    m = b.manifest
+    click.echo(f"{b.root}: {m['format']} v{m['format_version']}, {len(m['labels'])} labels, verified as Predictor.load does")
     click.echo(f"digest (sha256 of manifest.json; pin it with --expect-sha256): {b.digest}")
     engines = (m.get("parity") or {}).get("engines") or {}
     if engines:

@@ -142,8 +142,11 @@ class TextClassifier(nn.Module):
                 x = self.dropout(x)
             x, h = layer(x, lengths, rev, valid, last)
         if self.pooling != "last":
-            # Max over real positions only: padding is -inf here, so a padded row pools what it pools alone.
-            pooled = torch.where(valid_mask.unsqueeze(2), x, torch.full_like(x, float("-inf"))).amax(1)  # (B, D*H)
+            # Max over real positions only: padding is the lowest float here (every row has a real position, so
+            # it never wins), so a padded row pools what it pools alone. Not -inf: a bundle's graph holds no
+            # non-finite constant, so the runtime can refuse every one of them as damage.
+            lowest = torch.full_like(x, -3.4028234663852886e38)  # float32 min (TorchScript cannot call finfo)
+            pooled = torch.where(valid_mask.unsqueeze(2), x, lowest).amax(1)  # (B, D*H)
             h = pooled if self.pooling == "max" else torch.cat([h, pooled], 1)
         return self.head(self.dropout(h))  # (B, C)
 

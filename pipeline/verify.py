@@ -17,6 +17,7 @@ from runtime.predictor import Predictor
 from runtime.session import CUDA, OnnxModel
 
 log = logging.getLogger(__name__)
+MAX_PROBE_LENGTH = 4096  # the "long" probe: 4x the longest text, within what the slowest engine runs in seconds
 
 
 def torch_backend(module, device: str = "cpu") -> Backend:
@@ -51,7 +52,7 @@ def build_report(train_dir: Path, export_dir: Path, test_rows: Sequence[tuple[st
     real = tokenizer.encode_batch(texts[:64])[:2] if texts else None
     longest = max(metrics.get("longest_train_tokens", 0), tokenizer.spec.max_length)
     probes = make_probes(
-        tokenizer.vocab_size, tokenizer.spec.pad_id, long_length=4 * longest,
+        tokenizer.vocab_size, tokenizer.spec.pad_id, long_length=min(4 * longest, MAX_PROBE_LENGTH),
         ragged_length=min(tokenizer.spec.max_length, 64), real=real, seed=cfg.seed,
     )
     report = run_gate(reference, backends, probes, cfg.atol, cfg.rtol)
@@ -84,10 +85,6 @@ def verify_bundle(bundle_dir: Path, cfg, texts: Sequence[str] | None = None, exp
 
     manifest = read_manifest(bundle_dir)
     integrity = []
-    try:  # exactly what an application's Predictor.load checks (metadata, external data, pin, Unicode, finite)
-        Predictor.load(bundle_dir, providers="cpu", expected_sha256=expected_sha256)
-    except Exception as e:  # a SeqshipError names the problem; anything else is still a failure to load
-        integrity.append({"file": "(bundle)", "passed": False, "problem": f"Predictor.load refuses it: {type(e).__name__}: {e}"})
     for name, entry in manifest["files"].items():
         path = safe_member(Path(bundle_dir), name)
         problem = None
@@ -96,6 +93,23 @@ def verify_bundle(bundle_dir: Path, cfg, texts: Sequence[str] | None = None, exp
         elif sha256_file(path) != entry.get("sha256"):
             problem = "sha256 differs from the manifest (altered after packaging)"
         integrity.append({"file": name, "passed": problem is None, **({"problem": problem} if problem else {})})
+    if all(i["passed"] for i in integrity):
+        try:  # exactly what an application's Predictor.load checks (metadata, external data, pin, Unicode, finite)
+            Predictor.load(bundle_dir, providers="cpu", expected_sha256=expected_sha256)
+        except Exception as e:  # a SeqshipError names the problem; anything else is still a failure to load
+            integrity.append({"file": "(bundle)", "passed": False, "problem": f"Predictor.load refuses it: {type(e).__name__}: {str(e)[:400]}"})
+    if all(i["passed"] for i in integrity):
+        from runtime.tokenizer import UNICODE_VERSION, unassigned_ranges, version_tuple
+
+        spec = Tokenizer.from_file(safe_member(Path(bundle_dir), TOKENIZER), unicode_mismatch="warn").spec
+        if version_tuple(spec.unicode_version) == version_tuple(UNICODE_VERSION) and spec.unassigned != unassigned_ranges():
+            integrity.append({"file": TOKENIZER, "passed": False, "problem": (
+                f"its 'unassigned' table is not Unicode {UNICODE_VERSION}'s, though it says it was built with that "
+                "version: runtimes with another Unicode version would trust a wrong table")})
+    if not all(i["passed"] for i in integrity):
+        # Nothing of an untrusted bundle is run or unpickled (model.pt is a TorchScript archive).
+        return {"atol": cfg.atol, "rtol": cfg.rtol, "results": [], "skipped": [], "integrity": integrity, "passed": False,
+                "reference": "none: the bundle failed its integrity checks, so nothing in it was run"}
     onnx_path, ts_path = Path(bundle_dir) / MODEL_ONNX, Path(bundle_dir) / MODEL_TORCHSCRIPT
     tokenizer = Tokenizer.from_file(Path(bundle_dir) / TOKENIZER)
     reference = torch_backend(torch.jit.load(str(ts_path), map_location="cpu"))
@@ -107,7 +121,7 @@ def verify_bundle(bundle_dir: Path, cfg, texts: Sequence[str] | None = None, exp
         skipped.append({"backend": f"onnxruntime:{CUDA}", "reason": f"onnxruntime offers only {ort.get_available_providers()}"})
     real = tokenizer.encode_batch(list(texts)[:64])[:2] if texts else None
     spec = tokenizer.spec
-    probes = make_probes(tokenizer.vocab_size, spec.pad_id, 4 * spec.max_length, min(spec.max_length, 64), real, cfg.seed)
+    probes = make_probes(tokenizer.vocab_size, spec.pad_id, min(4 * spec.max_length, MAX_PROBE_LENGTH), min(spec.max_length, 64), real, cfg.seed)
     report = run_gate(reference, backends, probes, cfg.atol, cfg.rtol, reference_name="torchscript:cpu")
     report["reference"] = f"{MODEL_TORCHSCRIPT} of the bundle (TorchScript, cpu)"
     report["skipped"] = skipped

@@ -24,6 +24,17 @@ MODEL_CARD = "README.md"
 # kept from the read that was hashed, so what runs is exactly what was verified.
 REQUIRED_FILES = (MODEL_ONNX, TOKENIZER)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+MAX_MANIFEST = 16 << 20
+
+
+def strict_json(text: str):
+    """json.loads that refuses what other languages' parsers refuse: NaN, Infinity, -Infinity."""
+    def refuse(token: str):
+        raise ValueError(f"{token} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
 REBUILD = "rebuild it with this seqship: `pipeline run export --force`, then `pipeline run all`"
 REQUIRED_KEYS = ("format", "format_version", "labels", "files", "signature")
 
@@ -100,12 +111,15 @@ def _read_manifest(root: Path) -> tuple[dict, bytes]:
     if not root.is_dir():
         raise BundleError(f"{root}: bundle folder not found; pass the folder that holds {MANIFEST}")
     mpath = root / MANIFEST
-    if not mpath.is_file():
+    if not mpath.is_file():  # follows a symlink: a FIFO or a device is not a file
         raise BundleError(f"{mpath}: missing; this folder is not a seqship bundle")
-    raw = mpath.read_bytes()
+    with open(mpath, "rb") as f:
+        raw = f.read(MAX_MANIFEST + 1)
+    if len(raw) > MAX_MANIFEST:
+        raise BundleError(f"{mpath}: manifest.json is larger than 16 MiB; not a seqship manifest")
     try:
-        manifest = json.loads(raw.decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        manifest = strict_json(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise BundleError(f"{mpath}: not valid JSON ({str(e)[:200]}); the bundle is damaged, re-run `pipeline run package`") from None
     if not isinstance(manifest, dict):
         raise BundleError(f"{mpath}: expected a JSON object")

@@ -91,11 +91,13 @@ class Predictor:
         on_cpu = wanted[0] == CPU
         self.threads = max(1, int(intra_op_num_threads or os.cpu_count() or 1)) if on_cpu else 1
         self.model = OnnxModel(model_path, wanted, 1 if on_cpu else intra_op_num_threads, inter_op_num_threads)
+        self.model.num_labels = len(self.labels) if self.model.num_labels is None else self.model.num_labels
+        where = MODEL_ONNX if isinstance(model_path, (bytes, bytearray, memoryview)) else model_path
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         if self.model.num_labels is not None and self.model.num_labels != len(self.labels):
             raise BundleError(
-                f"{model_path}: the model outputs {self.model.num_labels} classes but {len(self.labels)} labels "
+                f"{where}: the model outputs {self.model.num_labels} classes but {len(self.labels)} labels "
                 "were given; labels and model come from different runs"
             )
 

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from runtime.errors import InputError, ProviderError
+from runtime.errors import BundleError, InputError, ModelOutputError, ProviderError
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,10 @@ class OnnxModel:
         source = bytes(path) if isinstance(path, (bytes, bytearray, memoryview)) else os.fspath(path)
         if isinstance(source, bytes):
             path = "model.onnx (verified bytes)"
-        self.session = ort.InferenceSession(source, sess_options=opts, providers=wanted)
+        try:
+            self.session = ort.InferenceSession(source, sess_options=opts, providers=wanted)
+        except Exception as e:  # onnxruntime's own error types (InvalidGraph, Fail, ...): the model is at fault
+            raise BundleError(f"{path}: onnxruntime cannot load it ({type(e).__name__}: {str(e).splitlines()[0][:300]})") from None
         actual = self.session.get_providers()
         # onnxruntime only warns when a provider fails to start; that silent fallback is an error here.
         if not actual or actual[0] != wanted[0]:
@@ -76,7 +79,7 @@ class OnnxModel:
         self.provider = actual[0]
         names = [i.name for i in self.session.get_inputs()]
         if sorted(names) != sorted(INPUTS) or [o.name for o in self.session.get_outputs()] != [OUTPUT]:
-            raise ProviderError(
+            raise BundleError(
                 f"{path}: graph inputs {names} / outputs {[o.name for o in self.session.get_outputs()]} "
                 f"do not follow the model contract {list(INPUTS)} -> ['{OUTPUT}']"
             )
@@ -93,7 +96,13 @@ class OnnxModel:
 
     def run_trusted(self, token_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """run() without the input checks, for callers that built the batch themselves (the Predictor)."""
-        return self.session.run(self._outputs, {"token_ids": token_ids, "lengths": lengths})[0]
+        out = self.session.run(self._outputs, {"token_ids": token_ids, "lengths": lengths})[0]
+        if out.ndim != 2 or out.shape[0] != token_ids.shape[0] or (self.num_labels is not None and out.shape[1] != self.num_labels):
+            raise ModelOutputError(
+                f"model.onnx returned logits of shape {list(out.shape)} for a batch of {token_ids.shape[0]} texts; "
+                f"expected [{token_ids.shape[0]}, {self.num_labels}]: the model and its labels disagree"
+            )
+        return out
 
 
 def check_batch(token_ids: np.ndarray, lengths: np.ndarray) -> None:

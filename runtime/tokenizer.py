@@ -48,6 +48,7 @@ FORMAT = "seqship.tokenizer"
 FORMAT_VERSION = 2  # 2: unicode_version and unassigned recorded
 UNICODE_VERSION = unicodedata.unidata_version  # this runtime's Unicode character database
 UNICODE_POLICIES = ("refuse", "warn")
+MAX_LENGTH = 1_000_000  # tokens kept per text, at most: a bound on what one text can cost
 _RANGES = re.compile(r"[0-9A-F]{4,6}-[0-9A-F]{4,6}( [0-9A-F]{4,6}-[0-9A-F]{4,6})*")
 TYPES = ("char", "word")
 NORMALIZATIONS = ("NFC", "NFKC", "NFD", "NFKD", None)
@@ -63,6 +64,10 @@ WHITESPACE = frozenset(
         *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F, 0x205F, 0x3000,
     )
 )
+
+
+def _refuse_constant(token: str):
+    raise ValueError(f"{token} is not JSON")
 
 
 @functools.lru_cache(maxsize=1)
@@ -127,8 +132,8 @@ class TokenizerSpec:
         for name in ("max_length", "pad_id", "unk_id"):
             if isinstance(getattr(self, name), bool):
                 raise TokenizerError(f"tokenizer {name} must be an integer, got {getattr(self, name)!r}")
-        if not isinstance(self.max_length, int) or self.max_length < 1:
-            raise TokenizerError(f"tokenizer max_length must be an integer >= 1, got {self.max_length!r}")
+        if not isinstance(self.max_length, int) or not 1 <= self.max_length <= MAX_LENGTH:
+            raise TokenizerError(f"tokenizer max_length must be an integer from 1 to {MAX_LENGTH}, got {self.max_length!r}")
         n = len(self.vocab)
         for name in ("pad_id", "unk_id"):
             value = getattr(self, name)
@@ -181,9 +186,9 @@ class TokenizerSpec:
     @classmethod
     def from_json(cls, text: str, source: str = "tokenizer.json") -> "TokenizerSpec":
         try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise TokenizerError(f"{source} is not valid JSON: {e}") from None
+            d = json.loads(text, parse_constant=_refuse_constant)
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, NaN/Infinity, a 5,000-digit integer
+            raise TokenizerError(f"{source} is not valid JSON: {str(e)[:200]}") from None
         return cls.from_dict(d, source)
 
 
