@@ -1,10 +1,10 @@
 """The parity gate: do the exports compute what eager PyTorch computes, at every shape that matters?
 
 Element-wise test with numpy `allclose` semantics, |got - ref| <= atol + rtol * |ref| (as Polygraphy and
-Optimum use), where |ref| is measured from each row's largest reference logit: softmax cannot see a
-per-row shift, so a model whose logits are all around 1e6 must not earn a bound of 10 (an adversarial
-review shifted every logit by 1e6 and flipped labels inside the old bound). Relative error alone is
-meaningless near zero logits, so both are reported and the absolute-plus-relative bound decides. Every
+Optimum use): float32 error grows with the size of the numbers computed. Relative error alone is
+meaningless near zero logits, so both are reported and the absolute-plus-relative bound decides. A model
+whose logits are all huge (an adversarial review shifted every logit by 1e6) earns a wide bound here, so
+labels are judged separately with a margin that does not grow with them (portability.near_ties). Every
 failure is collected; nothing stops at the first.
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ def compare(reference: np.ndarray, got: np.ndarray, atol: float, rtol: float) ->
     if not np.isfinite(diff).all():
         bad = np.argwhere(~np.isfinite(diff))[0]
         return {"passed": False, "error": f"non-finite value at {bad.tolist()}"}
-    scale = np.abs(ref - ref.max(axis=-1, keepdims=True)) if ref.ndim == 2 and ref.size else np.abs(ref)
+    scale = np.abs(ref)
     bound = atol + rtol * scale
     rel = diff / np.maximum(np.abs(ref), np.finfo(np.float32).tiny)
     where = np.unravel_index(int(diff.argmax()), diff.shape) if diff.size else ()

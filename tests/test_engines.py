@@ -16,6 +16,14 @@ def test_near_ties_are_rows_whose_top_two_are_within_twice_the_tolerance():
     assert near_ties(ref, 1e-5, 0.0).tolist() == [True, False, True]
     # rtol scales with the logits: a gap of 1.5e-5 at |logit| ~ 1 is a tie only with enough relative slack
     assert near_ties(ref, 0.0, 1e-6).tolist() == [False, False, True]
+    assert near_ties(ref, 0.0, 1e-5).tolist() == [True, False, True]
+
+
+def test_huge_logits_earn_no_wider_label_margin():
+    # Every logit shifted by 1e6 (softmax cannot see it): allclose's rtol would allow 10, the label rule must not.
+    ref = np.array([[1e6 + 3.0, 1e6, 1e6 - 1.0]], dtype=np.float64)
+    assert not near_ties(ref, 1e-5, 1e-5).any()
+    assert not label_agreement(ref, np.array([[1e6, 1e6 + 3.0, 1e6 - 1.0]]), 1e-5, 1e-5)["passed"]
 
 
 def test_a_flip_inside_a_near_tie_passes_and_one_outside_fails():
