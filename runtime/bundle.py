@@ -112,7 +112,8 @@ def _read_manifest(root: Path) -> tuple[dict, bytes]:
         raise BundleError(f"{root}: bundle folder not found; pass the folder that holds {MANIFEST}")
     mpath = root / MANIFEST
     if not mpath.is_file():  # follows a symlink: a FIFO or a device is not a file
-        raise BundleError(f"{mpath}: missing; this folder is not a seqship bundle")
+        what = "not a regular file" if mpath.exists() else "missing"
+        raise BundleError(f"{mpath}: {what}; this folder is not a seqship bundle")
     with open(mpath, "rb") as f:
         raw = f.read(MAX_MANIFEST + 1)
     if len(raw) > MAX_MANIFEST:
@@ -185,7 +186,8 @@ def open_bundle(root: str | os.PathLike, expected_sha256: str | None = None) -> 
     for name, entry in manifest["files"].items():
         path = safe_member(root, name)
         if not path.is_file():
-            raise BundleError(f"{path}: listed in the manifest but missing; copy the whole bundle folder")
+            what = "not a regular file" if path.exists() else "listed in the manifest but missing"
+            raise BundleError(f"{path}: {what}; copy the whole bundle folder")
         size = path.stat().st_size
         if size != entry["bytes"]:
             raise BundleError(

@@ -12,7 +12,9 @@ import ast
 import json
 import random
 import shutil
+import struct
 import subprocess
+from unittest import mock
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import set_external_data
 
 from runtime.errors import BundleError
+import runtime.onnx_proto as onnx_proto
 from runtime.onnx_proto import MAX_DEPTH, ModelInfo, read_model_info
 
 REPO = Path(__file__).resolve().parent.parent
@@ -170,39 +173,77 @@ def oracle(path):
     return metadata, found
 
 
+def _u16(values):
+    """int32_data of a FLOAT16 / BFLOAT16 tensor: the low 16 bits of each value are its bit pattern."""
+    return np.array([v & 0xFFFF for v in values], dtype=np.uint16)
+
+
 def oracle_nonfinite(path):
-    """The FLOAT / FLOAT16 / DOUBLE tensors (raw_data, or FLOAT float_data) holding NaN or Inf, per onnx."""
+    """The tensors (FLOAT / FLOAT16 / DOUBLE / BFLOAT16: raw_data, float_data, double_data, int32_data) and the
+    attributes (f, floats) holding NaN or Inf, per onnx's protobuf objects, which merge every chunk of a
+    repeated field however it was written. Tensors inside an attribute come before the attribute itself."""
     model = onnx.load(str(path), load_external_data=False)
     found = []
 
+    def bf16(bits):
+        return (bits.astype(np.uint32) << 16).view(np.float32)
+
     def tensor(t):
-        dtype = {TensorProto.FLOAT: "<f4", TensorProto.FLOAT16: "<f2", TensorProto.DOUBLE: "<f8"}.get(t.data_type)
-        if dtype is None:
+        if t.data_type not in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16):
             return
-        if t.raw_data:  # read directly: to_array refuses a tensor flagged external
-            values = np.frombuffer(t.raw_data[: len(t.raw_data) // np.dtype(dtype).itemsize * np.dtype(dtype).itemsize], dtype)
-        elif t.data_type == TensorProto.FLOAT:
-            values = np.array(t.float_data, dtype=np.float32)
+        raw = t.raw_data  # read directly: to_array refuses a tensor flagged external
+        size = 8 if t.data_type == TensorProto.DOUBLE else 4 if t.data_type == TensorProto.FLOAT else 2
+        raw = raw[: len(raw) // size * size]
+        values = [np.array(t.float_data, dtype=np.float32), np.array(t.double_data, dtype=np.float64)]
+        if t.data_type == TensorProto.FLOAT:
+            values.append(np.frombuffer(raw, "<f4"))
+        elif t.data_type == TensorProto.DOUBLE:
+            values.append(np.frombuffer(raw, "<f8"))
+        elif t.data_type == TensorProto.FLOAT16:
+            values += [np.frombuffer(raw, "<f2"), _u16(t.int32_data).view(np.float16)]
         else:
-            return
-        if not np.isfinite(values).all():
+            values += [bf16(np.frombuffer(raw, "<u2")), bf16(_u16(t.int32_data))]
+        if not all(np.isfinite(v).all() for v in values):
             found.append(t.name)
+
+    def sparse(s):
+        if s.HasField("values"):
+            tensor(s.values)
+        if s.HasField("indices"):
+            tensor(s.indices)
+
+    def attribute(a):
+        if a.HasField("t"):
+            tensor(a.t)
+        if a.HasField("g"):
+            graph(a.g)
+        for t in a.tensors:
+            tensor(t)
+        for g in a.graphs:
+            graph(g)
+        if a.HasField("sparse_tensor"):
+            sparse(a.sparse_tensor)
+        for s in a.sparse_tensors:
+            sparse(s)
+        if not np.isfinite(np.array([a.f, *a.floats], dtype=np.float32)).all():
+            found.append("attribute " + a.name)
 
     def graph(g):
         for n in g.node:
             for a in n.attribute:
-                if a.HasField("t"):
-                    tensor(a.t)
-                for t in a.tensors:
-                    tensor(t)
-                if a.HasField("g"):
-                    graph(a.g)
-                for sub in a.graphs:
-                    graph(sub)
+                attribute(a)
         for t in g.initializer:
             tensor(t)
+        for s in g.sparse_initializer:
+            sparse(s)
 
     graph(model.graph)
+    for f in model.functions:
+        for n in f.node:
+            for a in n.attribute:
+                attribute(a)
+        for a in f.attribute_proto:
+            attribute(a)
     return found
 
 
@@ -475,3 +516,254 @@ def test_the_reader_uses_the_standard_library_only():
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     # numpy (the runtime's own dependency) scans weights for NaN/Inf; never onnx or protobuf
     assert imported <= {"__future__", "dataclasses", "typing", "runtime", "numpy"}, imported
+
+
+# --- non-finite values in every encoding protobuf allows --------------------------------------------------
+# onnx's serializer writes each repeated field one way (TensorProto's packed, AttributeProto.floats unpacked);
+# protobuf parsers, onnxruntime's included, accept any mix of packed and unpacked chunks. These files are
+# written byte by byte where onnx would not write them so, and appended to a real model: protobuf merges a
+# second `graph` field into the first, so the extra initializer or node is part of the model's graph.
+
+NAN, INF = float("nan"), float("inf")
+FLOAT, FLOAT16, DOUBLE, BFLOAT16, INT32 = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16, TensorProto.INT32
+
+
+def varint(n: int) -> bytes:
+    n &= (1 << 64) - 1  # a negative int32 is written as its 64-bit two's complement: ten bytes
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | 0x80 if n else b)
+        if not n:
+            return bytes(out)
+
+
+def fld(number: int, wire: int, payload) -> bytes:
+    """One field: wire 0 takes an int, 2 the payload's bytes, 1 and 5 their 8 or 4 fixed bytes."""
+    key = varint(number << 3 | wire)
+    if wire == 0:
+        return key + varint(payload)
+    if wire == 2:
+        return key + varint(len(payload)) + payload
+    assert len(payload) == (8 if wire == 1 else 4)
+    return key + payload
+
+
+def f32(*v) -> bytes:
+    return struct.pack(f"<{len(v)}f", *v)
+
+
+def f64(*v) -> bytes:
+    return struct.pack(f"<{len(v)}d", *v)
+
+
+def u16(*v) -> bytes:
+    return struct.pack(f"<{len(v)}H", *v)
+
+
+def packed(*v) -> bytes:
+    return b"".join(varint(x) for x in v)
+
+
+def tensor_pb(name: str, data_type: int, *fields: bytes) -> bytes:
+    """A TensorProto: dims, data_type, name, then the given data fields (in that order)."""
+    return fld(1, 0, 1) + fld(2, 0, data_type) + fld(8, 2, name.encode()) + b"".join(fields)
+
+
+def with_initializer(tensor: bytes) -> bytes:
+    return add_model().SerializeToString() + fld(7, 2, fld(5, 2, tensor))
+
+
+def with_attribute(attribute: bytes) -> bytes:
+    node = fld(1, 2, b"x") + fld(2, 2, b"z") + fld(4, 2, b"Identity") + fld(5, 2, attribute)
+    return add_model().SerializeToString() + fld(7, 2, fld(1, 2, node))
+
+
+def attribute_pb(name, *fields: bytes) -> bytes:
+    return (fld(1, 2, name.encode()) if name is not None else b"") + b"".join(fields)
+
+
+def _attribute_in_if_branch():
+    model = if_model()
+    then_branch = next(a for a in model.graph.node[0].attribute if a.name == "then_branch")
+    then_branch.g.node.append(helper.make_node("LeakyRelu", ["then_c_out"], ["leaky"], alpha=INF))
+    return model.SerializeToString()
+
+
+def _attribute_default_in_function():
+    fn = helper.make_function("custom", "F", ["a"], ["b"], [helper.make_node("Identity", ["a"], ["b"])], OPSET)
+    fn.attribute_proto.append(helper.make_attribute("beta", NAN))
+    graph = helper.make_graph([helper.make_node("F", ["x"], ["y"], domain="custom")], "g", [_vi("x")], [_vi("y")])
+    model = helper.make_model(graph, opset_imports=OPSET + [helper.make_opsetid("custom", 1)], functions=[fn])
+    return model.SerializeToString()
+
+
+# name -> (the model's bytes, what `nonfinite` must say)
+ENCODINGS = {
+    # float_data (4): unpacked (wire 5), several packed chunks, packed and unpacked mixed
+    "float_data unpacked": (with_initializer(tensor_pb("fu", FLOAT, fld(4, 5, f32(1)), fld(4, 5, f32(NAN)), fld(4, 5, f32(2)))), ["fu"]),
+    "float_data in packed chunks": (with_initializer(tensor_pb("fc", FLOAT, fld(4, 2, f32(1, 2)), fld(4, 2, f32(3, INF)))), ["fc"]),
+    "float_data mixed": (with_initializer(tensor_pb("fm", FLOAT, fld(4, 2, f32(1, 2)), fld(4, 5, f32(-INF)))), ["fm"]),
+    "float_data finite": (with_initializer(tensor_pb("ff", FLOAT, fld(4, 2, f32(1, 3.4e38)), fld(4, 5, f32(-3.4e38)))), []),
+    # double_data (10): packed as onnx writes it, unpacked (wire 1), several chunks
+    "double_data packed": (with_initializer(helper.make_tensor("dp", DOUBLE, [2], [1.0, -INF]).SerializeToString()), ["dp"]),
+    "double_data unpacked": (with_initializer(tensor_pb("du", DOUBLE, fld(10, 1, f64(1)), fld(10, 1, f64(NAN)))), ["du"]),
+    "double_data in chunks": (with_initializer(tensor_pb("dc", DOUBLE, fld(10, 2, f64(1, 2)), fld(10, 2, f64(INF)))), ["dc"]),
+    "double_data finite": (with_initializer(tensor_pb("df", DOUBLE, fld(10, 2, f64(1.7e308)), fld(10, 1, f64(-1.7e308)))), []),
+    # int32_data (5) of FLOAT16: packed as onnx writes it, unpacked (wire 0), chunks; only the low 16 bits count
+    "float16 int32_data packed": (with_initializer(helper.make_tensor("hp", FLOAT16, [2], [1.0, INF]).SerializeToString()), ["hp"]),
+    "float16 int32_data unpacked": (with_initializer(tensor_pb("hu", FLOAT16, fld(5, 0, 0x3C00), fld(5, 0, 0x7E00))), ["hu"]),
+    "float16 int32_data in chunks": (with_initializer(tensor_pb("hc", FLOAT16, fld(5, 2, packed(0x3C00, 0)), fld(5, 2, packed(0xFC00)))), ["hc"]),
+    "float16 int32_data negative": (with_initializer(tensor_pb("hn", FLOAT16, fld(5, 0, -1))), ["hn"]),  # ten bytes; low 16 bits 0xFFFF
+    "float16 int32_data high bits": (with_initializer(tensor_pb("hh", FLOAT16, fld(5, 2, packed(0x17C00)))), ["hh"]),
+    "float16 int32_data finite": (with_initializer(tensor_pb(
+        "hf", FLOAT16, fld(5, 2, packed(0x7BFF, 0xFBFF, 0x13C00)), fld(5, 0, -0x10000 + 0x3C00), fld(5, 2, packed(-0x10000 + 0x7BFF)))), []),
+    "float16 float_data": (with_initializer(tensor_pb("hfd", FLOAT16, fld(4, 5, f32(NAN)))), ["hfd"]),
+    # BFLOAT16: int32_data in every encoding, and raw_data
+    "bfloat16 int32_data packed": (with_initializer(helper.make_tensor("bp", BFLOAT16, [2], [1.0, NAN]).SerializeToString()), ["bp"]),
+    "bfloat16 int32_data unpacked": (with_initializer(tensor_pb("bu", BFLOAT16, fld(5, 0, 0x3F80), fld(5, 0, 0xFF80))), ["bu"]),
+    "bfloat16 int32_data in chunks": (with_initializer(tensor_pb("bc", BFLOAT16, fld(5, 2, packed(0x3F80)), fld(5, 2, packed(0x7FC0)))), ["bc"]),
+    "bfloat16 int32_data finite": (with_initializer(tensor_pb("bf", BFLOAT16, fld(5, 2, packed(0x7F7F, 0xFF7F, 0x7C00)))), []),
+    "bfloat16 raw_data": (with_initializer(tensor_pb("br", BFLOAT16, fld(9, 2, u16(0x3F80, 0x7F80)))), ["br"]),
+    "bfloat16 raw_data finite": (with_initializer(tensor_pb("brf", BFLOAT16, fld(9, 2, u16(0x7F7F, 0xFF7F, 0x7C00)))), []),
+    "float16 raw_data": (with_initializer(tensor_pb("hr", FLOAT16, fld(9, 2, u16(0x3C00, 0x7C01)))), ["hr"]),
+    # what is not a float, and which data_type / raw_data protobuf keeps
+    "int32 bit patterns": (with_initializer(tensor_pb("ints", INT32, fld(5, 2, packed(0x7C00, 0x7F80, 0xFFFF)), fld(5, 0, -1))), []),
+    "int32 holding float_data": (with_initializer(tensor_pb("intf", INT32, fld(4, 5, f32(NAN)))), []),
+    "data_type above 32 bits": (with_initializer(tensor_pb("wide", 2**32 + FLOAT, fld(9, 2, f32(NAN)))), ["wide"]),
+    "data_type INT64 above 32 bits": (with_initializer(tensor_pb("wide64", 2**32 + TensorProto.INT64, fld(9, 2, f32(NAN, NAN)))), []),
+    "data_type after the data": (with_initializer(fld(8, 2, b"late") + fld(4, 2, f32(NAN)) + fld(2, 0, FLOAT)), ["late"]),
+    "data_type given twice": (with_initializer(  # FLOAT, then FLOAT16: two bytes are no float32, but a float16 Inf
+        fld(8, 2, b"retyped") + fld(2, 0, FLOAT) + fld(9, 2, u16(0x7C00)) + fld(2, 0, FLOAT16)), ["retyped"]),
+    "raw_data twice, NaN last": (with_initializer(tensor_pb("r2", FLOAT, fld(9, 2, f32(1)), fld(9, 2, f32(NAN)))), ["r2"]),
+    "raw_data twice, NaN replaced": (with_initializer(tensor_pb("r1", FLOAT, fld(9, 2, f32(NAN)), fld(9, 2, f32(1)))), []),
+    # attributes: f (2), floats (7) unpacked as onnx writes them, packed chunks, mixed
+    "attribute f": (with_attribute(helper.make_attribute("alpha", NAN).SerializeToString()), ["attribute alpha"]),
+    "attribute floats unpacked": (with_attribute(helper.make_attribute("scales", [1.0, INF]).SerializeToString()), ["attribute scales"]),
+    "attribute floats in packed chunks": (with_attribute(attribute_pb("ps", fld(7, 2, f32(1, 2)), fld(7, 2, f32(NAN)), fld(20, 0, 6))), ["attribute ps"]),
+    "attribute floats mixed": (with_attribute(attribute_pb("mx", fld(7, 2, f32(1)), fld(7, 5, f32(-INF)), fld(20, 0, 6))), ["attribute mx"]),
+    "attribute finite": (with_attribute(attribute_pb("ok", fld(2, 5, f32(3.4e38)), fld(7, 2, f32(-3.4e38, 0)), fld(7, 5, f32(1)))), []),
+    "attribute name after the value": (with_attribute(fld(2, 5, f32(INF)) + fld(1, 2, b"late_name")), ["attribute late_name"]),
+    "attribute without a name": (with_attribute(attribute_pb(None, fld(2, 5, f32(NAN)))), ["attribute "]),
+    "attribute with a tensor": (with_attribute(attribute_pb(
+        "both", fld(5, 2, tensor_pb("inner", FLOAT, fld(9, 2, f32(INF)))), fld(2, 5, f32(NAN)), fld(20, 0, 1))), ["inner", "attribute both"]),
+    "attribute in an If branch": (_attribute_in_if_branch(), ["attribute alpha"]),
+    "attribute default in a function": (_attribute_default_in_function(), ["attribute beta"]),
+}
+
+
+@pytest.fixture(scope="module")
+def encodings(tmp_path_factory):
+    d = tmp_path_factory.mktemp("encodings")
+    paths = {}
+    for i, (name, (data, _)) in enumerate(ENCODINGS.items()):
+        paths[name] = d / f"{i}.onnx"
+        paths[name].write_bytes(data)
+    return paths
+
+
+@pytest.mark.parametrize("name", list(ENCODINGS))
+def test_nonfinite_values_are_found_in_every_encoding(encodings, name):
+    data, expected = ENCODINGS[name]
+    assert read_model_info(data).nonfinite == expected
+    assert sorted(oracle_nonfinite(encodings[name])) == sorted(expected)  # protobuf's own reading agrees
+
+
+def test_the_javascript_reader_finds_the_same_nonfinite_values(encodings):
+    assert_same_in_both(list(encodings.values()))
+    assert [js["nonfinite"] for js in js_answers(list(encodings.values()))] == [e for _, e in ENCODINGS.values()]
+
+
+def test_data_location_keeps_the_low_32_bits_as_protobuf_does(tmp_path):
+    """data_location 2**32 + 1 is EXTERNAL to protobuf (an int32 enum): the reader must say so too."""
+    paths = []
+    for i, value in enumerate([2**32 + 1, 2**32, 2, -1]):
+        path = tmp_path / f"{i}.onnx"
+        path.write_bytes(with_initializer(tensor_pb("loc", FLOAT, fld(9, 2, f32(1)), fld(14, 0, value))))
+        paths.append(path)
+    got = [read_model_info(p.read_bytes()).external for p in paths]
+    assert got == [oracle(p)[1] for p in paths] == [[("loc", "")], [], [], []]
+    assert_same_in_both(paths)
+
+
+def test_malformed_packed_int32_data_is_refused_alike(tmp_path):
+    """Packed varints are decoded (always: a bad one is bad protobuf, whatever the tensor's type)."""
+    cases = {
+        "truncated": (tensor_pb("m", FLOAT16, fld(5, 2, packed(1, 2) + b"\x80\x80")), "truncated varint"),
+        "too long": (tensor_pb("m", INT32, fld(5, 2, packed(1) + b"\xff" * 10 + b"\x01")), "varint longer than 64 bits"),
+        "ten bytes, last above 1": (tensor_pb("m", FLOAT16, fld(5, 2, b"\xff" * 9 + b"\x02")), "varint longer than 64 bits"),
+        "ten bytes open": (tensor_pb("m", BFLOAT16, fld(5, 2, b"\xff" * 10)), "varint longer than 64 bits"),
+        "nine bytes open": (tensor_pb("m", BFLOAT16, fld(5, 2, b"\xff" * 9)), "truncated varint"),
+    }
+    paths = []
+    for i, (tensor, why) in enumerate(cases.values()):
+        data = with_initializer(tensor)
+        with pytest.raises(BundleError, match=rf"^model\.onnx: not a valid ONNX protobuf \({why} at byte \d+\)"):
+            read_model_info(data)
+        paths.append(tmp_path / f"{i}.onnx")
+        paths[-1].write_bytes(data)
+    assert read_model_info(with_initializer(tensor_pb("m", FLOAT16, fld(5, 2, b"\xff" * 9 + b"\x01")))).nonfinite == ["m"]  # 2**64 - 1
+    assert_same_in_both(paths)
+
+
+def _sequential_16bit(data: bytes):
+    """The reference: varint by varint, as the JavaScript reader does."""
+    f16 = bf16 = False
+    pos = 0
+    while pos < len(data):
+        at, low = pos, 0
+        for i in range(11):
+            if pos >= len(data):
+                return f"truncated varint at byte {at}"
+            c = data[pos]
+            pos += 1
+            if i == 9 and c > 1:
+                return f"varint longer than 64 bits at byte {at}"
+            low |= (c & 0x7F) << (7 * i)
+            if c < 0x80:
+                break
+        f16 = f16 or (low & 0x7C00) == 0x7C00
+        bf16 = bf16 or (low & 0x7F80) == 0x7F80
+    return f16, bf16
+
+
+def _scanned_16bit(scan, data: bytes):
+    try:
+        return scan(data, 0, len(data))
+    except BundleError as e:
+        return str(e).split("(", 1)[1].rsplit(");", 1)[0]
+
+
+@SETTINGS
+@given(st.lists(st.one_of(st.integers(0, 2**16 - 1), st.integers(-(2**31), 2**64 - 1), st.binary(max_size=12)), max_size=40))
+def test_the_packed_varint_scan_matches_a_varint_by_varint_reading(parts):
+    """Both scans of packed int32_data (numpy's, in blocks of any size, and the one for short payloads)
+    answer as reading one varint at a time."""
+    data = b"".join(varint(p) if isinstance(p, int) else p for p in parts)
+    expected = _sequential_16bit(data)
+    assert _scanned_16bit(onnx_proto._nonfinite_16bit_varints_one_by_one, data) == expected
+    assert _scanned_16bit(onnx_proto._nonfinite_16bit_varints, data) == expected
+    for block in (10, 11, 16, 1 << 20):
+        with mock.patch.object(onnx_proto, "_BLOCK", block):
+            assert _scanned_16bit(onnx_proto._nonfinite_16bit_varints_numpy, data) == expected, block
+
+
+def test_large_and_random_packed_int32_data_read_alike(tmp_path):
+    """Payloads over numpy's block size (a varint straddling blocks), and random ones, in both readers."""
+    rng = random.Random(1)
+    paths = []
+    big = packed(*(rng.randrange(0x7C00) for _ in range(600_000)))  # about 1.7 MB of finite float16 patterns
+    variants = [big, big + packed(0x7C00), big + b"\x80\x80", big[: (1 << 20) - 1] + b"\xff" * 12 + big[(1 << 20) - 1:]]
+    for _ in range(150):
+        variants.append(bytes(rng.choice([rng.randrange(256), 0xFF, 0x80, 0x7C, 0x01]) for _ in range(rng.randrange(0, 40))))
+    for i, payload in enumerate(variants):
+        path = tmp_path / f"{i}.onnx"
+        data_type = FLOAT16 if i < 4 else rng.choice([FLOAT16, BFLOAT16, INT32])
+        path.write_bytes(with_initializer(tensor_pb("p", data_type, fld(5, 2, payload))))
+        paths.append(path)
+    assert [python_answer(p.read_bytes()).get("nonfinite") for p in paths[:2]] == [[], ["p"]]
+    assert "truncated varint" in python_answer(paths[2].read_bytes())["error"]["message"]
+    assert "varint longer than 64 bits at byte" in python_answer(paths[3].read_bytes())["error"]["message"]
+    assert_same_in_both(paths)
+    answers = [python_answer(p.read_bytes()) for p in paths[4:]]
+    assert sum("error" in a for a in answers) > 10 and sum(a.get("nonfinite") == ["p"] for a in answers) > 10

@@ -302,8 +302,16 @@ export class Predictor {
       token_ids: new this.ort.Tensor("int64", ids, [B, T]),
       lengths: new this.ort.Tensor("int64", lengths, [B]),
     });
-    const data = out.logits.data;
     const C = this.labels.length;
+    const dims = Array.from(out.logits.dims, Number);
+    if (dims.length !== 2 || dims[0] !== B || dims[1] !== C) {
+      throw new ModelOutputError(
+        `model.onnx returned logits of shape [${dims.join(", ")}] for a batch of ${B} texts; expected [${B}, ${C}]: ` +
+          "the model and its labels disagree",
+        null,
+      );
+    }
+    const data = out.logits.data;
     return rows.map((_, b) => Array.from(data.subarray(b * C, (b + 1) * C)));
   }
 

@@ -21,6 +21,7 @@ const TYPES = ["char", "word"];
 const FORMS = ["NFC", "NFKC", "NFD", "NFKD", null];
 const KEYS = ["lowercase", "max_length", "normalization", "pad_id", "type", "unassigned", "unicode_version", "unk_id", "vocab"];
 const POLICIES = ["refuse", "warn"];
+export const MAX_LENGTH = 1_000_000; // tokens kept per text, at most (as runtime/tokenizer.py): a bound on what one text can cost
 const VERSION = /^[0-9]{1,3}\.[0-9]{1,3}(\.[0-9]{1,3})?$/; // as runtime/tokenizer.py (ASCII digits)
 const RANGE = /^([0-9A-F]{4,6})-([0-9A-F]{4,6})$/;
 
@@ -117,7 +118,9 @@ export function checkSpec(d, source = "tokenizer.json", isInteger = (o, k) => Nu
   for (const k of ["max_length", "pad_id", "unk_id"]) {
     if (!isInteger(d, k)) throw new TokenizerError(`${source}: tokenizer ${k} must be an integer, got ${showNumber(d, k, isInteger)}`);
   }
-  if (d.max_length < 1) throw new TokenizerError(`${source}: tokenizer max_length must be an integer >= 1, got ${show(d.max_length)}`);
+  if (d.max_length < 1 || d.max_length > MAX_LENGTH) {
+    throw new TokenizerError(`${source}: tokenizer max_length must be an integer from 1 to ${MAX_LENGTH}, got ${show(d.max_length)}`);
+  }
   const n = d.vocab.length;
   for (const k of ["pad_id", "unk_id"]) {
     if (!(d[k] >= 0 && d[k] < n)) throw new TokenizerError(`${source}: tokenizer ${k}=${show(d[k])} is outside the vocabulary (size ${n})`);
