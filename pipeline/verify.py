@@ -13,6 +13,7 @@ from exporters.parity import Backend, check_test_set, make_probes, run_gate
 from exporters.portability import engine_gate
 from pipeline.train import load_trained
 from runtime.bundle import sha256_file
+from runtime.errors import BundleError
 from runtime.predictor import Predictor
 from runtime.session import CUDA, OnnxModel
 
@@ -85,6 +86,9 @@ def verify_bundle(bundle_dir: Path, cfg, texts: Sequence[str] | None = None, exp
 
     manifest = read_manifest(bundle_dir)
     integrity = []
+    if MODEL_TORCHSCRIPT not in manifest["files"]:  # the reference must be a file the manifest hashes
+        integrity.append({"file": MODEL_TORCHSCRIPT, "passed": False,
+                          "problem": "not listed in the manifest, so it cannot serve as the verified reference"})
     for name, entry in manifest["files"].items():
         path = safe_member(Path(bundle_dir), name)
         problem = None
@@ -112,7 +116,10 @@ def verify_bundle(bundle_dir: Path, cfg, texts: Sequence[str] | None = None, exp
                 "reference": "none: the bundle failed its integrity checks, so nothing in it was run"}
     onnx_path, ts_path = Path(bundle_dir) / MODEL_ONNX, Path(bundle_dir) / MODEL_TORCHSCRIPT
     tokenizer = Tokenizer.from_file(Path(bundle_dir) / TOKENIZER)
-    reference = torch_backend(torch.jit.load(str(ts_path), map_location="cpu"))
+    try:
+        reference = torch_backend(torch.jit.load(str(ts_path), map_location="cpu"))
+    except Exception as e:  # torch's own error types for a damaged archive
+        raise BundleError(f"{ts_path}: TorchScript cannot load it ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     backends: dict[str, Backend] = {"onnxruntime:CPUExecutionProvider": OnnxModel(onnx_path, providers="cpu").run}
     skipped = []
     if CUDA in ort.get_available_providers():

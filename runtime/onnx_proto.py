@@ -53,6 +53,17 @@ class ModelInfo:
     nonfinite: list[str] = field(default_factory=list)
 
 
+def _twice(seen: set, f: int, at: int, message: str) -> None:
+    """A single-valued message field given twice: protobuf merges the parts (so a check of each part alone
+    proves nothing about the merged whole); refused instead."""
+    if f in seen:
+        raise BundleError(
+            f"model.onnx: field {f} of a {message} appears twice (byte {at}); protobuf would merge the parts, "
+            "which seqship refuses: re-export the model"
+        )
+    seen.add(f)
+
+
 def _malformed(what: str) -> BundleError:
     return BundleError(f"model.onnx: not a valid ONNX protobuf ({what}); the file is damaged or not an ONNX model")
 
@@ -298,9 +309,11 @@ def read_model_info(data: bytes) -> ModelInfo:
 
     def sparse(a: int, b: int, depth: int) -> None:
         enter(depth, a)
+        seen: set = set()
 
         def visit(f, w, x, y, at):
             if w == 2 and f in (1, 2):
+                _twice(seen, f, at, "SparseTensorProto")
                 tensor(x, y, depth + 1)
 
         _each_field(data, a, b, visit)
@@ -308,8 +321,11 @@ def read_model_info(data: bytes) -> ModelInfo:
     def attribute(a: int, b: int, depth: int) -> None:
         enter(depth, a)
         state = {"name": None, "bad": False}
+        seen: set = set()
 
         def visit(f, w, x, y, at):
+            if w == 2 and f in (5, 6, 22):  # t, g, sparse_tensor: single-valued
+                _twice(seen, f, at, "AttributeProto")
             if (f == 2 and w == 5) or (f == 7 and w in (2, 5)):  # f; floats, a packed chunk or one value
                 state["bad"] = state["bad"] or _nonfinite_bits(data, x, y, _F4)
             elif w != 2:
@@ -366,17 +382,22 @@ def read_model_info(data: bytes) -> ModelInfo:
 
     def training_info(a: int, b: int, depth: int) -> None:
         enter(depth, a)
+        seen: set = set()
 
         def visit(f, w, x, y, at):
             if w == 2 and f in (1, 2):
+                _twice(seen, f, at, "TrainingInfoProto")
                 graph(x, y, depth + 1)
 
         _each_field(data, a, b, visit)
+
+    model_seen: set = set()
 
     def model(f, w, x, y, at):
         if w != 2:
             return
         if f == 7:
+            _twice(model_seen, f, at, "ModelProto")
             graph(x, y, 1)
         elif f == 14:
             key, value = entry(x, y, 1)

@@ -83,6 +83,9 @@ class OnnxModel:
                 f"{path}: graph inputs {names} / outputs {[o.name for o in self.session.get_outputs()]} "
                 f"do not follow the model contract {list(INPUTS)} -> ['{OUTPUT}']"
             )
+        out_type = self.session.get_outputs()[0].type
+        if out_type != "tensor(float)":  # an int or string "logits" would score, or crash, differently per consumer
+            raise BundleError(f"{path}: output {OUTPUT!r} is {out_type}, the model contract says float32 (tensor(float))")
         self._outputs = [OUTPUT]
         out_shape = self.session.get_outputs()[0].shape
         self.num_labels = out_shape[-1] if isinstance(out_shape[-1], int) else None
@@ -97,9 +100,9 @@ class OnnxModel:
     def run_trusted(self, token_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """run() without the input checks, for callers that built the batch themselves (the Predictor)."""
         out = self.session.run(self._outputs, {"token_ids": token_ids, "lengths": lengths})[0]
-        if out.ndim != 2 or out.shape[0] != token_ids.shape[0] or (self.num_labels is not None and out.shape[1] != self.num_labels):
+        if out.dtype != np.float32 or out.ndim != 2 or out.shape[0] != token_ids.shape[0] or (self.num_labels is not None and out.shape[1] != self.num_labels):
             raise ModelOutputError(
-                f"model.onnx returned logits of shape {list(out.shape)} for a batch of {token_ids.shape[0]} texts; "
+                f"model.onnx returned {out.dtype} logits of shape {list(out.shape)} for a batch of {token_ids.shape[0]} texts; "
                 f"expected [{token_ids.shape[0]}, {self.num_labels}]: the model and its labels disagree"
             )
         return out

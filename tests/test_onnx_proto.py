@@ -570,13 +570,21 @@ def tensor_pb(name: str, data_type: int, *fields: bytes) -> bytes:
     return fld(1, 0, 1) + fld(2, 0, data_type) + fld(8, 2, name.encode()) + b"".join(fields)
 
 
+def _graph_plus(extra: bytes) -> bytes:
+    """add_model() with `extra` GraphProto fields inside its one graph (a second graph field is refused)."""
+    model = add_model()
+    graph = model.graph.SerializeToString()
+    model.ClearField("graph")
+    return model.SerializeToString() + fld(7, 2, graph + extra)
+
+
 def with_initializer(tensor: bytes) -> bytes:
-    return add_model().SerializeToString() + fld(7, 2, fld(5, 2, tensor))
+    return _graph_plus(fld(5, 2, tensor))
 
 
 def with_attribute(attribute: bytes) -> bytes:
     node = fld(1, 2, b"x") + fld(2, 2, b"z") + fld(4, 2, b"Identity") + fld(5, 2, attribute)
-    return add_model().SerializeToString() + fld(7, 2, fld(1, 2, node))
+    return _graph_plus(fld(1, 2, node))
 
 
 def attribute_pb(name, *fields: bytes) -> bytes:
@@ -767,3 +775,25 @@ def test_large_and_random_packed_int32_data_read_alike(tmp_path):
     assert_same_in_both(paths)
     answers = [python_answer(p.read_bytes()) for p in paths[4:]]
     assert sum("error" in a for a in answers) > 10 and sum(a.get("nonfinite") == ["p"] for a in answers) > 10
+
+
+def test_a_single_valued_message_split_in_two_is_refused_alike(tmp_path):
+    # protobuf merges a singular message field given twice: one part holding NaN data with no type and
+    # another holding the type with no data each look clean alone, but merge into a NaN weight (a reviewer
+    # slipped one past both readers this way). Every such split is refused, in Python and JavaScript.
+    nan_data = fld(9, 2, f32(NAN, 1.0))  # raw_data only, no data_type
+    typed = fld(1, 0, 2) + fld(2, 0, 1) + fld(8, 2, b"w")  # dims, FLOAT, name, no data
+    sparse_split = fld(1, 2, nan_data) + fld(1, 2, typed) + fld(2, 2, tensor_pb("i", 7, fld(7, 2, packed(0))))
+    cases = {
+        "sparse values": _graph_plus(fld(15, 2, sparse_split)),
+        "second graph": add_model().SerializeToString() + fld(7, 2, fld(5, 2, tensor_pb("w", 1, fld(9, 2, f32(NAN))))),
+        "attribute t": with_attribute(attribute_pb("value", fld(5, 2, nan_data), fld(5, 2, typed), fld(20, 0, 4))),
+    }
+    paths = []
+    for name, data in cases.items():
+        with pytest.raises(BundleError, match="appears twice"):
+            read_model_info(data)
+        paths.append(tmp_path / f"{name.replace(' ', '_')}.onnx")
+        paths[-1].write_bytes(data)
+    for js in js_answers(paths):
+        assert js["error"]["name"] == "BundleError" and "appears twice" in js["error"]["message"], js

@@ -170,6 +170,17 @@ function nonfinite16BitVarints(bytes, a, b) {
  * external_data entries, in file order. Throws BundleError on anything that is not valid protobuf, on
  * nesting deeper than MAX_DEPTH messages, and on a seqship.* metadata key given twice.
  */
+// A single-valued message field given twice: protobuf merges the parts (so a check of each part alone
+// proves nothing about the merged whole); refused instead. Same rule and message as runtime/onnx_proto.py.
+function twice(seen, f, at, message) {
+  if (seen.has(f)) {
+    throw new BundleError(
+      `model.onnx: field ${f} of a ${message} appears twice (byte ${at}); protobuf would merge the parts, which seqship refuses: re-export the model`,
+    );
+  }
+  seen.add(f);
+}
+
 export function readModelInfo(bytes) {
   if (!(bytes instanceof Uint8Array)) throw new TypeError("readModelInfo needs the model's bytes as a Uint8Array");
   const external = [];
@@ -246,8 +257,12 @@ export function readModelInfo(bytes) {
 
   function sparse(a, b, depth) {
     enter(depth, a);
-    eachField(bytes, a, b, (f, w, x, y) => {
-      if (w === 2 && (f === 1 || f === 2)) tensor(x, y, depth + 1);
+    const seen = new Set();
+    eachField(bytes, a, b, (f, w, x, y, at) => {
+      if (w === 2 && (f === 1 || f === 2)) {
+        twice(seen, f, at, "SparseTensorProto");
+        tensor(x, y, depth + 1);
+      }
     });
   }
 
@@ -255,7 +270,9 @@ export function readModelInfo(bytes) {
     enter(depth, a);
     let nameSpan = null; // decoded only if it is needed, in a message
     let bad = false;
-    eachField(bytes, a, b, (f, w, x, y) => {
+    const seen = new Set();
+    eachField(bytes, a, b, (f, w, x, y, at) => {
+      if (w === 2 && (f === 5 || f === 6 || f === 22)) twice(seen, f, at, "AttributeProto"); // t, g, sparse_tensor
       if ((f === 2 && w === 5) || (f === 7 && (w === 2 || w === 5))) bad ||= nonfiniteBits(bytes, x, y, "f4"); // f; floats
       else if (w !== 2) return;
       else if (f === 1) nameSpan = [x, y];
@@ -294,14 +311,22 @@ export function readModelInfo(bytes) {
 
   function trainingInfo(a, b, depth) {
     enter(depth, a);
-    eachField(bytes, a, b, (f, w, x, y) => {
-      if (w === 2 && (f === 1 || f === 2)) graph(x, y, depth + 1);
+    const seen = new Set();
+    eachField(bytes, a, b, (f, w, x, y, at) => {
+      if (w === 2 && (f === 1 || f === 2)) {
+        twice(seen, f, at, "TrainingInfoProto");
+        graph(x, y, depth + 1);
+      }
     });
   }
 
+  const modelSeen = new Set();
   eachField(bytes, 0, bytes.length, (f, w, x, y, at) => {
     if (w !== 2) return;
-    if (f === 7) graph(x, y, 1);
+    if (f === 7) {
+      twice(modelSeen, f, at, "ModelProto");
+      graph(x, y, 1);
+    }
     else if (f === 14) {
       const [key, value] = entry(x, y, 1);
       if (key.startsWith(METADATA_PREFIX) && Object.hasOwn(metadata, key)) {
