@@ -1,0 +1,251 @@
+"""Writing files and folders so that a crash, a full disk or a second process never leaves a
+half-written file under a final name, and nothing but a regular file is ever replaced.
+
+Every file seqship writes goes through `atomic_write` (or `write_text_atomic`/`write_json_atomic`),
+every stage folder or cache entry through `temp_dir` + `replace_dir`:
+
+- the data goes to a temporary name beside the target (`.<name>.<host>-<pid>.<random>.partial`),
+  is flushed and fsynced, renamed over the target, and the folder is fsynced, so after a power loss
+  the target is either the old file or the new one, whole;
+- only a missing path or a regular file is replaced. A symlink is followed (its target is replaced,
+  the link kept); a FIFO or character device (``/dev/null``, ``/dev/stdout``) is written into, as a
+  stream; a directory, socket or block device is refused with `FileSafetyError`;
+- a replaced file keeps its permission bits; a new file gets ``0o666 & ~umask`` (like ``open()``);
+- temporaries left by a killed process are swept by `sweep_partials` (the next run calls it): only
+  those whose writer -- same host, pid no longer alive -- is certainly gone.
+
+Standard library only: the runtime uses it for bulk output.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import stat
+from pathlib import Path
+from typing import IO, Iterator
+
+from runtime.errors import SeqshipError
+
+PARTIAL = ".partial"
+
+
+class FileSafetyError(SeqshipError):
+    """A path cannot be written safely (not a regular file, a read-only folder, a full disk)."""
+
+
+def _host() -> str:
+    return "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:32] or "host"
+
+
+def _tag() -> str:
+    return f"{_host()}-{os.getpid()}.{secrets.token_hex(4)}"
+
+
+def umask() -> int:
+    """The process umask, read without changing it for other threads for longer than two calls."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # e.g. Windows, or a folder we may write but not open: the rename is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def describe_os_error(path: os.PathLike | str, e: OSError, doing: str = "write") -> str:
+    """One line that names the path, what failed and what to do about it."""
+    hint = {
+        errno.ENOSPC: "the disk is full: free space or write elsewhere",
+        errno.EDQUOT: "the disk quota is exceeded: free space or write elsewhere",
+        errno.EROFS: "the file system is read-only: write elsewhere",
+        errno.EACCES: "permission denied: write to a folder you own, or fix its permissions",
+        errno.EPERM: "operation not permitted: write to a folder you own",
+        errno.ENOENT: "a folder on the way does not exist",
+        errno.ENOTDIR: "a part of the path is a file, not a folder",
+        errno.EISDIR: "it is a folder: give a file path",
+        errno.ENAMETOOLONG: "the name is too long",
+    }.get(e.errno, e.strerror or str(e))
+    return f"cannot {doing} {path}: {hint}"
+
+
+def _target(path: Path) -> tuple[Path, os.stat_result | None]:
+    """The path to replace (a symlink resolved to what it points at) and its stat, or None if absent."""
+    try:
+        st = os.stat(path)  # follows symlinks
+    except FileNotFoundError:
+        if path.is_symlink():  # a dangling link: write where it points, keeping the link
+            return Path(os.path.realpath(path)), None
+        return path, None
+    except OSError as e:
+        raise FileSafetyError(describe_os_error(path, e, "inspect")) from None
+    real = Path(os.path.realpath(path)) if path.is_symlink() else path
+    return real, st
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", *, encoding: str | None = "utf-8") -> Iterator[IO]:
+    """Open a temporary file beside `path` for writing; on a clean exit it replaces `path`, whole.
+
+    On an exception the temporary file is removed and `path` is left as it was. A FIFO or character
+    device at `path` is written into directly (a stream has no "whole"); a directory, socket or block
+    device is refused. See the module docstring for permissions and symlinks.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    target, st = _target(path)
+    if st is not None and (stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode)):
+        try:
+            with open(target, mode, **({"encoding": encoding} if mode == "w" else {})) as stream:
+                yield stream
+        except OSError as e:
+            raise FileSafetyError(describe_os_error(path, e)) from None
+        return
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device or special file"
+        raise FileSafetyError(f"{path} is {kind}, not a regular file: refusing to replace it; give a file path")
+    folder = target.parent
+    perms = stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~umask()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{target.name}.{_tag()}{PARTIAL}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except OSError as e:
+        raise FileSafetyError(describe_os_error(path, e)) from None
+    try:
+        with os.fdopen(fd, mode, **({"encoding": encoding} if mode == "w" else {})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, perms)
+        os.replace(tmp, target)
+        _fsync_dir(folder)
+    except OSError as e:
+        raise FileSafetyError(describe_os_error(path, e)) from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """`path` holds exactly `data` afterwards, or is unchanged (see `atomic_write`)."""
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """`path` holds exactly `text` (UTF-8) afterwards, or is unchanged (see `atomic_write`)."""
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def write_json_atomic(path: str | os.PathLike, obj, *, indent: int | None = 1) -> None:
+    """`obj` as UTF-8 JSON (and a final newline), written atomically; NaN and Infinity are refused."""
+    text = json.dumps(obj, indent=indent, ensure_ascii=False, allow_nan=False, default=str)
+    write_text_atomic(path, text + "\n")
+
+
+def temp_dir(parent: str | os.PathLike, name: str) -> Path:
+    """A new empty folder beside `parent/name`, to fill and then `replace_dir` into place."""
+    parent = Path(parent)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = parent / f".{name}.{_tag()}{PARTIAL}"
+        os.mkdir(tmp, 0o777)  # the umask applies, as for any new folder
+    except OSError as e:
+        raise FileSafetyError(describe_os_error(parent, e, "create a folder in")) from None
+    return tmp
+
+
+def _fsync_tree(folder: Path) -> None:
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            p = os.path.join(root, name)
+            if os.path.islink(p):
+                continue
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(root))
+
+
+def replace_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Put the folder `src` at `dst`; `dst` is always either the old folder, whole, or the new one.
+
+    Every file of `src` is fsynced first. An old `dst` is renamed aside, then removed once `src` is in
+    place. `dst` must be a folder or absent: anything else is refused.
+    """
+    src, dst = Path(src), Path(dst)
+    if dst.is_symlink() or (dst.exists() and not dst.is_dir()):
+        raise FileSafetyError(f"{dst} is not a folder: refusing to replace it; move it away and retry")
+    old = None
+    try:
+        _fsync_tree(src)
+        if dst.exists():
+            old = dst.with_name(f".{dst.name}.{_tag()}.old{PARTIAL}")
+            os.replace(dst, old)
+        os.replace(src, dst)
+        _fsync_dir(dst.parent)
+    except OSError as e:
+        if old is not None and not dst.exists():
+            with contextlib.suppress(OSError):
+                os.replace(old, dst)  # put the old one back
+        raise FileSafetyError(describe_os_error(dst, e, "replace")) from None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+_TAG = re.compile(r"\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>[0-9]+)\.[0-9a-f]{8}(\.old)?" + re.escape(PARTIAL) + "$")
+
+
+def _writer_gone(name: str) -> bool:
+    """Whether the process named in a temporary's `<host>-<pid>` tag has certainly ended."""
+    m = _TAG.search(name)
+    if m is None or m["host"] != _host():
+        return False  # not ours, or another machine's (a shared file system): not ours to judge
+    pid = int(m["pid"])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):
+        return False
+    return False
+
+
+def sweep_partials(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries (files and folders) a killed writer left in `folder`; return them."""
+    folder = Path(folder)
+    swept = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return swept
+    for p in entries:
+        if p.name.startswith(".") and p.name.endswith(PARTIAL) and _writer_gone(p.name):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+            swept.append(p)
+    return swept
