@@ -1,15 +1,28 @@
 """The data stage on the real names data and on users' own files."""
+import csv
 import dataclasses
 import hashlib
+import http.server
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
+import threading
+import time
 import zipfile
+from pathlib import Path
 
 import pytest
 
+from pipeline.data import (
+    REGISTRY, DataConfig, DataError, cached, clean, download_dataset, locate, prepare, read_split, read_table,
+)
+from pipeline.data import readers
+from runtime.fsio import temp_dir
 
-from pipeline.data import DataConfig, DataError, _download, REGISTRY, clean, locate, prepare, read_split
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +38,7 @@ def test_names_are_cleaned_and_deduplicated(names):
     assert c["junk_dropped"] == 23  # "To The First Page" lines in Russian.txt
     assert c["duplicates_removed"] > 2000  # e.g. Arabic: 2,000 lines but 108 unique names
     assert c["unique_pairs"] == sum(summary["splits"].values())
+    assert c["rows_read"] == c["invalid_dropped"] + c["empty_dropped"] + c["junk_dropped"] + c["duplicates_removed"] + c["unique_pairs"]
     assert len(summary["labels"]) == 18
 
 
@@ -173,12 +187,13 @@ def test_a_download_that_fails_its_checksum_is_refused_and_leaves_nothing(name, 
     source.write_bytes(published_source(name, data_dir, tamper=bad_file))
     monkeypatch.setenv(ds.download.env_var(name), source.as_uri())
     with pytest.raises(DataError, match=f"{bad_file} has sha256 .* refusing it"):
-        _download(ds, tmp_path / "cache")
-    assert not (tmp_path / "cache" / name).exists() and not list((tmp_path / "cache").iterdir())
+        download_dataset(ds, tmp_path / "cache")
+    # Nothing but the (empty) lock file: no dataset folder, no temporary.
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [f".{name}.lock"]
     (tmp_path / "junk").write_bytes(b"<html>not an archive</html>")
     monkeypatch.setenv(ds.download.env_var(name), (tmp_path / "junk").as_uri())
     with pytest.raises(DataError, match="not a readable|sha256"):
-        _download(ds, tmp_path / "cache")
+        download_dataset(ds, tmp_path / "cache")
 
 
 def test_sst2_download_is_refused_unless_it_is_the_published_glue_archive(data_dir, tmp_path, monkeypatch):
@@ -205,6 +220,7 @@ def test_registry_datasets_read_their_published_files(data_dir, tmp_path, name, 
     cfg = DataConfig(dataset=name)
     summary = prepare(cfg, locate(cfg, str(data_dir)), tmp_path)
     assert len(summary["labels"]) == labels
+    assert summary["counts"]["invalid_dropped"] == 0 and summary["row_issues"]["dropped"] == {}  # published data: nothing invalid
     parts = {s: read_split(tmp_path, s) for s in ("train", "val", "test")}
     train_texts = {t for t, _ in parts["train"]}
     assert not train_texts & {t for t, _ in parts["test"]} and not train_texts & {t for t, _ in parts["val"]}
@@ -219,3 +235,222 @@ def test_registry_dataset_without_a_local_copy_says_where_to_put_it(tmp_path, mo
     with pytest.raises(DataError, match=r"'waimai': no local copy and the download from .* failed .*Offline\? "
                                         r"Pass --data-dir DIR or set SEQSHIP_DATA_DIR=DIR, where DIR holds chinese/"):
         locate(DataConfig(dataset="waimai"), cache_dir=str(tmp_path))
+
+
+# --- users' files: what is dropped and counted, what is refused -------------------------------------------------
+
+
+def write_jsonl(path, objs):
+    """One JSON object (or a raw line, given as a str) per line."""
+    path.write_text("".join((o if isinstance(o, str) else json.dumps(o)) + "\n" for o in objs), encoding="utf-8")
+    return path
+
+
+def prepare_user(path, tmp_path, **kw):
+    out = tmp_path / f"out-{path.name}"
+    out.mkdir()
+    cfg = DataConfig(dataset=None, data=str(path), **kw)
+    summary = prepare(cfg, locate(cfg), out)
+    texts = {t for s in ("train", "val", "test") for t, _ in read_split(out, s)}
+    return summary, texts
+
+
+def test_jsonl_rows_without_a_usable_label_or_text_are_dropped_counted_and_warned(tmp_path, caplog):
+    good = [{"text": f"good {i}", "label": "pos" if i % 2 else "neg"} for i in range(20)]
+    bad = [
+        {"text": "label is null", "label": None},
+        {"text": "label is empty", "label": ""},
+        {"text": "label is spaces", "label": "   "},
+        {"text": "label is missing"},
+        {"text": None, "label": "pos"},
+        {"label": "neg"},
+    ]
+    path = write_jsonl(tmp_path / "d.jsonl", good[:10] + bad + good[10:] + [{"text": "padded label", "label": " pos "}])
+    with caplog.at_level("WARNING", logger="pipeline.data"):
+        summary, texts = prepare_user(path, tmp_path)
+    assert summary["labels"] == ["neg", "pos"]  # no class "None", no class ""
+    assert summary["row_issues"]["dropped"] == {
+        "label_empty": 2, "label_missing": 1, "label_null": 1, "text_missing": 1, "text_null": 1}
+    assert summary["row_issues"]["normalised"] == {"label_whitespace": 1}
+    c = summary["counts"]
+    assert c["invalid_dropped"] == 6 and c["rows_read"] == 27
+    assert c["rows_read"] == c["invalid_dropped"] + c["empty_dropped"] + c["junk_dropped"] + c["duplicates_removed"] + c["unique_pairs"]
+    assert "None" not in texts and not any(t.startswith("label is") for t in texts) and "padded label" in texts
+    warned = " | ".join(r.getMessage() for r in caplog.records)
+    assert "dropped 1 row(s) with a null label (first: " + str(path) + ", line 11)" in warned
+    assert "with a null text (first: " + str(path) + ", line 15)" in warned
+
+
+def test_jsonl_integer_labels_are_read_as_strings_and_counted(tmp_path):
+    path = write_jsonl(tmp_path / "ints.jsonl", [{"text": f"t{i}", "label": i % 3} for i in range(30)])
+    summary, _ = prepare_user(path, tmp_path)
+    assert summary["labels"] == ["0", "1", "2"]
+    assert summary["row_issues"]["normalised"] == {"label_integer": 30}
+
+
+def test_jsonl_integer_and_string_label_of_one_spelling_are_refused_naming_both(tmp_path):
+    rows = [{"text": f"t{i}", "label": "0"} for i in range(5)] + [{"text": "x", "label": "1"}, {"text": "y", "label": 1}]
+    path = write_jsonl(tmp_path / "mixed.jsonl", rows)
+    with pytest.raises(DataError, match=r"mixed.jsonl: label 1 \(a JSON integer, first on line 7\) and label \"1\" "
+                                        r"\(a JSON string, first on line 6\) would merge into one class; write every label"):
+        prepare_user(path, tmp_path)
+
+
+@pytest.mark.parametrize("value, kind", [
+    (["pos"], "a list"), (True, r"a boolean \(true\)"), (1.0, r"a number \(1.0\)"), ({"name": "pos"}, "an object"),
+])
+def test_jsonl_labels_that_are_not_strings_or_integers_are_refused_naming_the_line(tmp_path, value, kind):
+    path = write_jsonl(tmp_path / "l.jsonl", [{"text": "a", "label": "pos"}, {"text": "b", "label": "neg"}, {"text": "c", "label": value}])
+    with pytest.raises(DataError, match=rf"l.jsonl, line 3: the label field 'label' is {kind}; labels must be strings or integers"):
+        prepare_user(path, tmp_path)
+
+
+@pytest.mark.parametrize("raw, kind", [
+    ('{"text": 42, "label": "pos"}', r"a number \(42\)"), ('{"text": ["a", "b"], "label": "pos"}', "a list"),
+    ('{"text": false, "label": "pos"}', r"a boolean \(false\)"), ('{"text": NaN, "label": "pos"}', r"a number \(NaN\)"),
+])
+def test_jsonl_texts_that_are_not_strings_are_refused_never_stringified(tmp_path, raw, kind):
+    path = write_jsonl(tmp_path / "t.jsonl", [{"text": "a", "label": "pos"}, raw, {"text": "b", "label": "neg"}])
+    with pytest.raises(DataError, match=rf"t.jsonl, line 2: the text field 'text' is {kind}, not a string; quote it"):
+        prepare_user(path, tmp_path)
+
+
+def test_jsonl_field_absent_from_every_line_names_the_option(tmp_path):
+    path = write_jsonl(tmp_path / "k.jsonl", [{"review": "a", "label": "pos"}, {"review": "b", "label": "neg"}])
+    with pytest.raises(DataError, match=r"no line has the field 'text' \(fields: \['label', 'review'\]\); choose one with --text-column"):
+        prepare_user(path, tmp_path)
+
+
+def test_csv_empty_labels_are_dropped_and_counted_not_made_a_class(tmp_path):
+    path = tmp_path / "e.csv"
+    path.write_text("text,label\n" + "".join(f"t{i},{'pos' if i % 2 else 'neg'}\n" for i in range(20)) + "no label,\nspaces,  \n")
+    summary, texts = prepare_user(path, tmp_path)
+    assert summary["labels"] == ["neg", "pos"] and summary["row_issues"]["dropped"] == {"label_empty": 2}
+    assert "no label" not in texts and summary["counts"]["rows_read"] == 22
+
+
+def test_csv_and_tsv_read_a_one_megabyte_field(tmp_path):
+    big = ("word, \"quoted\" and a\nnewline " * 40_000)[:1 << 20]  # 1 MiB: past the csv module's default 128 KiB limit
+    rows = [(f"t{i}", "pos" if i % 2 else "neg") for i in range(20)] + [(big, "pos")]
+    with open(tmp_path / "big.csv", "w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows([("text", "label"), *rows])
+    summary, texts = prepare_user(tmp_path / "big.csv", tmp_path)
+    assert big.strip() in texts and summary["counts"]["unique_pairs"] == 21
+    tsv_big = big.replace("\n", " ")
+    (tmp_path / "big.tsv").write_text("text\tlabel\n" + "".join(f"{t}\t{lab}\n" for t, lab in rows[:-1]) + f"{tsv_big}\tneg\n")
+    _, texts = prepare_user(tmp_path / "big.tsv", tmp_path)
+    assert tsv_big.strip() in texts
+
+
+def test_csv_field_over_the_limit_is_a_data_error_naming_the_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(readers, "CSV_FIELD_LIMIT", 1000)  # the same check as at 64 MiB, without a 64 MiB file
+    path = tmp_path / "open.csv"
+    path.write_text("text,label\na,pos\nb,neg\n\"an open quote that swallows the rest,pos\n" + "c,neg\n" * 300)
+    with pytest.raises(DataError, match=r"open.csv, line 4: a field longer than 1,000 characters \(the limit\); usually a quote "
+                                        r"opened on or after this line and never closed"):
+        read_table(path, "text", "label")
+
+
+@pytest.mark.parametrize("body, match", [
+    ('text,label\na,pos\n"broken"quote,neg\nb,neg\n', r"bq.csv, line 3: malformed CSV \(.*\); a quote inside a quoted text must be doubled"),
+    ('text,label\na,pos\nb,neg\n"never closed,pos\nc,neg\n', r"bq.csv, line 4: a quote opened in this record is never closed"),
+    ('text,label\na,pos\nb\n', r"bq.csv, line 3: 1 field\(s\), expected at least 2; .*a text holding a comma must be in double quotes"),
+])
+def test_csv_with_a_broken_quote_is_a_data_error_naming_the_line(tmp_path, body, match):
+    path = tmp_path / "bq.csv"
+    path.write_text(body)
+    with pytest.raises(DataError, match=match):
+        prepare_user(path, tmp_path)
+
+
+def test_line_numbers_count_lines_not_records_after_a_multiline_field(tmp_path):
+    path = tmp_path / "ml.csv"
+    path.write_text('text,label\n"one\ntwo\nthree",pos\nb,neg\n"bad"x,neg\n')
+    with pytest.raises(DataError, match=r"ml.csv, line 6: malformed CSV"):
+        read_table(path, "text", "label")
+
+
+# --- the shared download cache: locked, swept only of dead writers' temporaries -------------------------------------
+
+
+CHILD = """
+import logging, sys, time
+from pathlib import Path
+logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+from pipeline.data import DataConfig, locate
+Path(sys.argv[2]).touch()  # imported: ready
+while not Path(sys.argv[3]).exists():  # start together
+    time.sleep(0.005)
+print(locate(DataConfig(dataset="waimai"), cache_dir=sys.argv[1]))
+"""
+
+
+def leave_a_dead_writers_partial(cache):
+    """A cache temporary from a process that then died without cleaning up, as a killed download leaves it."""
+    code = ("import sys; from runtime.fsio import temp_dir; p = temp_dir(sys.argv[1], 'waimai'); "
+            "(p / 'waimai_10k.csv').write_text('half'); print(p)")
+    out = subprocess.run([sys.executable, "-c", code, str(cache)], cwd=REPO, capture_output=True, text=True, check=True)
+    return Path(out.stdout.strip())
+
+
+def test_concurrent_downloads_into_one_cache_share_one_verified_copy(data_dir, tmp_path):
+    payload = published_source("waimai", data_dir)
+    hits = []
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            time.sleep(1.5)  # long enough that the second process arrives while the first downloads
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    cache = tmp_path / "cache"
+    dead = leave_a_dead_writers_partial(cache)
+    live = temp_dir(cache, "waimai")  # this process is alive: its download in progress must survive
+    (live / "waimai_10k.csv").write_text("in progress")
+    env = {k: v for k, v in os.environ.items() if k != "SEQSHIP_DATA_DIR"} | {
+        "SEQSHIP_WAIMAI_URL": f"http://127.0.0.1:{server.server_address[1]}/waimai_10k.csv", "NO_PROXY": "*", "no_proxy": "*"}
+    go = tmp_path / "go"
+    try:
+        procs = [subprocess.Popen([sys.executable, "-c", CHILD, str(cache), str(tmp_path / f"ready{i}"), str(go)], cwd=REPO,
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+        deadline = time.monotonic() + 60
+        while not all((tmp_path / f"ready{i}").exists() for i in range(2)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        go.touch()
+        results = [p.communicate(timeout=120) for p in procs]
+    finally:
+        server.shutdown()
+    for p, (out, err) in zip(procs, results):
+        assert p.returncode == 0, err
+        assert Path(out.strip()) == cache / "waimai"
+    logs = "".join(err for _, err in results)
+    assert hits == ["/waimai_10k.csv"]  # one download: the other process waited for it and used its copy
+    assert "another process is downloading waimai" in logs and "downloaded meanwhile by another process" in logs
+    assert cached(cache / "waimai", REGISTRY["waimai"].download)
+    assert not dead.exists() and f"removed {dead}" in logs  # a dead writer's leftovers are swept...
+    assert (live / "waimai_10k.csv").read_text() == "in progress"  # ...a live one's are not
+
+
+def test_a_download_sweeps_only_dead_writers_temporaries(data_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv("SEQSHIP_DATA_DIR", raising=False)
+    source = tmp_path / "waimai_10k.csv"
+    source.write_bytes(published_source("waimai", data_dir))
+    monkeypatch.setenv("SEQSHIP_WAIMAI_URL", source.as_uri())
+    cache = tmp_path / "cache"
+    dead = leave_a_dead_writers_partial(cache)
+    live = temp_dir(cache, "waimai")
+    other = cache / ".waimai-abc123"  # the old hand-rolled temporary name: not ours to judge, left alone
+    other.mkdir()
+    assert dead.exists() and dead.name.endswith(".partial")
+    folder = locate(DataConfig(dataset="waimai"), cache_dir=str(cache))
+    assert cached(folder, REGISTRY["waimai"].download)
+    assert not dead.exists() and live.is_dir() and other.is_dir()
+    assert sorted(p.name for p in cache.iterdir()) == sorted([live.name, other.name, ".waimai.lock", "waimai"])

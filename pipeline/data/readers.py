@@ -1,0 +1,249 @@
+"""Readers: (text, label) rows from label folders, label files and CSV/TSV/JSONL tables.
+
+What a reader will not guess at, it refuses or drops, and says so. A row without a usable label or
+text (missing, null, empty) is dropped and counted per reason in `RowIssues`, which the data stage
+summary records; a value that is the wrong kind of thing is a `DataError` naming the line, since
+turning it into a string would train on something the user never wrote:
+
+- a JSON text must be a string: a number, boolean, list or object is refused (`null` is dropped);
+- a JSON label must be a string or an integer (`1` is read as "1", and counted); a boolean, float,
+  list or object is refused, and so is a file where an integer label and a string label of the same
+  spelling (`1` and `"1"`) would merge into one class;
+- spaces around a label are removed, and counted.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.data.registry import DataError
+
+log = logging.getLogger(__name__)
+
+# Python's csv module stops at 128 KiB a field. Real texts (a whole review, an article) can be larger;
+# a field larger than this is almost always a quote left open that swallowed the rest of the file.
+CSV_FIELD_LIMIT = 64 << 20
+
+DROP_REASONS = {
+    "label_missing": "no label field",
+    "label_null": "a null label",
+    "label_empty": "an empty or whitespace-only label",
+    "text_missing": "no text field",
+    "text_null": "a null text",
+}
+NORMALISE_REASONS = {
+    "label_integer": "an integer label, read as its decimal string",
+    "label_whitespace": "spaces around the label, removed",
+}
+
+
+@dataclass
+class RowIssues:
+    """Rows a reader dropped or normalised, counted per reason, with the first place each happened."""
+
+    dropped: Counter = field(default_factory=Counter)
+    normalised: Counter = field(default_factory=Counter)
+    first: dict[str, str] = field(default_factory=dict)  # reason -> "file, line n"
+
+    def drop(self, reason: str, where: str) -> None:
+        """Count one row dropped for `reason` at `where`."""
+        self.dropped[reason] += 1
+        self.first.setdefault(reason, where)
+
+    def normalise(self, reason: str, where: str) -> None:
+        """Count one value changed for `reason` at `where`."""
+        self.normalised[reason] += 1
+        self.first.setdefault(reason, where)
+
+    def summary(self) -> dict:
+        """{"dropped": {reason: n}, "normalised": {reason: n}} for the data stage summary."""
+        return {"dropped": dict(sorted(self.dropped.items())), "normalised": dict(sorted(self.normalised.items()))}
+
+    def warn(self) -> None:
+        """Log one warning per reason: how many rows, why, and where the first one is."""
+        for reason, n in sorted(self.dropped.items()):
+            log.warning("data: dropped %d row(s) with %s (first: %s)", n, DROP_REASONS[reason], self.first[reason])
+        for reason, n in sorted(self.normalised.items()):
+            log.warning("data: normalised %d row(s) with %s (first: %s)", n, NORMALISE_REASONS[reason], self.first[reason])
+
+
+def decode(path: Path) -> str:
+    """The file's text as UTF-8 (a BOM is dropped); a DataError naming the line of the first bad byte."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it ({e.strerror or e}); check that it exists and is readable") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}, line {line}: bytes that are not UTF-8 ({e.reason}); re-save the file as UTF-8") from None
+
+
+def lines(text: str) -> list[str]:
+    """The text's lines, split on "\\n" only (a final "\\r" dropped)."""
+    # str.splitlines() also breaks on U+0085 and U+2028, which occur inside real texts.
+    return [line.rstrip("\r") for line in text.split("\n")]
+
+
+def read_label_folder(folder: Path) -> tuple[list[tuple[str, str]], list[Path]]:
+    """(text, label) rows from a folder of <label>.txt files, one text per line, and the files read."""
+    files = sorted(p for p in folder.iterdir() if p.suffix == ".txt" and p.is_file())
+    if not files:
+        raise DataError(f"{folder}: no <label>.txt files found; put one file per label there, one text per line")
+    for f in files:
+        if not f.stem.strip():
+            raise DataError(f"{f}: the file name gives an empty label; rename it to <label>.txt")
+    rows = [(line, f.stem) for f in files for line in lines(decode(f))]
+    return rows, files
+
+
+def read_label_files(folder: Path, label_files: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
+    """(text, label) rows from (file, label) pairs, one text per line."""
+    return [(line, label) for f, label in label_files for line in lines(decode(folder / f))]
+
+
+def _label(value: str, where: str, issues: RowIssues) -> str | None:
+    """A string label stripped of surrounding spaces, or None (counted) if nothing is left."""
+    label = value.strip()
+    if not label:
+        issues.drop("label_empty", where)
+        return None
+    if label != value:
+        issues.normalise("label_whitespace", where)
+    return label
+
+
+def _kind(value) -> str:
+    """How a JSON value is described in an error."""
+    if isinstance(value, bool):
+        return f"a boolean ({json.dumps(value)})"
+    if isinstance(value, (int, float)):
+        return f"a number ({json.dumps(value)})"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def read_jsonl(path: Path, text_column: str, label_column: str, issues: RowIssues | None = None) -> list[tuple[str, str]]:
+    """(text, label) rows from a JSONL file, one object per line; see the module docstring for what is refused."""
+    issues = issues if issues is not None else RowIssues()
+    rows: list[tuple[str, str]] = []
+    label_kinds: dict[str, dict[type, int]] = {}  # label spelling -> {int or str: first line}, to catch 1 vs "1"
+    keys_seen: set[str] = set()
+    objects = 0
+    for n, line in enumerate(lines(decode(path)), 1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: not JSON ({e}); write one JSON object per line") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: {_kind(obj)}, not a JSON object; write one object per line, "
+                            f"e.g. {{{json.dumps(text_column)}: \"...\", {json.dumps(label_column)}: \"...\"}}")
+        objects += 1
+        keys_seen.update(obj)
+        text, label = obj.get(text_column), obj.get(label_column)
+        if text_column not in obj:
+            issues.drop("text_missing", where)
+            continue
+        if text is None:
+            issues.drop("text_null", where)
+            continue
+        if not isinstance(text, str):
+            raise DataError(f"{where}: the text field {text_column!r} is {_kind(text)}, not a string; "
+                            f"quote it in the file if it is meant as text, or choose another field with --text-column")
+        if label_column not in obj:
+            issues.drop("label_missing", where)
+            continue
+        if label is None:
+            issues.drop("label_null", where)
+            continue
+        if isinstance(label, bool) or not isinstance(label, (str, int)):
+            raise DataError(f"{where}: the label field {label_column!r} is {_kind(label)}; labels must be strings or integers: "
+                            f"write it as a string, or choose another field with --label-column")
+        if isinstance(label, int):
+            spelled = str(label)
+            issues.normalise("label_integer", where)
+        else:
+            spelled = _label(label, where, issues)
+            if spelled is None:
+                continue
+        kinds = label_kinds.setdefault(spelled, {})
+        kinds.setdefault(type(label), n)
+        if len(kinds) > 1:
+            raise DataError(
+                f"{path}: label {spelled} (a JSON integer, first on line {kinds[int]}) and label \"{spelled}\" "
+                f"(a JSON string, first on line {kinds[str]}) would merge into one class; write every label the same "
+                "way (all strings or all integers), or make them different labels"
+            )
+        rows.append((text, spelled))
+    for col, opt in ((text_column, "--text-column"), (label_column, "--label-column")):
+        if objects and col not in keys_seen:
+            raise DataError(f"{path}: no line has the field {col!r} (fields: {sorted(keys_seen)}); choose one with {opt}")
+    return rows
+
+
+def read_csv(path: Path, text_column: str, label_column: str, issues: RowIssues | None = None) -> list[tuple[str, str]]:
+    """(text, label) rows from a CSV or TSV file with a header; a broken quote or an oversized field is a DataError."""
+    issues = issues if issues is not None else RowIssues()
+    tsv = path.suffix.lower() == ".tsv"
+    # TSV files in the wild carry stray quotes inside texts: read them without CSV quoting. CSV is read
+    # strictly, so that a quote out of place is an error on its line, not a text that silently swallows lines.
+    dialect = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if tsv else {"delimiter": ",", "strict": True}
+    csv.field_size_limit(CSV_FIELD_LIMIT)  # process-wide in the csv module: set on every read, so it is always this
+    reader = csv.reader(io.StringIO(decode(path), newline=""), **dialect)
+    rows: list[tuple[str, str]] = []
+    start = 1  # the line where the record being read begins (a quoted field may span several lines)
+    try:
+        header = next(reader, None)
+        if not header:
+            raise DataError(f"{path}: empty file; the first line must name the columns, e.g. text,label")
+        for col, opt in ((text_column, "--text-column"), (label_column, "--label-column")):
+            if col not in header:
+                raise DataError(f"{path}: no column {col!r} (columns: {header}); choose one with {opt}")
+        ti, li = header.index(text_column), header.index(label_column)
+        start = reader.line_num + 1
+        for rec in reader:
+            where = f"{path}, line {start}"
+            if rec:
+                if len(rec) <= max(ti, li):
+                    sep = "tab" if tsv else "comma"
+                    raise DataError(f"{where}: {len(rec)} field(s), expected at least {max(ti, li) + 1}; "
+                                    f"every line needs a {sep}-separated value for each column"
+                                    + ("" if tsv else ", and a text holding a comma must be in double quotes"))
+                label = _label(rec[li], where, issues)
+                if label is not None:
+                    rows.append((rec[ti], label))
+            start = reader.line_num + 1
+    except csv.Error as e:
+        if "field larger than field limit" in str(e):
+            raise DataError(
+                f"{path}, line {start}: a field longer than {CSV_FIELD_LIMIT:,} characters (the limit); usually a quote "
+                "opened on or after this line and never closed: check the quotes there, or split the text"
+            ) from None
+        if "unexpected end of data" in str(e):
+            raise DataError(f"{path}, line {start}: a quote opened in this record is never closed; close it, "
+                            "or double a quote that is part of the text (\"\")") from None
+        raise DataError(f"{path}, line {reader.line_num}: malformed {'TSV' if tsv else 'CSV'} ({e}); a quote inside a "
+                        "quoted text must be doubled (\"\"), and a quoted field must end at the separator") from None
+    return rows
+
+
+def read_table(path: Path, text_column: str, label_column: str, issues: RowIssues | None = None) -> list[tuple[str, str]]:
+    """(text, label) rows from a CSV, TSV or JSONL file with named columns."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return read_jsonl(path, text_column, label_column, issues)
+    if suffix in (".csv", ".tsv"):
+        return read_csv(path, text_column, label_column, issues)
+    raise DataError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .jsonl or a folder of <label>.txt")
