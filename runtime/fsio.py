@@ -142,6 +142,34 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", *, encoding: str | No
             os.unlink(tmp)
 
 
+def partial_path(path: str | os.PathLike) -> Path:
+    """A temporary name beside `path` for a writer that must write by name (then `commit_partial`)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{_tag()}{PARTIAL}")
+
+
+def commit_partial(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """fsync a file written by name at `partial_path(path)` and rename it over `path` (see atomic_write)."""
+    tmp, path = Path(tmp), Path(path)
+    target, st = _target(path)
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise FileSafetyError(f"{path} is not a regular file: refusing to replace it; give a file path")
+    try:
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~umask())
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except OSError as e:
+        raise FileSafetyError(describe_os_error(path, e)) from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """`path` holds exactly `data` afterwards, or is unchanged (see `atomic_write`)."""
     with atomic_write(path, "wb") as f:
@@ -154,9 +182,9 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
-def write_json_atomic(path: str | os.PathLike, obj, *, indent: int | None = 1) -> None:
-    """`obj` as UTF-8 JSON (and a final newline), written atomically; NaN and Infinity are refused."""
-    text = json.dumps(obj, indent=indent, ensure_ascii=False, allow_nan=False, default=str)
+def write_json_atomic(path: str | os.PathLike, obj, *, indent: int | None = 1, allow_nan: bool = True) -> None:
+    """`obj` as UTF-8 JSON (and a final newline), written atomically (allow_nan=False refuses NaN/Infinity)."""
+    text = json.dumps(obj, indent=indent, ensure_ascii=False, allow_nan=allow_nan, default=str)
     write_text_atomic(path, text + "\n")
 
 

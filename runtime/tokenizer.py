@@ -226,6 +226,111 @@ def split_tokens(text: str, kind: str) -> list[str]:
     return tokens
 
 
+# Texts longer than this (code points) are tokenized in pieces of PIECE code points: memory then depends
+# on max_length, not on the text's length (a text of hundreds of MB costs its own str and no more).
+STREAM_ABOVE = 65_536
+PIECE = 16_384
+MAX_UNCUT = 1 << 20  # code points with no safe cut between them before a text is refused
+
+
+@functools.lru_cache(maxsize=1)
+def _composes_after() -> frozenset[int]:
+    """Code points that canonically compose with the character before them (second of a pair)."""
+    out = set()
+    for c in range(0x110000):
+        d = unicodedata.decomposition(chr(c))
+        if d and not d.startswith("<") and len(d.split()) == 2:
+            out.add(int(d.split()[1], 16))
+    return frozenset(out)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _inert(ch: str) -> bool:
+    """Whether steps 2-5 of the spec treat `ch` the same whatever stands around it, so that a text may
+    be cut between two such characters: unchanged by every normalisation form, a starter that never
+    composes with what precedes it (Hangul jamo excluded: they compose algorithmically), not Σ (whose
+    lower case depends on its neighbours) and not case-ignorable (which Σ's context looks through)."""
+    c = ord(ch)
+    if c < 0x80:
+        return ch not in "'.:^`"  # the ASCII case-ignorables
+    if ch == "\u03a3" or 0x1100 <= c <= 0x11FF or unicodedata.category(ch) not in ("Lu", "Ll", "Lt", "Lo", "Nd"):
+        return False
+    if unicodedata.combining(ch) or c in _composes_after():
+        return False
+    return all(unicodedata.normalize(form, ch) == ch for form in ("NFC", "NFKC", "NFD", "NFKD"))
+
+
+def _pieces(text: str, spec: TokenizerSpec, piece: int) -> Iterable[str]:
+    """Steps 2-3 (normalise, lower-case) applied piece by piece; the pieces concatenate to what the
+    whole text gives, because each cut lies between two inert characters (see `_inert`)."""
+    n, start = len(text), 0
+    while start < n:
+        end = min(n, start + piece)
+        while end < n and not (_inert(text[end - 1]) and _inert(text[end])):
+            end += 1
+            if end - start > MAX_UNCUT:
+                raise InputError(
+                    f"text has {MAX_UNCUT:,} code points in a row with no place where it can be tokenized in "
+                    "pieces (e.g. a run of combining marks): shorten it before predicting"
+                )
+        part = text[start:end]
+        if spec.normalization and not part.isascii():
+            part = unicodedata.normalize(spec.normalization, part)
+        yield part.lower() if spec.lowercase else part
+        start = end
+
+
+def stream_tokens(text: str, spec: TokenizerSpec, limit: int, piece: int = PIECE) -> tuple[list[str], bool]:
+    """The first `limit` tokens of `text` under `spec` and whether more follow, computed piece by piece:
+    equal to `split_tokens(normalize(text))[:limit]` (a property test holds them equal), in memory
+    bounded by `piece` and `limit`. A word token longer than any vocabulary entry is kept only as long as
+    the longest entry plus one (it maps to unk either way)."""
+    longest = max((len(t) for t in spec.vocab), default=0) + 1
+    tokens: list[str] = []
+    pending_space: list[str] = []  # whitespace after the last token: a token only if one follows (strip)
+    started = False  # leading whitespace is stripped
+    run: list[str] = []
+    run_len = 0
+
+    def emit(tok: str) -> bool:
+        """Add a token; True once one more than `limit` has been seen."""
+        if spec.type == "char" and pending_space:
+            tokens.extend(pending_space)
+            pending_space.clear()
+        tokens.append(tok)
+        return len(tokens) > limit
+
+    for part in _pieces(text, spec, piece):
+        for ch in part:
+            space = ch in WHITESPACE
+            if not started:
+                if space:
+                    continue
+                started = True
+            if spec.type == "char":
+                if space:
+                    pending_space.append(ch)
+                    if len(pending_space) > limit:  # more whitespace than can be kept: what matters is if a token follows
+                        del pending_space[limit:]
+                elif emit(ch):
+                    return tokens[:limit], True
+                continue
+            if _is_word_char(ch):
+                if run_len < longest:
+                    run.append(ch)
+                run_len += 1
+                continue
+            if run_len:
+                if emit("".join(run)):
+                    return tokens[:limit], True
+                run, run_len = [], 0
+            if not space and emit(ch):
+                return tokens[:limit], True
+    if run_len and emit("".join(run)):
+        return tokens[:limit], True
+    return tokens, False
+
+
 def build_vocab(token_lists: Iterable[Sequence[str]], min_freq: int = 1, max_size: int | None = None) -> tuple[str, ...]:
     """Specials first, then tokens by falling frequency (ties by code point order): deterministic."""
     counts = Counter(t for tokens in token_lists for t in tokens)
@@ -293,6 +398,14 @@ class Tokenizer:
         """All tokens of a text, before truncation."""
         return split_tokens(normalize(text, self.spec), self.spec.type)
 
+    def head_tokens(self, text: str, limit: int) -> tuple[list[str], bool]:
+        """The first `limit` tokens and whether there are more, in memory that does not grow with the
+        text: a long text is processed in pieces, cut only where the spec's steps cannot reach across."""
+        if len(text) <= STREAM_ABOVE:
+            tokens = self.tokens(text)
+            return tokens[:limit], len(tokens) > limit
+        return stream_tokens(text, self.spec, limit)
+
     def encode(self, text, index: int = 0) -> tuple[list[int], bool]:
         """Token ids of one text (at most max_length) and whether it was truncated."""
         if not isinstance(text, str):
@@ -301,16 +414,15 @@ class Tokenizer:
             )
         if self._check_unicode:
             self._unicode_check(text, index)
-        tokens = self.tokens(text)
+        tokens, truncated = self.head_tokens(text, self.spec.max_length)
         if not tokens:
             raise InputError(
                 f"text #{index} is empty after normalisation ({text[:40]!r}): "
                 "the model needs at least one token; drop or replace empty texts before predicting",
                 index,
             )
-        truncated = len(tokens) > self.spec.max_length
         unk = self.spec.unk_id
-        ids = [self._ids.get(t, unk) for t in tokens[: self.spec.max_length]]
+        ids = [self._ids.get(t, unk) for t in tokens]
         return ids, truncated
 
     def encode_batch(self, texts: Sequence, start_index: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -203,3 +203,44 @@ def test_python_and_node_tokenizers_give_identical_ids_over_many_scripts(tmp_pat
 
 def node_unicode():
     return _subprocess.run(["node", "-p", "process.versions.unicode"], capture_output=True, text=True).stdout.strip()
+
+
+# --- bounded memory: a long text is tokenized in pieces, with the same result -------------------------
+
+from runtime.tokenizer import stream_tokens  # noqa: E402
+
+# Characters whose treatment depends on their neighbours: combining marks and their bases, Hangul jamo
+# that compose, final sigma and the case-ignorables it looks through, compatibility forms, whitespace.
+_TRICKY = ["a", "A", "e", "\u0301", "\u0323", "Σ", "σ", "'", ".", ":", "^", "`", " ", "\u00a0", "\u2028", "\t",
+           "\u1100", "\u1161", "\u11a8", "가", "İ", "ﬁ", "中", "か", "\u3099", "ß", "_", "-", "1", "\u0345",
+           "\u00b7", "Å", "\u212b", "\u0cc6", "\u0cd5", "ǅ", "\U0001d400"]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=st.lists(st.sampled_from(_TRICKY), max_size=60).map("".join),
+       piece=st.integers(1, 7), limit=st.integers(1, 30),
+       kind=st.sampled_from(["char", "word"]), norm=st.sampled_from(["NFC", "NFKC", "NFD", "NFKD", None]),
+       lower=st.booleans())
+def test_tokenizing_in_pieces_gives_exactly_the_whole_texts_first_tokens(text, piece, limit, kind, norm, lower):
+    spec = TokenizerSpec(type=kind, normalization=norm, lowercase=lower, max_length=limit,
+                         vocab=("<pad>", "<unk>", *sorted(set(split_tokens(normalize(text, TokenizerSpec(normalization=norm, lowercase=lower)), kind)))))
+    whole = split_tokens(normalize(text, spec), kind)
+    assert stream_tokens(text, spec, limit, piece=piece) == (whole[:limit], len(whole) > limit)
+
+
+def test_a_huge_text_costs_its_own_string_and_not_its_tokens():
+    """RSS of a fresh process encoding a 200 MB text grows by about the text itself, not by its tokens."""
+    code = (
+        "import resource, sys\n"
+        "from runtime.tokenizer import Tokenizer, TokenizerSpec\n"
+        "tok = Tokenizer(TokenizerSpec(vocab=('<pad>', '<unk>', 'a', 'b'), max_length=64, type=sys.argv[1]))\n"
+        "text = ('ab ' * 70_000_000)\n"  # 210 MB of ASCII (1 byte per code point in CPython)
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "ids, truncated = tok.encode(text)\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print(len(ids), truncated, (after - before) // 1024)\n"
+    )
+    for kind in ("char", "word"):
+        out = _subprocess.run([sys.executable, "-c", code, kind], capture_output=True, text=True, check=True).stdout.split()
+        assert out[:2] == ["64", "True"]
+        assert int(out[2]) < 50, f"{kind}: encoding grew RSS by {out[2]} MB"  # all tokens at once: several GB
