@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import torch
 
+from runtime.fsio import commit_partial, partial_path
 from exporters.contract import ModelContract
 from exporters.errors import ContractError, ExportError
 from exporters.recurrent import TRANSLATIONS
@@ -85,7 +86,7 @@ def export_onnx(
     """Export `model` (eval mode, CPU) to `path`, check the contract, and return what was checked."""
     require_onnxscript()
     path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
+    tmp = partial_path(path)
     model = model.eval()
     cleared = clear_recurrent_dispatch_cache()
     with warnings.catch_warnings(record=True) as caught, _quiet_registration_log():
@@ -115,7 +116,7 @@ def export_onnx(
     except ContractError as e:
         tmp.unlink(missing_ok=True)
         raise ContractError(path, e.problems) from None
-    os.replace(tmp, path)
+    commit_partial(tmp, path)
     checks["dispatch_caches_cleared"] = cleared
     checks["exporter_warnings"] = sorted({str(w.message).splitlines()[0][:200] for w in caught})
     log.info("exported %s (%d bytes)", path.name, path.stat().st_size)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from runtime.fsio import commit_partial, partial_path
 from exporters.contract import ModelContract
 from exporters.errors import ContractError, ExportError
 
@@ -21,7 +22,7 @@ def export_torchscript(model: torch.nn.Module, path: str | os.PathLike, contract
     bundle's notes rather than silenced globally.
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
+    tmp = partial_path(path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -40,7 +41,7 @@ def export_torchscript(model: torch.nn.Module, path: str | os.PathLike, contract
     if problems:
         tmp.unlink(missing_ok=True)
         raise ContractError(path, problems)
-    os.replace(tmp, path)
+    commit_partial(tmp, path)
     log.info("exported %s (%d bytes)", path.name, path.stat().st_size)
     return {
         "probe_shapes": [[2, 5], [1, 1], [3, 17]],

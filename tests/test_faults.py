@@ -40,17 +40,17 @@ def test_runs_killed_in_train_export_and_package_leave_no_bundle_and_resume(data
     args = ["run", "all", "--data-dir", str(data_dir), "--artifacts-dir", str(tmp_path), "--run-name", "k", *TINY, "--epochs", "3"]
 
     # 1. killed while training
-    kill_when(start(args), lambda: any(run.glob(".train.tmp-*")), "training started")
+    kill_when(start(args), lambda: any(run.glob(".train.*.partial")), "training started")
     assert (run / "stages" / "data.json").exists() and not (run / "stages" / "train.json").exists()
     assert not (run / "train").exists() and not (run / "bundle").exists()
 
     # 2. killed while exporting (TorchScript written, ONNX export under way)
-    kill_when(start(args), lambda: any(run.glob(".export.tmp-*/model.pt")), "export started")
+    kill_when(start(args), lambda: any(run.glob(".export.*.partial/model.pt")), "export started")
     assert (run / "stages" / "train.json").exists() and not (run / "stages" / "export.json").exists()
     assert not (run / "export").exists() and not (run / "bundle").exists()
 
     # 3. killed while packaging, at the worst moment: every bundle file written, not yet renamed into place
-    kill_when(start(args, {"SEQSHIP_FAULT_PAUSE": "package"}), lambda: any(run.glob(".bundle.tmp-*/manifest.json")), "package paused")
+    kill_when(start(args, {"SEQSHIP_FAULT_PAUSE": "package"}), lambda: any(run.glob(".bundle.*.partial/manifest.json")), "package paused")
     assert (run / "stages" / "verify.json").exists() and not (run / "bundle").exists()
 
     # 4. the next run reuses every finished stage and completes the bundle
@@ -59,11 +59,11 @@ def test_runs_killed_in_train_export_and_package_leave_no_bundle_and_resume(data
     summary = json.loads(result.stdout)
     assert [s["skipped"] for s in summary["stages"]] == [True, True, True, True, False]
     assert Predictor.load(run / "bundle", providers="cpu").predict(["Nguyen"])[0].label
-    assert not list(run.glob(".*.tmp-*"))  # leftovers of the killed runs were cleaned up
+    assert not list(run.glob(".*.partial"))  # leftovers of the killed runs were cleaned up
 
     # 5. replacing an existing bundle: killed before the new one is in place, the old one stays whole
     kill_when(start([*args, "--atol", "2e-5"], {"SEQSHIP_FAULT_PAUSE": "package"}),
-              lambda: any(run.glob(".bundle.tmp-*/manifest.json")), "the second package paused")
+              lambda: any(run.glob(".bundle.*.partial/manifest.json")), "the second package paused")
     old = Predictor.load(run / "bundle", providers="cpu")
     assert old.bundle.manifest["parity"]["atol"] == 1e-5
     assert invoke(*args, "--atol", "2e-5").exit_code == 0

@@ -76,11 +76,14 @@ def test_gate_fails_with_a_table_and_exit_1_on_a_wrong_export(broken_run):
     assert failing and not [line for line in failing if line.startswith(("torchscript", "pytorch"))]
     assert any(line.startswith("onnxruntime:CPUExecutionProvider") for line in failing)
     assert any(line.startswith("onnx.reference") for line in failing) and any(line.startswith("tract") for line in failing)
-    report = json.loads((broken_run / "tiny" / "verify" / "parity.json").read_text())
-    assert report["passed"] is False  # the evidence is kept...
-    assert not (broken_run / "tiny" / "stages" / "verify.json").exists()  # ...but never counts as verified
+    report = json.loads((broken_run / "tiny" / "failed" / "verify" / "parity.json").read_text())
+    assert report["passed"] is False  # the evidence is kept, apart...
+    # ...and the run is as it was: the previous verify stage (of the previous export) is untouched,
+    # so packaging refuses because that verification is of another export, not because it is gone.
+    assert json.loads((broken_run / "tiny" / "verify" / "parity.json").read_text())["passed"] is True
+    assert "failed" in result.output and str(broken_run / "tiny" / "failed" / "verify" / "parity.json") in result.output
     packaged = invoke("run", "package", "--artifacts-dir", str(broken_run), "--run-name", "tiny", "--force")
-    assert packaged.exit_code == 1 and "run `pipeline run verify` first" in packaged.output
+    assert packaged.exit_code == 1 and "stage verify was made from an earlier export stage" in packaged.output
 
 
 def test_gate_failure_in_json_mode_carries_the_report(broken_run):

@@ -1,0 +1,245 @@
+"""Run folders: `<artifacts>/<run-name>/`, one sub-folder per stage, a record of each, and a lock.
+
+A stage's outputs appear under their final name only when whole (a temporary folder renamed into
+place, see runtime.fsio), and its record (`stages/<stage>.json`, hashes of every output) is written
+last. A stage that fails leaves the run exactly as it was: the previous outputs and their record stay,
+and evidence a failure wants kept (a failing parity report) goes to `failed/<stage>/` instead.
+
+One process at a time works on a run: `run_lock` holds an exclusive lock on `<run>/.lock` for the
+whole command (every stage of `run all`), and a second process is refused with a clear error.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from pipeline import __version__
+from runtime.bundle import file_entry
+from runtime.errors import SeqshipError
+from runtime.fsio import FileSafetyError, replace_dir, sweep_partials, temp_dir, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+STAGES = ("data", "train", "export", "verify", "package")
+STAGE_DIRS = {"data": "data", "train": "train", "export": "export", "verify": "verify", "package": "bundle", "cv": "cv"}
+# What each stage consumes from the one before it.
+UPSTREAM = {"data": (), "train": ("data",), "export": ("train",), "verify": ("train", "export", "data"),
+            "package": ("data", "train", "export", "verify"), "cv": ("data",)}
+FAILED_DIR = "failed"
+FAULT_PAUSE_ENV = "SEQSHIP_FAULT_PAUSE"
+
+
+class StageError(SeqshipError):
+    """A stage cannot run: an earlier stage is missing, or its outputs were altered."""
+
+
+@dataclass
+class StageResult:
+    """What one stage did: ran or skipped, where, in how long, and its summary."""
+
+    stage: str
+    path: Path
+    skipped: bool
+    seconds: float
+    summary: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form, as `--json` prints it."""
+        return {"stage": self.stage, "path": str(self.path), "skipped": self.skipped, "seconds": round(self.seconds, 3), "summary": self.summary}
+
+
+class Run:
+    """One run folder: artifacts/<run-name>/ with a sub-folder per stage and a record of each."""
+
+    def __init__(self, artifacts_dir: str | os.PathLike, name: str):
+        if not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith(".") or "\0" in name:
+            raise StageError(f"--run-name {name!r} must be a plain folder name (no '/', not starting with '.')")
+        self.root = Path(artifacts_dir).resolve() / name
+        self.name = name
+
+    def dir(self, stage: str) -> Path:
+        """The folder holding a stage's outputs."""
+        return self.root / STAGE_DIRS[stage]
+
+    def failed_dir(self, stage: str) -> Path:
+        """Where a failed stage's evidence is kept (never read by a later stage)."""
+        return self.root / FAILED_DIR / STAGE_DIRS[stage]
+
+    def record_path(self, stage: str) -> Path:
+        """The stage's record: inputs digest, hashes of its outputs, summary."""
+        return self.root / "stages" / f"{stage}.json"
+
+    def record(self, stage: str) -> dict | None:
+        """The stage's record, or None when there is none (or it is unreadable)."""
+        try:
+            record = json.loads(self.record_path(stage).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def intact(self, stage: str, record: dict | None = None) -> bool:
+        """True when the stage's record exists and every output it lists is still there, unchanged."""
+        record = record or self.record(stage)
+        if not record:
+            return False
+        folder = self.dir(stage)
+        try:
+            for name, entry in record.get("outputs", {}).items():
+                path = folder / name
+                if not path.is_file() or path.stat().st_size != entry["bytes"] or file_entry(path)["sha256"] != entry["sha256"]:
+                    log.info("%s: %s changed or missing since the stage ran; it will run again", stage, path)
+                    return False
+        except (OSError, TypeError, KeyError, AttributeError):
+            return False
+        return True
+
+    def require(self, stage: str, by: str) -> dict:
+        """The record of an upstream stage, or a clear error saying which command to run first."""
+        record = self.record(stage)
+        if record is None:
+            raise StageError(f"{by} needs the {stage} stage of run {self.name!r} ({self.dir(stage)}): run `pipeline run {stage}` first")
+        if not self.intact(stage, record):
+            raise StageError(
+                f"{by}: the outputs of stage {stage} in {self.dir(stage)} were changed or removed; "
+                f"re-run `pipeline run {stage} --force`"
+            )
+        for up in UPSTREAM[stage]:  # stale: made from an upstream stage that has been redone since
+            current = self.record(up)
+            if current is None or record.get("inputs", {}).get(up) != current.get("outputs"):
+                raise StageError(
+                    f"{by}: stage {stage} was made from an earlier {up} stage, which has been redone since; "
+                    f"re-run `pipeline run {stage}` (or `pipeline run all`) first"
+                )
+        return record
+
+    def current(self, stage: str) -> dict | None:
+        """The stage's record if it is intact and made from the current upstream stages, else None."""
+        try:
+            return self.require(stage, "report")
+        except StageError:
+            return None
+
+    def current_cv(self) -> dict | None:
+        """The cv record if it is current and was trained with the same config as the train stage."""
+        cv, train = self.current("cv"), self.current("train")
+        if cv is None or train is None or cv.get("inputs", {}).get("config") != train.get("inputs", {}).get("config"):
+            return None
+        return cv
+
+
+def digest(obj) -> str:
+    """sha256 of a JSON-able object's canonical form."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+
+
+_held: dict[Path, int] = {}  # run root -> nesting depth of run_lock in this process
+_held_files: dict[Path, object] = {}
+_held_guard = threading.Lock()
+
+
+@contextmanager
+def run_lock(run: Run) -> Iterator[None]:
+    """Hold the run's exclusive lock (re-entrant within a process); refuse if another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    with _held_guard:
+        if run.root in _held:
+            _held[run.root] += 1
+            nested = True
+        else:
+            nested = False
+    if nested:
+        try:
+            yield
+        finally:
+            with _held_guard:
+                _held[run.root] -= 1
+        return
+    try:
+        run.root.mkdir(parents=True, exist_ok=True)
+        f = open(run.root / ".lock", "a+")
+    except OSError as e:
+        from runtime.fsio import describe_os_error
+
+        raise FileSafetyError(describe_os_error(run.root, e, "write the run folder")) from None
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StageError(f"another pipeline process is working on run {run.name!r} ({run.root}); "
+                             "wait for it to finish, or use another --run-name") from None
+        with _held_guard:
+            _held[run.root] = 1
+        try:
+            sweep_partials(run.root)  # temporaries of a killed run; safe, as no other process is in here
+            sweep_partials(run.root / "stages")
+            yield
+        finally:
+            with _held_guard:
+                del _held[run.root]
+            fcntl.flock(f, fcntl.LOCK_UN)
+    finally:
+        f.close()
+
+
+def _fault_pause(stage: str) -> None:
+    """Fault injection for tests: SEQSHIP_FAULT_PAUSE=<stage> holds that stage for 60 s with its outputs
+    complete but not yet in place -- the worst moment to be killed."""
+    if os.environ.get(FAULT_PAUSE_ENV) == stage:
+        log.warning("%s=%s: pausing before the %s stage commits", FAULT_PAUSE_ENV, stage, stage)
+        time.sleep(60)
+
+
+def run_stage(run: Run, stage: str, inputs: dict, produce: Callable[[Path], dict], force: bool = False) -> StageResult:
+    """Run `produce(tmp_dir)` unless a record with the same inputs and intact outputs exists.
+
+    Outputs are written to a temporary folder beside the final one and renamed into place when whole;
+    the record is written last. A run killed at any point leaves the old stage or none; a stage that
+    raises leaves the run as it was (evidence it asks to keep goes to failed/<stage>/).
+    """
+    started = time.perf_counter()
+    folder = run.dir(stage)
+    key = digest(inputs)
+    with run_lock(run):
+        record = run.record(stage)
+        if not force and record and record.get("inputs_digest") == key and run.intact(stage, record):
+            log.info("%s: inputs unchanged, reusing %s (use --force to redo)", stage, folder)
+            return StageResult(stage, folder, True, time.perf_counter() - started, record.get("summary", {}))
+        tmp = temp_dir(run.root, folder.name)
+        try:
+            try:
+                summary = produce(tmp)
+            except SeqshipError as e:
+                if getattr(e, "keep_outputs", False):  # e.g. a failing parity report: evidence, never a stage output
+                    run.failed_dir(stage).parent.mkdir(parents=True, exist_ok=True)
+                    replace_dir(tmp, run.failed_dir(stage))
+                raise
+            outputs = {p.name: file_entry(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+            _fault_pause(stage)
+            # From here the old record no longer describes what is in the folder: remove it first, so a
+            # crash between the two renames leaves "no stage" (re-run), never a record of other files.
+            run.record_path(stage).unlink(missing_ok=True)
+            replace_dir(tmp, folder)
+        finally:
+            if tmp.exists():
+                import shutil
+
+                shutil.rmtree(tmp, ignore_errors=True)
+        seconds = time.perf_counter() - started
+        write_json_atomic(
+            run.record_path(stage),
+            {"stage": stage, "inputs_digest": key, "inputs": inputs, "outputs": outputs, "summary": summary,
+             "seconds": seconds, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seqship": __version__},
+        )
+        return StageResult(stage, folder, False, seconds, summary)
