@@ -20,8 +20,12 @@ no extra library). The parity gate proves the two agree, in every engine it find
 """
 from __future__ import annotations
 
+import types
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 OP_NAMESPACE = "seqship"
 _ONNX_FLOAT = 1
@@ -162,3 +166,37 @@ def _onnx_rnn_layer(x, lengths, weights, hidden_size, cell, bidirectional, with_
 
 
 TRANSLATIONS = {torch.ops.seqship.rnn_layer.default: _onnx_rnn_layer}
+
+
+def _fused_forward(self, x: Tensor, lengths: Tensor, rev: Tensor, valid: Tensor, last: Tensor) -> tuple[Tensor, Tensor]:
+    """A recurrent layer's forward as the custom op, with the weights folded by `fused_recurrence`."""
+    weights = [getattr(self, f"onnx_w{i}") for i in range(3 * (2 if self.bwd is not None else 1))]
+    return rnn_layer(x, lengths, weights, self.hidden_dim, self.cell, self.bwd is not None, self.need_y)
+
+
+def _recurrent_layers(model: nn.Module) -> list[nn.Module]:
+    """The model's recurrent layers (pipeline.model.RecurrentLayer: `cell`, `hidden_dim`, `fwd`, `bwd`)."""
+    return [m for m in model.modules() if all(hasattr(m, a) for a in ("cell", "hidden_dim", "fwd", "bwd", "need_y"))]
+
+
+@contextmanager
+def fused_recurrence(model: nn.Module) -> Iterator[nn.Module]:
+    """Within this block each recurrent layer runs as one custom op with its weights folded into ONNX
+    layout as buffers (constants in the export); the model is restored after. Weights are folded on
+    entry: train more, then enter again."""
+    patched: list[tuple[nn.Module, list[str]]] = []
+    try:
+        for layer in _recurrent_layers(model):
+            params = list(layer.fwd.parameters()) + (list(layer.bwd.parameters()) if layer.bwd is not None else [])
+            names = []
+            for i, w in enumerate(onnx_layout(params, layer.cell, layer.hidden_dim)):
+                layer.register_buffer(f"onnx_w{i}", w, persistent=False)
+                names.append(f"onnx_w{i}")
+            patched.append((layer, names))
+            layer.forward = types.MethodType(_fused_forward, layer)
+        yield model
+    finally:
+        for layer, names in patched:
+            vars(layer).pop("forward", None)
+            for name in names:
+                delattr(layer, name)

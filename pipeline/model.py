@@ -3,22 +3,18 @@
 Length-aware without pack_padded_sequence (which the dynamo ONNX exporter cannot export): the forward
 direction reads its output at position length-1; the backward direction runs on each row reversed
 *within its own length* (an index gather), so padding never enters a real position's state. A padded
-row therefore gives the same logits as the same row run alone. For ONNX export each layer runs as one
-custom op (exporters/recurrent.py) whose weights are folded into ONNX layout once, and whose graph does
-not depend on any engine honouring a recurrent node's `sequence_lens`.
+row therefore gives the same logits as the same row run alone. This file is the nn.Module only: for ONNX
+export, exporters.recurrent.fused_recurrence swaps each layer's forward for one custom op.
 """
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Tuple
+from typing import Tuple
 
 import torch
 from torch import nn
-
-from exporters.recurrent import onnx_layout, rnn_layer
 
 POOLINGS = ("last", "max", "last+max")
 CELLS = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}  # nn.RNN: tanh
@@ -68,7 +64,6 @@ class RecurrentLayer(nn.Module):
         self.cell = cell
         self.hidden_dim = hidden_dim
         self.bidirectional = bidirectional
-        self.fused = False  # True only while exporting to ONNX (see fused_recurrence)
         self.need_y = True  # whether the next layer or the pooling reads y (set by TextClassifier)
         self.fwd = CELLS[cell](input_dim, hidden_dim, batch_first=True)
         self.bwd = CELLS[cell](input_dim, hidden_dim, batch_first=True) if bidirectional else None
@@ -78,8 +73,6 @@ class RecurrentLayer(nn.Module):
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         # x (B, T, I); rev (B, T) reverses each row within its length; valid (B, T, 1); last (B, 1, 1) = length-1
         # returns y (B, T, D*H), zero at padding, and h (B, D*H), each direction's state after the last real token
-        if self.fused and not torch.jit.is_scripting():
-            return self._fused(x, lengths)
         out_f, _ = self.fwd(x)  # (B, T, H)
         h_f = torch.gather(out_f, 1, last.expand(-1, 1, out_f.size(2))).squeeze(1)  # (B, H)
         bwd = self.bwd
@@ -90,21 +83,6 @@ class RecurrentLayer(nn.Module):
         h_b = torch.gather(out_b_rev, 1, last.expand(-1, 1, out_b_rev.size(2))).squeeze(1)  # (B, H)
         out_b = torch.gather(out_b_rev, 1, rev.unsqueeze(2).expand(-1, -1, out_b_rev.size(2)))
         return torch.cat([out_f, out_b], 2) * valid, torch.cat([h_f, h_b], 1)  # (B, T, 2H), (B, 2H)
-
-    @torch.jit.unused
-    def _fused(self, x: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The same layer as a custom op with its own ONNX translation (exporters/recurrent.py)."""
-        weights = [getattr(self, f"onnx_w{i}") for i in range(3 * (2 if self.bidirectional else 1))]
-        return rnn_layer(x, lengths, weights, self.hidden_dim, self.cell, self.bidirectional, self.need_y)
-
-    def fold_weights(self) -> list[str]:
-        """Register this layer's weights in ONNX layout as buffers (constants in the export); returns their names."""
-        params = list(self.fwd.parameters()) + (list(self.bwd.parameters()) if self.bwd is not None else [])
-        names = []
-        for i, w in enumerate(onnx_layout(params, self.cell, self.hidden_dim)):
-            self.register_buffer(f"onnx_w{i}", w, persistent=False)
-            names.append(f"onnx_w{i}")
-        return names
 
 
 class TextClassifier(nn.Module):
@@ -149,21 +127,3 @@ class TextClassifier(nn.Module):
             pooled = torch.where(valid_mask.unsqueeze(2), x, lowest).amax(1)  # (B, D*H)
             h = pooled if self.pooling == "max" else torch.cat([h, pooled], 1)
         return self.head(self.dropout(h))  # (B, C)
-
-
-@contextmanager
-def fused_recurrence(model: TextClassifier) -> Iterator[TextClassifier]:
-    """Within this block each recurrent layer runs as one custom op with folded weights (for ONNX export);
-    restored after. Weights are folded on entry: train more, then enter again."""
-    layers = [m for m in model.modules() if isinstance(m, RecurrentLayer)]
-    folded: list[tuple[RecurrentLayer, list[str]]] = []
-    try:
-        for layer in layers:
-            folded.append((layer, layer.fold_weights()))
-            layer.fused = True
-        yield model
-    finally:
-        for layer, names in folded:
-            layer.fused = False
-            for name in names:
-                delattr(layer, name)

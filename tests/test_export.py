@@ -145,7 +145,7 @@ def test_fused_export_needs_no_sequence_lens_and_matches_eager_in_every_engine(t
     the graph says so, and every ONNX engine's padded rows equal PyTorch and the rows alone."""
     from exporters.parity import make_probes
     from exporters.portability import JS_ENGINES, PYTHON_ENGINES, engine_gate, format_engines
-    from pipeline.model import fused_recurrence
+    from exporters.recurrent import fused_recurrence
     from runtime.session import OnnxModel
 
     torch.manual_seed(0)
@@ -160,7 +160,7 @@ def test_fused_export_needs_no_sequence_lens_and_matches_eager_in_every_engine(t
     path = tmp_path / "m.onnx"
     with fused_recurrence(model):
         export_onnx(model, path, ModelContract(num_labels=4), EXAMPLE)
-    assert not any(layer.fused for layer in model.layers)  # restored after the block
+    assert not any("forward" in vars(layer) or hasattr(layer, "onnx_w0") for layer in model.layers)  # restored
     proto = onnx.load(path)
     nodes = [n for n in proto.graph.node if n.op_type in ("GRU", "LSTM", "RNN")]
     assert [n.op_type for n in nodes] == [cell.upper()] * layers * (2 if bidirectional else 1)
