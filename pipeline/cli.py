@@ -5,34 +5,27 @@ Heavy imports (torch, onnx) happen inside the commands that need them, so `pipel
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import click
 
 from pipeline import __version__
+from pipeline.config import ARTIFACTS_ENV, default_artifacts_dir
 from runtime.errors import SeqshipError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-ARTIFACTS_ENV = "SEQSHIP_ARTIFACTS_DIR"
-
-
-def default_artifacts_dir() -> Path:
-    """SEQSHIP_ARTIFACTS_DIR, else the source checkout's artifacts/ folder, else ./artifacts."""
-    env = os.environ.get(ARTIFACTS_ENV)
-    if env:
-        return Path(env).resolve()
-    checkout = Path(__file__).resolve().parent.parent / "artifacts"
-    if (checkout / "README.md").is_file():
-        return checkout
-    return Path("artifacts").resolve()
+# Modules of the optional extras, and the extra that brings each.
+EXTRAS = {"torch": "train", "onnx": "train", "onnxscript": "train", "matplotlib": "report"}
+log = logging.getLogger("pipeline.cli")
 
 
 def setup_logging(verbosity: int) -> None:
+    """Log records of seqship's packages to stderr: warnings with -q, info by default, debug with -vv."""
     level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if verbosity > 0 else "%(message)s"))
@@ -46,11 +39,71 @@ def setup_logging(verbosity: int) -> None:
 def fail(error: Exception, as_json: bool, **extra) -> click.ClickException:
     """A domain error becomes `Error: ...` and exit 1; with --json, an error object on stdout too."""
     if as_json:
-        click.echo(json.dumps({"ok": False, "error": str(error), "error_type": type(error).__name__, **extra}, ensure_ascii=False))
+        click.echo(json.dumps({"ok": False, "error": str(error), "error_type": type(error).__name__, **extra},
+                              ensure_ascii=False, default=str))
     return click.ClickException(str(error))
 
 
-@click.group(context_settings=CONTEXT)
+def missing_extra(e: ModuleNotFoundError) -> str | None:
+    """For a missing optional dependency: which extra to install, as one line; else None."""
+    top = (e.name or "").split(".")[0]
+    if top not in EXTRAS:
+        return None
+    extra = EXTRAS[top]
+    return (f"this command needs {top}, from seqship's `{extra}` extra, which is not installed here: "
+            f"from a checkout, `pip install torch==2.13.0 && pip install -e '.[{extra}]'` (or `bash install.sh`); "
+            f"from a wheel, `pip install 'seqship-0.1.0-py3-none-any.whl[{extra}]'`")
+
+
+def errors_handled(command):
+    """Every failure of a command becomes one `Error: ...` line and exit 1 (with --json, an error
+    object on stdout too): seqship's own errors, OS errors (full disk, read-only folder, permissions),
+    a missing optional extra, and -- as a last resort -- an unexpected bug, whose traceback -vv shows."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        as_json = bool(kwargs.get("as_json"))
+        try:
+            return command(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except SeqshipError as e:
+            from exporters.errors import ParityError  # no torch needed
+
+            raise fail(e, as_json, **({"parity": e.report} if isinstance(e, ParityError) else {})) from None
+        except ModuleNotFoundError as e:
+            hint = missing_extra(e)
+            if hint is None:
+                raise _internal(e, as_json) from None
+            raise fail(SeqshipError(hint), as_json) from None
+        except MemoryError:
+            raise fail(SeqshipError("out of memory: score or train in smaller parts (see the README's bounds)"), as_json) from None
+        except OSError as e:
+            from runtime.fsio import describe_os_error
+
+            raise fail(SeqshipError(describe_os_error(e.filename or "a file", e, "use")), as_json) from None
+        except Exception as e:  # noqa: BLE001 - a bug: one line, and the traceback with -vv
+            raise _internal(e, as_json) from None
+    return wrapper
+
+
+def _internal(e: BaseException, as_json: bool) -> click.ClickException:
+    log.debug("unexpected error", exc_info=e)
+    return fail(SeqshipError(f"unexpected {type(e).__name__}: {str(e)[:300]} (a bug in seqship: please report it "
+                             "with the output of the same command run with -vv)"), as_json)
+
+
+class Commands(click.Group):
+    """A command group that points at `pipeline run X` when `pipeline X` is a stage."""
+
+    def resolve_command(self, ctx, args):
+        """As click's, with a hint for a stage name given without `run`."""
+        name = args[0] if args else None
+        if name and self.get_command(ctx, name) is None and name in getattr(self.commands.get("run"), "commands", {}):
+            raise click.UsageError(f"no command {name!r}: the stages are under `run`; try `pipeline run {name}`", ctx)
+        return super().resolve_command(ctx, args)
+
+
+@click.group(cls=Commands, context_settings=CONTEXT)
 @click.version_option(__version__, "--version", prog_name="seqship")
 @click.option("-v", "--verbose", count=True, help="More log detail (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
@@ -98,7 +151,7 @@ def train_options(f):
     opts = [
         click.option("--epochs", type=click.IntRange(1), default=None, help="Most epochs (early stopping may end sooner) [default: 30]."),
         click.option("--batch-size", type=click.IntRange(1), default=None, help="[default: 64]"),
-        click.option("--lr", type=float, default=None, help="AdamW learning rate [default: 3e-3]."),
+        click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help="AdamW learning rate [default: 3e-3]."),
         click.option("--patience", type=click.IntRange(1), default=None, help="Epochs without better val macro-F1 before stopping [default: 5]."),
         click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default=None, help="[default: cpu]"),
         click.option("--cell", type=click.Choice(["gru", "lstm", "rnn"]), default=None, help="Recurrent cell (rnn = tanh RNN) [default: gru]."),
@@ -131,34 +184,21 @@ def verify_options(f):
 
 
 def _run(opts: dict):
-    from pipeline.stages import Run
+    from pipeline.config import open_run
 
-    name = opts.get("run_name") or (Path(opts["data_path"]).stem if opts.get("data_path") else opts.get("dataset") or "names")
-    return Run(opts.get("artifacts_dir") or default_artifacts_dir(), name)
+    return open_run(opts.get("artifacts_dir"), opts.get("run_name"), opts.get("data_path"), opts.get("dataset"))
 
 
 def _data_cfg(opts: dict):
-    from pipeline.data import DataConfig
+    from pipeline.config import data_config
 
-    return DataConfig(
-        dataset=None if opts["data_path"] else opts["dataset"],
-        data=str(Path(opts["data_path"]).resolve()) if opts["data_path"] else None,
-        text_column=opts["text_column"], label_column=opts["label_column"], seed=opts["seed"],
-    )
+    return data_config(opts["dataset"], opts["data_path"], opts["text_column"], opts["label_column"], opts["seed"])
 
 
 def _train_cfg(opts: dict, run=None):
-    """TrainConfig defaults, then the dataset's defaults, then the options given on the command line."""
-    from pipeline.data import REGISTRY
-    from pipeline.train import TrainConfig
+    from pipeline.config import train_config
 
-    dataset = None if opts.get("data_path") else opts.get("dataset")
-    if run is not None:  # `run train` alone has no --dataset: use the dataset of the run's data stage
-        record = run.record("data")
-        dataset = record["inputs"]["config"].get("dataset") if record else dataset
-    values = dict(REGISTRY[dataset].train_defaults) if dataset in REGISTRY else {}
-    values |= {f.name: opts[f.name] for f in fields(TrainConfig) if opts.get(f.name) is not None}
-    return TrainConfig(**values)
+    return train_config(opts, None if opts.get("data_path") else opts.get("dataset"), run)
 
 
 def _verify_cfg(opts: dict):
@@ -226,17 +266,6 @@ def _report(results, run, as_json: bool, report: Path | None = None) -> None:
         click.echo(f"report: {report}")
 
 
-def _guarded(as_json: bool, work):
-    from exporters.errors import ParityError
-
-    try:
-        return work()
-    except ParityError as e:
-        raise fail(e, as_json, parity=e.report) from None
-    except SeqshipError as e:
-        raise fail(e, as_json) from None
-
-
 # --- pipeline run ... ---------------------------------------------------------------------------------
 
 
@@ -248,6 +277,9 @@ def run() -> None:
     pin_blas_for_reproducibility()  # before torch is imported: one seed, one model
 
 
+THREADS_OPTION = click.option(
+    "--threads", type=click.IntRange(1), default=None,
+    help="Training threads [default: 1, which degrades least when other programs share the cores; see the README].")
 CV_OPTION = click.option("--cv", "cv_folds", type=click.IntRange(2), default=None,
                          help="Also cross-validate: K folds over all the data, each fold the test set once (e.g. --cv 10 for mr).")
 
@@ -258,6 +290,8 @@ CV_OPTION = click.option("--cv", "cv_folds", type=click.IntRange(2), default=Non
 @train_options
 @verify_options
 @CV_OPTION
+@THREADS_OPTION
+@errors_handled
 def run_all_cmd(**opts) -> None:
     """Every stage: data -> train -> export -> verify -> package (-> cv with --cv K), then report.html.
 
@@ -275,9 +309,9 @@ def run_all_cmd(**opts) -> None:
 
     def work():
         return run_all(r, _data_cfg(opts), _train_cfg(opts), _verify_cfg(opts), opts["data_dir"], opts["force"],
-                       progress=None if opts["as_json"] else TrainProgress(), cv_folds=opts["cv_folds"] or 0)
+                       progress=None if opts["as_json"] else TrainProgress(), cv_folds=opts["cv_folds"] or 0, threads=opts["threads"])
 
-    results = _guarded(opts["as_json"], work)
+    results = work()
     _report(results, r, opts["as_json"], report=_write_report(r, opts["as_json"]))
 
 
@@ -286,7 +320,7 @@ def _write_report(r, as_json: bool, strict: bool = False) -> Path | None:
     from pipeline.report import write_report
 
     if strict:
-        return _guarded(as_json, lambda: write_report(r))
+        return write_report(r)
     try:
         return write_report(r)
     except Exception as e:  # noqa: BLE001 - reported, never hides the stages' own result
@@ -299,19 +333,22 @@ def _write_report(r, as_json: bool, strict: bool = False) -> Path | None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Training seed.")
 @train_options
 @click.option("--folds", type=click.IntRange(2), default=10, show_default=True, help="Number of folds.")
+@THREADS_OPTION
+@errors_handled
 def run_cv_cmd(**opts) -> None:
     """K-fold cross-validation over the data stage's rows, with these training options; updates report.html."""
     from pipeline.stages import stage_cv
 
     opts.setdefault("dataset", "names")
     r = _run(opts)
-    result = _guarded(opts["as_json"], lambda: stage_cv(r, _train_cfg(opts, r), opts["folds"], opts["force"]))
+    result = stage_cv(r, _train_cfg(opts, r), opts["folds"], opts["force"], threads=opts["threads"])
     report = _write_report(r, opts["as_json"]) if r.record("train") else None
     _report([result], r, opts["as_json"], report=report)
 
 
 @run.command("report", context_settings=CONTEXT)
 @common_options
+@errors_handled
 def run_report_cmd(**opts) -> None:
     """Write report.html for a run from the stages it has (data and train at least)."""
     r = _run(opts)
@@ -323,18 +360,21 @@ def run_report_cmd(**opts) -> None:
 @run.command("data", context_settings=CONTEXT)
 @common_options
 @data_options
+@errors_handled
 def run_data_cmd(**opts) -> None:
     """Load, clean, de-duplicate and split the data (grouped by text, stratified by label)."""
     from pipeline.stages import stage_data
 
     r = _run(opts)
-    _report([_guarded(opts["as_json"], lambda: stage_data(r, _data_cfg(opts), opts["data_dir"], force=opts["force"]))], r, opts["as_json"])
+    _report([stage_data(r, _data_cfg(opts), opts["data_dir"], force=opts["force"])], r, opts["as_json"])
 
 
 @run.command("train", context_settings=CONTEXT)
 @common_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Training seed.")
 @train_options
+@THREADS_OPTION
+@errors_handled
 def run_train_cmd(**opts) -> None:
     """Train on the data stage's splits; keep the checkpoint with the best validation macro-F1."""
     from pipeline.stages import stage_train
@@ -342,39 +382,42 @@ def run_train_cmd(**opts) -> None:
     opts.setdefault("dataset", "names")
     r = _run(opts)
     progress = None if opts["as_json"] else TrainProgress()
-    _report([_guarded(opts["as_json"], lambda: stage_train(r, _train_cfg(opts, r), opts["force"], progress))], r, opts["as_json"])
+    _report([stage_train(r, _train_cfg(opts, r), opts["force"], progress, threads=opts["threads"])], r, opts["as_json"])
 
 
 @run.command("export", context_settings=CONTEXT)
 @common_options
+@errors_handled
 def run_export_cmd(**opts) -> None:
     """Export the trained model to model.pt (TorchScript) and model.onnx, and check the contract."""
     from pipeline.stages import stage_export
 
     r = _run(opts)
-    _report([_guarded(opts["as_json"], lambda: stage_export(r, opts["force"]))], r, opts["as_json"])
+    _report([stage_export(r, opts["force"])], r, opts["as_json"])
 
 
 @run.command("verify", context_settings=CONTEXT)
 @common_options
 @verify_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random probe inputs.")
+@errors_handled
 def run_verify_cmd(**opts) -> None:
     """The parity gate: exports vs eager PyTorch on probes and on the whole test set. Exit 1 on any mismatch."""
     from pipeline.stages import stage_verify
 
     r = _run(opts)
-    _report([_guarded(opts["as_json"], lambda: stage_verify(r, _verify_cfg(opts), opts["force"]))], r, opts["as_json"])
+    _report([stage_verify(r, _verify_cfg(opts), opts["force"])], r, opts["as_json"])
 
 
 @run.command("package", context_settings=CONTEXT)
 @common_options
+@errors_handled
 def run_package_cmd(**opts) -> None:
     """Write the bundle (manifest with sha256 of every file, model files, tokenizer, model card)."""
     from pipeline.stages import stage_package
 
     r = _run(opts)
-    _report([_guarded(opts["as_json"], lambda: stage_package(r, opts["force"]))], r, opts["as_json"])
+    _report([stage_package(r, opts["force"])], r, opts["as_json"])
 
 
 # --- using a bundle -------------------------------------------------------------------------------------
@@ -396,50 +439,59 @@ def _providers(value: str):
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="CPU: batches scored at once, each on a single-threaded session [default: all cores]; CUDA: intra-op threads.")
 @click.option("--input", "input_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Score this file (one text per line, or .jsonl with a 'text' key) instead of TEXT arguments.")
+              help="Score this file instead of TEXT arguments (see --format).")
 @click.option("--output", "output_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="With --input: write JSON lines here, atomically (default: stdout).")
-@click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "lines"]), default="auto", show_default=True,
-              help="--input format; auto = jsonl for .jsonl/.ndjson files, else one text per line.")
+              help="With --input: write JSON lines here, atomically; a FIFO or /dev/stdout is streamed into [default: stdout].")
+@click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "lines", "csv", "tsv"]), default="auto", show_default=True,
+              help="--input format; auto: jsonl for .jsonl/.ndjson, csv for .csv, tsv for .tsv, else one text per line.")
+@click.option("--text-column", default="text", show_default=True, help="--input CSV/TSV column or JSONL key holding the text.")
+@click.option("--id-column", default="id", show_default=True,
+              help="--input CSV/TSV column or JSONL key copied into each output line as 'id', when present.")
 @click.option("--expect-sha256", "expect_sha256", default=None, envvar="SEQSHIP_EXPECT_SHA256",
               help="Refuse the bundle unless its digest (sha256 of manifest.json, as `pipeline inspect` prints) is this [env SEQSHIP_EXPECT_SHA256].")
 @click.option("--unicode-mismatch", type=click.Choice(["refuse", "warn"]), default="refuse", show_default=True,
               help="When this Python's Unicode version differs from the tokenizer's: refuse texts whose ids could differ, or warn and score all.")
 @click.argument("texts", nargs=-1)
-def predict(bundle_dir, top_k, providers, threads, input_path, output_path, fmt, expect_sha256, unicode_mismatch, texts) -> None:
+@errors_handled
+def predict(bundle_dir, top_k, providers, threads, input_path, output_path, fmt, text_column, id_column, expect_sha256,
+            unicode_mismatch, texts) -> None:
     """Label texts with a bundle; prints one JSON object per text. Needs no torch.
 
     Texts come from the arguments, from --input FILE (streamed in bounded memory, with a progress bar
-    when --output is given), or one per line from stdin. Each output line carries the input's index;
-    a text that cannot be scored (empty after normalisation) gets {"index", "error"} and the exit code is 1.
+    when --output is given), or one per line from stdin. Each output line carries the input's index
+    (and its id, from --id-column); a text that cannot be scored (empty after normalisation, unreadable)
+    gets {"index", "error"} and the exit code is 1. The provider that really runs is logged on stderr.
 
     \b
     Examples:
       pipeline predict --bundle artifacts/names/bundle Nguyen Schmidt --top-k 3
       pipeline predict --bundle artifacts/names/bundle --input names.txt --output labels.jsonl
+      pipeline predict --bundle artifacts/mr/bundle --input reviews.csv --text-column review --id-column review_id
       cut -f1 names.tsv | pipeline predict --bundle artifacts/names/bundle
     """
     from runtime import InputError, ModelOutputError, Predictor
 
-    _check_pin_env(expect_sha256)
+    _check_pin_env(expect_sha256)  # usage errors first, before any file is read
     if output_path is not None and input_path is None:
         raise click.UsageError("--output needs --input")
     if input_path is not None and texts:
         raise click.UsageError("give TEXT arguments or --input, not both")
-    try:
-        predictor = Predictor.load(bundle_dir, providers=_providers(providers), intra_op_num_threads=threads,
-                                   expected_sha256=expect_sha256, unicode_mismatch=unicode_mismatch)
-    except SeqshipError as e:
-        raise click.ClickException(str(e)) from None
+    if input_path is not None and not input_path.is_file():
+        raise click.BadParameter(f"{input_path}: no such file", param_hint="--input")
+    predictor = Predictor.load(_bundle_dir(bundle_dir), providers=_providers(providers), intra_op_num_threads=threads,
+                               expected_sha256=expect_sha256, unicode_mismatch=unicode_mismatch)
+    if top_k > len(predictor.labels):
+        raise SeqshipError(f"--top-k {top_k}: the bundle has only {len(predictor.labels)} labels; pass --top-k {len(predictor.labels)} or less")
+    log.info("scoring with %s", predictor.provider)
     if input_path is not None:
-        stats = _predict_file(predictor, input_path, output_path, fmt, top_k)
+        stats = _predict_file(predictor, input_path, output_path, fmt, top_k, text_column, id_column)
         if stats.errors:
             raise click.ClickException(f"{stats.errors} of {stats.texts} texts could not be scored (see their 'error' lines)")
         return
     if not texts:
-        texts = tuple(line.rstrip("\r") for line in sys.stdin.read().split("\n"))
-        if texts and texts[-1] == "":
-            texts = texts[:-1]
+        texts = [line.rstrip("\r") for line in sys.stdin.read().split("\n")]
+        while texts and texts[-1].strip() == "":  # a file's final newline (and blank lines after it) is not a text
+            texts.pop()
     from runtime.bulk import json_line
 
     errors = 0
@@ -454,39 +506,59 @@ def predict(bundle_dir, top_k, providers, threads, input_path, output_path, fmt,
         raise click.ClickException(f"{errors} of {len(texts)} texts could not be scored")
 
 
+def _bundle_dir(path: Path) -> Path:
+    """The bundle folder; a run folder or an artifacts folder is answered with where its bundle is."""
+    if not (path / "manifest.json").exists():
+        for guess in (path / "bundle", *sorted(path.glob("*/bundle"))[:3]):
+            if (guess / "manifest.json").is_file():
+                raise SeqshipError(f"{path} is not a bundle (no manifest.json); did you mean --bundle {guess}?")
+    return path
+
+
+MAX_TEXTS_FILE = 256 * 1024 * 1024
+
+
+def _read_texts(path: Path) -> list[str]:
+    """Non-blank lines of a UTF-8 file, or a SeqshipError naming the file and the fix."""
+    try:
+        if path.stat().st_size > MAX_TEXTS_FILE:
+            raise SeqshipError(f"{path}: over {MAX_TEXTS_FILE >> 20} MiB; pass a sample of texts")
+        return [t for t in path.read_text(encoding="utf-8").split("\n") if t.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise SeqshipError(f"{path}: cannot be read as UTF-8 text ({str(e)[:120]}); pass one text per line") from None
+
+
 def _check_pin_env(given) -> None:
     """An empty SEQSHIP_EXPECT_SHA256 reads as unset to click: refuse it rather than silently not pinning."""
     if given is None and os.environ.get("SEQSHIP_EXPECT_SHA256", None) == "":
         raise click.UsageError("SEQSHIP_EXPECT_SHA256 is set but empty: unset it, or set it to the bundle digest you trust")
 
 
-def _predict_file(predictor, input_path: Path, output_path: Path | None, fmt: str, top_k: int):
+def _predict_file(predictor, input_path: Path, output_path: Path | None, fmt: str, top_k: int, text_column: str, id_column: str):
     from runtime.bulk import score_file
 
-    try:
-        if output_path is None:  # stream to stdout through a temporary file: output stays in input order
-            import tempfile
+    kw = {"fmt": fmt, "top_k": top_k, "text_column": text_column, "id_column": id_column}
+    if output_path is None:  # stream to stdout through a temporary file: output stays in input order
+        import tempfile
 
-            with tempfile.TemporaryDirectory() as tmp:
-                out = Path(tmp) / "out.jsonl"
-                stats = score_file(predictor, input_path, out, fmt=fmt, top_k=top_k)
-                with open(out, encoding="utf-8") as f:
-                    for line in f:
-                        click.echo(line, nl=False)
-            return stats
-        size = max(1, input_path.stat().st_size)
-        with click.progressbar(length=size, label=f"scoring {input_path.name}", file=sys.stderr) as bar:
-            done = [0]
-
-            def progress(pos: int, n: int) -> None:
-                bar.update(pos - done[0])
-                done[0] = pos
-
-            stats = score_file(predictor, input_path, output_path, fmt=fmt, top_k=top_k, on_progress=progress)
-        click.echo(f"{stats.scored} scored, {stats.errors} errors -> {output_path} ({predictor.provider})", err=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "out.jsonl"
+            stats = score_file(predictor, input_path, out, **kw)
+            with open(out, encoding="utf-8") as f:
+                for line in f:
+                    click.echo(line, nl=False)
         return stats
-    except SeqshipError as e:
-        raise click.ClickException(str(e)) from None
+    size = max(1, input_path.stat().st_size)
+    with click.progressbar(length=size, label=f"scoring {input_path.name}", file=sys.stderr) as bar:
+        done = [0]
+
+        def progress(pos: int, n: int) -> None:
+            bar.update(pos - done[0])
+            done[0] = pos
+
+        stats = score_file(predictor, input_path, output_path, on_progress=progress, **kw)
+    click.echo(f"{stats.scored} scored, {stats.errors} errors -> {output_path} ({predictor.provider})", err=True)
+    return stats
 
 
 @cli.command(context_settings=CONTEXT)
@@ -498,6 +570,7 @@ def _predict_file(predictor, input_path: Path, output_path: Path | None, fmt: st
               help="Refuse the bundle unless its digest (sha256 of manifest.json) is this [env SEQSHIP_EXPECT_SHA256].")
 @verify_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random probe inputs.")
+@errors_handled
 def verify(bundle_dir: Path, texts_path: Path | None, as_json: bool, expect_sha256: str | None, **opts) -> None:
     """Re-check a shipped bundle: its model.onnx against its own model.pt, and every file's sha256.
 
@@ -516,15 +589,10 @@ def verify(bundle_dir: Path, texts_path: Path | None, as_json: bool, expect_sha2
 
     _check_pin_env(expect_sha256)
     def work():
-        texts = None
-        if texts_path is not None:
-            try:
-                texts = [t for t in texts_path.read_text(encoding="utf-8").split("\n") if t.strip()]
-            except (OSError, UnicodeDecodeError) as e:
-                raise SeqshipError(f"{texts_path}: cannot be read as UTF-8 text ({str(e)[:120]}); pass one text per line") from None
-        return verify_bundle(bundle_dir, _verify_cfg(opts), texts, expected_sha256=expect_sha256)
+        texts = _read_texts(texts_path) if texts_path is not None else None
+        return verify_bundle(_bundle_dir(bundle_dir), _verify_cfg(opts), texts, expected_sha256=expect_sha256)
 
-    report = _guarded(as_json, work)
+    report = work()
     if as_json:
         click.echo(json.dumps({"ok": report["passed"], "parity": report}, indent=1, ensure_ascii=False))
     else:
@@ -544,6 +612,7 @@ def verify(bundle_dir: Path, texts_path: Path | None, as_json: bool, expect_sha2
 @click.option("--bulk-texts", type=click.IntRange(1), default=10_000, show_default=True, help="Texts per bulk repeat.")
 @click.option("--cold-repeats", type=click.IntRange(1), default=3, show_default=True, help="Fresh processes per cold-start figure.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@errors_handled
 def bench(bundle_dir, texts_path, threads, repeats, latency_texts, bulk_texts, cold_repeats, as_json) -> None:
     """Measure the bundle's predictor against eager PyTorch, TorchScript and plain onnxruntime.
 
@@ -560,29 +629,39 @@ def bench(bundle_dir, texts_path, threads, repeats, latency_texts, bulk_texts, c
 
     def work():
         if texts_path is not None:
-            texts = [t for t in texts_path.read_text(encoding="utf-8").split("\n") if t.strip()]
+            texts = _read_texts(texts_path)
         else:
             test = Path(bundle_dir).resolve().parent / "data" / "test.jsonl"
             if not test.is_file():
                 raise SeqshipError(f"{test}: not found; pass --texts FILE (one text per line)")
-            texts = [json.loads(line)["text"] for line in test.read_text(encoding="utf-8").splitlines() if line]
+            from pipeline.data import read_split
+
+            texts = [t for t, _ in read_split(test.parent, "test")]
+        if not texts:
+            raise SeqshipError(f"{texts_path or test}: no texts to time; pass --texts FILE with one text per line")
         cfg = BenchConfig(threads=threads, repeats=repeats, latency_texts=latency_texts, bulk_texts=bulk_texts, cold_repeats=cold_repeats)
         return run_bench(Path(bundle_dir), texts, cfg, progress=lambda msg: None if as_json else click.echo(msg + " ...", err=True))
 
-    result = _guarded(as_json, work)
+    result = work()
     click.echo(json.dumps(result, indent=1) if as_json else format_report(result))
 
 
 @cli.command(context_settings=CONTEXT)
 @click.option("--bundle", "bundle_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Bundle folder.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (anything but loopback is warned about).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port (0: any free port).")
-def demo(bundle_dir: Path, host: str, port: int) -> None:
+@click.option("--ort-web", "ort_web", type=click.Path(file_okay=False, path_type=Path), default=None, envvar="SEQSHIP_ORT_WEB",
+              help="onnxruntime-web: the npm --prefix it was installed into, its package folder or its dist/ "
+                   "[env SEQSHIP_ORT_WEB; default: the checkout's runtime/js/node_modules, else ~/.cache/seqship/ort-web].")
+@errors_handled
+def demo(bundle_dir: Path, host: str, port: int, ort_web: Path | None) -> None:
     """Serve a page that runs the bundle in your browser (onnxruntime-web, WebAssembly).
 
     Type a text and see the top-3 labels as bars, updated as you type. The server only serves static
-    files: the page, the JavaScript predictor and the bundle. Needs `npm ci --prefix runtime/js
-    --ignore-scripts` once, from the checkout.
+    files: the page, the JavaScript predictor, onnxruntime-web and the files the bundle's manifest lists,
+    and only to requests addressed to 127.0.0.1, localhost or [::1] (or the --host given). It needs
+    onnxruntime-web: in a checkout, `npm ci --prefix runtime/js --ignore-scripts` once; from an installed
+    seqship, `npm install --prefix ~/.cache/seqship/ort-web onnxruntime-web@VERSION` (the error says which).
 
     \b
     Example:
@@ -591,10 +670,13 @@ def demo(bundle_dir: Path, host: str, port: int) -> None:
     from pipeline.demo import make_server
 
     try:
-        server = make_server(bundle_dir, host, port)
+        server = make_server(bundle_dir, host, port, ort_web=ort_web)
     except (SeqshipError, OSError) as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"serving {bundle_dir} at http://{host}:{server.server_address[1]}/ (Ctrl-C to stop)")
+    if not server.loopback_only:
+        click.echo(f"warning: listening on {host}, not a loopback address: anyone who can reach this machine "
+                   f"on port {server.port} can fetch the page and the bundle", err=True)
+    click.echo(f"serving {bundle_dir} at {server.url} (Ctrl-C to stop)")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -606,40 +688,55 @@ def demo(bundle_dir: Path, host: str, port: int) -> None:
 @cli.command(context_settings=CONTEXT)
 @click.argument("bundle_dir", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
+@errors_handled
 def inspect(bundle_dir: Path, as_json: bool) -> None:
-    """Check a bundle (every file against its manifest) and describe it."""
+    """Check a bundle (every file against its manifest, and Predictor.load's checks) and describe it."""
     from runtime import Predictor
 
-    try:  # "verified" means what an application's load checks, not only the hashes
-        b = Predictor.load(bundle_dir, providers="cpu", unicode_mismatch="warn").bundle
-    except SeqshipError as e:
-        raise fail(e, as_json) from None
-    m = b.manifest
+    # "verified" means what an application's load checks, not only the hashes
+    b = Predictor.load(_bundle_dir(bundle_dir), providers="cpu", unicode_mismatch="warn").bundle
     if as_json:
-        click.echo(json.dumps({"ok": True, "bundle": str(b.root), "digest": b.digest, "manifest": m}, indent=1))
+        click.echo(json.dumps({"ok": True, "bundle": str(b.root), "digest": b.digest, "manifest": b.manifest}, indent=1,
+                              ensure_ascii=False, default=str))
         return
-    try:
-        _describe(b)
-    except (TypeError, ValueError, AttributeError, KeyError) as e:  # free-form manifest fields the runtime never reads
-        click.echo(f"(the manifest's descriptive fields are malformed: {type(e).__name__}: {str(e)[:120]})")
+    for line in describe_bundle(b):
+        click.echo(line)
 
 
-def _describe(b) -> None:
+def _field(obj, *keys, default="?"):
+    """obj[k1][k2]... when every step is a dict holding the key, else default (manifests are free-form beyond
+    what the runtime checks)."""
+    for k in keys:
+        if not isinstance(obj, dict) or k not in obj:
+            return default
+        obj = obj[k]
+    return obj
+
+
+def _num(x, fmt: str = ".4f") -> str:
+    return format(x, fmt) if isinstance(x, (int, float)) and not isinstance(x, bool) else "?"
+
+
+def describe_bundle(b) -> list[str]:
+    """The lines `pipeline inspect` prints; any manifest Predictor.load accepts can be described."""
     m = b.manifest
-    click.echo(f"{b.root}: {m['format']} v{m['format_version']}, {len(m['labels'])} labels, verified as Predictor.load does")
-    click.echo(f"digest (sha256 of manifest.json; pin it with --expect-sha256): {b.digest}")
-    engines = (m.get("parity") or {}).get("engines") or {}
-    if engines:
-        click.echo("verified on: " + ", ".join(f"{n} {e.get('version')}" + ("" if e.get("passed") else " (FAILED)") for n, e in engines.items()))
-    met = m.get("metrics", {})
-    if met:
-        click.echo(f"test accuracy {met.get('test_accuracy', float('nan')):.4f}, macro-F1 {met.get('test_macro_f1', float('nan')):.4f}")
+    lines = [f"{b.root}: {_field(m, 'format')} v{_field(m, 'format_version')}, {len(b.labels)} labels, verified as Predictor.load does",
+             f"digest (sha256 of manifest.json; pin it with --expect-sha256): {b.digest}"]
+    engines = _field(m, "parity", "engines", default={})
+    if isinstance(engines, dict) and engines:
+        lines.append("verified on: " + ", ".join(
+            f"{n} {_field(e, 'version')}" + ("" if _field(e, "passed", default=False) is True else " (FAILED)") for n, e in engines.items()))
+    met = _field(m, "metrics", default={})
+    if isinstance(met, dict) and met:
+        lines.append(f"test accuracy {_num(met.get('test_accuracy'))}, macro-F1 {_num(met.get('test_macro_f1'))}")
     for name, entry in m["files"].items():
-        click.echo(f"  {name:<16} {entry['bytes']:>10} bytes  sha256 {entry['sha256'][:16]}…")
+        lines.append(f"  {name:<16} {_field(entry, 'bytes')!s:>10} bytes  sha256 {str(_field(entry, 'sha256'))[:16]}…")
+    return lines
 
 
 @cli.command(context_settings=CONTEXT)
 @click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON.")
+@errors_handled
 def datasets(as_json: bool) -> None:
     """List the datasets `--dataset` accepts and where each is looked for."""
     from dataclasses import asdict
@@ -666,6 +763,7 @@ def datasets(as_json: bool) -> None:
               help="Where runs are written [env SEQSHIP_ARTIFACTS_DIR; default: the checkout's artifacts/].")
 @click.option("--force", is_flag=True, help="With --run: redo stages even when their inputs are unchanged.")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@errors_handled
 def results(do_run: bool, names: str, data_dir, artifacts_dir, force: bool, as_json: bool) -> None:
     """The README's results table: accuracy, macro-F1, train time, parity and bundle size per dataset.
 
@@ -689,7 +787,7 @@ def results(do_run: bool, names: str, data_dir, artifacts_dir, force: bool, as_j
         if not as_json:
             click.echo(f"{row['dataset']}: accuracy {row['accuracy']:.4f}", err=True)
 
-    rows = _guarded(as_json, lambda: collect_results(artifacts_dir or default_artifacts_dir(), datasets_, data_dir, do_run, force, progress))
+    rows = collect_results(artifacts_dir or default_artifacts_dir(), datasets_, data_dir, do_run, force, progress)
     missing = [n for n in datasets_ if n not in {r["dataset"] for r in rows}]
     if as_json:
         click.echo(json.dumps({"rows": rows, "missing": missing}, indent=1))

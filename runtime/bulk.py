@@ -1,26 +1,39 @@
-"""Bulk scoring of a file: streamed in chunks (memory does not grow with the input), written atomically."""
+"""Bulk scoring of a file: streamed in chunks (memory does not grow with the input), written atomically.
+
+Input formats: `lines` (one text per line), `jsonl` (a JSON string, or an object with the text under
+`text_column` and optionally an id under `id_column`), `csv` / `tsv` (a header row naming the columns).
+Every input row gets exactly one output line, in input order, with its `index` (0-based row number),
+its `id` when the input has one, and either the prediction or an `error`. A row that cannot be read
+(not UTF-8, not JSON, JSON nested too deeply, a number too large, no text, longer than
+`max_line_bytes`) gets an error line; it never stops the run. Memory is bounded by `chunk_size` rows of
+at most `max_line_bytes` each, whatever the file's size or its longest line.
+"""
 from __future__ import annotations
 
+import codecs
+import csv
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import IO, Callable, Iterator
 
 from runtime.errors import InputError, ModelOutputError, SeqshipError
+from runtime.fsio import atomic_write
 from runtime.predictor import Predictor
 
-FORMATS = ("auto", "jsonl", "lines")
+FORMATS = ("auto", "jsonl", "lines", "csv", "tsv")
+MAX_LINE_BYTES = 64 * 1024 * 1024  # one input row, at most; a longer one gets an error line
+_SKIP_BLOCK = 1 << 20
 
 
 @dataclass
 class BulkStats:
     """What a bulk run did."""
 
-    texts: int = 0  # lines read (blank lines included: each input line gets one output line)
+    texts: int = 0  # rows read (blank lines included: each input row gets one output line)
     scored: int = 0
-    errors: int = 0  # lines answered with {"error": ...}
+    errors: int = 0  # rows answered with {"error": ...}
 
 
 def json_line(obj: dict) -> str:
@@ -34,17 +47,57 @@ def json_line(obj: dict) -> str:
     return line + "\n"
 
 
-def _records(path: Path, fmt: str) -> Iterator[tuple[int, dict]]:
-    """(bytes read so far, record) per input line; a record has 'text' and, for JSONL, maybe 'id'."""
-    if fmt == "auto":
-        fmt = "jsonl" if path.suffix.lower() in (".jsonl", ".ndjson") else "lines"
+def resolve_format(path: Path, fmt: str) -> str:
+    """`auto` becomes jsonl for .jsonl/.ndjson, csv for .csv, tsv for .tsv, else lines."""
+    if fmt not in FORMATS:
+        raise InputError(f"format must be one of {FORMATS}, got {fmt!r}")
+    if fmt != "auto":
+        return fmt
+    return {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv"}.get(path.suffix.lower(), "lines")
+
+
+def _raw_lines(f: IO[bytes], max_bytes: int) -> Iterator[tuple[int, bytes | None]]:
+    """(bytes read so far, line without its newline) per line, or None for a line over max_bytes,
+    whose rest is skipped without being held in memory."""
+    while True:
+        raw = f.readline(max_bytes + 1)
+        if not raw:
+            return
+        if len(raw) > max_bytes and not raw.endswith(b"\n"):
+            while True:  # skip to the end of this line, a block at a time
+                block = f.readline(_SKIP_BLOCK)
+                if not block or block.endswith(b"\n"):
+                    break
+            yield f.tell(), None
+            continue
+        yield f.tell(), raw.rstrip(b"\n").rstrip(b"\r")
+
+
+def _text_of(obj, n: int, text_column: str, id_column: str | None) -> dict:
+    """A JSONL record: the text (and id) it carries, or an error naming the line."""
+    if isinstance(obj, str):
+        return {"text": obj}
+    if not isinstance(obj, dict) or text_column not in obj:
+        return {"error": f"line {n}: expected a JSON string or an object with a {text_column!r} key"}
+    rec = {}
+    if id_column in obj:
+        rec["id"] = obj[id_column]
+    text = obj[text_column]
+    if not isinstance(text, str):
+        return rec | {"error": f"line {n}: {text_column!r} is {'null' if text is None else 'a JSON ' + type(text).__name__}, not a string"}
+    return rec | {"text": text}
+
+
+def _line_records(path: Path, fmt: str, text_column: str, id_column: str | None, max_bytes: int) -> Iterator[tuple[int, dict]]:
     with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            pos = f.tell()
+        for n, (pos, raw) in enumerate(_raw_lines(f, max_bytes), 1):
+            if raw is None:
+                yield pos, {"error": f"line {n}: longer than {max_bytes:,} bytes; split it or shorten it"}
+                continue
             try:
-                line = raw.decode("utf-8-sig" if n == 1 else "utf-8").rstrip("\n").rstrip("\r")
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
             except UnicodeDecodeError as e:
-                yield pos, {"error": f"line {n}: not UTF-8 ({e.reason})"}
+                yield pos, {"error": f"line {n}: not UTF-8 ({e.reason} at byte {e.start}); re-encode the file as UTF-8"}
                 continue
             if fmt == "lines":
                 yield pos, {"text": line}
@@ -52,14 +105,75 @@ def _records(path: Path, fmt: str) -> Iterator[tuple[int, dict]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                yield pos, {"error": f"line {n}: not JSON ({e.msg})"}
+                yield pos, {"error": f"line {n}: not JSON ({e.msg} at column {e.colno})"}
                 continue
-            if isinstance(obj, str):
-                yield pos, {"text": obj}
-            elif isinstance(obj, dict) and "text" in obj:
-                yield pos, {"text": obj["text"], **({"id": obj["id"]} if "id" in obj else {})}
+            except RecursionError:
+                yield pos, {"error": f"line {n}: JSON nested too deeply to read"}
+                continue
+            except ValueError as e:  # e.g. an integer of more digits than Python converts
+                yield pos, {"error": f"line {n}: JSON value out of range ({str(e)[:80]})"}
+                continue
+            yield pos, _text_of(obj, n, text_column, id_column)
+
+
+class _CountingReader:
+    """A text stream over a binary file that knows how many bytes it has consumed."""
+
+    def __init__(self, f: IO[bytes]):
+        self.f = f
+        self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        raw = self.f.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            raise StopIteration
+        return self.decoder.decode(raw)
+
+
+def _table_records(path: Path, fmt: str, text_column: str, id_column: str | None, max_bytes: int) -> Iterator[tuple[int, dict]]:
+    csv.field_size_limit(max(csv.field_size_limit(), max_bytes))
+    with open(path, "rb") as f:
+        reader = csv.reader(_CountingReader(f), delimiter="," if fmt == "csv" else "\t")
+        try:
+            header = next(reader, None)
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise InputError(f"{path}: the header row cannot be read as {fmt.upper()} ({str(e)[:120]})") from None
+        if header is None:
+            return
+        if text_column not in header:
+            raise InputError(f"{path}: no column {text_column!r} in the header {header[:20]}; pass --text-column NAME")
+        t = header.index(text_column)
+        i = header.index(id_column) if id_column in header else None
+        row_no = 0
+        while True:
+            row_no += 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except (csv.Error, UnicodeDecodeError) as e:
+                raise InputError(
+                    f"{path}: row {row_no} (line {reader.line_num}) cannot be read as {fmt.upper()} ({str(e)[:120]}); "
+                    "fix its quoting, or score it as --format lines"
+                ) from None
+            rec: dict = {} if i is None or i >= len(row) else {"id": row[i]}
+            if t >= len(row):
+                rec["error"] = f"row {row_no}: has {len(row)} fields, no {text_column!r} column"
             else:
-                yield pos, {"error": f"line {n}: expected a JSON string or an object with a 'text' key"}
+                rec["text"] = row[t]
+            yield f.tell(), rec
+
+
+def records(path: Path, fmt: str = "auto", *, text_column: str = "text", id_column: str | None = "id",
+            max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, dict]]:
+    """(bytes read so far, record) per input row; a record has 'text' or 'error', and maybe 'id'."""
+    fmt = resolve_format(path, fmt)
+    if fmt in ("csv", "tsv"):
+        return _table_records(path, fmt, text_column, id_column, max_line_bytes)
+    return _line_records(path, fmt, text_column, id_column, max_line_bytes)
 
 
 def score_file(
@@ -69,52 +183,47 @@ def score_file(
     *,
     fmt: str = "auto",
     top_k: int = 1,
+    text_column: str = "text",
+    id_column: str | None = "id",
     chunk_size: int = 1024,
+    max_line_bytes: int = MAX_LINE_BYTES,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> BulkStats:
-    """Score every line of input_path into output_path (JSON lines, same order, one per input line).
+    """Score every row of input_path into output_path (JSON lines, same order, one per input row).
 
-    Lines that cannot be scored get {"index", "error"} and do not stop the run. The output is written
-    to a temporary file beside output_path and renamed over it only when complete, so a killed run
-    never leaves a half-written file under the final name. on_progress(bytes_read, texts_done).
+    Rows that cannot be scored get {"index", "error"} and do not stop the run. The output is written
+    atomically (runtime.fsio.atomic_write): a killed run never leaves a half-written file under the
+    final name; a FIFO or /dev/stdout is streamed into. on_progress(bytes_read, rows_done).
     """
-    if fmt not in FORMATS:
-        raise InputError(f"format must be one of {FORMATS}, got {fmt!r}")
     src, dst = Path(input_path), Path(output_path)
+    fmt = resolve_format(src, fmt)
+    if not isinstance(top_k, int) or top_k < 1:
+        raise InputError(f"top_k must be a positive integer, got {top_k!r}")
     if not src.is_file():
         raise SeqshipError(f"{src}: input file not found")
-    if src.resolve() == dst.resolve():
+    if dst.exists() and os.path.samefile(src, dst):
         raise SeqshipError(f"{dst}: the output must not overwrite the input")
-    dst.parent.mkdir(parents=True, exist_ok=True)
     stats = BulkStats()
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            chunk: list[dict] = []
-            pos = 0
-            for pos, rec in _records(src, fmt):
-                rec["index"] = stats.texts
-                stats.texts += 1
-                chunk.append(rec)
-                if len(chunk) >= chunk_size:
-                    _flush(predictor, chunk, out, top_k, stats)
-                    if on_progress:
-                        on_progress(pos, stats.texts)
-            _flush(predictor, chunk, out, top_k, stats)
-            if on_progress:
-                on_progress(pos, stats.texts)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    rows = records(src, fmt, text_column=text_column, id_column=id_column, max_line_bytes=max_line_bytes)
+    with atomic_write(dst, "w") as out:
+        chunk: list[dict] = []
+        pos = 0
+        for pos, rec in rows:
+            rec["index"] = stats.texts
+            stats.texts += 1
+            chunk.append(rec)
+            if len(chunk) >= chunk_size:
+                _flush(predictor, chunk, out, top_k, stats)
+                if on_progress:
+                    on_progress(pos, stats.texts)
+        _flush(predictor, chunk, out, top_k, stats)
+        if on_progress:
+            on_progress(pos, stats.texts)
     return stats
 
 
 def _flush(predictor: Predictor, chunk: list[dict], out, top_k: int, stats: BulkStats) -> None:
-    # Chunks are contiguous, so the chunk's first index makes error messages name the input line's index.
+    # Chunks are contiguous, so the chunk's first index makes error messages name the input row's index.
     first = chunk[0]["index"] if chunk else 0
     texts = [r["text"] if "error" not in r else "" for r in chunk]
     results = predictor.predict(texts, top_k=top_k, errors="return", first_index=first) if chunk else []
@@ -131,5 +240,5 @@ def _flush(predictor: Predictor, chunk: list[dict], out, top_k: int, stats: Bulk
             stats.errors += 1
         else:
             stats.scored += 1
-        out.write(json_line(rec))
+        out.write(json_line({"index": rec.pop("index"), **rec}))
     chunk.clear()

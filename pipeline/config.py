@@ -1,0 +1,62 @@
+"""How a run's configuration is resolved from what the user gave: library code, so that the CLI, the
+results command and any script resolve it the same way (defaults, then the dataset's, then the user's)."""
+from __future__ import annotations
+
+import os
+from dataclasses import fields
+from pathlib import Path
+
+ARTIFACTS_ENV = "SEQSHIP_ARTIFACTS_DIR"
+
+
+def default_artifacts_dir() -> Path:
+    """SEQSHIP_ARTIFACTS_DIR, else the source checkout's artifacts/ folder, else ./artifacts."""
+    env = os.environ.get(ARTIFACTS_ENV)
+    if env:
+        return Path(env).resolve()
+    checkout = Path(__file__).resolve().parent.parent / "artifacts"
+    if (checkout / "README.md").is_file():
+        return checkout
+    return Path("artifacts").resolve()
+
+
+def run_name(run_name: str | None, data_path: str | os.PathLike | None, dataset: str | None) -> str:
+    """The run folder's name: the one given, else the --data file's stem, else the dataset's name."""
+    return run_name or (Path(data_path).stem if data_path else dataset or "names")
+
+
+def open_run(artifacts_dir: str | os.PathLike | None, name: str | None, data_path=None, dataset: str | None = None):
+    """The Run for these options (its folder is not created until a stage writes)."""
+    from pipeline.runs import Run
+
+    return Run(artifacts_dir or default_artifacts_dir(), run_name(name, data_path, dataset))
+
+
+def data_config(dataset: str | None, data_path: str | os.PathLike | None, text_column: str = "text",
+                label_column: str = "label", seed: int = 0):
+    """The DataConfig for a registry dataset, or for the user's own --data file or folder."""
+    from pipeline.data import DataConfig
+
+    return DataConfig(
+        dataset=None if data_path else dataset,
+        data=str(Path(data_path).resolve()) if data_path else None,
+        text_column=text_column, label_column=label_column, seed=seed,
+    )
+
+
+def train_config(overrides: dict, dataset: str | None = None, run=None):
+    """TrainConfig defaults, then the dataset's defaults, then the non-None `overrides`.
+
+    With `run` (as `pipeline run train` alone has no --dataset), the dataset is the one the run's data
+    stage was made from. Invalid values raise TrainError naming the option.
+    """
+    from pipeline.data import REGISTRY
+    from pipeline.train import TrainConfig
+
+    if run is not None:
+        record = run.record("data")
+        if record:
+            dataset = (record.get("inputs", {}).get("config") or {}).get("dataset") or None
+    values = dict(REGISTRY[dataset].train_defaults) if dataset in REGISTRY else {}
+    values |= {f.name: overrides[f.name] for f in fields(TrainConfig) if overrides.get(f.name) is not None}
+    return TrainConfig(**values)
