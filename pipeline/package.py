@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import shutil
 import time
+import unicodedata
 from importlib import metadata
 from pathlib import Path
 
 from pipeline import __version__
+from pipeline.metrics import top_confusions
 from runtime import bundle as fmt
 from runtime.predictor import Predictor
 
@@ -22,6 +25,7 @@ NOTES = [
 
 
 def library_versions() -> dict[str, str]:
+    """Versions of Python, seqship and the libraries that made the bundle, for the manifest."""
     out = {"python": platform.python_version(), "seqship": __version__}
     for dist in ("torch", "onnx", "onnxscript", "onnxruntime", "numpy"):
         try:
@@ -66,7 +70,9 @@ def build_bundle(run, records: dict, out: Path) -> dict:
         "metrics": {
             "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"], "test_n": test["n"],
             "val_accuracy": metrics["val"]["accuracy"], "val_macro_f1": metrics["val"]["macro_f1"],
-            "per_class": test["per_class"], "confusion_matrix": test["confusion_matrix"],
+            # Never the labels x labels matrix (quadratic: 700 MB at 10,000 labels): the most frequent confusions,
+            # capped; the run's train/metrics.json has the whole matrix up to confusion.matrix_max_labels labels.
+            "per_class": test["per_class"], "confusion": top_confusions(test, labels),
             "best_epoch": metrics["best_epoch"], "train_seconds": metrics["train_seconds"],
         },
         "parity": parity,
@@ -83,31 +89,53 @@ def build_bundle(run, records: dict, out: Path) -> dict:
     return {"files": manifest["files"], "provider_checked": predictor.provider, "labels": len(labels), "digest": predictor.digest}
 
 
+# Bidi embeddings, overrides and isolates can make a label display as some other text.
+_BIDI = set(range(0x202A, 0x202F)) | set(range(0x2066, 0x206A)) | {0x200E, 0x200F, 0x061C}
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "|": "&#124;"}  # `|` too: it splits table cells
+_MD_PUNCT = re.compile(r"([\\`*_{}\[\]()#!~])")
+_MD_LIST = re.compile(r"^([-+]|\d+(?=\.))")  # a list marker, which only counts at the start of a line
+
+
+def md(text, line_start: bool = False) -> str:
+    """`text` (a label, run name, dataset field) as Markdown that shows it literally, with no HTML, link or table cell break."""
+    visible = "".join(
+        _NAMED.get(c) or (f"\\u{ord(c):04x}" if unicodedata.category(c) in ("Cc", "Zl", "Zp") or ord(c) in _BIDI else c)
+        for c in str(text)
+    )
+    escaped = _MD_PUNCT.sub(r"\\\1", visible)  # before the entities: `&#124;` has a `#` that must stay as it is
+    if line_start:
+        escaped = _MD_LIST.sub(lambda mark: mark[0] + "\\" if mark[0][0].isdigit() else "\\" + mark[0], escaped)
+    return "".join(_HTML.get(c, c) for c in escaped)
+
+
 def model_card(m: dict) -> str:
     """The bundle's README.md: what it predicts, from what data, how well, how exactly, how to load it."""
     met, par, sig = m["metrics"], m["parity"], m["signature"]
     worst = max(par["max_abs_by_backend"].values(), default=0.0)
     engines = "\n".join(
-        f"| {name} | {e.get('version')} | {'verified' if e['passed'] else 'FAILED'} | "
+        f"| {md(name)} | {md(e.get('version'))} | {'verified' if e['passed'] else 'FAILED'} | "
         f"{'-' if e.get('max_abs') is None else format(e['max_abs'], '.1e')} | "
         f"{'-' if e.get('label_agreement') is None else format(e['label_agreement'], '.2%')} |"
         for name, e in par.get("engines", {}).items()
     ) or "| (none recorded) | | | | |"
-    skipped = "".join(f"\nNot checked: {s['engine']} ({s['reason']})." for s in par.get("engines_skipped", []))
+    skipped = "".join(f"\nNot checked: {md(s['engine'])} ({md(s['reason'])})." for s in par.get("engines_skipped", []))
     per_class = "\n".join(
-        f"| {lab} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
+        f"| {md(lab)} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
         for lab, v in met["per_class"].items()
     )
-    return f"""# {m['name']}: seqship bundle
+    counts = m["data"]["counts"]
+    splits = ", ".join(f"{md(k)} {v}" for k, v in m["data"]["splits"].items())
+    return f"""# {md(m['name'])}: seqship bundle
 
 Text classifier ({m['model']['cell'].upper()}, {'bidirectional' if m['model']['bidirectional'] else 'unidirectional'},
 {m['model']['num_layers']} layer(s), embedding {m['model']['embed_dim']}, hidden {m['model']['hidden_dim']}) predicting
-one of {len(m['labels'])} labels: {', '.join(m['labels'])}.
+one of {len(m['labels'])} labels: {', '.join(md(lab) for lab in m['labels'])}.
 
 ## Data
-Source `{m['data']['source']}`; {m['data']['counts']['unique_pairs']} unique (text, label) pairs after removing
-{m['data']['counts']['duplicates_removed']} duplicates, {m['data']['counts']['empty_dropped']} empty and
-{m['data']['counts']['junk_dropped']} junk rows; split (grouped by text, stratified by label) {m['data']['splits']}.
+Source {md(m['data']['source'])}; {counts['unique_pairs']} unique (text, label) pairs after removing
+{counts['duplicates_removed']} duplicates, {counts['empty_dropped']} empty and
+{counts['junk_dropped']} junk rows; split (grouped by text, stratified by label) {splits}.
 Fingerprint `{m['data']['fingerprint']}`.
 
 ## Metrics (test split, {met['test_n']} texts)
@@ -120,7 +148,7 @@ Accuracy **{met['test_accuracy']:.4f}**, macro-F1 **{met['test_macro_f1']:.4f}**
 ## Parity
 TorchScript and ONNX Runtime were checked against eager PyTorch at probe shapes (T=1, a long row, a ragged
 padded batch, real texts) and on the whole test set: {'passed' if par['passed'] else 'FAILED'} with
-|a - b| <= {par['atol']:g} + {par['rtol']:g}·|ref|; largest absolute difference {worst:.2e};
+\\|a − b\\| ≤ {par['atol']:g} + {par['rtol']:g}·\\|ref\\|; largest absolute difference {worst:.2e};
 label agreement on {par['test_set_texts']} test texts {par['test_set_label_agreement']:.2%}.
 
 The same `model.onnx` was run in each ONNX engine below on those probes and the whole test set in padded
@@ -134,7 +162,8 @@ batches (labels compared outside near ties, where the reference's top two logits
 ## Files
 `model.onnx` (opset {sig['opset']}; inputs `token_ids` int64 [batch, seq], `lengths` int64 [batch]; output
 `logits` float32 [batch, {len(m['labels'])}]), `model.pt` (TorchScript, same signature), `tokenizer.json`
-(the preprocessing spec), `manifest.json` (labels, sha256 of every file, metrics, versions).
+(the preprocessing spec), `manifest.json` (labels, sha256 of every file, metrics with the most frequent
+confusions, versions).
 
 ## Load it
 Python, with only numpy and onnxruntime:
@@ -144,17 +173,18 @@ p = Predictor.load("path/to/this/folder")
 print(p.predict(["some text"], top_k=3))
 ```
 Another language: read `manifest.json` (labels; check each file's sha256), implement `tokenizer.json`
-(NFC-normalise, {'lower-case, ' if m['tokenizer'].get('lowercase') else ''}strip, split into {m['tokenizer']['type']} tokens,
+(NFC-normalise, {'lower-case, ' if m['tokenizer'].get('lowercase') else ''}strip, split into {md(m['tokenizer']['type'])} tokens,
 keep the first {m['tokenizer']['max_length']}, map to vocab ids with unk id {m['tokenizer']['unk_id']}), right-pad
 with id {m['tokenizer']['pad_id']}, and run `model.onnx` with any ONNX Runtime binding; argmax of `logits` indexes
 `labels`. C++ libtorch: `torch::jit::load("model.pt")` and call `forward({{token_ids, lengths}})`.
 
 ## Report
-Training curves, the confusion matrix, per-class metrics, the parity table and the dataset summary:
-[`../report.html`](../report.html), written beside this bundle by `pipeline run all` (or `pipeline run report`).
+Training curves, the confusion matrix, per-class metrics, the parity table and the dataset summary are in
+`report.html` in the run folder this bundle was packaged from (`pipeline run all` or `pipeline run report` writes
+it there, beside the `bundle` folder). It is not part of the bundle.
 
 ## Notes
-{chr(10).join('- ' + n for n in m['notes'])}
+{chr(10).join('- ' + md(n, line_start=True) for n in m['notes'])}
 
-Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}. Created {m['created_at']}.
+Versions: {', '.join(f'{md(k)} {md(v)}' for k, v in m['versions'].items())}. Created {m['created_at']}.
 """

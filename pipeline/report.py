@@ -3,6 +3,9 @@
 Tables always render (dataset summary, training history, per-class metrics, confusion matrix as a
 coloured table, parity, cross-validation). With matplotlib installed (`pip install -e '.[report]'`)
 the page also embeds PNG plots: curves, confusion heatmap, length histogram, per-fold accuracy.
+Above pipeline.metrics.MATRIX_MAX_LABELS labels the run keeps no confusion matrix, and the page lists the
+most frequent confusions instead. Every table sits in a container that scrolls sideways, so a wide one
+(many or long labels) never makes the page itself wider than the window.
 """
 from __future__ import annotations
 
@@ -11,16 +14,16 @@ import html
 import io
 import json
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 
 from pipeline import __version__
+from pipeline.metrics import full_matrix, top_confusions
 
 log = logging.getLogger(__name__)
 
 REPORT = "report.html"
+TOP_CONFUSIONS_SHOWN = 100  # rows of the top-confusions table; metrics.json keeps more
 
 
 def _load(path: Path):
@@ -53,11 +56,16 @@ def _img(b64: str, alt: str) -> str:
     return f'<img class="plot" alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
 
 
-def _table(header: list[str], rows: list[list], cls: str = "") -> str:
+def _scroll(table: str) -> str:
+    return f'<div class="scroll">{table}</div>'
+
+
+def _table(header: list[str] | None, rows: list[list], cls: str = "") -> str:
+    """An HTML table of escaped cells in a sideways-scrolling container; no header row when header is None."""
     e = html.escape
-    head = "".join(f"<th>{e(str(h))}</th>" for h in header)
+    head = "" if header is None else "<thead><tr>" + "".join(f"<th>{e(str(h))}</th>" for h in header) + "</tr></thead>"
     body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return _scroll(f'<table class="{e(cls)}">{head}<tbody>{body}</tbody></table>')
 
 
 def _f(x, digits: int = 4) -> str:
@@ -65,6 +73,7 @@ def _f(x, digits: int = 4) -> str:
 
 
 def token_lengths(train_dir: Path, texts: list[str]) -> list[int]:
+    """Tokens per text under the run's own tokenizer."""
     from runtime.tokenizer import Tokenizer
 
     tok = Tokenizer.from_file(train_dir / "tokenizer.json")
@@ -83,7 +92,23 @@ def _confusion_table(labels: list[str], cm: list[list[int]]) -> str:
             for v in row
         )
         rows.append(f"<tr><th>{e(lab)}</th>{cells}</tr>")
-    return f'<table class="confusion"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    return _scroll(f'<table class="confusion"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
+
+
+def _confusion_section(labels: list[str], test: dict, plot: str) -> str:
+    """The whole matrix (heatmap and table) where the run kept it, else the most frequent confusions."""
+    cm = full_matrix(test)
+    if cm is not None:
+        return f"<h3>Confusion matrix</h3>\n{plot}\n{_confusion_table(labels, cm)}"
+    c = top_confusions(test, labels)
+    support = {lab: v["support"] for lab, v in test["per_class"].items()}
+    shown = c["top_pairs"][:TOP_CONFUSIONS_SHOWN]
+    rows = [[p["true"], p["predicted"], p["count"], f"{p['count'] / (support.get(p['true']) or 1):.1%}"] for p in shown]
+    return (f"<h3>Most frequent confusions</h3>\n<p>{len(labels)} labels is more than {c['matrix_max_labels']}, so the "
+            f"run keeps no confusion matrix. {c['misclassified']} test texts were misclassified, in {c['distinct_pairs']} "
+            f"distinct (true, predicted) pairs; the {len(shown)} most frequent are below "
+            f"(<code>train/metrics.json</code> keeps up to {c['top_pairs_max']}).</p>\n"
+            + _table(["true", "predicted", "texts", "share of true label"], rows, "top-confusions"))
 
 
 def _tick_labels(labels: list[str]) -> list[str]:
@@ -109,18 +134,19 @@ def _plots(plt, labels, history, cm, lengths, max_length, cv) -> dict[str, str]:
     b.set_xlabel("epoch"), b.set_title("Validation"), b.legend()
     out["curves"] = _png(plt, fig)
 
-    n = len(labels)
-    fig, ax = plt.subplots(figsize=(min(2 + 0.55 * n, 12), min(1.6 + 0.5 * n, 11)))
-    norm = [[v / (sum(r) or 1) for v in r] for r in cm]
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), labels, rotation=60 if n > 4 else 0, ha="right" if n > 4 else "center", parse_math=False)
-    ax.set_yticks(range(n), labels, parse_math=False)
-    ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title("Confusion matrix (test; rows normalised)")
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, cm[i][j], ha="center", va="center", fontsize=8, color="white" if norm[i][j] > 0.5 else "black")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    out["confusion"] = _png(plt, fig)
+    if cm is not None:  # None above the label cap: no matrix was kept, and a heatmap that size is unreadable
+        n = len(labels)
+        fig, ax = plt.subplots(figsize=(min(2 + 0.55 * n, 12), min(1.6 + 0.5 * n, 11)))
+        norm = [[v / (sum(r) or 1) for v in r] for r in cm]
+        im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        ax.set_xticks(range(n), labels, rotation=60 if n > 4 else 0, ha="right" if n > 4 else "center", parse_math=False)
+        ax.set_yticks(range(n), labels, parse_math=False)
+        ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title("Confusion matrix (test; rows normalised)")
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, cm[i][j], ha="center", va="center", fontsize=8, color="white" if norm[i][j] > 0.5 else "black")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+        out["confusion"] = _png(plt, fig)
 
     fig, ax = plt.subplots(figsize=(7, 3))
     ax.hist(lengths, bins=min(60, max(10, len(set(lengths)))), color="#4c72b0")
@@ -170,7 +196,7 @@ def build_report(run) -> str:
     plots, plot_error = {}, None
     if plt:
         try:
-            plots = _plots(plt, ticks, history, test["confusion_matrix"], lengths, spec.get("max_length", max(lengths)), cv)
+            plots = _plots(plt, ticks, history, full_matrix(test), lengths, spec.get("max_length", max(lengths)), cv)
         except Exception as err:  # a plot is a convenience: the tables carry every number
             plot_error = f"{type(err).__name__}: {err}"
             log.warning("report: plots left out (%s)", plot_error)
@@ -188,7 +214,7 @@ def build_report(run) -> str:
     sections = []
     sections.append(
         f"""<section id="summary"><h2>Summary</h2>
-{_table(["", ""], [
+{_table(None, [
     ["test accuracy", _f(test["accuracy"])], ["test macro-F1", _f(test["macro_f1"])],
     ["validation accuracy / macro-F1", f"{_f(metrics['val']['accuracy'])} / {_f(metrics['val']['macro_f1'])}"],
     ["best epoch / epochs run", f"{metrics['best_epoch']} / {metrics['epochs_run']}"],
@@ -226,9 +252,7 @@ def build_report(run) -> str:
         f"""<section id="test"><h2>Test metrics ({test['n']} texts)</h2>
 <h3>Per class</h3>
 {_table(["label", "precision", "recall", "F1", "support"], per_class, "per-class")}
-<h3>Confusion matrix</h3>
-{plot("confusion", "confusion matrix heatmap")}
-{_confusion_table(labels, test["confusion_matrix"])}
+{_confusion_section(labels, test, plot("confusion", "confusion matrix heatmap"))}
 </section>"""
     )
     if parity is not None:
@@ -279,6 +303,8 @@ table {{ border-collapse: collapse; margin: 0.6rem 0 1.2rem; font-size: 0.9rem; 
 th, td {{ border: 1px solid #ccc; padding: 0.25rem 0.55rem; text-align: right; }}
 th:first-child, td:first-child, table.kv td {{ text-align: left; }}
 img.plot {{ display: block; max-width: 100%; margin: 0.5rem 0; }}
+div.scroll {{ overflow-x: auto; max-width: 100%; }}
+h1, h2, h3, p, li {{ overflow-wrap: anywhere; }}
 .note {{ background: #fff6d6; padding: 0.5rem 0.8rem; }}
 code {{ font-size: 0.85rem; }}
 </style></head>
@@ -295,14 +321,8 @@ def write_report(run) -> Path:
     """Write <run>/report.html atomically and return its path."""
     page = build_report(run)
     path = run.root / REPORT
-    fd, tmp = tempfile.mkstemp(prefix=f".{REPORT}.", dir=run.root)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from runtime.fsio import write_text_atomic
+
+    write_text_atomic(path, page)
     log.debug("report: %s", path)
     return path

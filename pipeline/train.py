@@ -16,10 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.model import ModelConfig, TextClassifier
+from pipeline.metrics import classification_metrics
+from pipeline.model import CELLS, POOLINGS, ModelConfig, TextClassifier
 from runtime.errors import SeqshipError
+from runtime.tokenizer import TYPES as TOKENIZER_KINDS
 from runtime.tokenizer import (
-    UNICODE_VERSION, Tokenizer, TokenizerSpec, build_vocab, normalize, pad_batch, split_tokens, unassigned_ranges,
+    MAX_LENGTH, UNICODE_VERSION, Tokenizer, TokenizerSpec, build_vocab, normalize, pad_batch, split_tokens, unassigned_ranges,
 )
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,49 @@ class TrainConfig:
     dropout: float = 0.1
     embed_dropout: float = 0.0
     pooling: str = "last"  # "last", "max" or "last+max"
+
+    def __post_init__(self) -> None:
+        """Refuse impossible options with the option's name, before any data is read."""
+        problems = []
+
+        def need(ok: bool, option: str, rule: str) -> None:
+            if not ok:
+                problems.append(f"--{option} {rule}, got {getattr(self, option.replace('-', '_'))!r}")
+
+        def is_int(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        for name in ("epochs", "batch_size", "patience", "min_freq", "embed_dim", "hidden_dim", "num_layers"):
+            need(is_int(getattr(self, name)) and getattr(self, name) >= 1, name.replace("_", "-"), "must be an integer >= 1")
+        need(is_num(self.lr) and self.lr > 0, "lr", "must be a number > 0")
+        need(is_num(self.weight_decay) and self.weight_decay >= 0, "weight-decay", "must be a number >= 0")
+        need(is_num(self.clip_norm) and self.clip_norm > 0, "clip-norm", "must be a number > 0")
+        for name in ("dropout", "embed_dropout"):
+            need(is_num(getattr(self, name)) and 0 <= getattr(self, name) < 1, name.replace("_", "-"), "must be in [0, 1)")
+        need(is_int(self.seed), "seed", "must be an integer")
+        need(self.device in ("cpu", "cuda", "auto"), "device", "must be cpu, cuda or auto")
+        need(self.tokenizer in TOKENIZER_KINDS, "tokenizer", f"must be one of {list(TOKENIZER_KINDS)}")
+        need(self.cell in CELLS, "cell", f"must be one of {sorted(CELLS)}")
+        need(self.pooling in POOLINGS, "pooling", f"must be one of {list(POOLINGS)}")
+        need(isinstance(self.lowercase, bool) and isinstance(self.bidirectional, bool), "lowercase", "and --bidirectional must be true or false")
+        need(self.max_length is None or (is_int(self.max_length) and 1 <= self.max_length <= MAX_LENGTH),
+             "max-length", f"must be an integer from 1 to {MAX_LENGTH}")
+        need(self.max_vocab is None or (is_int(self.max_vocab) and self.max_vocab >= 3), "max-vocab", "must be an integer >= 3 (pad and unk included)")
+        if problems:
+            raise TrainError("invalid training options: " + "; ".join(problems))
+
+
+def default_threads() -> int:
+    """Training threads when --threads is not given: 1.
+
+    Measured on 2 cores (README, "Training on a busy machine"): these models are small, so a second
+    thread buys little when the machine is idle, and costs many times over when another process holds
+    a core, because OpenMP's threads wait at every step for the one that is not running.
+    """
+    return 1
 
 
 def resolve_device(name: str) -> torch.device:
@@ -139,29 +184,6 @@ def predict_logits(model: nn.Module, ids: list[list[int]], pad_id: int, device: 
     return out
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str]) -> dict:
-    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix."""
-    k = len(labels)
-    cm = np.zeros((k, k), dtype=np.int64)
-    np.add.at(cm, (y_true, y_pred), 1)
-    tp = np.diag(cm).astype(float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(cm.sum(0) > 0, tp / cm.sum(0), 0.0)
-        recall = np.where(cm.sum(1) > 0, tp / cm.sum(1), 0.0)
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-    present = cm.sum(1) > 0  # macro-F1 over classes that occur in this split
-    return {
-        "accuracy": float(tp.sum() / max(1, cm.sum())),
-        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
-        "per_class": {
-            lab: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(cm[i].sum())}
-            for i, lab in enumerate(labels)
-        },
-        "confusion_matrix": cm.tolist(),  # rows: true label, columns: predicted label
-        "n": int(cm.sum()),
-    }
-
-
 def train(
     train_rows: Sequence[tuple[str, str]],
     val_rows: Sequence[tuple[str, str]],
@@ -170,8 +192,19 @@ def train(
     cfg: TrainConfig,
     out_dir: Path,
     progress: Progress | None = None,
+    threads: int | None = None,
 ) -> dict:
-    """Train, keep the best validation checkpoint, evaluate on test, and save everything to out_dir."""
+    """Train, keep the best validation checkpoint, evaluate on test, and save everything to out_dir.
+
+    threads: torch's intra-op threads (default: `default_threads()`); recorded in metrics.json.
+    """
+    for name, rows in (("training", train_rows), ("validation", val_rows), ("test", test_rows)):
+        if not rows:
+            raise TrainError(f"the {name} split has no texts: give more data (a few rows per label at least), "
+                             "or check the data stage's counts with `pipeline run data --json`")
+    threads = default_threads() if threads is None else threads
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise TrainError(f"--threads must be an integer >= 1, got {threads!r}")
     # Same seed, same weights: two processes trained different weights until deterministic algorithms
     # were required AND oneDNN (mkldnn) was switched off; its multi-threaded CPU kernels are not
     # bit-reproducible and torch does not flag them as nondeterministic. Both are restored afterwards.
@@ -179,13 +212,16 @@ def train(
         log.warning("MKL_CBWR is not set: this training may not be bit-reproducible across processes "
                     "(call pipeline.pin_blas_for_reproducibility() before importing torch; `pipeline run` does)")
     was_deterministic, was_mkldnn = torch.are_deterministic_algorithms_enabled(), torch.backends.mkldnn.enabled
+    was_threads = torch.get_num_threads()
     torch.use_deterministic_algorithms(True)
     torch.backends.mkldnn.enabled = False
+    torch.set_num_threads(threads)
     try:
         return _train(train_rows, val_rows, test_rows, labels, cfg, out_dir, progress)
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
         torch.backends.mkldnn.enabled = was_mkldnn
+        torch.set_num_threads(was_threads)
 
 
 def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: Path, progress: Progress | None) -> dict:
@@ -270,6 +306,7 @@ def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: P
         "epochs_run": len(history),
         "train_seconds": train_seconds,
         "device": str(device),
+        "threads": torch.get_num_threads(),  # intra-op threads it trained with (--threads)
         "parameters": sum(p.numel() for p in model.parameters()),
         "longest_train_tokens": int(max(len(tokenizer.tokens(t)) for t, _ in train_rows)),
     }
