@@ -10,7 +10,8 @@ except metadata.PackageNotFoundError:  # running from a source tree that was nev
 
 
 def pin_blas_for_reproducibility() -> bool:
-    """Make MKL's matrix products bit-reproducible from process to process; True if it took effect.
+    """Make MKL's matrix products bit-reproducible from process to process (and OpenMP wait passively);
+    True if it took effect.
 
     MKL picks code paths by the memory alignment of its inputs, so with the same seed two processes
     trained two different models (about one run in six on the default model). MKL_CBWR pins one
@@ -26,4 +27,8 @@ def pin_blas_for_reproducibility() -> bool:
         except OSError:
             avx2 = False
         os.environ["MKL_CBWR"] = "AVX2" if avx2 else "COMPATIBLE"
+    # OpenMP threads that wait for a core they do not get spin by default: with one busy process beside
+    # it, 2-thread training on 2 cores ran 3.3x slower (31x in an earlier measurement); passive waiting
+    # made it 0.9x (README, "Training on a busy machine"). Read when libgomp loads, like MKL_CBWR.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return True
