@@ -25,6 +25,7 @@ class ModelContract:
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
+        """The input specs, in graph order."""
         return (
             TensorSpec("token_ids", "int64", (BATCH, SEQ)),  # right-padded with the tokenizer's pad_id
             TensorSpec("lengths", "int64", (BATCH,)),  # real tokens per row, 1..seq
@@ -32,6 +33,7 @@ class ModelContract:
 
     @property
     def outputs(self) -> tuple[TensorSpec, ...]:
+        """The output specs, in graph order."""
         return (TensorSpec("logits", "float32", (BATCH, self.num_labels)),)
 
     @property

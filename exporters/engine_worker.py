@@ -16,6 +16,7 @@ from exporters.engines import LOADERS, EngineUnavailable, version_of
 
 
 def main(argv: list[str]) -> int:
+    """Run one engine on the probes of a job file and write its outputs as .npz (one process per engine)."""
     name, model, inp, out = argv
     batches = json.loads(open(inp, encoding="utf-8").read())["batches"]
     arrays: dict[str, np.ndarray] = {}

@@ -41,6 +41,7 @@ def _version(dist: str) -> str:
 
 
 def onnxruntime_engine(path: str | os.PathLike) -> Engine:
+    """Load model bytes in onnxruntime (CPU) as an engine of the portability gate."""
     from runtime.session import OnnxModel
 
     model = OnnxModel(path, providers="cpu")

@@ -17,6 +17,7 @@ import onnxruntime as ort
 
 
 def main(paths: list[str], rounds: int = 30) -> None:
+    """Compare two ONNX graphs' onnxruntime speed in one process and print the ratios."""
     if not paths:
         raise SystemExit(__doc__)
     opts = ort.SessionOptions()

@@ -124,6 +124,7 @@ def cli(verbose: int, quiet: bool) -> None:
 
 
 def common_options(f):
+    """Options every `pipeline run` command takes."""
     f = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")(f)
     f = click.option("--force", is_flag=True, help="Redo the stage(s) even when their inputs are unchanged.")(f)
     f = click.option("--run-name", default=None, help="Folder under the artifacts dir [default: the dataset name].")(f)
@@ -135,6 +136,7 @@ def common_options(f):
 
 
 def data_options(f):
+    """Options that choose and read the data."""
     f = click.option("--seed", type=int, default=0, show_default=True, help="Seed for the split, training and probes.")(f)
     f = click.option("--label-column", default="label", show_default=True, help="Label column of a CSV/TSV/JSONL --data file.")(f)
     f = click.option("--text-column", default="text", show_default=True, help="Text column of a CSV/TSV/JSONL --data file.")(f)
@@ -147,6 +149,7 @@ def data_options(f):
 
 
 def train_options(f):
+    """Training, tokenizer and model options (None: the dataset's default, else TrainConfig's)."""
     dflt = "dataset's, else "  # options whose default depends on the dataset (see `pipeline datasets`)
     opts = [
         click.option("--epochs", type=click.IntRange(1), default=None, help="Most epochs (early stopping may end sooner) [default: 30]."),
@@ -178,6 +181,7 @@ def train_options(f):
 
 
 def verify_options(f):
+    """The parity gate's tolerances."""
     f = click.option("--rtol", type=click.FloatRange(0), default=1e-5, show_default=True, help="Relative tolerance of the parity gate.")(f)
     f = click.option("--atol", type=click.FloatRange(0), default=1e-5, show_default=True, help="Absolute tolerance of the parity gate.")(f)
     return f
@@ -798,6 +802,7 @@ def results(do_run: bool, names: str, data_dir, artifacts_dir, force: bool, as_j
 
 
 def main() -> None:
+    """Entry point of the `pipeline` command."""
     cli(prog_name="pipeline")
 
 

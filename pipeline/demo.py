@@ -196,6 +196,7 @@ class DemoHandler(BaseHTTPRequestHandler):
     error_message_format = "%(code)d %(message)s\n"
 
     def setup(self) -> None:
+        """Per connection: set the idle timeout before the request is read."""
         if self.server.idle_timeout is not None:
             self.timeout = self.server.idle_timeout
         self.linger = False

@@ -49,10 +49,12 @@ class ModelConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     def save(self, path: Path) -> None:
+        """Write the config as JSON."""
         path.write_text(json.dumps(asdict(self), indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
     @classmethod
     def load(cls, path: Path) -> "ModelConfig":
+        """Read a config written by save()."""
         return cls(**json.loads(path.read_text(encoding="utf-8")))
 
 
@@ -71,8 +73,8 @@ class RecurrentLayer(nn.Module):
     def forward(
         self, x: torch.Tensor, lengths: torch.Tensor, rev: torch.Tensor, valid: torch.Tensor, last: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """y [B, T, D*H] (zero at padding) and each direction's state after the last real token [B, D*H]."""
         # x (B, T, I); rev (B, T) reverses each row within its length; valid (B, T, 1); last (B, 1, 1) = length-1
-        # returns y (B, T, D*H), zero at padding, and h (B, D*H), each direction's state after the last real token
         out_f, _ = self.fwd(x)  # (B, T, H)
         h_f = torch.gather(out_f, 1, last.expand(-1, 1, out_f.size(2))).squeeze(1)  # (B, H)
         bwd = self.bwd
@@ -107,6 +109,7 @@ class TextClassifier(nn.Module):
         self.head = nn.Linear(features, cfg.num_labels)
 
     def forward(self, token_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Logits [B, C] for right-padded token ids [B, T] and their lengths [B]."""
         x = self.embed_dropout(self.embed(token_ids))  # (B, T, E)
         pos = torch.arange(token_ids.size(1), device=token_ids.device).unsqueeze(0)  # (1, T)
         length = lengths.unsqueeze(1)  # (B, 1)

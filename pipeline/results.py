@@ -54,6 +54,7 @@ def _time(s: float) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
+    """The README's results table for these rows."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
         if "cv" in r and REGISTRY[r["dataset"]].cv_folds:
@@ -71,19 +72,19 @@ def markdown(rows: list[dict]) -> str:
 
 def run_dataset(run: Run, dataset: str, data_dir: str | None, force: bool = False) -> None:
     """`pipeline run all --dataset NAME` with the dataset's defaults (and its --cv), then its report."""
-    from pipeline.cli import _train_cfg
+    from pipeline.config import train_config
     from pipeline.data import DataConfig
     from pipeline.report import write_report
     from pipeline.stages import VerifyConfig, run_all
 
-    opts = {"data_path": None, "dataset": dataset, "seed": 0}
-    run_all(run, DataConfig(dataset=dataset), _train_cfg(opts), VerifyConfig(), data_dir, force,
+    run_all(run, DataConfig(dataset=dataset), train_config({"seed": 0}, dataset), VerifyConfig(), data_dir, force,
             cv_folds=REGISTRY[dataset].cv_folds)
     write_report(run)
 
 
 def results(artifacts_dir: str | Path, datasets: list[str], data_dir: str | None, run: bool, force: bool = False,
             on_row=None) -> list[dict]:
+    """One row per dataset with a finished run (running each first when run=True)."""
     rows = []
     for name in datasets:
         r = Run(artifacts_dir, name)

@@ -14,7 +14,7 @@ from typing import Callable
 
 from pipeline import __version__
 from pipeline.data import DataConfig, locate, prepare, read_split, source_digest, source_files
-from pipeline.runs import STAGES, Run, StageError, StageResult, run_lock, run_stage  # noqa: F401 (re-exported)
+from pipeline.runs import Run, StageError, StageResult, run_lock, run_stage  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 

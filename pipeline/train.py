@@ -111,6 +111,7 @@ def default_threads() -> int:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device for 'cpu', 'cuda' or 'auto' (CUDA when available), or a TrainError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -121,6 +122,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -151,6 +153,7 @@ def encode_split(tokenizer: Tokenizer, rows: Sequence[tuple[str, str]], label_id
 
 
 def batches(ids: list[list[int]], order: np.ndarray, batch_size: int, pad_id: int):
+    """(row indices, padded token ids, lengths) per batch, in the given order."""
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         tok, lengths = pad_batch([ids[i] for i in idx], pad_id)

@@ -96,9 +96,11 @@ class Bundle:
 
     @property
     def labels(self) -> tuple[str, ...]:
+        """The labels, index = class id."""
         return tuple(self.manifest["labels"])
 
     def path(self, name: str) -> Path:
+        """The path of a file listed in the manifest."""
         return safe_member(self.root, name)
 
 

@@ -34,6 +34,7 @@ class Prediction(NamedTuple):
     provider: str  # the onnxruntime execution provider that computed it
 
     def to_dict(self) -> dict:
+        """JSON-ready form, as bulk output writes it."""
         return {
             "label": self.label,
             "score": self.score,
@@ -45,6 +46,7 @@ class Prediction(NamedTuple):
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64 for stability, returned as float32."""
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)

@@ -149,6 +149,7 @@ class TokenizerSpec:
         parse_ranges(self.unassigned)
 
     def to_dict(self) -> dict:
+        """The spec as the JSON object tokenizer.json holds."""
         d = asdict(self)
         d["vocab"] = list(self.vocab)
         return {"format": FORMAT, "format_version": FORMAT_VERSION, **d}
@@ -158,10 +159,12 @@ class TokenizerSpec:
         return json.dumps(self.to_dict(), ensure_ascii=False, sort_keys=True, indent=1) + "\n"
 
     def sha256(self) -> str:
+        """sha256 of the canonical JSON: binds the tokenizer to the model exported with it."""
         return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "tokenizer spec") -> "TokenizerSpec":
+        """Validate and build a spec from a parsed tokenizer.json, or a TokenizerError naming the field."""
         if not isinstance(d, dict):
             raise TokenizerError(f"{source}: expected a JSON object, got {type(d).__name__}")
         if d.get("format") != FORMAT:
@@ -185,6 +188,7 @@ class TokenizerSpec:
 
     @classmethod
     def from_json(cls, text: str, source: str = "tokenizer.json") -> "TokenizerSpec":
+        """Parse (strictly: no NaN, bounded nesting) and validate a tokenizer.json text."""
         try:
             d = json.loads(text, parse_constant=_refuse_constant)
         except (ValueError, RecursionError) as e:  # JSONDecodeError, NaN/Infinity, a 5,000-digit integer
@@ -369,6 +373,7 @@ class Tokenizer:
 
     @classmethod
     def from_file(cls, path, unicode_mismatch: str = "refuse") -> "Tokenizer":
+        """A tokenizer from a tokenizer.json file."""
         with open(path, encoding="utf-8") as f:
             return cls(TokenizerSpec.from_json(f.read(), source=str(path)), unicode_mismatch)
 
@@ -392,6 +397,7 @@ class Tokenizer:
 
     @property
     def vocab_size(self) -> int:
+        """Entries in the vocabulary, pad and unk included (= embedding rows)."""
         return len(self.spec.vocab)
 
     def tokens(self, text: str) -> list[str]:

@@ -147,6 +147,9 @@ def read_jsonl(path: Path, text_column: str, label_column: str, issues: RowIssue
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{where}: not JSON ({e}); write one JSON object per line") from None
+        except (ValueError, RecursionError) as e:  # nesting deeper than the parser goes, a 5,000-digit number
+            raise DataError(f"{where}: JSON that cannot be read ({type(e).__name__}: {str(e)[:80]}); "
+                            "write one flat JSON object per line") from None
         if not isinstance(obj, dict):
             raise DataError(f"{where}: {_kind(obj)}, not a JSON object; write one object per line, "
                             f"e.g. {{{json.dumps(text_column)}: \"...\", {json.dumps(label_column)}: \"...\"}}")
