@@ -19,6 +19,7 @@ from pipeline.config import ARTIFACTS_ENV, default_artifacts_dir
 from runtime.errors import SeqshipError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+SEED = click.IntRange(0, 2**32 - 1)  # what numpy's and torch's generators accept
 # Modules of the optional extras, and the extra that brings each.
 EXTRAS = {"torch": "train", "onnx": "train", "onnxscript": "train", "matplotlib": "report"}
 log = logging.getLogger("pipeline.cli")
@@ -80,7 +81,8 @@ def errors_handled(command):
         except OSError as e:
             from runtime.fsio import describe_os_error
 
-            raise fail(SeqshipError(describe_os_error(e.filename or "a file", e, "use")), as_json) from None
+            message = describe_os_error(e.filename, e, "use") if e.filename else f"a file operation failed: {describe_os_error('', e).split(': ', 1)[-1]}"
+            raise fail(SeqshipError(message), as_json) from None
         except Exception as e:  # noqa: BLE001 - a bug: one line, and the traceback with -vv
             raise _internal(e, as_json) from None
     return wrapper
@@ -137,7 +139,7 @@ def common_options(f):
 
 def data_options(f):
     """Options that choose and read the data."""
-    f = click.option("--seed", type=int, default=0, show_default=True, help="Seed for the split, training and probes.")(f)
+    f = click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for the split, training and probes.")(f)
     f = click.option("--label-column", default="label", show_default=True, help="Label column of a CSV/TSV/JSONL --data file.")(f)
     f = click.option("--text-column", default="text", show_default=True, help="Text column of a CSV/TSV/JSONL --data file.")(f)
     f = click.option("--data", "data_path", type=click.Path(exists=True, path_type=Path), default=None,
@@ -154,7 +156,7 @@ def train_options(f):
     opts = [
         click.option("--epochs", type=click.IntRange(1), default=None, help="Most epochs (early stopping may end sooner) [default: 30]."),
         click.option("--batch-size", type=click.IntRange(1), default=None, help="[default: 64]"),
-        click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help="AdamW learning rate [default: 3e-3]."),
+        click.option("--lr", type=click.FloatRange(0, 10, min_open=True), default=None, help="AdamW learning rate [default: 3e-3]."),
         click.option("--patience", type=click.IntRange(1), default=None, help="Epochs without better val macro-F1 before stopping [default: 5]."),
         click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default=None, help="[default: cpu]"),
         click.option("--cell", type=click.Choice(["gru", "lstm", "rnn"]), default=None, help="Recurrent cell (rnn = tanh RNN) [default: gru]."),
@@ -315,8 +317,12 @@ def run_all_cmd(**opts) -> None:
         return run_all(r, _data_cfg(opts), _train_cfg(opts), _verify_cfg(opts), opts["data_dir"], opts["force"],
                        progress=None if opts["as_json"] else TrainProgress(), cv_folds=opts["cv_folds"] or 0, threads=opts["threads"])
 
-    results = work()
-    _report(results, r, opts["as_json"], report=_write_report(r, opts["as_json"]))
+    from pipeline.runs import run_lock
+
+    with run_lock(r):  # the report too: another command must not change the stages it describes
+        results = work()
+        report = _write_report(r, opts["as_json"])
+    _report(results, r, opts["as_json"], report=report)
 
 
 def _write_report(r, as_json: bool, strict: bool = False) -> Path | None:
@@ -334,7 +340,7 @@ def _write_report(r, as_json: bool, strict: bool = False) -> Path | None:
 
 @run.command("cv", context_settings=CONTEXT)
 @common_options
-@click.option("--seed", type=int, default=0, show_default=True, help="Training seed.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Training seed.")
 @train_options
 @click.option("--folds", type=click.IntRange(2), default=10, show_default=True, help="Number of folds.")
 @THREADS_OPTION
@@ -358,7 +364,11 @@ def run_report_cmd(**opts) -> None:
     r = _run(opts)
     if r.record("train") is None:
         raise fail(SeqshipError(f"run {r.name!r} has no train stage in {r.root}: run `pipeline run all` first"), opts["as_json"])
-    _report([], r, opts["as_json"], report=_write_report(r, opts["as_json"], strict=True))
+    from pipeline.runs import run_lock
+
+    with run_lock(r):
+        report = _write_report(r, opts["as_json"], strict=True)
+    _report([], r, opts["as_json"], report=report)
 
 
 @run.command("data", context_settings=CONTEXT)
@@ -375,7 +385,7 @@ def run_data_cmd(**opts) -> None:
 
 @run.command("train", context_settings=CONTEXT)
 @common_options
-@click.option("--seed", type=int, default=0, show_default=True, help="Training seed.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Training seed.")
 @train_options
 @THREADS_OPTION
 @errors_handled
@@ -403,7 +413,7 @@ def run_export_cmd(**opts) -> None:
 @run.command("verify", context_settings=CONTEXT)
 @common_options
 @verify_options
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random probe inputs.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the random probe inputs.")
 @errors_handled
 def run_verify_cmd(**opts) -> None:
     """The parity gate: exports vs eager PyTorch on probes and on the whole test set. Exit 1 on any mismatch."""
@@ -480,8 +490,10 @@ def predict(bundle_dir, top_k, providers, threads, input_path, output_path, fmt,
         raise click.UsageError("--output needs --input")
     if input_path is not None and texts:
         raise click.UsageError("give TEXT arguments or --input, not both")
-    if input_path is not None and not input_path.is_file():
+    if input_path is not None and (not input_path.exists() or input_path.is_dir()):
         raise click.BadParameter(f"{input_path}: no such file", param_hint="--input")
+    if output_path is not None and str(output_path).endswith(("/", os.sep)) or (output_path is not None and output_path.is_dir()):
+        raise click.BadParameter(f"{output_path}: a folder; give a file path", param_hint="--output")
     predictor = Predictor.load(_bundle_dir(bundle_dir), providers=_providers(providers), intra_op_num_threads=threads,
                                expected_sha256=expect_sha256, unicode_mismatch=unicode_mismatch)
     if top_k > len(predictor.labels):
@@ -492,17 +504,25 @@ def predict(bundle_dir, top_k, providers, threads, input_path, output_path, fmt,
         if stats.errors:
             raise click.ClickException(f"{stats.errors} of {stats.texts} texts could not be scored (see their 'error' lines)")
         return
+    undecodable: dict[int, str] = {}
     if not texts:
-        texts = [line.rstrip("\r") for line in sys.stdin.read().split("\n")]
-        while texts and texts[-1].strip() == "":  # a file's final newline (and blank lines after it) is not a text
-            texts.pop()
+        raw_lines = [line.rstrip(b"\r") for line in sys.stdin.buffer.read().split(b"\n")]
+        while raw_lines and raw_lines[-1].strip() == b"":  # a file's final newline (and blank lines after it) is not a text
+            raw_lines.pop()
+        texts = []
+        for i, raw in enumerate(raw_lines):
+            try:
+                texts.append(raw.decode("utf-8-sig" if i == 0 else "utf-8"))
+            except UnicodeDecodeError as e:  # whatever the locale: the line gets an error, the rest is scored
+                undecodable[i] = f"line {i + 1}: not UTF-8 ({e.reason} at byte {e.start}); send UTF-8 text"
+                texts.append("")
     from runtime.bulk import json_line
 
     errors = 0
     for i, result in enumerate(predictor.predict(list(texts), top_k=top_k, errors="return")):
-        if isinstance(result, (InputError, ModelOutputError)):
+        if i in undecodable or isinstance(result, (InputError, ModelOutputError)):
             errors += 1
-            line = {"index": i, "text": texts[i], "error": str(result)}
+            line = {"index": i, "text": texts[i], "error": undecodable.get(i) or str(result)}
         else:
             line = {"index": i, "text": texts[i], **result.to_dict()}
         click.echo(json_line(line), nl=False)
@@ -573,7 +593,7 @@ def _predict_file(predictor, input_path: Path, output_path: Path | None, fmt: st
 @click.option("--expect-sha256", "expect_sha256", default=None, envvar="SEQSHIP_EXPECT_SHA256",
               help="Refuse the bundle unless its digest (sha256 of manifest.json) is this [env SEQSHIP_EXPECT_SHA256].")
 @verify_options
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random probe inputs.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the random probe inputs.")
 @errors_handled
 def verify(bundle_dir: Path, texts_path: Path | None, as_json: bool, expect_sha256: str | None, **opts) -> None:
     """Re-check a shipped bundle: its model.onnx against its own model.pt, and every file's sha256.
@@ -644,7 +664,7 @@ def bench(bundle_dir, texts_path, threads, repeats, latency_texts, bulk_texts, c
         if not texts:
             raise SeqshipError(f"{texts_path or test}: no texts to time; pass --texts FILE with one text per line")
         cfg = BenchConfig(threads=threads, repeats=repeats, latency_texts=latency_texts, bulk_texts=bulk_texts, cold_repeats=cold_repeats)
-        return run_bench(Path(bundle_dir), texts, cfg, progress=lambda msg: None if as_json else click.echo(msg + " ...", err=True))
+        return run_bench(_bundle_dir(Path(bundle_dir)), texts, cfg, progress=lambda msg: None if as_json else click.echo(msg + " ...", err=True))
 
     result = work()
     click.echo(json.dumps(result, indent=1) if as_json else format_report(result))
@@ -674,7 +694,7 @@ def demo(bundle_dir: Path, host: str, port: int, ort_web: Path | None) -> None:
     from pipeline.demo import make_server
 
     try:
-        server = make_server(bundle_dir, host, port, ort_web=ort_web)
+        server = make_server(_bundle_dir(bundle_dir), host, port, ort_web=ort_web)
     except (SeqshipError, OSError) as e:
         raise click.ClickException(str(e)) from None
     if not server.loopback_only:

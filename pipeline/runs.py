@@ -166,6 +166,7 @@ def run_lock(run: Run) -> Iterator[None]:
             with _held_guard:
                 _held[run.root] -= 1
         return
+    created = not run.root.exists()
     try:
         run.root.mkdir(parents=True, exist_ok=True)
         f = open(run.root / ".lock", "a+")
@@ -188,6 +189,9 @@ def run_lock(run: Run) -> Iterator[None]:
         finally:
             with _held_guard:
                 del _held[run.root]
+            if created and [p.name for p in run.root.iterdir()] == [".lock"]:  # a command that wrote nothing
+                (run.root / ".lock").unlink()
+                run.root.rmdir()
             fcntl.flock(f, fcntl.LOCK_UN)
     finally:
         f.close()

@@ -82,12 +82,12 @@ class TrainConfig:
 
         for name in ("epochs", "batch_size", "patience", "min_freq", "embed_dim", "hidden_dim", "num_layers"):
             need(is_int(getattr(self, name)) and getattr(self, name) >= 1, name.replace("_", "-"), "must be an integer >= 1")
-        need(is_num(self.lr) and self.lr > 0, "lr", "must be a number > 0")
+        need(is_num(self.lr) and 0 < self.lr <= 10, "lr", "must be a number > 0 and <= 10")
         need(is_num(self.weight_decay) and self.weight_decay >= 0, "weight-decay", "must be a number >= 0")
         need(is_num(self.clip_norm) and self.clip_norm > 0, "clip-norm", "must be a number > 0")
         for name in ("dropout", "embed_dropout"):
             need(is_num(getattr(self, name)) and 0 <= getattr(self, name) < 1, name.replace("_", "-"), "must be in [0, 1)")
-        need(is_int(self.seed), "seed", "must be an integer")
+        need(is_int(self.seed) and 0 <= self.seed < 2**32, "seed", "must be an integer from 0 to 2**32 - 1")
         need(self.device in ("cpu", "cuda", "auto"), "device", "must be cpu, cuda or auto")
         need(self.tokenizer in TOKENIZER_KINDS, "tokenizer", f"must be one of {list(TOKENIZER_KINDS)}")
         need(self.cell in CELLS, "cell", f"must be one of {sorted(CELLS)}")

@@ -13,13 +13,14 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Iterator
 
 from runtime.errors import InputError, ModelOutputError, SeqshipError
-from runtime.fsio import atomic_write
+from runtime.fsio import atomic_write, sweep_partials
 from runtime.predictor import Predictor
 
 FORMATS = ("auto", "jsonl", "lines", "csv", "tsv")
@@ -39,12 +40,19 @@ class BulkStats:
 def json_line(obj: dict) -> str:
     """One JSON line, UTF-8 where possible; a lone surrogate (valid in a Python str, not in UTF-8) is
     written as a JSON escape instead of failing the whole run."""
-    line = json.dumps(obj, ensure_ascii=False)
+    line = json.dumps(obj, ensure_ascii=False, allow_nan=False)  # strict JSON: never NaN or Infinity
     try:
         line.encode("utf-8")
     except UnicodeEncodeError:
-        line = json.dumps(obj, ensure_ascii=True)
+        line = json.dumps(obj, ensure_ascii=True, allow_nan=False)
     return line + "\n"
+
+
+def _valid_id(value) -> bool:
+    """An id is copied to the output as is: a JSON string, a finite number, true/false or null."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return value is None or isinstance(value, (str, int, bool))
 
 
 def resolve_format(path: Path, fmt: str) -> str:
@@ -59,18 +67,21 @@ def resolve_format(path: Path, fmt: str) -> str:
 def _raw_lines(f: IO[bytes], max_bytes: int) -> Iterator[tuple[int, bytes | None]]:
     """(bytes read so far, line without its newline) per line, or None for a line over max_bytes,
     whose rest is skipped without being held in memory."""
+    pos = 0  # counted, not f.tell(): a pipe (--input /dev/stdin) cannot tell
     while True:
         raw = f.readline(max_bytes + 1)
         if not raw:
             return
+        pos += len(raw)
         if len(raw) > max_bytes and not raw.endswith(b"\n"):
             while True:  # skip to the end of this line, a block at a time
                 block = f.readline(_SKIP_BLOCK)
+                pos += len(block)
                 if not block or block.endswith(b"\n"):
                     break
-            yield f.tell(), None
+            yield pos, None
             continue
-        yield f.tell(), raw.rstrip(b"\n").rstrip(b"\r")
+        yield pos, raw.rstrip(b"\n").rstrip(b"\r")
 
 
 def _text_of(obj, n: int, text_column: str, id_column: str | None) -> dict:
@@ -81,6 +92,8 @@ def _text_of(obj, n: int, text_column: str, id_column: str | None) -> dict:
         return {"error": f"line {n}: expected a JSON string or an object with a {text_column!r} key"}
     rec = {}
     if id_column in obj:
+        if not _valid_id(obj[id_column]):
+            return {"error": f"line {n}: {id_column!r} must be a JSON string or a finite number"}
         rec["id"] = obj[id_column]
     text = obj[text_column]
     if not isinstance(text, str):
@@ -116,27 +129,37 @@ def _line_records(path: Path, fmt: str, text_column: str, id_column: str | None,
             yield pos, _text_of(obj, n, text_column, id_column)
 
 
-class _CountingReader:
-    """A text stream over a binary file that knows how many bytes it has consumed."""
+class _LineReader:
+    """Decoded lines of a binary file, for the csv module; a line over max_bytes is an InputError
+    (a table row cannot be skipped alone: a quoted field may span lines)."""
 
-    def __init__(self, f: IO[bytes]):
-        self.f = f
+    def __init__(self, f: IO[bytes], path: Path, max_bytes: int):
+        self.f, self.path, self.max_bytes, self.line, self.pos = f, path, max_bytes, 0, 0
         self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
 
     def __iter__(self):
         return self
 
     def __next__(self) -> str:
-        raw = self.f.readline(MAX_LINE_BYTES + 1)
+        raw = self.f.readline(self.max_bytes + 1)
         if not raw:
             raise StopIteration
+        self.line += 1
+        self.pos += len(raw)
+        if len(raw) > self.max_bytes and not raw.endswith(b"\n"):
+            raise InputError(f"{self.path}: line {self.line} is longer than {self.max_bytes:,} bytes; shorten it, "
+                             "or score the file as --format lines (one text per line)")
         return self.decoder.decode(raw)
 
 
 def _table_records(path: Path, fmt: str, text_column: str, id_column: str | None, max_bytes: int) -> Iterator[tuple[int, dict]]:
     csv.field_size_limit(max(csv.field_size_limit(), max_bytes))
+    # As the training data reader reads them: CSV strictly (a quote out of place is an error, never a
+    # field that silently swallows the following rows), TSV without quoting.
+    dialect = {"delimiter": ",", "strict": True} if fmt == "csv" else {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
     with open(path, "rb") as f:
-        reader = csv.reader(_CountingReader(f), delimiter="," if fmt == "csv" else "\t")
+        lines = _LineReader(f, path, max_bytes)
+        reader = csv.reader(lines, **dialect)
         try:
             header = next(reader, None)
         except (csv.Error, UnicodeDecodeError) as e:
@@ -164,7 +187,7 @@ def _table_records(path: Path, fmt: str, text_column: str, id_column: str | None
                 rec["error"] = f"row {row_no}: has {len(row)} fields, no {text_column!r} column"
             else:
                 rec["text"] = row[t]
-            yield f.tell(), rec
+            yield lines.pos, rec
 
 
 def records(path: Path, fmt: str = "auto", *, text_column: str = "text", id_column: str | None = "id",
@@ -199,10 +222,11 @@ def score_file(
     fmt = resolve_format(src, fmt)
     if not isinstance(top_k, int) or top_k < 1:
         raise InputError(f"top_k must be a positive integer, got {top_k!r}")
-    if not src.is_file():
+    if not src.exists() or src.is_dir():
         raise SeqshipError(f"{src}: input file not found")
     if dst.exists() and os.path.samefile(src, dst):
         raise SeqshipError(f"{dst}: the output must not overwrite the input")
+    sweep_partials(dst.parent if str(dst.parent) else Path("."))  # what a killed run left beside the output
     stats = BulkStats()
     rows = records(src, fmt, text_column=text_column, id_column=id_column, max_line_bytes=max_line_bytes)
     with atomic_write(dst, "w") as out:

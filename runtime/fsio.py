@@ -97,24 +97,87 @@ def _target(path: Path) -> tuple[Path, os.stat_result | None]:
     return real, st
 
 
+_FD_PATH = re.compile(r"^/(?:dev/fd|proc/self/fd|proc/[0-9]+/fd)/([0-9]+)$")
+_STD = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
+
+
+def _own_fd(path: Path) -> int | None:
+    """The file descriptor when `path` names one of this process's own (/dev/stdout, /dev/fd/N, ...),
+    following symlinks to it; such a path is a stream already open, never a file to replace."""
+    p = os.path.abspath(path)
+    for _ in range(16):
+        if p in _STD:
+            return _STD[p]
+        m = _FD_PATH.match(p)
+        if m:
+            return int(m[1]) if p.startswith(("/dev/fd/", "/proc/self/fd/", f"/proc/{os.getpid()}/fd/")) else None
+        if not os.path.islink(p):
+            return None
+        p = os.path.normpath(os.path.join(os.path.dirname(p), os.readlink(p)))
+    return None
+
+
+class _Writer:
+    """A file whose write errors name the path being written (a full disk says which file)."""
+
+    def __init__(self, f: IO, path: Path):
+        self._f, self._path = f, path
+
+    def write(self, data):
+        """As the file's write; an OSError becomes a FileSafetyError naming the path."""
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            raise FileSafetyError(describe_os_error(self._path, e)) from None
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+def _flush(f: IO, path: Path, sync: bool = False) -> None:
+    try:
+        f.flush()
+        if sync:
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise FileSafetyError(describe_os_error(path, e)) from None
+
+
+def _close_quietly(f: IO) -> None:
+    """Close after a failed flush without a second error hiding the first (close flushes again)."""
+    try:
+        f.close()
+    except OSError:
+        pass
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", *, encoding: str | None = "utf-8") -> Iterator[IO]:
     """Open a temporary file beside `path` for writing; on a clean exit it replaces `path`, whole.
 
-    On an exception the temporary file is removed and `path` is left as it was. A FIFO or character
-    device at `path` is written into directly (a stream has no "whole"); a directory, socket or block
-    device is refused. See the module docstring for permissions and symlinks.
+    On an exception the temporary file is removed and `path` is left as it was (the exception is not
+    changed: only writing to the file, and replacing, raise FileSafetyError). This process's own streams
+    (/dev/stdout, /dev/fd/N) and a FIFO or character device at `path` are written into directly (a
+    stream has no "whole"); a directory, socket or block device is refused. See the module docstring
+    for permissions and symlinks.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
+    kw = {"encoding": encoding} if mode == "w" else {}
     path = Path(path)
-    target, st = _target(path)
-    if st is not None and (stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode)):
+    fd = _own_fd(path)
+    target, st = (path, None) if fd is not None else _target(path)
+    if fd is not None or (st is not None and (stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode))):
+        # a stream: written into, never truncated-and-replaced (/dev/stdout redirected to a file keeps what it held)
         try:
-            with open(target, mode, **({"encoding": encoding} if mode == "w" else {})) as stream:
-                yield stream
+            stream = os.fdopen(os.dup(fd), mode, **kw) if fd is not None else open(target, mode, **kw)
         except OSError as e:
             raise FileSafetyError(describe_os_error(path, e)) from None
+        try:
+            yield _Writer(stream, path)
+            _flush(stream, path)
+        finally:
+            _close_quietly(stream)
         return
     if st is not None and not stat.S_ISREG(st.st_mode):
         kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device or special file"
@@ -124,19 +187,21 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", *, encoding: str | No
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{target.name}.{_tag()}{PARTIAL}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        f = os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600), mode, **kw)
     except OSError as e:
         raise FileSafetyError(describe_os_error(path, e)) from None
     try:
-        with os.fdopen(fd, mode, **({"encoding": encoding} if mode == "w" else {})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, perms)
-        os.replace(tmp, target)
+        try:
+            yield _Writer(f, path)
+            _flush(f, path, sync=True)
+        finally:
+            _close_quietly(f)
+        try:
+            os.chmod(tmp, perms)
+            os.replace(tmp, target)
+        except OSError as e:
+            raise FileSafetyError(describe_os_error(path, e)) from None
         _fsync_dir(folder)
-    except OSError as e:
-        raise FileSafetyError(describe_os_error(path, e)) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

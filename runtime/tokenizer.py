@@ -234,7 +234,7 @@ def split_tokens(text: str, kind: str) -> list[str]:
 # on max_length, not on the text's length (a text of hundreds of MB costs its own str and no more).
 STREAM_ABOVE = 65_536
 PIECE = 16_384
-MAX_UNCUT = 1 << 20  # code points with no safe cut between them before a text is refused
+MAX_UNCUT = 1 << 20  # code points with no safe cut between them before the rest is processed whole
 
 
 @functools.lru_cache(maxsize=1)
@@ -248,38 +248,47 @@ def _composes_after() -> frozenset[int]:
     return frozenset(out)
 
 
+def _composes_back(c: int) -> bool:
+    """Whether the code point can merge with the character before it under normalisation."""
+    return 0x1161 <= c <= 0x1175 or 0x11A8 <= c <= 0x11C2 or c in _composes_after()  # Hangul V and T jamo too
+
+
+def _case_ignorable(ch: str) -> bool:
+    """Python's own Case_Ignorable, read off its lower-casing: a final sigma's context looks through it."""
+    return ("A\u03a3" + ch + "B").lower()[1] == "\u03c3" and ("A\u03a3" + ch).lower()[1] == "\u03c2"
+
+
 @functools.lru_cache(maxsize=65_536)
-def _inert(ch: str) -> bool:
-    """Whether steps 2-5 of the spec treat `ch` the same whatever stands around it, so that a text may
-    be cut between two such characters: unchanged by every normalisation form, a starter that never
-    composes with what precedes it (Hangul jamo excluded: they compose algorithmically), not Σ (whose
-    lower case depends on its neighbours) and not case-ignorable (which Σ's context looks through)."""
+def _inert(ch: str, form: str | None) -> bool:
+    """Whether a text may be cut right before or right after `ch` (under normalisation `form`) without
+    changing steps 2-5: `ch` never merges with what precedes it (a starter that composes with nothing
+    before it, and so is the first character of its normal form: canonical reordering and composition
+    stop there), and its normal form starts with a character a final sigma's context stops at and holds
+    no capital sigma (the only character whose lower case depends on its neighbours)."""
     c = ord(ch)
-    if c < 0x80:
-        return ch not in "'.:^`"  # the ASCII case-ignorables
-    if ch == "\u03a3" or 0x1100 <= c <= 0x11FF or unicodedata.category(ch) not in ("Lu", "Ll", "Lt", "Lo", "Nd"):
+    if unicodedata.combining(ch) or _composes_back(c):
         return False
-    if unicodedata.combining(ch) or c in _composes_after():
+    n = unicodedata.normalize(form, ch) if form else ch
+    if not n or "\u03a3" in n:
         return False
-    return all(unicodedata.normalize(form, ch) == ch for form in ("NFC", "NFKC", "NFD", "NFKD"))
+    first = n[0]
+    return not (unicodedata.combining(first) or _composes_back(ord(first)) or _case_ignorable(first))
 
 
 def _pieces(text: str, spec: TokenizerSpec, piece: int) -> Iterable[str]:
     """Steps 2-3 (normalise, lower-case) applied piece by piece; the pieces concatenate to what the
-    whole text gives, because each cut lies between two inert characters (see `_inert`)."""
-    n, start = len(text), 0
+    whole text gives, because each cut lies between two inert characters (see `_inert`). A stretch of
+    MAX_UNCUT code points with no such pair (e.g. a run of combining marks) is processed whole."""
+    n, start, form = len(text), 0, spec.normalization
     while start < n:
         end = min(n, start + piece)
-        while end < n and not (_inert(text[end - 1]) and _inert(text[end])):
+        while end < n and not (_inert(text[end - 1], form) and _inert(text[end], form)):
             end += 1
             if end - start > MAX_UNCUT:
-                raise InputError(
-                    f"text has {MAX_UNCUT:,} code points in a row with no place where it can be tokenized in "
-                    "pieces (e.g. a run of combining marks): shorten it before predicting"
-                )
+                end = n  # no safe cut: correct first, bounded memory second
         part = text[start:end]
-        if spec.normalization and not part.isascii():
-            part = unicodedata.normalize(spec.normalization, part)
+        if form and not part.isascii():
+            part = unicodedata.normalize(form, part)
         yield part.lower() if spec.lowercase else part
         start = end
 

@@ -424,3 +424,76 @@ def test_library_modules_never_import_the_cli_and_the_model_file_is_torch_only()
     imported = {n.module for n in ast.walk(model) if isinstance(n, ast.ImportFrom)} | {
         a.name for n in ast.walk(model) if isinstance(n, ast.Import) for a in n.names}
     assert imported <= {"__future__", "json", "dataclasses", "pathlib", "typing", "torch"}, imported
+
+
+# --- from an adversarial review -------------------------------------------------------------------------
+
+
+def test_table_input_never_makes_phantom_or_lost_rows(tiny_run, tmp_path):
+    from runtime import Predictor
+    from runtime.bulk import score_file
+    from runtime.errors import InputError
+
+    bundle = tiny_run[1]["bundle"]
+    q = tmp_path / "q.csv"
+    q.write_text('id,text\n1,Nguyen\n2,"Smith\n3,Schmidt\n4,Tanaka\n')  # an unclosed quote would swallow rows
+    code, out, err = cli("predict", "--bundle", bundle, "--input", q)
+    assert_one_error_line(code, out, err, "q.csv", "quoting")
+    p = Predictor.load(bundle, providers="cpu")
+    t = tmp_path / "long.tsv"
+    t.write_text("id\ttext\n1\t" + "x" * 5000 + "\n2\tSmith\n")  # a row over the limit cannot be skipped alone
+    with pytest.raises(InputError, match="line 2 is longer than 4,096 bytes"):
+        score_file(p, t, tmp_path / "o.jsonl", max_line_bytes=4096)
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_output_to_dev_stdout_appends_to_what_stdout_already_holds(tiny_run, names_txt, tmp_path):
+    log = tmp_path / "log.txt"
+    script = (f"echo header; {' '.join(PIPELINE)} predict --bundle {tiny_run[1]['bundle']} --input {names_txt} "
+              f"--output /dev/stdout; echo footer")
+    subprocess.run(["bash", "-c", f"({script}) >> {log}"], check=True, cwd=REPO, capture_output=True)
+    lines = log.read_text().splitlines()
+    assert lines[0] == "header" and lines[-1] == "footer" and len(lines) == 5
+    piped = subprocess.run(["bash", "-c", f"cat {names_txt} | {' '.join(PIPELINE)} predict --bundle {tiny_run[1]['bundle']} "
+                                          f"--input /dev/stdin --output /dev/stdout | wc -l"], cwd=REPO, capture_output=True, text=True)
+    assert piped.stdout.strip() == "3", piped.stderr
+
+
+def test_bulk_ids_must_be_json_scalars_and_output_stays_strict_json(tiny_run, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(['{"text": "Nguyen", "id": 1e400}', '{"text": "Nguyen", "id": NaN}',
+                              '{"text": "Nguyen", "id": ' + "[" * 900 + "]" * 900 + "}", '{"text": "Nguyen", "id": "ok"}']) + "\n")
+    out = tmp_path / "out.jsonl"
+    code, _, err = cli("predict", "--bundle", tiny_run[1]["bundle"], "--input", src, "--output", out)
+    assert code == 1 and "Traceback" not in err
+    rows = [json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in the output")) for line in out.read_text().splitlines()]
+    assert ["error" in r for r in rows] == [True, True, True, False] and rows[3]["id"] == "ok"
+
+
+def test_undecodable_stdin_lines_get_error_rows_in_any_locale(tiny_run):
+    for env in ({}, {"PYTHONIOENCODING": "utf-8"}, {"LC_ALL": "C"}):
+        p = subprocess.run([*PIPELINE, "predict", "--bundle", tiny_run[1]["bundle"]], input=b"Nguyen\n\xff\xfe\nSchmidt\n",
+                           capture_output=True, env=dict(os.environ, **env), cwd=REPO)
+        rows = [json.loads(line) for line in p.stdout.decode().splitlines()]
+        assert p.returncode == 1 and b"Traceback" not in p.stderr, (env, p.stderr)
+        assert "not UTF-8" in rows[1]["error"] and "label" in rows[0] and "label" in rows[2]
+
+
+def test_a_failed_command_leaves_no_empty_run_folder_and_seeds_are_checked_as_usage(tmp_path):
+    code, out, err = cli("run", "train", "--artifacts-dir", tmp_path, "--run-name", "typo")
+    assert_one_error_line(code, out, err, "run `pipeline run data` first")
+    assert list(tmp_path.iterdir()) == []
+    for seed in ("-1", str(2**70)):
+        code, _, err = cli("run", "all", "--artifacts-dir", tmp_path, "--seed", seed)
+        assert code == 2 and "Traceback" not in err and "--seed" in err
+
+
+def test_labels_in_two_unicode_forms_are_one_class(tmp_path):
+    rows = [{"text": f"text {i}", "label": "caf\u00e9" if i % 2 else "cafe\u0301"} for i in range(20)]
+    rows += [{"text": f"other {i}", "label": "tea"} for i in range(20)]
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    result = invoke("run", "data", "--data", str(data), "--artifacts-dir", str(tmp_path), "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "d" / "data" / "summary.json").read_text())
+    assert sorted(summary["labels"]) == ["caf\u00e9", "tea"]

@@ -213,10 +213,11 @@ from runtime.tokenizer import stream_tokens  # noqa: E402
 # that compose, final sigma and the case-ignorables it looks through, compatibility forms, whitespace.
 _TRICKY = ["a", "A", "e", "\u0301", "\u0323", "Σ", "σ", "'", ".", ":", "^", "`", " ", "\u00a0", "\u2028", "\t",
            "\u1100", "\u1161", "\u11a8", "가", "İ", "ﬁ", "中", "か", "\u3099", "ß", "_", "-", "1", "\u0345",
-           "\u00b7", "Å", "\u212b", "\u0cc6", "\u0cd5", "ǅ", "\U0001d400"]
+           "\u00b7", "Å", "\u212b", "\u0cc6", "\u0cd5", "ǅ", "\U0001d400", "é", "각", "\U0001d6ba", "\uff9e", "\u0385",
+           "ᾼ", "ﬃ", "😀", "—", "\u2019", "ʰ", "\u0387", "ϓ", "ǰ", "\u0958", "\u1e9b", "\u0130"]
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=st.lists(st.sampled_from(_TRICKY), max_size=60).map("".join),
        piece=st.integers(1, 7), limit=st.integers(1, 30),
        kind=st.sampled_from(["char", "word"]), norm=st.sampled_from(["NFC", "NFKC", "NFD", "NFKD", None]),
@@ -244,3 +245,19 @@ def test_a_huge_text_costs_its_own_string_and_not_its_tokens():
         out = _subprocess.run([sys.executable, "-c", code, kind], capture_output=True, text=True, check=True).stdout.split()
         assert out[:2] == ["64", "True"]
         assert int(out[2]) < 50, f"{kind}: encoding grew RSS by {out[2]} MB"  # all tokens at once: several GB
+
+
+def test_long_texts_of_any_script_are_scored_whole_or_in_pieces_never_refused():
+    """Hangul, precomposed letters, symbols, emoji and case-ignorables: long texts of each get the first
+    tokens the whole text gives (in pieces where they can be cut, whole where they cannot)."""
+    from runtime import tokenizer as t
+
+    for unit in ("안녕하세요 반갑습니다 ", "é", "😀", "—", ".", "\u0301", "Σ.", "ab "):
+        text = unit * (t.STREAM_ABOVE // len(unit) + 50)
+        for kind, norm in (("char", "NFC"), ("word", "NFD"), ("char", "NFKC"), ("word", None)):
+            spec = TokenizerSpec(type=kind, normalization=norm, lowercase=True, max_length=300,
+                                 vocab=("<pad>", "<unk>", "a"))
+            whole = split_tokens(normalize(text, spec), kind)
+            got, more = t.stream_tokens(text, spec, 300, piece=1000)
+            ids = {"a": 2}  # a word longer than every vocabulary entry is kept only as far as it matters: unk
+            assert ([ids.get(x, 1) for x in got], more) == ([ids.get(x, 1) for x in whole[:300]], len(whole) > 300), (unit, kind, norm)

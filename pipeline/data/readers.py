@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import unicodedata
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ DROP_REASONS = {
 NORMALISE_REASONS = {
     "label_integer": "an integer label, read as its decimal string",
     "label_whitespace": "spaces around the label, removed",
+    "label_unicode_form": "a label not in NFC (texts are NFC), normalised to NFC",
 }
 
 
@@ -109,14 +111,18 @@ def read_label_files(folder: Path, label_files: tuple[tuple[str, str], ...]) -> 
 
 
 def _label(value: str, where: str, issues: RowIssues) -> str | None:
-    """A string label stripped of surrounding spaces, or None (counted) if nothing is left."""
+    """A string label stripped of surrounding spaces and in NFC (as texts are: an NFD "café" and an NFC
+    one are one class), or None (counted) if nothing is left."""
     label = value.strip()
     if not label:
         issues.drop("label_empty", where)
         return None
     if label != value:
         issues.normalise("label_whitespace", where)
-    return label
+    nfc = unicodedata.normalize("NFC", label)
+    if nfc != label:
+        issues.normalise("label_unicode_form", where)
+    return nfc
 
 
 def _kind(value) -> str:
