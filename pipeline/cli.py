@@ -81,8 +81,7 @@ def errors_handled(command):
         except OSError as e:
             from runtime.fsio import describe_os_error
 
-            message = describe_os_error(e.filename, e, "use") if e.filename else f"a file operation failed: {describe_os_error('', e).split(': ', 1)[-1]}"
-            raise fail(SeqshipError(message), as_json) from None
+            raise fail(SeqshipError(describe_os_error(e.filename, e, "use")), as_json) from None
         except Exception as e:  # noqa: BLE001 - a bug: one line, and the traceback with -vv
             raise _internal(e, as_json) from None
     return wrapper
@@ -454,7 +453,7 @@ def _providers(value: str):
               help="CPU: batches scored at once, each on a single-threaded session [default: all cores]; CUDA: intra-op threads.")
 @click.option("--input", "input_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Score this file instead of TEXT arguments (see --format).")
-@click.option("--output", "output_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--output", "output_path", type=click.Path(dir_okay=False), default=None,
               help="With --input: write JSON lines here, atomically; a FIFO or /dev/stdout is streamed into [default: stdout].")
 @click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "lines", "csv", "tsv"]), default="auto", show_default=True,
               help="--input format; auto: jsonl for .jsonl/.ndjson, csv for .csv, tsv for .tsv, else one text per line.")
@@ -492,8 +491,10 @@ def predict(bundle_dir, top_k, providers, threads, input_path, output_path, fmt,
         raise click.UsageError("give TEXT arguments or --input, not both")
     if input_path is not None and (not input_path.exists() or input_path.is_dir()):
         raise click.BadParameter(f"{input_path}: no such file", param_hint="--input")
-    if output_path is not None and str(output_path).endswith(("/", os.sep)) or (output_path is not None and output_path.is_dir()):
-        raise click.BadParameter(f"{output_path}: a folder; give a file path", param_hint="--output")
+    if output_path is not None:  # a str until here: Path() would drop the trailing "/" that says "a folder"
+        if output_path.endswith(("/", os.sep)) or Path(output_path).is_dir():
+            raise click.BadParameter(f"{output_path}: a folder; give a file path", param_hint="--output")
+        output_path = Path(output_path)
     predictor = Predictor.load(_bundle_dir(bundle_dir), providers=_providers(providers), intra_op_num_threads=threads,
                                expected_sha256=expect_sha256, unicode_mismatch=unicode_mismatch)
     if top_k > len(predictor.labels):

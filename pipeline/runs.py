@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from contextlib import contextmanager
@@ -141,7 +142,6 @@ def digest(obj) -> str:
 
 
 _held: dict[Path, int] = {}  # run root -> nesting depth of run_lock in this process
-_held_files: dict[Path, object] = {}
 _held_guard = threading.Lock()
 
 
@@ -237,8 +237,6 @@ def run_stage(run: Run, stage: str, inputs: dict, produce: Callable[[Path], dict
             replace_dir(tmp, folder)
         finally:
             if tmp.exists():
-                import shutil
-
                 shutil.rmtree(tmp, ignore_errors=True)
         seconds = time.perf_counter() - started
         write_json_atomic(

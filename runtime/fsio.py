@@ -1,7 +1,8 @@
 """Writing files and folders so that a crash, a full disk or a second process never leaves a
 half-written file under a final name, and nothing but a regular file is ever replaced.
 
-Every file seqship writes goes through `atomic_write` (or `write_text_atomic`/`write_json_atomic`),
+Every file seqship writes goes through `atomic_write` (or `write_text_atomic`/`write_json_atomic`; `partial_path` + `commit_partial` for
+a library that must write by name),
 every stage folder or cache entry through `temp_dir` + `replace_dir`:
 
 - the data goes to a temporary name beside the target (`.<name>.<host>-<pid>.<random>.partial`),
@@ -67,8 +68,8 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def describe_os_error(path: os.PathLike | str, e: OSError, doing: str = "write") -> str:
-    """One line that names the path, what failed and what to do about it."""
+def describe_os_error(path: os.PathLike | str | None, e: OSError, doing: str = "write") -> str:
+    """One line that names the path (when known), what failed and what to do about it."""
     hint = {
         errno.ENOSPC: "the disk is full: free space or write elsewhere",
         errno.EDQUOT: "the disk quota is exceeded: free space or write elsewhere",
@@ -80,7 +81,7 @@ def describe_os_error(path: os.PathLike | str, e: OSError, doing: str = "write")
         errno.EISDIR: "it is a folder: give a file path",
         errno.ENAMETOOLONG: "the name is too long",
     }.get(e.errno, e.strerror or str(e))
-    return f"cannot {doing} {path}: {hint}"
+    return f"cannot {doing} {path}: {hint}" if path else f"a file operation failed: {hint}"
 
 
 def _target(path: Path) -> tuple[Path, os.stat_result | None]:
@@ -196,15 +197,20 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", *, encoding: str | No
             _flush(f, path, sync=True)
         finally:
             _close_quietly(f)
-        try:
-            os.chmod(tmp, perms)
-            os.replace(tmp, target)
-        except OSError as e:
-            raise FileSafetyError(describe_os_error(path, e)) from None
-        _fsync_dir(folder)
+        _install(tmp, target, perms, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _install(tmp: Path, target: Path, perms: int, path: Path) -> None:
+    """Give a whole, fsynced temporary its final mode and rename it over target; fsync the folder."""
+    try:
+        os.chmod(tmp, perms)
+        os.replace(tmp, target)
+    except OSError as e:
+        raise FileSafetyError(describe_os_error(path, e)) from None
+    _fsync_dir(target.parent)
 
 
 def partial_path(path: str | os.PathLike) -> Path:
@@ -220,25 +226,18 @@ def commit_partial(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     if st is not None and not stat.S_ISREG(st.st_mode):
         raise FileSafetyError(f"{path} is not a regular file: refusing to replace it; give a file path")
     try:
-        fd = os.open(tmp, os.O_RDONLY)
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.chmod(tmp, stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~umask())
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
-    except OSError as e:
-        raise FileSafetyError(describe_os_error(path, e)) from None
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise FileSafetyError(describe_os_error(path, e)) from None
+        _install(tmp, target, stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~umask(), path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """`path` holds exactly `data` afterwards, or is unchanged (see `atomic_write`)."""
-    with atomic_write(path, "wb") as f:
-        f.write(data)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

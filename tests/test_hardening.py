@@ -260,6 +260,7 @@ def test_domain_errors_are_one_line_exit_1_and_a_json_error_object(tiny_run, tmp
     ["run", "train", "--dropout", "1"], ["run", "all", "--batch-size", "0"], ["run", "all", "--cell", "transformer"],
     ["predict", "--bundle", "x", "--top-k", "0", "a"], ["predict", "--bundle", "x", "--output", "o.jsonl", "a"],
     ["predict", "--bundle", "x", "--input", "/nonexistent.txt"], ["train"], ["verify"],
+    ["predict", "--bundle", "x", "--input", __file__, "--output", "/tmp/seqship-no-such-folder/"],
 ])
 def test_usage_errors_exit_2_before_any_io(tmp_path, args):
     code, out, err = cli_inproc(*args, "--artifacts-dir" if args[0] == "run" else "", tmp_path if args[0] == "run" else "")
