@@ -507,6 +507,8 @@ def predict(bundle_dir, top_k, providers, threads, input_path, output_path, fmt,
         return
     undecodable: dict[int, str] = {}
     if not texts:
+        if sys.stdin is None or getattr(sys.stdin, "buffer", None) is None:
+            raise click.UsageError("no texts: give TEXT arguments, --input FILE, or texts on stdin")
         raw_lines = [line.rstrip(b"\r") for line in sys.stdin.buffer.read().split(b"\n")]
         while raw_lines and raw_lines[-1].strip() == b"":  # a file's final newline (and blank lines after it) is not a text
             raw_lines.pop()

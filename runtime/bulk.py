@@ -182,6 +182,9 @@ def _table_records(path: Path, fmt: str, text_column: str, id_column: str | None
                     f"{path}: row {row_no} (line {reader.line_num}) cannot be read as {fmt.upper()} ({str(e)[:120]}); "
                     "fix its quoting, or score it as --format lines"
                 ) from None
+            if not row:  # a blank line is no row, as the training reader reads a table
+                row_no -= 1
+                continue
             rec: dict = {} if i is None or i >= len(row) else {"id": row[i]}
             if t >= len(row):
                 rec["error"] = f"row {row_no}: has {len(row)} fields, no {text_column!r} column"

@@ -98,24 +98,37 @@ def _target(path: Path) -> tuple[Path, os.stat_result | None]:
     return real, st
 
 
-_FD_PATH = re.compile(r"^/(?:dev/fd|proc/self/fd|proc/[0-9]+/fd)/([0-9]+)$")
 _STD = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
 
 
+_FD_DIR = re.compile(r"^/proc/[0-9]+(/task/[0-9]+)?/fd$")
+
+
 def _own_fd(path: Path) -> int | None:
-    """The file descriptor when `path` names one of this process's own (/dev/stdout, /dev/fd/N, ...),
-    following symlinks to it; such a path is a stream already open, never a file to replace."""
+    """This process's descriptor when `path` is /dev/stdin, /dev/stdout or /dev/stderr (through any
+    symlinks): written into the open stream, as the shell set it up."""
     p = os.path.abspath(path)
     for _ in range(16):
         if p in _STD:
             return _STD[p]
-        m = _FD_PATH.match(p)
-        if m:
-            return int(m[1]) if p.startswith(("/dev/fd/", "/proc/self/fd/", f"/proc/{os.getpid()}/fd/")) else None
         if not os.path.islink(p):
             return None
         p = os.path.normpath(os.path.join(os.path.dirname(p), os.readlink(p)))
     return None
+
+
+def _fd_link(path: Path) -> bool:
+    """Whether `path` is, or leads through symlinks to, an open-descriptor link (/dev/fd/N,
+    /proc/<pid or self or thread-self>/fd/N, a folder linked to one): a file some process has open,
+    which must be appended to, never truncated or replaced under it."""
+    p = os.path.abspath(path)
+    for _ in range(16):
+        if _FD_DIR.match(os.path.realpath(os.path.dirname(p))):
+            return True
+        if not os.path.islink(p):
+            return False
+        p = os.path.normpath(os.path.join(os.path.dirname(p), os.readlink(p)))
+    return False
 
 
 class _Writer:
@@ -167,11 +180,15 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", *, encoding: str | No
     kw = {"encoding": encoding} if mode == "w" else {}
     path = Path(path)
     fd = _own_fd(path)
-    target, st = (path, None) if fd is not None else _target(path)
-    if fd is not None or (st is not None and (stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode))):
-        # a stream: written into, never truncated-and-replaced (/dev/stdout redirected to a file keeps what it held)
+    fd_link = fd is None and _fd_link(path)
+    target, st = (path, None) if fd is not None or fd_link else _target(path)
+    if fd is not None or fd_link or (st is not None and (stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode))):
+        # a stream: written into, never truncated-and-replaced (stdout redirected to a file keeps what it held)
         try:
-            stream = os.fdopen(os.dup(fd), mode, **kw) if fd is not None else open(target, mode, **kw)
+            if fd is not None:
+                stream = os.fdopen(os.dup(fd), mode, **kw)
+            else:
+                stream = open(path, mode.replace("w", "a") if fd_link else mode, **kw)
         except OSError as e:
             raise FileSafetyError(describe_os_error(path, e)) from None
         try:

@@ -326,6 +326,10 @@ def test_predict_reads_a_csv_by_column_and_keeps_each_rows_id(tiny_run, tmp_path
     assert [json.loads(line)["label"] for line in out2.splitlines()] == [r["label"] for r in rows]
     code, out, err = cli("predict", "--bundle", tiny_run[1]["bundle"], "--input", src)
     assert_one_error_line(code, out, err, "no column 'text'", "--text-column")
+    blank = tmp_path / "blank.csv"
+    blank.write_text("id,text\n1,Nguyen\n\n2,Rossi\n\n")  # blank lines are no rows, as in training
+    code, out, err = cli("predict", "--bundle", tiny_run[1]["bundle"], "--input", blank)
+    assert code == 0 and [json.loads(line)["id"] for line in out.splitlines()] == ["1", "2"], err
     tsv = tmp_path / "in.tsv"
     tsv.write_text("text\nNguyen\n" + '"' + "x" * 2_000_000 + '"\n')  # a 2 MB field
     code, out, err = cli("predict", "--bundle", tiny_run[1]["bundle"], "--input", tsv)
@@ -463,6 +467,11 @@ def test_output_to_dev_stdout_appends_to_what_stdout_already_holds(tiny_run, nam
     subprocess.run(["bash", "-c", f"({script}) >> {log}"], check=True, cwd=REPO, capture_output=True)
     lines = log.read_text().splitlines()
     assert lines[0] == "header" and lines[-1] == "footer" and len(lines) == 5
+    for spelling in ("/proc/thread-self/fd/1", "/dev/fd/1"):  # other names of an open descriptor: appended to, never replaced
+        log.write_text("KEEP\n")
+        subprocess.run(["bash", "-c", f"{' '.join(PIPELINE)} predict --bundle {tiny_run[1]['bundle']} --input {names_txt} "
+                                      f"--output {spelling} >> {log}"], check=True, cwd=REPO, capture_output=True)
+        assert log.read_text().splitlines()[0] == "KEEP" and len(log.read_text().splitlines()) == 4, spelling
     piped = subprocess.run(["bash", "-c", f"cat {names_txt} | {' '.join(PIPELINE)} predict --bundle {tiny_run[1]['bundle']} "
                                           f"--input /dev/stdin --output /dev/stdout | wc -l"], cwd=REPO, capture_output=True, text=True)
     assert piped.stdout.strip() == "3", piped.stderr
