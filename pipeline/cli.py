@@ -21,7 +21,8 @@ from runtime.errors import SeqshipError
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 SEED = click.IntRange(0, 2**32 - 1)  # what numpy's and torch's generators accept
 # Modules of the optional extras, and the extra that brings each.
-EXTRAS = {"torch": "train", "onnx": "train", "onnxscript": "train", "matplotlib": "report"}
+EXTRAS = {"torch": "train", "onnx": "train", "onnxscript": "train", "matplotlib": "report",
+          "starlette": "serve", "uvicorn": "serve", "prometheus_client": "serve"}
 log = logging.getLogger("pipeline.cli")
 
 
@@ -710,6 +711,78 @@ def demo(bundle_dir: Path, host: str, port: int, ort_web: Path | None) -> None:
         pass
     finally:
         server.server_close()
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--bundle", "bundles", required=True, multiple=True, metavar="[NAME=]DIR",
+              help="A bundle folder to serve, as model NAME (default: the run's name); repeat for more models.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port (0: any free port).")
+@click.option("--max-batch", type=click.IntRange(1, 4096), default=64, show_default=True,
+              help="Texts per batch when concurrent requests are coalesced; 1 turns batching off.")
+@click.option("--max-delay-ms", type=click.FloatRange(0, 1000), default=2.0, show_default=True,
+              help="How long a batch waits for more texts after its first.")
+@click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Batches scored at once (each on a single-threaded onnxruntime session).")
+@click.option("--max-texts", type=click.IntRange(1), default=1024, show_default=True, help="Texts per request (more: 413).")
+@click.option("--max-body-bytes", type=click.IntRange(1024), default=8 << 20, show_default=True,
+              help="Request body size, after decompression (more: 413).")
+@click.option("--max-queue-texts", type=click.IntRange(1), default=8192, show_default=True,
+              help="Texts waiting per model before requests are refused with 503 and Retry-After.")
+@click.option("--timeout-s", type=click.FloatRange(0.1), default=30.0, show_default=True,
+              help="To receive a request's body (else 408), and for its texts to be scored (else 503).")
+@click.option("--drain-timeout-s", type=click.FloatRange(0), default=30.0, show_default=True,
+              help="After SIGTERM: how long requests in flight get to finish before they are cut off.")
+@click.option("--providers", default="auto", show_default=True, envvar="SEQSHIP_PROVIDERS",
+              help="auto, cpu, cuda, or a comma-separated list of onnxruntime providers [env SEQSHIP_PROVIDERS].")
+@click.option("--expect-sha256", "expect_sha256", multiple=True,
+              help="Refuse to start unless the bundle's digest is this; one per --bundle, in the same order.")
+@click.option("--unicode-mismatch", type=click.Choice(["refuse", "warn"]), default="refuse", show_default=True,
+              help="As for `pipeline predict`.")
+@click.option("--access-log", is_flag=True, help="Log every request on stderr (off by default).")
+@errors_handled
+def serve(bundles, host, port, max_batch, max_delay_ms, threads, max_texts, max_body_bytes, max_queue_texts, timeout_s,
+          drain_timeout_s, providers, expect_sha256, unicode_mismatch, access_log) -> None:
+    """Serve bundles over HTTP with the Open Inference Protocol (KServe v2), as Triton and KServe do.
+
+    Every bundle is verified (as Predictor.load verifies it) before the port opens. Concurrent requests
+    are batched together (--max-batch, --max-delay-ms). SIGTERM or Ctrl-C drains: no new connections,
+    every accepted request is answered, exit 0. Needs the `serve` extra.
+
+    \b
+    Endpoints: GET /v2/health/live, /v2/health/ready, /v2, /v2/models/NAME, /v2/models/NAME/ready;
+               POST /v2/models/NAME/infer (JSON, or binary tensors); POST /predict {"texts": [...]};
+               GET /metrics (Prometheus); GET / (this list).
+    \b
+    Example:
+      pipeline serve --bundle artifacts/names/bundle --port 8000
+      curl -s localhost:8000/predict -d '{"texts": ["Nguyen"], "top_k": 3}'
+    """
+    from pipeline.serve import Limits, load_models, serve as run_server
+
+    for value in expect_sha256:
+        from runtime.bundle import check_pin
+
+        check_pin(value)
+    models = load_models(list(bundles), list(expect_sha256), _providers(providers), unicode_mismatch)
+    limits = Limits(max_batch=max_batch, max_delay_ms=max_delay_ms, threads=threads, max_body_bytes=max_body_bytes,
+                    max_texts=max_texts, max_queue_texts=max_queue_texts, timeout_s=timeout_s,
+                    drain_timeout_s=drain_timeout_s)
+    for name, m in models.items():
+        click.echo(f"model {name}: {m.path} (bundle sha256 {m.predictor.digest}, {len(m.predictor.labels)} labels, "
+                   f"{m.predictor.provider})", err=True)
+
+    def ready(url: str) -> None:
+        click.echo(f"serving {len(models)} model(s) at {url}  (SIGTERM or Ctrl-C drains and stops)")
+        sys.stdout.flush()
+
+    tally = run_server(models, host, port, limits, access_log=access_log, on_ready=ready,
+                       verbose=logging.getLogger("pipeline").level <= logging.DEBUG)
+    drained = f" (drained in {tally['drain_seconds']:.2f} s)" if tally["drain_seconds"] is not None else ""
+    click.echo(f"stopped: {tally['accepted']} requests accepted, {tally['answered']} answered{drained}", err=True)
+    if tally["answered"] != tally["accepted"]:
+        raise click.ClickException(f"{tally['accepted'] - tally['answered']} accepted requests were not answered "
+                                   f"within --drain-timeout-s {drain_timeout_s:g}")
 
 
 @cli.command(context_settings=CONTEXT)
