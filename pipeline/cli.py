@@ -720,10 +720,11 @@ def demo(bundle_dir: Path, host: str, port: int, ort_web: Path | None) -> None:
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port (0: any free port).")
 @click.option("--max-batch", type=click.IntRange(1, 4096), default=64, show_default=True,
               help="Texts per batch when concurrent requests are coalesced; 1 turns batching off.")
-@click.option("--max-delay-ms", type=click.FloatRange(0, 1000), default=2.0, show_default=True,
-              help="How long a batch waits for more texts after its first.")
-@click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True,
-              help="Batches scored at once (each on a single-threaded onnxruntime session).")
+@click.option("--max-delay-ms", type=click.FloatRange(0, 1000), default=0.0, show_default=True,
+              help="How long a batch waits for more texts after its first (0: it takes what queued while the "
+                   "scoring threads were busy, which under load is already a full batch).")
+@click.option("--threads", type=click.IntRange(1, 256), default=lambda: os.cpu_count() or 1, show_default="all cores",
+              help="Batches scored at once, each on a single-threaded onnxruntime session.")
 @click.option("--max-texts", type=click.IntRange(1), default=1024, show_default=True, help="Texts per request (more: 413).")
 @click.option("--max-body-bytes", type=click.IntRange(1024), default=8 << 20, show_default=True,
               help="Request body size, after decompression (more: 413).")

@@ -77,7 +77,7 @@ class Limits:
     """The server's bounds; every one is a CLI option of `pipeline serve`."""
 
     max_batch: int = 64  # texts per batch (1: no batching)
-    max_delay_ms: float = 2.0  # how long a batch waits for more texts after its first
+    max_delay_ms: float = 0.0  # how long a batch waits for more texts after its first (0: takes what has queued)
     threads: int = 1  # batches scored at once, each on a single-threaded onnxruntime session
     max_body_bytes: int = 8 << 20  # request body, after decompression
     max_texts: int = 1024  # texts per request
@@ -389,15 +389,20 @@ def not_text(index: int, value) -> InputError:
 
 
 def _flat(data, where: str) -> list:
-    """A JSON tensor's `data`: flat, or nested lists in row-major order."""
+    """A JSON tensor's `data`: flat, or (for shape [N, 1]) one level of nested lists, in row-major order."""
     if not isinstance(data, list):
         raise HTTPError(400, f"{where}: 'data' must be a list of strings")
-    if any(isinstance(x, list) for x in data):
-        out = []
-        for x in data:
-            out.extend(_flat(x, where) if isinstance(x, list) else [x])
-        return out
-    return data
+    if not any(isinstance(x, list) for x in data):
+        return data
+    out = []
+    for x in data:
+        if isinstance(x, list):
+            if any(isinstance(y, list) for y in x):
+                raise HTTPError(400, f"{where}: 'data' nests deeper than the tensor's shape (at most [N, 1])")
+            out.extend(x)
+        else:
+            out.append(x)
+    return out
 
 
 def _binary_bytes_tensor(raw: memoryview, count: int | None, where: str) -> list:
@@ -411,8 +416,11 @@ def _binary_bytes_tensor(raw: memoryview, count: int | None, where: str) -> list
             raise HTTPError(400, f"{where}: element {len(items)} claims {n} bytes, only {len(raw) - pos - 4} remain")
         items.append(bytes(raw[pos + 4 : pos + 4 + n]))
         pos += 4 + n
+        if count is not None and len(items) > count:
+            break  # more elements than the shape says: no need to read the rest
     if count is not None and len(items) != count:
-        raise HTTPError(400, f"{where}: shape says {count} elements, the binary data holds {len(items)}")
+        held = f"more than {count}" if len(items) > count else str(len(items))
+        raise HTTPError(400, f"{where}: shape says {count} elements, the binary data holds {held}")
     return items
 
 
@@ -821,8 +829,16 @@ def serve(models: dict[str, Served], host: str, port: int, limits: Limits, *, ac
             if not state["draining"]:
                 state["draining"] = True
                 state["drain_started"] = time.monotonic()
-                print(f"{signal.Signals(sig).name}: draining ({app.accepted - app.answered} requests in flight)",
-                      file=sys.stderr, flush=True)
+                in_flight = app.accepted - app.answered
+
+                def announce():  # not from inside the signal handler: it may have interrupted a write to stderr
+                    print(f"{signal.Signals(sig).name}: draining ({in_flight} requests in flight)", file=sys.stderr,
+                          flush=True)
+
+                try:
+                    asyncio.get_running_loop().call_soon_threadsafe(announce)
+                except RuntimeError:  # before the event loop runs
+                    pass
             super().handle_exit(sig, frame)
 
         @contextlib.contextmanager

@@ -6,7 +6,6 @@ import asyncio
 import gzip
 import http.client
 import json
-import os
 import random
 import re
 import select
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime import InputError, Predictor
+from runtime import Predictor
 from tests.conftest import REPO
 
 PIPELINE = [sys.executable, "-m", "pipeline.cli"]
@@ -181,9 +180,9 @@ def test_per_text_errors_are_named_and_the_other_texts_still_scored(server, loca
     assert status == 200 and preds[0]["label"] and "text #1 is null" in preds[1]["error"] and "text #2 is empty" in preds[2]["error"]
 
 
-def _binary_infer(texts: list[bytes], size=None, header_length=None):
+def _binary_infer(texts: list[bytes], size=None, header_length=None, shape=None):
     blob = b"".join(struct.pack("<I", len(t)) + t for t in texts)
-    head = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)],
+    head = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts) if shape is None else shape],
                                    "parameters": {"binary_data_size": len(blob) if size is None else size}}]}).encode()
     return head + blob, {"Inference-Header-Content-Length": str(len(head) if header_length is None else header_length)}
 
@@ -199,6 +198,8 @@ BAD_REQUESTS = [  # (method, path, body, headers, status, what the error says)
     ("POST", "/v2/models/names/infer", OK.replace(b"[1]", b"[1, 3]"), {}, 400, "shape [1, 3]"),
     ("POST", "/v2/models/names/infer", OK.replace(b"[1]", b"[2]"), {}, 400, "shape says 2 texts, 'data' holds 1"),
     ("POST", "/v2/models/names/infer", OK.replace(b'"text"', b'"txt"'), {}, 400, "unknown input 'txt'"),
+    ("POST", "/v2/models/names/infer", OK.replace(b"[1]", b"[1, 1]").replace(b'["Nguyen"]', b'[[["Nguyen"]]]'), {}, 400,
+     "nests deeper than"),
     ("POST", "/v2/models/names/infer", infer_body(["a", 7]), {}, 400, "text #1 is a number"),
     ("POST", "/v2/models/names/infer", infer_body(["a"], top_k=99), {}, 400, "top_k must be an integer from 1 to"),
     ("POST", "/v2/models/names/infer", infer_body(["a"], errors="skip"), {}, 400, "parameters.errors"),
@@ -206,6 +207,7 @@ BAD_REQUESTS = [  # (method, path, body, headers, status, what the error says)
     ("POST", "/v2/models/names/infer", OK[:-1] + b', "outputs": [{"name": "logits"}]}', {}, 400, "unknown output 'logits'"),
     ("POST", "/v2/models/names/infer", *_binary_infer([b"ok", b"\xffbad"]), 400, "text #1: not UTF-8"),
     ("POST", "/v2/models/names/infer", *_binary_infer([b"Nguyen"], size=3), 400, "binary_data_size 3"),
+    ("POST", "/v2/models/names/infer", *_binary_infer([b"a", b"b", b"c"], shape=1), 400, "holds more than 1"),
     ("POST", "/v2/models/names/infer", *_binary_infer([b"Nguyen"], header_length=10**9), 400, "Inference-Header-Content-Length"),
     ("POST", "/v2/models/names/infer", infer_body(["a"] * 65), {}, 413, "limit is 64 (--max-texts)"),
     ("POST", "/v2/models/names/infer", infer_body(["x" * 70_000]), {}, 413, "--max-body-bytes"),
