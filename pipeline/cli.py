@@ -720,7 +720,7 @@ def demo(bundle_dir: Path, host: str, port: int, ort_web: Path | None) -> None:
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port (0: any free port).")
 @click.option("--max-batch", type=click.IntRange(1, 4096), default=64, show_default=True,
               help="Texts per batch when concurrent requests are coalesced; 1 turns batching off.")
-@click.option("--max-delay-ms", type=click.FloatRange(0, 1000), default=0.0, show_default=True,
+@click.option("--max-delay-ms", type=click.FloatRange(0, 60_000), default=0.0, show_default=True,
               help="How long a batch waits for more texts after its first (0: it takes what queued while the "
                    "scoring threads were busy, which under load is already a full batch).")
 @click.option("--threads", type=click.IntRange(1, 256), default=lambda: os.cpu_count() or 1, show_default="all cores",
@@ -733,7 +733,10 @@ def demo(bundle_dir: Path, host: str, port: int, ort_web: Path | None) -> None:
 @click.option("--timeout-s", type=click.FloatRange(0.1), default=30.0, show_default=True,
               help="To receive a request's body (else 408), and for its texts to be scored (else 503).")
 @click.option("--drain-timeout-s", type=click.FloatRange(0), default=30.0, show_default=True,
-              help="After SIGTERM: how long requests in flight get to finish before they are cut off.")
+              help="After SIGTERM: how long requests in flight get to finish before they are cut off (503).")
+@click.option("--drain-delay-s", type=click.FloatRange(0, 3600), default=0.0, show_default=True,
+              help="After SIGTERM: keep accepting this long, readiness answering 503, so that a load balancer "
+                   "(a Kubernetes Service) stops sending here before the listener closes.")
 @click.option("--providers", default="auto", show_default=True, envvar="SEQSHIP_PROVIDERS",
               help="auto, cpu, cuda, or a comma-separated list of onnxruntime providers [env SEQSHIP_PROVIDERS].")
 @click.option("--expect-sha256", "expect_sha256", multiple=True,
@@ -743,7 +746,7 @@ def demo(bundle_dir: Path, host: str, port: int, ort_web: Path | None) -> None:
 @click.option("--access-log", is_flag=True, help="Log every request on stderr (off by default).")
 @errors_handled
 def serve(bundles, host, port, max_batch, max_delay_ms, threads, max_texts, max_body_bytes, max_queue_texts, timeout_s,
-          drain_timeout_s, providers, expect_sha256, unicode_mismatch, access_log) -> None:
+          drain_timeout_s, drain_delay_s, providers, expect_sha256, unicode_mismatch, access_log) -> None:
     """Serve bundles over HTTP with the Open Inference Protocol (KServe v2), as Triton and KServe do.
 
     Every bundle is verified (as Predictor.load verifies it) before the port opens. Concurrent requests
@@ -768,7 +771,7 @@ def serve(bundles, host, port, max_batch, max_delay_ms, threads, max_texts, max_
     models = load_models(list(bundles), list(expect_sha256), _providers(providers), unicode_mismatch)
     limits = Limits(max_batch=max_batch, max_delay_ms=max_delay_ms, threads=threads, max_body_bytes=max_body_bytes,
                     max_texts=max_texts, max_queue_texts=max_queue_texts, timeout_s=timeout_s,
-                    drain_timeout_s=drain_timeout_s)
+                    drain_timeout_s=drain_timeout_s, drain_delay_s=drain_delay_s)
     for name, m in models.items():
         click.echo(f"model {name}: {m.path} (bundle sha256 {m.predictor.digest}, {len(m.predictor.labels)} labels, "
                    f"{m.predictor.provider})", err=True)
@@ -781,9 +784,17 @@ def serve(bundles, host, port, max_batch, max_delay_ms, threads, max_texts, max_
                        verbose=logging.getLogger("pipeline").level <= logging.DEBUG)
     drained = f" (drained in {tally['drain_seconds']:.2f} s)" if tally["drain_seconds"] is not None else ""
     click.echo(f"stopped: {tally['accepted']} requests accepted, {tally['answered']} answered{drained}", err=True)
+    problems = []
+    if tally["cut_off"]:
+        problems.append(f"{tally['cut_off']} of them with 503 because the drain was cut short "
+                        f"(--drain-timeout-s {drain_timeout_s:g}, or a second signal)")
     if tally["answered"] != tally["accepted"]:
-        raise click.ClickException(f"{tally['accepted'] - tally['answered']} accepted requests were not answered "
-                                   f"within --drain-timeout-s {drain_timeout_s:g}")
+        problems.append(f"{tally['accepted'] - tally['answered']} accepted requests got no answer")
+    if tally["connections_cut"]:
+        problems.append(f"{tally['connections_cut']} connections were still open at exit (an answer may not have "
+                        "been delivered: a client that did not read it)")
+    if problems:
+        raise click.ClickException("; ".join(problems))
 
 
 @cli.command(context_settings=CONTEXT)

@@ -12,11 +12,13 @@ What it promises:
   `Predictor.load` verifies it); batching with other callers' texts changes no label.
 - Concurrent requests are coalesced into one batch of up to --max-batch texts, waiting at most
   --max-delay-ms after the first; batches are scored off the event loop, on --threads worker threads.
-- Every failure is an answer: `{"error": "..."}` with 400 (bad input, naming the item), 404 (unknown model
-  or path), 405, 408 (body too slow), 413 (too large), 503 (queue full, timed out, not ready or draining),
-  500 (a bug, logged); never a traceback or a dropped connection.
-- SIGTERM (or Ctrl-C) drains: the listening socket closes, every request already accepted is answered,
-  queued texts are scored, and the process exits 0 with a one-line account on stderr.
+- Every failure of a request that parses as HTTP is an answer: `{"error": "..."}` with 400 (bad input,
+  naming the item), 404 (unknown model or path), 405, 408 (body too slow), 413 (too large), 415, 503
+  (queue full, timed out, not ready or draining; with Retry-After), 500 (a bug, logged); a client gone
+  mid-body is counted as 499. Never a traceback or a dropped connection.
+- SIGTERM (or Ctrl-C) drains: the listening socket closes (after --drain-delay-s, during which readiness
+  is 503), every request already accepted is answered, queued texts are scored, and the process exits 0
+  with a one-line account on stderr; requests cut off by --drain-timeout-s get a 503 and the exit is 1.
 """
 from __future__ import annotations
 
@@ -57,6 +59,7 @@ OUTPUTS = {  # name -> (datatype, shape); -1 is the batch (and, for top-k, the k
     "error": ("BYTES", [-1]),
 }
 DEFAULT_OUTPUTS = ("label", "score", "top_k_labels", "top_k_scores", "num_tokens", "truncated")
+CLIENT_CLOSED = 499  # the client went away mid-request (nginx's code): counted, never an error of the server's
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -84,6 +87,7 @@ class Limits:
     max_queue_texts: int = 8192  # texts waiting per model; beyond it: 503 with Retry-After
     timeout_s: float = 30.0  # to receive a body, and for its texts to be scored
     drain_timeout_s: float = 30.0  # after SIGTERM, how long accepted requests get before they are cut off
+    drain_delay_s: float = 0.0  # after SIGTERM, how long to keep accepting (readiness 503) before the listener closes
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -325,18 +329,22 @@ def endpoint_of(path: str) -> str:
 
 
 class Accounting:
-    """ASGI middleware: counts, times and labels every HTTP request, and keeps the tally the drain reports."""
+    """ASGI middleware: counts, times and labels every HTTP request, and keeps the tally the drain reports.
+
+    A request whose handler is cancelled before it answered (the drain timed out, or a second signal forced
+    the exit) is answered here with 503 and Retry-After, and counted as cut off.
+    """
 
     def __init__(self, app, metrics: Metrics):
         self.app, self.metrics = app, metrics
-        self.accepted = self.answered = 0
+        self.accepted = self.answered = self.cut_off = 0
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         self.accepted += 1
         self.metrics.in_flight.inc()
-        started, endpoint, status = time.perf_counter(), endpoint_of(scope["path"]), [500]
+        started, endpoint, status = time.perf_counter(), endpoint_of(scope["path"]), [0]
 
         async def counted_send(message):
             if message["type"] == "http.response.start":
@@ -346,12 +354,22 @@ class Accounting:
                 self.answered += 1
                 code = str(status[0])
                 self.metrics.requests.labels(endpoint, code).inc()
-                if status[0] >= 400:
+                if status[0] >= 400 and status[0] != CLIENT_CLOSED:
                     self.metrics.errors.labels(endpoint, code).inc()
                 self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
 
         try:
             await self.app(scope, receive, counted_send)
+        except asyncio.CancelledError:
+            if status[0]:
+                raise
+            self.cut_off += 1
+            body = _dumps({"error": "the server stopped before this request was scored (it was draining and "
+                                    "--drain-timeout-s ran out); retry it"})
+            await counted_send({"type": "http.response.start", "status": 503, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                (b"retry-after", b"1"), (b"connection", b"close")]})
+            await counted_send({"type": "http.response.body", "body": body})
         finally:
             self.metrics.in_flight.dec()
 
@@ -365,9 +383,14 @@ class InferRequest:
 
     id: str | None
     texts: list  # str, or an InputError for an item that cannot be read as a text
-    top_k: int = 1
+    top_k: int = 1  # the width of top_k_labels / top_k_scores
     errors: str = "raise"
     outputs: list = field(default_factory=list)  # [(name, binary, classification k or 0)]
+
+    @property
+    def scoring_k(self) -> int:
+        """How many labels to score per text: top_k, or more for a classification output."""
+        return max([self.top_k] + [k for _, _, k in self.outputs])
 
 
 def _json(body: bytes, what: str):
@@ -440,7 +463,7 @@ def parse_infer(body: bytes, header_length: str | None, num_labels: int, limits:
     req = _json(head, "the request body" if header_length is None else "the request's JSON header")
     if not isinstance(req, dict):
         raise HTTPError(400, "the request must be a JSON object with an 'inputs' list")
-    params = req.get("parameters") or {}
+    params = req.get("parameters", {})
     if not isinstance(params, dict):
         raise HTTPError(400, "'parameters' must be an object")
     top_k = params.get("top_k", 1)
@@ -476,8 +499,10 @@ def parse_infer(body: bytes, header_length: str | None, num_labels: int, limits:
     if count > limits.max_texts:
         raise HTTPError(413, f"{where}: {count} texts in one request; the limit is {limits.max_texts} "
                              "(--max-texts): split the request")
-    tparams = t.get("parameters") or {}
-    size = tparams.get("binary_data_size") if isinstance(tparams, dict) else None
+    tparams = t.get("parameters", {})
+    if not isinstance(tparams, dict):
+        raise HTTPError(400, f"{where}: 'parameters' must be an object")
+    size = tparams.get("binary_data_size")
     if size is not None:
         if isinstance(size, bool) or not isinstance(size, int) or size != len(binary):
             raise HTTPError(400, f"{where}: binary_data_size {size!r}, but {len(binary)} bytes follow the JSON header")
@@ -510,20 +535,21 @@ def parse_infer(body: bytes, header_length: str | None, num_labels: int, limits:
             raise HTTPError(400, "'outputs' must be a non-empty list of {\"name\": ...} objects (or left out)")
         for i, o in enumerate(wanted):
             name = o.get("name") if isinstance(o, dict) else None
-            if name not in OUTPUTS:
-                raise HTTPError(400, f"outputs[{i}]: unknown output {name!r}; the outputs are {', '.join(OUTPUTS)}")
-            op = o.get("parameters") or {}
+            if not isinstance(name, str) or name not in OUTPUTS:
+                raise HTTPError(400, f"outputs[{i}]: unknown output {str(name)[:80]!r}; the outputs are {', '.join(OUTPUTS)}")
+            if any(name == n for n, _, _ in outputs):
+                raise HTTPError(400, f"outputs[{i}]: {name!r} is asked for twice; ask for each output once")
+            op = o.get("parameters", {})
             if not isinstance(op, dict):
                 raise HTTPError(400, f"outputs[{i}] {name!r}: 'parameters' must be an object")
             k = op.get("classification", 0)
             if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= num_labels:
                 raise HTTPError(400, f"outputs[{i}] {name!r}: classification must be 0 to {num_labels}, got {k!r}")
-            top_k = max(top_k, k)
             outputs.append((name, op.get("binary_data", binary_all) is True, k))
     return InferRequest(rid, texts, top_k, errors, outputs)
 
 
-def _column(name: str, results: list, k: int, index: dict):
+def _column(name: str, results: list, k: int, index: dict, top_k: int):
     """(datatype, shape, values as a flat list) of one output for the rows in `results` (a row that could not
     be scored holds "", 0 or false, and its reason is in the `error` output)."""
     ok = [not isinstance(r, Exception) for r in results]
@@ -538,7 +564,7 @@ def _column(name: str, results: list, k: int, index: dict):
     if name == "score":
         return "FP32", [n], [r.score if g else 0.0 for r, g in zip(results, ok)]
     if name in ("top_k_labels", "top_k_scores"):
-        width = max((len(r.top_k) for r, g in zip(results, ok) if g), default=1)
+        width = top_k
         j = 0 if name == "top_k_labels" else 1
         pad = "" if j == 0 else 0.0
         return ("BYTES" if j == 0 else "FP32"), [n, width], [
@@ -569,7 +595,7 @@ def infer_response(served: Served, req: InferRequest, results: list) -> tuple[by
     index = served.label_index
     outputs, blobs = [], []
     for name, binary, k in req.outputs:
-        datatype, shape, values = _column(name, results, k, index)
+        datatype, shape, values = _column(name, results, k, index, req.top_k)
         entry = {"name": name, "datatype": datatype, "shape": shape}
         if binary:
             blob = _binary(datatype, values)
@@ -588,6 +614,26 @@ def infer_response(served: Served, req: InferRequest, results: list) -> tuple[by
     return text + b"".join(blobs), {"Inference-Header-Content-Length": str(len(text))}
 
 
+def inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    """A gzip (every member, as RFC 1952 allows) or deflate (zlib) body, refused past `limit` bytes inflated."""
+    out, data = bytearray(), body
+    while True:
+        d = zlib.decompressobj(31 if encoding == "gzip" else 15)
+        try:
+            out += d.decompress(data, limit + 1 - len(out))
+        except zlib.error as e:
+            raise HTTPError(400, f"the body is not valid {encoding} ({e})") from None
+        if len(out) > limit or d.unconsumed_tail:
+            raise HTTPError(413, f"the body inflates past {limit} bytes (--max-body-bytes)")
+        if not d.eof:
+            raise HTTPError(400, f"the {encoding} body is truncated")
+        data = d.unused_data
+        if not data:
+            return bytes(out)
+        if encoding != "gzip":
+            raise HTTPError(400, f"{len(data)} bytes follow the end of the {encoding} body")
+
+
 def _dumps(obj) -> bytes:
     """Strict JSON (never NaN) in UTF-8; a lone surrogate in a text is escaped rather than failing."""
     try:
@@ -604,6 +650,7 @@ def build_app(models: dict[str, Served], limits: Limits, metrics: Metrics, state
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import ClientDisconnect
     from starlette.responses import Response
     from starlette.routing import Route
 
@@ -632,25 +679,22 @@ def build_app(models: dict[str, Served], limits: Limits, metrics: Metrics, state
             chunks, size = [], 0
             async for chunk in request.stream():
                 size += len(chunk)
-                if size > limits.max_body_bytes:
+                if size > limits.max_body_bytes:  # the rest of the body is not read: close the connection after
                     raise HTTPError(413, f"the body is over {limits.max_body_bytes} bytes (--max-body-bytes): "
-                                         "send fewer or shorter texts")
+                                         "send fewer or shorter texts", {"Connection": "close"})
                 chunks.append(chunk)
             return b"".join(chunks)
 
         try:
             body = await asyncio.wait_for(read(), limits.timeout_s)
         except asyncio.TimeoutError:
-            raise HTTPError(408, f"the body did not arrive within {limits.timeout_s:g} s") from None
+            raise HTTPError(408, f"the body did not arrive within {limits.timeout_s:g} s (--timeout-s)",
+                            {"Connection": "close"}) from None
+        except ClientDisconnect:
+            raise HTTPError(CLIENT_CLOSED, "the client closed the connection before sending the whole body") from None
         encoding = request.headers.get("content-encoding", "identity").strip().lower()
         if encoding in ("gzip", "deflate"):
-            d = zlib.decompressobj(47 if encoding == "gzip" else 15)  # 47: gzip or zlib header, auto-detected
-            try:
-                body = d.decompress(body, limits.max_body_bytes + 1)
-            except zlib.error as e:
-                raise HTTPError(400, f"the body is not valid {encoding} ({e})") from None
-            if len(body) > limits.max_body_bytes or d.unconsumed_tail:
-                raise HTTPError(413, f"the body inflates past {limits.max_body_bytes} bytes (--max-body-bytes)")
+            body = inflate(body, encoding, limits.max_body_bytes)
         elif encoding != "identity":
             raise HTTPError(415, f"Content-Encoding {encoding[:40]!r} is not supported; send identity, gzip or deflate")
         return body
@@ -681,7 +725,7 @@ def build_app(models: dict[str, Served], limits: Limits, metrics: Metrics, state
         body = await body_of(request)
         req = parse_infer(body, request.headers.get("inference-header-content-length"), len(served.predictor.labels),
                           limits)
-        results = await score(served, req.texts, req.top_k, req.errors)
+        results = await score(served, req.texts, req.scoring_k, req.errors)
         content, headers = infer_response(served, req, results)
         return answer(content, headers=headers,
                       media="application/octet-stream" if "Inference-Header-Content-Length" in headers else "application/json")
@@ -785,6 +829,7 @@ def build_app(models: dict[str, Served], limits: Limits, metrics: Metrics, state
 
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         HTTPError: on_http_error, StarletteHTTPException: on_starlette_error, Exception: on_bug})
+    app.router.redirect_slashes = False  # a 307 built from the Host header helps no client of this protocol
     return Accounting(app, metrics)
 
 
@@ -810,7 +855,9 @@ def bind(host: str, port: int) -> socket.socket:
 
 def serve(models: dict[str, Served], host: str, port: int, limits: Limits, *, access_log: bool = False,
           on_ready: Callable[[str], None] = print, verbose: bool = False) -> dict:
-    """Serve until SIGTERM or SIGINT, then drain; returns the tally {accepted, answered, seconds}."""
+    """Serve until SIGTERM or SIGINT, then drain; returns the tally (accepted, answered, cut_off, ...).
+
+    Meant to end the process: SIGINT and SIGTERM are left ignored when it returns."""
     import uvicorn
 
     metrics = Metrics()
@@ -822,23 +869,36 @@ def serve(models: dict[str, Served], host: str, port: int, limits: Limits, *, ac
     url = f"http://{shown}:{bound[1]}"
 
     class Server(uvicorn.Server):
-        """Uvicorn's server, telling the application it drains, and exiting 0 after a drain (uvicorn itself
-        re-raises the signal once it has shut down, which would end the process with 143)."""
+        """Uvicorn's server, plus: the application learns it drains (readiness 503), --drain-delay-s keeps
+        accepting for a while first, a connection that has not sent its first request's headers within
+        --timeout-s is closed, and a drain ends in exit 0 (uvicorn itself re-raises the signal once it has
+        shut down, which would end the process with 143)."""
+
+        def __init__(self, config):
+            super().__init__(config)
+            self.opened: dict = {}  # connection -> when it was first seen
 
         def handle_exit(self, sig, frame):
-            if not state["draining"]:
+            first = not state["draining"]
+            if first:
                 state["draining"] = True
                 state["drain_started"] = time.monotonic()
                 in_flight = app.accepted - app.answered
 
                 def announce():  # not from inside the signal handler: it may have interrupted a write to stderr
-                    print(f"{signal.Signals(sig).name}: draining ({in_flight} requests in flight)", file=sys.stderr,
-                          flush=True)
+                    delay = f"; accepting for {limits.drain_delay_s:g} s more" if limits.drain_delay_s else ""
+                    print(f"{signal.Signals(sig).name}: draining ({in_flight} requests in flight{delay})",
+                          file=sys.stderr, flush=True)
+                    if limits.drain_delay_s:
+                        asyncio.get_running_loop().call_later(limits.drain_delay_s, setattr, self, "should_exit", True)
 
                 try:
                     asyncio.get_running_loop().call_soon_threadsafe(announce)
                 except RuntimeError:  # before the event loop runs
                     pass
+                else:
+                    if limits.drain_delay_s:
+                        return
             super().handle_exit(sig, frame)
 
         @contextlib.contextmanager
@@ -846,17 +906,32 @@ def serve(models: dict[str, Served], host: str, port: int, limits: Limits, *, ac
             if threading.current_thread() is not threading.main_thread():
                 yield
                 return
-            originals = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
+            for s in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(s, self.handle_exit)
             try:
                 yield
-            finally:
-                for s, h in originals.items():
-                    signal.signal(s, h)
+            finally:  # the process is ending: a late signal must not turn a clean drain into exit 143
+                for s in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(s, lambda *_: None)
 
         async def startup(self, sockets=None):
             await super().startup(sockets)
             if self.started:
                 on_ready(url)
+
+        async def on_tick(self, counter):
+            if counter % 10 == 0:
+                now, live = time.monotonic(), self.server_state.connections
+                for conn in list(live):
+                    first = self.opened.setdefault(conn, now)
+                    # uvicorn closes idle keep-alive connections, never one that has sent no complete request yet
+                    if getattr(conn, "cycle", False) is None and now - first > limits.timeout_s:
+                        transport = getattr(conn, "transport", None)
+                        if transport is not None:
+                            transport.close()
+                for conn in [c for c in self.opened if c not in live]:
+                    del self.opened[conn]
+            return await super().on_tick(counter)
 
     config = uvicorn.Config(app, access_log=access_log, log_config=None, log_level="info" if verbose else "warning",
                             timeout_graceful_shutdown=limits.drain_timeout_s, lifespan="on", server_header=False,
@@ -873,5 +948,6 @@ def serve(models: dict[str, Served], host: str, port: int, limits: Limits, *, ac
     finally:
         sock.close()
     drain = time.monotonic() - state["drain_started"] if "drain_started" in state else None
-    return {"accepted": app.accepted, "answered": app.answered, "seconds": time.monotonic() - started,
+    return {"accepted": app.accepted, "answered": app.answered, "cut_off": app.cut_off,
+            "connections_cut": len(server.server_state.connections), "seconds": time.monotonic() - started,
             "drain_seconds": drain}

@@ -11,6 +11,7 @@ import re
 import select
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -43,14 +44,22 @@ class Server:
             line = self.proc.stdout.readline()
         self.url = re.search(r"http://\S+", line).group(0)
         self.host, self.port = self.url[len("http://"):].rsplit(":", 1)
+        self.err: list[str] = []  # read as it comes: a full pipe would stall the server, not fail the test
+        self.reader = threading.Thread(target=lambda: self.err.extend(iter(self.proc.stderr.readline, "")), daemon=True)
+        self.reader.start()
 
     def conn(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection(self.host, int(self.port), timeout=60)
 
-    def stop(self, sig=signal.SIGTERM) -> tuple[int, str]:
+    def send(self, sig) -> None:
         self.proc.send_signal(sig)
-        out, err = self.proc.communicate(timeout=90)
-        return self.proc.returncode, err
+
+    def stop(self, sig=signal.SIGTERM) -> tuple[int, str]:
+        """Send `sig`, wait for the exit: (exit code, stderr)."""
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=90)
+        self.reader.join(timeout=30)
+        return code, "".join(self.err)
 
 
 def request(server: Server, method: str, path: str, body=None, headers=None):
@@ -220,6 +229,12 @@ BAD_REQUESTS = [  # (method, path, body, headers, status, what the error says)
     ("GET", "/v2/models/nope", None, {}, 404, "unknown model"),
     ("GET", "/v2/nothing", None, {}, 404, "no such path"),
     ("GET", "/v2/models/names/infer", None, {}, 405, "GET is not allowed"),
+    ("POST", "/v2/models/names/infer", OK[:-1] + b', "outputs": [{"name": ["label"]}]}', {}, 400, "unknown output"),
+    ("POST", "/v2/models/names/infer", OK[:-1] + b', "outputs": [{"name": "label"}, {"name": "label"}]}', {}, 400,
+     "asked for twice"),
+    ("POST", "/v2/models/names/infer", OK[:-1] + b', "parameters": []}', {}, 400, "'parameters' must be an object"),
+    ("POST", "/v2/models/names/infer", gzip.compress(OK)[:-6], {"Content-Encoding": "gzip"}, 400, "truncated"),
+    ("POST", "/v2/models/names/infer/", OK, {}, 404, "no such path"),
     ("POST", "/predict", b'{"texts": "Nguyen"}', {}, 400, 'send {"texts"'),
     ("POST", "/predict", b'{"texts": ["a"], "model": "nope"}', {}, 404, "unknown model 'nope'"),
 ]
@@ -311,7 +326,7 @@ def test_concurrent_requests_are_coalesced_up_to_max_batch(local, surnames, max_
         await batcher.close(5)
         return got
 
-    got = asyncio.run(main())
+    got = asyncio.run(asyncio.wait_for(main(), 60))
     assert _sample(metrics, "seqship_batch_texts_count") == batches and _sample(metrics, "seqship_batch_texts_sum") == 8
     for i, (t, [p]) in enumerate(zip(surnames, got)):
         want = local.predict([t], top_k=1 + i % 3)[0]
@@ -328,7 +343,7 @@ def test_a_request_larger_than_max_batch_is_a_batch_of_its_own(local, surnames):
         await batcher.close(5)
         return got
 
-    big, small = asyncio.run(main())
+    big, small = asyncio.run(asyncio.wait_for(main(), 60))
     assert _sample(metrics, "seqship_batch_texts_count") == 2 and _sample(metrics, "seqship_batch_texts_sum") == 14
     assert [p.label for p in big + small] == [p.label for p in local.predict(surnames[:14])]
 
@@ -345,7 +360,7 @@ def test_a_full_queue_and_a_timeout_are_503s_and_a_timed_out_request_is_not_scor
         await batcher.close(5)
         return results
 
-    timed_out, refused = asyncio.run(main())
+    timed_out, refused = asyncio.run(asyncio.wait_for(main(), 60))
     assert isinstance(refused, HTTPError) and refused.status == 503 and "4 texts waiting" in refused.message
     assert refused.headers == {"Retry-After": "1"}
     assert isinstance(timed_out, HTTPError) and timed_out.status == 503 and "not scored within" in timed_out.message
@@ -468,7 +483,7 @@ def test_sigterm_under_load_answers_every_accepted_request_and_exits_0(bundle):
     assert failures == [] and ok[0] == int(m.group(2)) >= 300, (ok, failures, err)
 
 
-def test_sigterm_with_nothing_in_flight_exits_0_at_once(bundle):
+def test_sigint_with_nothing_in_flight_drains_and_exits_0(bundle):
     s = Server("--bundle", bundle)
     assert request(s, "GET", "/v2/health/live")[0] == 200
     code, err = s.stop(signal.SIGINT)
@@ -479,3 +494,92 @@ def test_the_port_in_use_is_one_error_line(server, bundle):
     p = subprocess.run([*PIPELINE, "serve", "--bundle", bundle, "--host", server.host, "--port", server.port], cwd=REPO,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 1 and f"cannot listen on {server.host}:{server.port}" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_gzip_of_several_members_is_read_whole_and_classification_does_not_widen_top_k(server, local):
+    body = gzip.compress(OK[:20]) + gzip.compress(OK[20:])  # RFC 1952: members concatenate
+    status, _, got = request(server, "POST", "/v2/models/names/infer", body, {"Content-Encoding": "gzip"})
+    assert status == 200 and json.loads(got)["outputs"][0]["data"] == [local.predict(["Nguyen"])[0].label]
+    req = json.loads(OK)
+    req["outputs"] = [{"name": "top_k_labels"}, {"name": "score", "parameters": {"classification": 3}}]
+    status, _, got = request(server, "POST", "/v2/models/names/infer", json.dumps(req))
+    out = {o["name"]: o for o in json.loads(got)["outputs"]}
+    assert status == 200 and out["top_k_labels"]["shape"] == [1, 1] and out["score"]["shape"] == [1, 3]
+
+
+def _raw(server: Server, data: bytes) -> socket.socket:
+    sock = socket.create_connection((server.host, int(server.port)), timeout=60)
+    sock.sendall(data)
+    return sock
+
+
+def _read_to_close(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (a socket timeout fails the test)."""
+    got = b""
+    while chunk := sock.recv(65536):
+        got += chunk
+    return got
+
+
+def test_slow_silent_and_vanishing_clients_are_closed_and_never_counted_as_server_errors(bundle):
+    s = Server("--bundle", f"m={bundle}", "--timeout-s", "1")
+    try:
+        head = b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+        slow = _raw(s, head + b'{"inp')  # the body never completes: 408, then the connection is closed
+        answer = _read_to_close(slow)
+        assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive within 1 s" in answer
+        silent = _raw(s, b"")  # never sends a request line
+        assert _read_to_close(silent) == b""
+        partial = _raw(s, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+        assert _read_to_close(partial) == b""
+        _raw(s, head + b'{"inp').close()  # the client goes away mid-body
+        text = b""
+        while b'code="499"' not in text:  # its handler notices the disconnect when it next reads
+            text = request(s, "GET", "/metrics")[2]
+        assert b'code="500"' not in text and b'seqship_request_errors_total{code="499"' not in text
+    finally:
+        code, err = s.stop()
+    assert code == 0 and "Traceback" not in err, err
+
+
+def test_drain_delay_keeps_answering_with_readiness_503_until_the_listener_closes(bundle):
+    s = Server("--bundle", f"m={bundle}", "--drain-delay-s", "600")
+    s.send(signal.SIGTERM)
+    while request(s, "GET", "/v2/health/ready")[0] == 200:  # the signal is handled on the next loop turn
+        time.sleep(0.05)
+    status, _, body = request(s, "GET", "/v2/health/ready")
+    assert status == 503 and "draining" in json.loads(body)["error"]
+    assert request(s, "GET", "/v2/models/m/ready")[0] == 503
+    assert request(s, "POST", "/v2/models/m/infer", OK)[0] == 200  # still accepted and answered
+    code, err = s.stop(signal.SIGTERM)  # a second signal ends the delay: the drain proper
+    assert code == 0 and "accepting for 600 s more" in err, err
+    m = re.search(r"stopped: (\d+) requests accepted, (\d+) answered", err)
+    assert m and m.group(1) == m.group(2), err
+
+
+def test_a_drain_cut_short_answers_503_with_retry_after_and_exits_1(bundle, surnames):
+    """30 requests wait in a batch that waits 60 s for company; a 0.2 s drain cannot score them: each gets a JSON
+    503 with Retry-After (never uvicorn's plain 500), and the exit code says the drain was cut short."""
+    s = Server("--bundle", f"m={bundle}", "--max-batch", "4096", "--max-delay-ms", "60000", "--drain-timeout-s", "0.2")
+    body = infer_body(surnames[:100])
+    answers, lock = [], threading.Lock()
+
+    def call():
+        status, headers, got = request(s, "POST", "/v2/models/m/infer", body)
+        with lock:
+            answers.append((status, headers, got))
+
+    threads = [threading.Thread(target=call) for _ in range(30)]
+    for t in threads:
+        t.start()
+    while not re.search(rb"^seqship_queue_texts\{model=\"m\"\} 3000\.0$", request(s, "GET", "/metrics")[2], re.M):
+        time.sleep(0.02)  # all 30 requests accepted and queued
+    code, err = s.stop(signal.SIGTERM)
+    for t in threads:
+        t.join(timeout=60)
+    statuses = sorted(a[0] for a in answers)
+    assert len(answers) == 30 and set(statuses) <= {200, 503} and 503 in statuses, statuses
+    for status, headers, got in answers:
+        if status == 503:
+            assert headers["retry-after"] == "1" and "--drain-timeout-s ran out" in json.loads(got)["error"]
+    assert code == 1 and "because the drain was cut short" in err and "Traceback" not in err, err
