@@ -111,6 +111,9 @@ def read_manifest(root: str | os.PathLike) -> dict:
 
 def _read_manifest(root: Path) -> tuple[dict, bytes]:
     if not root.is_dir():
+        if root.exists():  # a file given where the folder is wanted: name the folder it sits in
+            raise BundleError(f"{root}: a file, not a bundle folder; pass the folder that holds {MANIFEST} "
+                              f"(perhaps {root.parent})")
         raise BundleError(f"{root}: bundle folder not found; pass the folder that holds {MANIFEST}")
     mpath = root / MANIFEST
     if not mpath.is_file():  # follows a symlink: a FIFO or a device is not a file

@@ -109,6 +109,9 @@ def test_not_a_bundle_folder(tmp_path):
         Predictor.load(tmp_path)
     with pytest.raises(BundleError, match="bundle folder not found"):
         Predictor.load(tmp_path / "nope")
+    (tmp_path / "manifest.json").write_text("{}")  # the manifest itself given as the bundle
+    with pytest.raises(BundleError, match=rf"a file, not a bundle folder; .*\(perhaps {tmp_path}\)"):
+        Predictor.load(tmp_path / "manifest.json")
 
 
 def test_the_bundle_load_path_never_unpickles(bundle_copy):
