@@ -88,13 +88,15 @@ def _text_of(obj, n: int, text_column: str, id_column: str | None) -> dict:
     """A JSONL record: the text (and id) it carries, or an error naming the line."""
     if isinstance(obj, str):
         return {"text": obj}
-    if not isinstance(obj, dict) or text_column not in obj:
+    if not isinstance(obj, dict):
         return {"error": f"line {n}: expected a JSON string or an object with a {text_column!r} key"}
     rec = {}
     if id_column in obj:
         if not _valid_id(obj[id_column]):
             return {"error": f"line {n}: {id_column!r} must be a JSON string or a finite number"}
-        rec["id"] = obj[id_column]
+        rec["id"] = obj[id_column]  # kept on an error row too, so that the caller can match it to its input
+    if text_column not in obj:
+        return rec | {"error": f"line {n}: expected a JSON string or an object with a {text_column!r} key"}
     text = obj[text_column]
     if not isinstance(text, str):
         return rec | {"error": f"line {n}: {text_column!r} is {'null' if text is None else 'a JSON ' + type(text).__name__}, not a string"}

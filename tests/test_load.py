@@ -59,12 +59,14 @@ def write_lines(path, texts, n):
 def test_bulk_predict_keeps_order_and_answers_every_line(tiny_run, real_texts, tmp_path):
     src = tmp_path / "in.jsonl"
     rows = [{"id": f"r{i}", "text": t} for i, t in enumerate(real_texts[:300])] + [{"id": "blank", "text": "  "}]
-    src.write_text("".join(json.dumps(r) + "\n" for r in rows) + '"a bare JSON string"\n' + "not json\n")
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows) + '"a bare JSON string"\n' + "not json\n"
+                   + '{"id": "no-text", "txt": "x"}\n')
     out = tmp_path / "out.jsonl"
     result = invoke("predict", "--bundle", tiny_run[1]["bundle"], "--input", str(src), "--output", str(out), "--top-k", "2")
-    assert result.exit_code == 1 and "2 of 303 texts could not be scored" in result.output
+    assert result.exit_code == 1 and "3 of 304 texts could not be scored" in result.output
     lines = [json.loads(x) for x in out.read_text().splitlines()]
-    assert [x["index"] for x in lines] == list(range(303))
+    assert [x["index"] for x in lines] == list(range(304))
+    assert lines[303]["id"] == "no-text" and "an object with a 'text' key" in lines[303]["error"]  # the id kept
     assert [x.get("id") for x in lines[:301]] == [r["id"] for r in rows]
     assert "#300 is empty" in lines[300]["error"] and "line 303: not JSON" in lines[302]["error"]
     predictor = Predictor.load(tiny_run[1]["bundle"], providers="cpu")
