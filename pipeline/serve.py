@@ -206,6 +206,9 @@ class Batcher:
         self._more.set()
         try:
             return await asyncio.wait_for(asyncio.shield(item.future), self.limits.timeout_s)
+        except asyncio.CancelledError:  # the drain was cut short: what is still queued is not scored
+            item.future.cancel()
+            raise
         except asyncio.TimeoutError:
             item.future.cancel()  # still queued: it is dropped; already scoring: its result is discarded
             raise HTTPError(503, f"not scored within {self.limits.timeout_s:g} s (the server is overloaded); "
@@ -364,8 +367,8 @@ class Accounting:
             if status[0]:
                 raise
             self.cut_off += 1
-            body = _dumps({"error": "the server stopped before this request was scored (it was draining and "
-                                    "--drain-timeout-s ran out); retry it"})
+            body = _dumps({"error": "the server stopped before this request was answered (it was draining and "
+                                    "--drain-timeout-s ran out, or a second signal forced the exit); retry it"})
             await counted_send({"type": "http.response.start", "status": 503, "headers": [
                 (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                 (b"retry-after", b"1"), (b"connection", b"close")]})
@@ -614,10 +617,13 @@ def infer_response(served: Served, req: InferRequest, results: list) -> tuple[by
     return text + b"".join(blobs), {"Inference-Header-Content-Length": str(len(text))}
 
 
+MAX_GZIP_MEMBERS = 16  # each member costs a copy of the rest of the body: bounded, so a body of empty members is cheap
+
+
 def inflate(body: bytes, encoding: str, limit: int) -> bytes:
-    """A gzip (every member, as RFC 1952 allows) or deflate (zlib) body, refused past `limit` bytes inflated."""
+    """A gzip (every member, as RFC 1952 allows, up to 16) or deflate (zlib) body, refused past `limit` bytes inflated."""
     out, data = bytearray(), body
-    while True:
+    for _ in range(MAX_GZIP_MEMBERS):
         d = zlib.decompressobj(31 if encoding == "gzip" else 15)
         try:
             out += d.decompress(data, limit + 1 - len(out))
@@ -632,6 +638,7 @@ def inflate(body: bytes, encoding: str, limit: int) -> bytes:
             return bytes(out)
         if encoding != "gzip":
             raise HTTPError(400, f"{len(data)} bytes follow the end of the {encoding} body")
+    raise HTTPError(400, f"the gzip body has more than {MAX_GZIP_MEMBERS} members; compress it as one")
 
 
 def _dumps(obj) -> bytes:
@@ -910,9 +917,9 @@ def serve(models: dict[str, Served], host: str, port: int, limits: Limits, *, ac
                 signal.signal(s, self.handle_exit)
             try:
                 yield
-            finally:  # the process is ending: a late signal must not turn a clean drain into exit 143
-                for s in (signal.SIGINT, signal.SIGTERM):
-                    signal.signal(s, lambda *_: None)
+            finally:  # the process is ending: a late signal must not turn a clean drain into exit 143 (SIG_IGN:
+                for s in (signal.SIGINT, signal.SIGTERM):  # a Python handler is reset when the interpreter exits)
+                    signal.signal(s, signal.SIG_IGN)
 
         async def startup(self, sockets=None):
             await super().startup(sockets)

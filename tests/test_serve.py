@@ -3,6 +3,7 @@ a real load tool (hey), real signals. Nothing here skips: a missing `serve` extr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import http.client
 import json
@@ -234,6 +235,8 @@ BAD_REQUESTS = [  # (method, path, body, headers, status, what the error says)
      "asked for twice"),
     ("POST", "/v2/models/names/infer", OK[:-1] + b', "parameters": []}', {}, 400, "'parameters' must be an object"),
     ("POST", "/v2/models/names/infer", gzip.compress(OK)[:-6], {"Content-Encoding": "gzip"}, 400, "truncated"),
+    ("POST", "/v2/models/names/infer", gzip.compress(b"", mtime=0) * 3000, {"Content-Encoding": "gzip"}, 400,
+     "more than 16 members"),
     ("POST", "/v2/models/names/infer/", OK, {}, 404, "no such path"),
     ("POST", "/predict", b'{"texts": "Nguyen"}', {}, 400, 'send {"texts"'),
     ("POST", "/predict", b'{"texts": ["a"], "model": "nope"}', {}, 404, "unknown model 'nope'"),
@@ -583,3 +586,14 @@ def test_a_drain_cut_short_answers_503_with_retry_after_and_exits_1(bundle, surn
         if status == 503:
             assert headers["retry-after"] == "1" and "--drain-timeout-s ran out" in json.loads(got)["error"]
     assert code == 1 and "because the drain was cut short" in err and "Traceback" not in err, err
+
+
+def test_signals_that_keep_coming_while_the_server_exits_never_turn_a_clean_drain_into_143(bundle):
+    s = Server("--bundle", bundle)
+    s.send(signal.SIGTERM)
+    while s.proc.poll() is None:  # SIGTERM every 5 ms until the process is gone, teardown included
+        with contextlib.suppress(ProcessLookupError):
+            s.send(signal.SIGTERM)
+        time.sleep(0.005)
+    s.reader.join(timeout=30)
+    assert s.proc.returncode == 0, "".join(s.err)
