@@ -764,9 +764,9 @@ def serve(bundles, host, port, max_batch, max_delay_ms, threads, max_texts, max_
     """
     from pipeline.serve import Limits, load_models, serve as run_server
 
-    for value in expect_sha256:
-        from runtime.bundle import check_pin
+    from runtime.bundle import check_pin
 
+    for value in expect_sha256:  # a malformed pin is refused before any bundle is read
         check_pin(value)
     models = load_models(list(bundles), list(expect_sha256), _providers(providers), unicode_mismatch)
     limits = Limits(max_batch=max_batch, max_delay_ms=max_delay_ms, threads=threads, max_body_bytes=max_body_bytes,

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline import __version__
+from runtime.bulk import json_kind, json_text
 from runtime.errors import InputError, ModelOutputError, SeqshipError
 from runtime.predictor import Predictor
 
@@ -409,9 +410,7 @@ def _json(body: bytes, what: str):
 
 def not_text(index: int, value) -> InputError:
     """The error of an item that is not a JSON string."""
-    kind = {bool: "true or false", int: "a number", float: "a number", dict: "an object", list: "a list",
-            type(None): "null"}.get(type(value), type(value).__name__)
-    return InputError(f"text #{index} is {kind}, not a string; send each text as a JSON string", index)
+    return InputError(f"text #{index} is {json_kind(value)}, not a string; send each text as a JSON string", index)
 
 
 def _flat(data, where: str) -> list:
@@ -642,11 +641,8 @@ def inflate(body: bytes, encoding: str, limit: int) -> bytes:
 
 
 def _dumps(obj) -> bytes:
-    """Strict JSON (never NaN) in UTF-8; a lone surrogate in a text is escaped rather than failing."""
-    try:
-        return json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
-    except UnicodeEncodeError:
-        return json.dumps(obj, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+    """Compact strict JSON in UTF-8 (runtime.bulk.json_text: never NaN, a lone surrogate escaped)."""
+    return json_text(obj, (",", ":")).encode("utf-8")
 
 
 # ---------------------------------------------------------------------------------------------- the app

@@ -37,15 +37,38 @@ class BulkStats:
     errors: int = 0  # rows answered with {"error": ...}
 
 
-def json_line(obj: dict) -> str:
-    """One JSON line, UTF-8 where possible; a lone surrogate (valid in a Python str, not in UTF-8) is
-    written as a JSON escape instead of failing the whole run."""
-    line = json.dumps(obj, ensure_ascii=False, allow_nan=False)  # strict JSON: never NaN or Infinity
+def json_text(obj, separators: tuple[str, str] | None = None) -> str:
+    """Strict JSON (never NaN or Infinity), UTF-8-encodable: a lone surrogate (valid in a Python str, not in
+    UTF-8) is written as a JSON escape instead of failing the whole answer."""
+    text = json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=separators)
     try:
-        line.encode("utf-8")
+        text.encode("utf-8")
     except UnicodeEncodeError:
-        line = json.dumps(obj, ensure_ascii=True, allow_nan=False)
-    return line + "\n"
+        text = json.dumps(obj, ensure_ascii=True, allow_nan=False, separators=separators)
+    return text
+
+
+def json_line(obj: dict) -> str:
+    """One JSON line of bulk output (json_text and a newline)."""
+    return json_text(obj) + "\n"
+
+
+def json_kind(value) -> str:
+    """How a JSON value that is not what was expected is described in an error ("a number (3)", "null")."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({json.dumps(value)})"
+    if isinstance(value, (int, float)):
+        shown = json.dumps(value)
+        return f"a number ({shown if len(shown) <= 40 else shown[:37] + '...'})"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, str):
+        return "a string"
+    return type(value).__name__
 
 
 def _valid_id(value) -> bool:
@@ -99,7 +122,7 @@ def _text_of(obj, n: int, text_column: str, id_column: str | None) -> dict:
         return rec | {"error": f"line {n}: expected a JSON string or an object with a {text_column!r} key"}
     text = obj[text_column]
     if not isinstance(text, str):
-        return rec | {"error": f"line {n}: {text_column!r} is {'null' if text is None else 'a JSON ' + type(text).__name__}, not a string"}
+        return rec | {"error": f"line {n}: {text_column!r} is {json_kind(text)}, not a string"}
     return rec | {"text": text}
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.data.registry import DataError
+from runtime.bulk import json_kind
 
 log = logging.getLogger(__name__)
 
@@ -125,19 +126,6 @@ def _label(value: str, where: str, issues: RowIssues) -> str | None:
     return nfc
 
 
-def _kind(value) -> str:
-    """How a JSON value is described in an error."""
-    if isinstance(value, bool):
-        return f"a boolean ({json.dumps(value)})"
-    if isinstance(value, (int, float)):
-        return f"a number ({json.dumps(value)})"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
 def read_jsonl(path: Path, text_column: str, label_column: str, issues: RowIssues | None = None) -> list[tuple[str, str]]:
     """(text, label) rows from a JSONL file, one object per line; see the module docstring for what is refused."""
     issues = issues if issues is not None else RowIssues()
@@ -157,7 +145,7 @@ def read_jsonl(path: Path, text_column: str, label_column: str, issues: RowIssue
             raise DataError(f"{where}: JSON that cannot be read ({type(e).__name__}: {str(e)[:80]}); "
                             "write one flat JSON object per line") from None
         if not isinstance(obj, dict):
-            raise DataError(f"{where}: {_kind(obj)}, not a JSON object; write one object per line, "
+            raise DataError(f"{where}: {json_kind(obj)}, not a JSON object; write one object per line, "
                             f"e.g. {{{json.dumps(text_column)}: \"...\", {json.dumps(label_column)}: \"...\"}}")
         objects += 1
         keys_seen.update(obj)
@@ -169,7 +157,7 @@ def read_jsonl(path: Path, text_column: str, label_column: str, issues: RowIssue
             issues.drop("text_null", where)
             continue
         if not isinstance(text, str):
-            raise DataError(f"{where}: the text field {text_column!r} is {_kind(text)}, not a string; "
+            raise DataError(f"{where}: the text field {text_column!r} is {json_kind(text)}, not a string; "
                             f"quote it in the file if it is meant as text, or choose another field with --text-column")
         if label_column not in obj:
             issues.drop("label_missing", where)
@@ -178,7 +166,7 @@ def read_jsonl(path: Path, text_column: str, label_column: str, issues: RowIssue
             issues.drop("label_null", where)
             continue
         if isinstance(label, bool) or not isinstance(label, (str, int)):
-            raise DataError(f"{where}: the label field {label_column!r} is {_kind(label)}; labels must be strings or integers: "
+            raise DataError(f"{where}: the label field {label_column!r} is {json_kind(label)}; labels must be strings or integers: "
                             f"write it as a string, or choose another field with --label-column")
         if isinstance(label, int):
             spelled = str(label)
