@@ -128,30 +128,37 @@ def _text_of(obj, n: int, text_column: str, id_column: str | None) -> dict:
 
 def _line_records(path: Path, fmt: str, text_column: str, id_column: str | None, max_bytes: int) -> Iterator[tuple[int, dict]]:
     with open(path, "rb") as f:
-        for n, (pos, raw) in enumerate(_raw_lines(f, max_bytes), 1):
-            if raw is None:
-                yield pos, {"error": f"line {n}: longer than {max_bytes:,} bytes; split it or shorten it"}
-                continue
-            try:
-                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
-            except UnicodeDecodeError as e:
-                yield pos, {"error": f"line {n}: not UTF-8 ({e.reason} at byte {e.start}); re-encode the file as UTF-8"}
-                continue
-            if fmt == "lines":
-                yield pos, {"text": line}
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield pos, {"error": f"line {n}: not JSON ({e.msg} at column {e.colno})"}
-                continue
-            except RecursionError:
-                yield pos, {"error": f"line {n}: JSON nested too deeply to read"}
-                continue
-            except ValueError as e:  # e.g. an integer of more digits than Python converts
-                yield pos, {"error": f"line {n}: JSON value out of range ({str(e)[:80]})"}
-                continue
-            yield pos, _text_of(obj, n, text_column, id_column)
+        yield from line_records(f, fmt, text_column, id_column, max_bytes)
+
+
+def line_records(f: IO[bytes], fmt: str, text_column: str, id_column: str | None, max_bytes: int = MAX_LINE_BYTES,
+                 first_line: int = 1) -> Iterator[tuple[int, dict]]:
+    """(bytes read so far, record) per line of a binary file of `lines` or `jsonl`, from where it stands;
+    `first_line` is the number of the line there (a part of a larger file: errors name the file's line)."""
+    for n, (pos, raw) in enumerate(_raw_lines(f, max_bytes), first_line):
+        if raw is None:
+            yield pos, {"error": f"line {n}: longer than {max_bytes:,} bytes; split it or shorten it"}
+            continue
+        try:
+            line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            yield pos, {"error": f"line {n}: not UTF-8 ({e.reason} at byte {e.start}); re-encode the file as UTF-8"}
+            continue
+        if fmt == "lines":
+            yield pos, {"text": line}
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield pos, {"error": f"line {n}: not JSON ({e.msg} at column {e.colno})"}
+            continue
+        except RecursionError:
+            yield pos, {"error": f"line {n}: JSON nested too deeply to read"}
+            continue
+        except ValueError as e:  # e.g. an integer of more digits than Python converts
+            yield pos, {"error": f"line {n}: JSON value out of range ({str(e)[:80]})"}
+            continue
+        yield pos, _text_of(obj, n, text_column, id_column)
 
 
 class _LineReader:
