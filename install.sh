@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything seqship and its tests need, into ./.venv and runtime/js/node_modules.
 # Python: torch first, pinned (on this project's machines the 2.13.0 CPU wheel is on disk; an unpinned
-# torch pulls a multi-GB CUDA build), then the project with its train, dev, report, engines and serve extras
-# (engines: OpenVINO and tract, which the parity gate runs model.onnx in; serve: `pipeline serve`).
+# torch pulls a multi-GB CUDA build), then the project with its train, dev, report, engines, serve and ray
+# extras (engines: OpenVINO and tract, which the parity gate runs model.onnx in; serve: `pipeline serve`;
+# ray: `pipeline predict --engine ray`).
 # Debian packages: hey, the HTTP load tool of the serve tests and benchmark.
 # Portable runtimes: the JavaScript packages (--ignore-scripts: onnxruntime-node's install script only
 # downloads CUDA binaries), Chromium for the browser test, a C++ toolchain and CMake for libtorch.
@@ -13,7 +14,7 @@ python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 pip install -q "torch==2.13.0"
-pip install -q -e '.[train,dev,report,engines,serve]'
+pip install -q -e '.[train,dev,report,engines,serve,ray]'
 
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
@@ -34,5 +35,5 @@ npm ci --prefix runtime/js --ignore-scripts --no-audit --no-fund --loglevel=erro
 
 python - <<'PY'
 import importlib.metadata as m
-print("installed:", ", ".join(f"{d} {m.version(d)}" for d in ("torch", "onnx", "onnxscript", "onnxruntime", "openvino", "tract", "numpy", "click", "starlette", "uvicorn")))
+print("installed:", ", ".join(f"{d} {m.version(d)}" for d in ("torch", "onnx", "onnxscript", "onnxruntime", "openvino", "tract", "numpy", "click", "starlette", "uvicorn", "ray", "pyarrow")))
 PY
