@@ -22,7 +22,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 SEED = click.IntRange(0, 2**32 - 1)  # what numpy's and torch's generators accept
 # Modules of the optional extras, and the extra that brings each.
 EXTRAS = {"torch": "train", "onnx": "train", "onnxscript": "train", "matplotlib": "report",
-          "starlette": "serve", "uvicorn": "serve", "prometheus_client": "serve"}
+          "starlette": "serve", "uvicorn": "serve", "prometheus_client": "serve", "ray": "ray", "pyarrow": "ray"}
 log = logging.getLogger("pipeline.cli")
 
 
@@ -311,6 +311,8 @@ def run_all_cmd(**opts) -> None:
     """
     from pipeline.stages import run_all
 
+    if _follower(opts):
+        return
     r = _run(opts)
 
     def work():
@@ -323,6 +325,30 @@ def run_all_cmd(**opts) -> None:
         results = work()
         report = _write_report(r, opts["as_json"])
     _report(results, r, opts["as_json"], report=report)
+
+
+def _follower(opts: dict) -> bool:
+    """Under torchrun (pipeline.distributed): join the process group. Rank 0 goes on as the run; any other
+    rank trains its share of each batch with rank 0's splits and config, then ends here (True)."""
+    import atexit
+
+    from pipeline import distributed
+
+    if not distributed.launched():
+        return False
+    if opts.get("cv_folds"):
+        raise click.UsageError("--cv does not run under torchrun: cross-validate in one process (`pipeline run cv`)")
+    distributed.init_from_env(opts.get("device") or "cpu")
+    atexit.register(distributed.shutdown)
+    rank, size = distributed.world()
+    if rank == 0:
+        log.info("training on %d processes (this one, rank 0, writes the run)", size)
+        return False
+    from pipeline.stages import follow_training
+
+    logging.getLogger("pipeline").setLevel(logging.WARNING)  # rank 0 reports; the others say only what goes wrong
+    follow_training(opts.get("threads"))
+    return True
 
 
 def _write_report(r, as_json: bool, strict: bool = False) -> Path | None:
@@ -347,8 +373,11 @@ def _write_report(r, as_json: bool, strict: bool = False) -> Path | None:
 @errors_handled
 def run_cv_cmd(**opts) -> None:
     """K-fold cross-validation over the data stage's rows, with these training options; updates report.html."""
+    from pipeline.distributed import launched
     from pipeline.stages import stage_cv
 
+    if launched():
+        raise click.UsageError("`run cv` does not run under torchrun: cross-validate in one process")
     opts.setdefault("dataset", "names")
     r = _run(opts)
     result = stage_cv(r, _train_cfg(opts, r), opts["folds"], opts["force"], threads=opts["threads"])
@@ -394,6 +423,8 @@ def run_train_cmd(**opts) -> None:
     from pipeline.stages import stage_train
 
     opts.setdefault("dataset", "names")
+    if _follower(opts):
+        return
     r = _run(opts)
     progress = None if opts["as_json"] else TrainProgress()
     _report([stage_train(r, _train_cfg(opts, r), opts["force"], progress, threads=opts["threads"])], r, opts["as_json"])
@@ -452,10 +483,12 @@ def _providers(value: str):
               help="auto, cpu, cuda, or a comma-separated list of onnxruntime providers [env SEQSHIP_PROVIDERS].")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="CPU: batches scored at once, each on a single-threaded session [default: all cores]; CUDA: intra-op threads.")
-@click.option("--input", "input_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Score this file instead of TEXT arguments (see --format).")
-@click.option("--output", "output_path", type=click.Path(dir_okay=False), default=None,
-              help="With --input: write JSON lines here, atomically; a FIFO or /dev/stdout is streamed into [default: stdout].")
+@click.option("--input", "input_path", type=click.Path(path_type=Path), default=None,
+              help="Score this file instead of TEXT arguments (see --format); with --engine ray, a file or a folder of "
+                   ".txt/.jsonl/.parquet files.")
+@click.option("--output", "output_path", type=click.Path(), default=None,
+              help="With --input: write JSON lines here, atomically; a FIFO or /dev/stdout is streamed into [default: stdout]. "
+                   "With --engine ray: a folder of part files and summary.json, which appears only when whole.")
 @click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "lines", "csv", "tsv"]), default="auto", show_default=True,
               help="--input format; auto: jsonl for .jsonl/.ndjson, csv for .csv, tsv for .tsv, else one text per line.")
 @click.option("--text-column", default="text", show_default=True, help="--input CSV/TSV column or JSONL key holding the text.")
@@ -465,10 +498,18 @@ def _providers(value: str):
               help="Refuse the bundle unless its digest (sha256 of manifest.json, as `pipeline inspect` prints) is this [env SEQSHIP_EXPECT_SHA256].")
 @click.option("--unicode-mismatch", type=click.Choice(["refuse", "warn"]), default="refuse", show_default=True,
               help="When this Python's Unicode version differs from the tokenizer's: refuse texts whose ids could differ, or warn and score all.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="With --input: score in this process, or on a Ray cluster (Ray Data; the `ray` extra).")
+@click.option("--ray-address", default=None, envvar="RAY_ADDRESS",
+              help="--engine ray: the cluster to use (HEAD:6379, or ray://HEAD:10001) [env RAY_ADDRESS; default: start a local Ray].")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="--engine ray: scoring actors, one CPU each [default: the cluster's CPUs].")
+@click.option("--output-format", type=click.Choice(["jsonl", "parquet"]), default="jsonl", show_default=True,
+              help="--engine ray: the part files' format.")
 @click.argument("texts", nargs=-1)
 @errors_handled
 def predict(bundle_dir, top_k, providers, threads, input_path, output_path, fmt, text_column, id_column, expect_sha256,
-            unicode_mismatch, texts) -> None:
+            unicode_mismatch, engine, ray_address, workers, output_format, texts) -> None:
     """Label texts with a bundle; prints one JSON object per text. Needs no torch.
 
     Texts come from the arguments, from --input FILE (streamed in bounded memory, with a progress bar
@@ -482,15 +523,25 @@ def predict(bundle_dir, top_k, providers, threads, input_path, output_path, fmt,
       pipeline predict --bundle artifacts/names/bundle --input names.txt --output labels.jsonl
       pipeline predict --bundle artifacts/mr/bundle --input reviews.csv --text-column review --id-column review_id
       cut -f1 names.tsv | pipeline predict --bundle artifacts/names/bundle
+      pipeline predict --bundle artifacts/names/bundle --input texts/ --output scored/ --engine ray --workers 2
     """
     from runtime import InputError, ModelOutputError, Predictor
 
     _check_pin_env(expect_sha256)  # usage errors first, before any file is read
+    if engine == "ray":
+        return _predict_ray(bundle_dir, top_k, providers, threads, input_path, output_path, fmt, text_column, id_column,
+                            expect_sha256, unicode_mismatch, ray_address, workers, output_format, texts)
+    for name, value, default in (("--ray-address", ray_address, None), ("--workers", workers, None),
+                                 ("--output-format", output_format, "jsonl")):
+        if value != default and not (name == "--ray-address" and os.environ.get("RAY_ADDRESS") == value):
+            raise click.UsageError(f"{name} applies to --engine ray")
     if output_path is not None and input_path is None:
         raise click.UsageError("--output needs --input")
     if input_path is not None and texts:
         raise click.UsageError("give TEXT arguments or --input, not both")
-    if input_path is not None and (not input_path.exists() or input_path.is_dir()):
+    if input_path is not None and input_path.is_dir():
+        raise click.BadParameter(f"{input_path}: a folder; give a file, or score a folder with --engine ray", param_hint="--input")
+    if input_path is not None and not input_path.exists():
         raise click.BadParameter(f"{input_path}: no such file", param_hint="--input")
     if output_path is not None:  # a str until here: Path() would drop the trailing "/" that says "a folder"
         if output_path.endswith(("/", os.sep)) or Path(output_path).is_dir():
@@ -532,6 +583,36 @@ def predict(bundle_dir, top_k, providers, threads, input_path, output_path, fmt,
         click.echo(json_line(line), nl=False)
     if errors:
         raise click.ClickException(f"{errors} of {len(texts)} texts could not be scored")
+
+
+def _predict_ray(bundle_dir, top_k, providers, threads, input_path, output_path, fmt, text_column, id_column,
+                 expect_sha256, unicode_mismatch, ray_address, workers, output_format, texts) -> None:
+    """`predict --engine ray`: a Ray Data job over a file or a folder of files into an output folder."""
+    if texts or input_path is None or output_path is None:
+        raise click.UsageError("--engine ray scores --input PATH (a file or a folder) into --output DIR")
+    if fmt != "auto":
+        raise click.UsageError("--engine ray reads each file by its suffix (.txt, .jsonl/.ndjson, .parquet): leave --format out")
+    if threads is not None:
+        raise click.UsageError("--threads applies to --engine local; with --engine ray, each worker is one CPU: use --workers")
+    if unicode_mismatch != "refuse":
+        raise click.UsageError("--unicode-mismatch warn applies to --engine local")
+    if not input_path.exists():
+        raise click.BadParameter(f"{input_path}: no such file or folder", param_hint="--input")
+    from pipeline.ray_bulk import score_with_ray
+
+    bar = click.progressbar(length=1, label="scoring on ray", file=sys.stderr)
+    with bar:
+        def progress(done: int, total: int) -> None:
+            bar.length = max(1, total)
+            bar.update(done - bar.pos)
+
+        summary = score_with_ray(_bundle_dir(bundle_dir), input_path, output_path, ray_address=ray_address, workers=workers,
+                                 output_format=output_format, top_k=top_k, text_column=text_column, id_column=id_column,
+                                 expected_sha256=expect_sha256, providers=_providers(providers), on_progress=progress)
+    click.echo(f"{summary.scored} scored, {summary.errors} errors -> {output_path} (ray {summary.ray}, {summary.workers} "
+               f"workers on {summary.nodes} node(s), {summary.texts_per_second:,.0f} texts/s)", err=True)
+    if summary.errors:
+        raise click.ClickException(f"{summary.errors} of {summary.rows_in} texts could not be scored (see their 'error' rows)")
 
 
 def _bundle_dir(path: Path) -> Path:

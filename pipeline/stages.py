@@ -54,21 +54,41 @@ def stage_train(run: Run, cfg, force: bool = False, progress=None, threads: int 
     """Train on the data stage's splits; keep the best validation checkpoint; test metrics."""
     from pipeline.train import train  # torch is imported only by the stages that need it
 
+    from pipeline.distributed import broadcast, world
+
     data = run.require("data", "train")
     inputs = {"config": asdict(cfg), "data": data["outputs"]}
+    distributed = world()[1] > 1
 
     def produce(out: Path) -> dict:
         d = run.dir("data")
-        metrics = train(
-            read_split(d, "train"), read_split(d, "val"), read_split(d, "test"), data["summary"]["labels"], cfg, out, progress,
-            threads=threads,
-        )
-        return {k: metrics[k] for k in ("best_epoch", "epochs_run", "train_seconds", "parameters", "device", "threads")} | {
+        splits = [read_split(d, "train"), read_split(d, "val"), read_split(d, "test")]
+        if distributed:  # the other ranks train on these very splits, with this config (see pipeline.distributed)
+            broadcast({"splits": splits, "labels": data["summary"]["labels"], "config": asdict(cfg)})
+        metrics = train(*splits, data["summary"]["labels"], cfg, out, progress, threads=threads)
+        return {k: metrics[k] for k in ("best_epoch", "epochs_run", "train_seconds", "parameters", "device", "threads", "world_size")} | {
             "test_accuracy": metrics["test"]["accuracy"],
             "test_macro_f1": metrics["test"]["macro_f1"],
         }
 
-    return run_stage(run, "train", inputs, produce, force)
+    result = run_stage(run, "train", inputs, produce, force)  # a failing rank 0 ends the job: torchrun stops the others
+    if distributed and result.skipped:
+        broadcast(None)  # nothing to train: the other ranks stop
+    return result
+
+
+def follow_training(threads: int | None = None) -> bool:
+    """A rank other than 0 (pipeline.distributed): wait for rank 0's splits and config, and train with it.
+    Returns False when rank 0 had nothing to train (its train stage was reused)."""
+    from pipeline.distributed import broadcast
+    from pipeline.train import TrainConfig, train
+
+    job = broadcast(None)
+    if job is None:
+        return False
+    with tempfile.TemporaryDirectory(prefix="seqship-rank-") as tmp:  # rank 0 writes; nothing is kept here
+        train(*job["splits"], job["labels"], TrainConfig(**job["config"]), Path(tmp), threads=threads)
+    return True
 
 
 def refuse_cv_with_fixed_test(run: Run) -> None:
@@ -244,6 +264,11 @@ def run_all(
     if cv_folds:
         steps.insert(1, lambda: refuse_cv_with_fixed_test(run))  # before training, not after packaging
         steps.append(lambda: stage_cv(run, train_cfg, cv_folds, force=force, threads=threads))
+    from pipeline.distributed import world
+
+    if world()[0] != 0:  # another rank of a torchrun job: it only helps train (pipeline.distributed)
+        follow_training(threads)
+        return []
     results = []
     with run_lock(run):  # the whole sequence: a second `run all` cannot interleave between stages
         for step in steps:

@@ -16,6 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.distributed import all_sum
+from pipeline.distributed import broadcast as dist_broadcast
+from pipeline.distributed import world as dist_world
 from pipeline.metrics import classification_metrics
 from pipeline.model import CELLS, POOLINGS, ModelConfig, TextClassifier
 from runtime.errors import SeqshipError
@@ -230,6 +233,8 @@ def train(
 def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: Path, progress: Progress | None) -> dict:
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
+    if device.type == "cuda":  # under torchrun, this rank's GPU (pipeline.distributed set it)
+        device = torch.device("cuda", torch.cuda.current_device())
     label_ids = {lab: i for i, lab in enumerate(labels)}
     tokenizer = fit_tokenizer([t for t, _ in train_rows], cfg)
     pad = tokenizer.spec.pad_id
@@ -250,31 +255,52 @@ def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: P
         pooling=cfg.pooling,
     )
     model = TextClassifier(mcfg).to(device)
+    rank, world = dist_world()
+    net = model
+    if world > 1:  # same seed, same initial weights; DDP also broadcasts rank 0's at construction
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=max(1, cfg.patience // 2))
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
     rng = np.random.default_rng(cfg.seed)
     lengths = np.array([len(x) for x in x_train])
     steps = math.ceil(len(x_train) / cfg.batch_size)
     history, best_f1, best_state, best_epoch, stale = [], -1.0, None, 0, 0
     started = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
-        model.train()
+        net.train()
         t0, total, seen = time.perf_counter(), 0.0, 0
         if progress:
             progress("epoch_start", {"epoch": epoch, "epochs": cfg.epochs, "steps": steps})
-        for idx, tok, lens in batches(x_train, bucketed_order(lengths, cfg.batch_size, rng), cfg.batch_size, pad):
+        order = bucketed_order(lengths, cfg.batch_size, rng)  # the same on every rank (same seed)
+        for start in range(0, len(order), cfg.batch_size):
+            global_idx = order[start : start + cfg.batch_size]
+            if len(global_idx) < world:
+                continue  # a last batch too small to give every rank a row (at most world - 1 rows an epoch)
+            idx = global_idx[rank::world]  # this rank's share of the global batch
+            tok, lens = pad_batch([x_train[i] for i in idx], pad)
             target = torch.from_numpy(y_train[idx]).to(device)
-            loss = loss_fn(model(tok.to(device), lens.to(device)), target)
+            # Summed over this rank's rows, divided by the global batch: DDP averages gradients over the
+            # ranks, so times world, the gradient is the global batch's mean, as one process computes it.
+            batch_loss = loss_fn(net(torch.from_numpy(tok).to(device), torch.from_numpy(lens).to(device)), target)
+            loss = batch_loss * world / len(global_idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
             opt.step()
-            total += loss.item() * len(idx)
+            total += batch_loss.item()
             seen += len(idx)
             if progress:
                 progress("step", {"loss": total / seen})
-        val = classification_metrics(y_val, predict_logits(model, x_val, pad, device).argmax(1), labels)
+        if world > 1:
+            total, seen = all_sum([total, seen])
+        # Validation on rank 0; its numbers go to every rank, so that the schedule and early stopping agree.
+        val = None
+        if rank == 0:
+            val = classification_metrics(y_val, predict_logits(model, x_val, pad, device).argmax(1), labels)
+            val = {"accuracy": val["accuracy"], "macro_f1": val["macro_f1"]}
+        if world > 1:
+            val = dist_broadcast(val)
         sched.step(val["macro_f1"])
         record = {
             "epoch": epoch,
@@ -288,7 +314,8 @@ def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: P
         improved = val["macro_f1"] > best_f1
         if improved:
             best_f1, best_epoch, stale = val["macro_f1"], epoch, 0
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            if rank == 0:
+                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
         else:
             stale += 1
         if progress:
@@ -298,6 +325,8 @@ def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: P
             log.info("early stop: no better validation macro-F1 for %d epochs", stale)
             break
     train_seconds = time.perf_counter() - started
+    if rank != 0:
+        return {}  # only rank 0 evaluates and writes
     model.load_state_dict(best_state)
     model = model.cpu().eval()
     test = classification_metrics(y_test, predict_logits(model, x_test, pad, torch.device("cpu")).argmax(1), labels)
@@ -311,6 +340,7 @@ def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: P
         "device": str(device),
         "threads": torch.get_num_threads(),  # intra-op threads it trained with (--threads)
         "parameters": sum(p.numel() for p in model.parameters()),
+        "world_size": world,  # processes that trained it (torchrun), each on its share of every batch
         "longest_train_tokens": int(max(len(tokenizer.tokens(t)) for t, _ in train_rows)),
     }
     torch.save(best_state, out_dir / WEIGHTS)

@@ -1,0 +1,85 @@
+"""Data-parallel training on several processes or machines: PyTorch's DistributedDataParallel, launched by
+`torchrun` (gloo on CPU, nccl on CUDA).
+
+    torchrun --nproc-per-node 2 -m pipeline run all --dataset names          # one machine, 2 processes
+    torchrun --nnodes 2 --node-rank R --nproc-per-node 1 \\
+             --rdzv-backend c10d --rdzv-endpoint HEAD:29500 -m pipeline run all ...   # two machines
+
+Rank 0 is the run: it runs the data stage, decides whether training must run (an unchanged stage is
+reused), and sends the splits (and its training config) to the other ranks, so every rank trains on the
+same seeded split. Each global batch of `--batch-size` rows, in the order a single process would take
+them, is shared out across the ranks; the loss is scaled so that the averaged gradient is the global
+batch's, as one process would compute it. Validation runs on rank 0, and its numbers are broadcast, so
+early stopping and the learning-rate schedule decide the same on every rank. Only rank 0 writes (the
+stage outputs, the bundle, the report); the other ranks exit when training ends.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from datetime import timedelta
+
+log = logging.getLogger(__name__)
+
+
+def launched() -> bool:
+    """Whether this process was started by torchrun (or another launcher) as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
+def init_from_env(device: str | None = "cpu") -> bool:
+    """Join the process group torchrun describes (env://); True when there is one. gloo on CPU, nccl when
+    training on CUDA (device "cuda", or "auto" with a GPU)."""
+    if not launched():
+        return False
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return True
+    cuda = device in ("cuda", "auto") and torch.cuda.is_available()
+    backend = "nccl" if cuda else "gloo"
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    # Rank 0 runs the data stage (and may be slow to read a large dataset) before the others hear from it.
+    dist.init_process_group(backend=backend, timeout=timedelta(minutes=60))
+    log.info("distributed: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
+    return True
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size): (0, 1) outside a process group."""
+    try:
+        import torch.distributed as dist
+    except ModuleNotFoundError:
+        return 0, 1
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def broadcast(obj=None, src: int = 0):
+    """Rank src's object, on every rank (the others pass None)."""
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_sum(values: list[float]) -> list[float]:
+    """Element-wise sums over all ranks."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def shutdown() -> None:
+    """Leave the process group (every rank, at the end of the command)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
