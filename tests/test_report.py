@@ -101,21 +101,21 @@ def test_without_matplotlib_the_report_still_renders_every_table(tiny_run, tmp_p
 
 def test_cross_validation_folds_cover_the_data_and_appear_in_the_report(data_dir, tmp_path):
     result = invoke("run", "all", "--data-dir", str(data_dir), "--artifacts-dir", str(tmp_path), "--run-name", "cv",
-                    "--json", *TINY, "--epochs", "1", "--cv", "3")
+                    "--json", *TINY, "--epochs", "1", "--cv", "2")
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     cv = json.loads((tmp_path / "cv" / "cv" / "cv.json").read_text())
     data = json.loads((tmp_path / "cv" / "data" / "summary.json").read_text())
-    assert cv["folds"] == 3 and [r["fold"] for r in cv["results"]] == [1, 2, 3]
+    assert cv["folds"] == 2 and [r["fold"] for r in cv["results"]] == [1, 2]
     assert sum(r["test"] for r in cv["results"]) == data["counts"]["unique_pairs"]  # every row is tested exactly once
     assert all(r["train"] + r["val"] + r["test"] == data["counts"]["unique_pairs"] for r in cv["results"])
-    assert out["cv"]["accuracy_mean"] == pytest.approx(sum(r["accuracy"] for r in cv["results"]) / 3)
+    assert out["cv"]["accuracy_mean"] == pytest.approx(sum(r["accuracy"] for r in cv["results"]) / 2)
     assert not list((tmp_path / "cv" / "cv").glob("*.pt"))  # fold models are not kept
     seen = render(tmp_path / "cv" / "report.html", tmp_path)
     section = seen["by_id"]["cv"]
-    assert table(section, "cv")["rows"] == 3 and section["images"][0]["decoded"]
+    assert table(section, "cv")["rows"] == 2 and section["images"][0]["decoded"]
     again = invoke("run", "all", "--data-dir", str(data_dir), "--artifacts-dir", str(tmp_path), "--run-name", "cv",
-                   "--json", *TINY, "--epochs", "1", "--cv", "3")
+                   "--json", *TINY, "--epochs", "1", "--cv", "2")
     assert [s["skipped"] for s in json.loads(again.stdout)["stages"]] == [True] * 6  # an unchanged cv stage is reused
     # A new model makes the cross-validation, the parity report and the bundle stale: the report leaves them out.
     assert invoke("run", "train", "--artifacts-dir", str(tmp_path), "--run-name", "cv", *TINY, "--epochs", "2").exit_code == 0
