@@ -84,6 +84,11 @@ def errors_handled(command):
 
             raise fail(SeqshipError(describe_os_error(e.filename, e, "use")), as_json) from None
         except Exception as e:  # noqa: BLE001 - a bug: one line, and the traceback with -vv
+            from pipeline.distributed import describe_failure
+
+            lost = describe_failure(e)
+            if lost is not None:
+                raise fail(SeqshipError(lost), as_json) from None
             raise _internal(e, as_json) from None
     return wrapper
 

@@ -19,12 +19,21 @@ import logging
 import os
 from datetime import timedelta
 
+from runtime.errors import SeqshipError
+
 log = logging.getLogger(__name__)
+
+
+class DistributedError(SeqshipError):
+    """This process cannot join, or lost, the torchrun job it belongs to."""
 
 
 def launched() -> bool:
     """Whether this process was started by torchrun (or another launcher) as one of several."""
-    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+    value = os.environ.get("WORLD_SIZE", "1") or "1"
+    if not value.strip().isdigit():
+        raise DistributedError(f"WORLD_SIZE={value!r} is not a number of processes: launch with torchrun, or unset WORLD_SIZE")
+    return int(value) > 1
 
 
 def init_from_env(device: str | None = "cpu") -> bool:
@@ -40,11 +49,36 @@ def init_from_env(device: str | None = "cpu") -> bool:
     cuda = device in ("cuda", "auto") and torch.cuda.is_available()
     backend = "nccl" if cuda else "gloo"
     if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    # Rank 0 runs the data stage (and may be slow to read a large dataset) before the others hear from it.
-    dist.init_process_group(backend=backend, timeout=timedelta(minutes=60))
+        local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+        if local >= torch.cuda.device_count():
+            raise DistributedError(f"local rank {local} has no GPU of its own (this machine has {torch.cuda.device_count()}): "
+                                   "pass --nproc-per-node at most the GPU count, or --device cpu")
+        torch.cuda.set_device(local)
+    try:
+        # Rank 0 runs the data stage (and may be slow to read a large dataset) before the others hear from it.
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=60))
+    except (ValueError, RuntimeError) as e:
+        raise DistributedError(f"cannot join the torchrun process group ({str(e).splitlines()[0][:200]}): launch with "
+                               "torchrun, or unset WORLD_SIZE") from None
     log.info("distributed: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
     return True
+
+
+def describe_failure(e: BaseException) -> str | None:
+    """For an error that a collective raised because another rank of the job failed or vanished: a line
+    that says so (torchrun's report names the rank that failed first); else None."""
+    try:
+        if not launched() or not isinstance(e, RuntimeError):
+            return None
+    except DistributedError:
+        return None
+    text = str(e)
+    if type(e).__module__.startswith("torch.distributed") or any(
+            s in text for s in ("Connection closed by peer", "Connection reset by peer", "gloo", "NCCL", "Broken pipe")):
+        rank = os.environ.get("RANK", "?")
+        return (f"rank {rank}: another process of this torchrun job failed or was stopped ({text.splitlines()[0][:160]}); "
+                "the first failure is in torchrun's report and that rank's own error above")
+    return None
 
 
 def world() -> tuple[int, int]:

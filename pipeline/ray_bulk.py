@@ -133,6 +133,7 @@ def plan_file(path: Path, fmt: str, rows_per_task: int = 10_000, bytes_per_task:
 
 def check_parquet(path: Path, text_column: str, id_column: str | None) -> None:
     """The text column must exist and hold strings; an id column, when present, scalars."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
@@ -141,7 +142,10 @@ def check_parquet(path: Path, text_column: str, id_column: str | None) -> None:
         raise InputError(f"{path}: not a readable Parquet file ({str(e)[:160]})") from None
     if text_column not in schema.names:
         raise InputError(f"{path}: no column {text_column!r} (columns: {schema.names[:20]}); pass --text-column NAME")
-    kind = str(schema.field(text_column).type)
+    kind = schema.field(text_column).type
+    if pa.types.is_dictionary(kind):  # e.g. a pandas categorical: read as its strings
+        kind = kind.value_type
+    kind = str(kind)
     if kind not in ("string", "large_string"):
         raise InputError(f"{path}: column {text_column!r} holds {kind}, not strings; cast it to string")
     if id_column in schema.names and str(schema.field(id_column).type) not in ID_TYPES:
@@ -149,13 +153,16 @@ def check_parquet(path: Path, text_column: str, id_column: str | None) -> None:
                          "ids must be strings, integers, floats or booleans (cast it, or pass another --id-column)")
 
 
-ROW_SCHEMA_FIELDS = (("file", "int32"), ("row", "int64"), ("id", "string"), ("text", "string"), ("error", "string"))
+# The text travels as UTF-8 bytes with lone surrogates kept ("surrogatepass"): a Python str may hold one (a
+# JSON "\ud800" escape), which Arrow's strings refuse and which local scoring scores like any other text.
+ROW_SCHEMA_FIELDS = (("file", "int32"), ("row", "int64"), ("id", "string"), ("text", "binary"), ("error", "string"))
 
 
 def _row_table(rows: list[tuple]):
     import pyarrow as pa
 
     cols = list(zip(*rows)) if rows else [[] for _ in ROW_SCHEMA_FIELDS]
+    cols[3] = [None if t is None else t.encode("utf-8", "surrogatepass") for t in cols[3]]
     return pa.table({name: pa.array(col, type=getattr(pa, kind)()) for (name, kind), col in zip(ROW_SCHEMA_FIELDS, cols)})
 
 
@@ -248,9 +255,16 @@ class BundleScorer:
     def __call__(self, batch):
         import pyarrow as pa
 
-        texts = batch["text"].to_pylist()
+        texts = [b"" if t is None else t for t in batch["text"].to_pylist()]
+        texts = [t.decode("utf-8", "surrogatepass") for t in texts]
         upstream = batch["error"].to_pylist()
-        results = self.predictor.predict([t if t is not None else "" for t in texts], top_k=self.top_k, errors="return")
+        files, rows = batch["file"].to_pylist(), batch["row"].to_pylist()
+        results: list = []
+        start = 0
+        for i in range(1, len(texts) + 1):  # a run of consecutive rows of one file: errors name their row, as locally
+            if i == len(texts) or files[i] != files[i - 1] or rows[i] != rows[i - 1] + 1:
+                results += self.predictor.predict(texts[start:i], top_k=self.top_k, errors="return", first_index=rows[start])
+                start = i
         n = len(texts)
         label, score, top, tokens, truncated, provider = [None] * n, [None] * n, [None] * n, [None] * n, [None] * n, [None] * n
         error = list(upstream)
@@ -267,7 +281,7 @@ class BundleScorer:
         if self.file_names is not None:
             # JSONL output: the workers write each row's line (JSON encoding is most of the writing, and
             # here it runs in parallel); the driver only checks the rows and appends the lines.
-            files, rows, ids = batch["file"].to_pylist(), batch["row"].to_pylist(), batch["id"].to_pylist()
+            ids = batch["id"].to_pylist()
             lines = []
             for i in range(n):
                 line = {"file": self.file_names[files[i]], "index": rows[i]}
@@ -302,7 +316,7 @@ def _id_text(id_json: str | None) -> str | None:
     if id_json is None:
         return None
     value = json.loads(id_json)
-    return value if isinstance(value, str) else id_json
+    return value if isinstance(value, str) or value is None else id_json
 
 
 class _Parts:
@@ -376,6 +390,32 @@ def _ray():
     return ray
 
 
+def is_ray_output(folder: Path) -> bool:
+    """Whether a folder is a previous ray job's output, and nothing else: its summary.json says so, and it
+    holds only that summary and the part files it lists. Only such a folder is replaced."""
+    try:
+        summary = json.loads((folder / SUMMARY).read_text(encoding="utf-8"))
+        parts = {p["name"] for p in summary["parts"]} if summary.get("engine") == "ray" else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return parts is not None and all(p.name in parts or p.name == SUMMARY for p in folder.iterdir())
+
+
+def _reachable(address: str, timeout: float = 15.0) -> None:
+    """A cluster address that no one answers makes ray.init wait for ever: try a TCP connection first."""
+    import socket
+
+    hostport = address.split("://", 1)[-1].rsplit("/", 1)[0]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto" and other forms: Ray checks them itself, and fails fast
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise RayJobError(f"cannot reach the Ray cluster at {address!r} ({e.strerror or e}); check --ray-address "
+                          "(HEAD:6379, or ray://HEAD:10001 with Ray Client) and that `ray status` works on the head node") from None
+
+
 def start_ray(address: str | None, workers: int | None):
     """Connect to the cluster at `address`, or start a local Ray instance; a RayJobError if neither works."""
     ray = _ray()
@@ -385,6 +425,7 @@ def start_ray(address: str | None, workers: int | None):
               "configure_logging": True}
     try:
         if address:
+            _reachable(address)
             ray.init(address=address, **kwargs)
         else:
             # "local": always a new instance of our own, even where a `ray start` cluster runs on this machine
@@ -429,11 +470,11 @@ def score_with_ray(
         raise InputError(f"--workers must be an integer >= 1, got {workers!r}")
     src, dst = Path(input_path), Path(output_dir)
     files = input_files(src)
-    if dst.exists() and not dst.is_dir():
-        raise InputError(f"{dst}: exists and is not a folder; --output names a folder with the ray engine")
-    if dst.is_dir() and any(dst.iterdir()) and not (dst / SUMMARY).is_file():
+    if dst.is_symlink() or (dst.exists() and not dst.is_dir()):
+        raise InputError(f"{dst}: exists and is not a folder (or is a symlink); --output names a folder with the ray engine")
+    if dst.is_dir() and any(dst.iterdir()) and not is_ray_output(dst):
         raise InputError(f"{dst}: a folder that holds other files; give a new or empty folder "
-                         "(a previous ray job's output folder is replaced)")
+                         "(only a previous `--engine ray` output folder is replaced)")
     src_resolved = src.resolve()
     if dst.resolve() == src_resolved or src_resolved in dst.resolve().parents or dst.resolve() in src_resolved.parents:
         raise InputError(f"{dst}: the output folder must not be the input, or hold it, or be inside it")
@@ -446,8 +487,6 @@ def score_with_ray(
     rows_in = sum(counts)
     tasks = [{"file_no": i, "path": str(p.resolve()), "fmt": fmt, "start": t[0], "end": t[1], "first_row": t[2], "rows": t[3]}
              for i, ((p, fmt), plan) in enumerate(zip(files, plans)) for t in plan]
-    if not tasks:
-        raise InputError(f"{src}: no rows to score (every file is empty)")
 
     predictor = Predictor.load(bundle_dir, providers="cpu", expected_sha256=expected_sha256, intra_op_num_threads=1)
     if not 1 <= top_k <= len(predictor.labels):
@@ -455,6 +494,21 @@ def score_with_ray(
     shipped = bundle_bytes(Path(bundle_dir), predictor.bundle.manifest)
     digest = predictor.digest
     del predictor
+    if not tasks:  # empty files only: an empty output, as local scoring writes, without starting Ray
+        summary = RaySummary(bundle=str(bundle_dir), bundle_sha256=digest, input=str(src), output_format=output_format,
+                             files=[{"name": n, "format": f, "rows": 0} for n, (_, f) in zip(names, files)],
+                             seconds={"total": round(time.perf_counter() - started, 3), "startup": 0.0, "scoring": 0.0},
+                             finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        tmp = temp_dir(dst.parent if str(dst.parent) else Path("."), dst.name)
+        try:
+            write_json_atomic(tmp / SUMMARY, asdict(summary))
+            replace_dir(tmp, dst)
+        finally:
+            if tmp.exists():
+                import shutil
+
+                shutil.rmtree(tmp, ignore_errors=True)
+        return summary
 
     ray = start_ray(ray_address, workers)
     import pyarrow as pa

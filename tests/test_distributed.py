@@ -33,3 +33,11 @@ def test_two_processes_train_a_model_as_good_as_one_process_and_it_passes_the_pa
     assert "rank 1 of 2 (gloo)" in p.stderr
     assert sorted(x.name for x in (artifacts / "ddp").iterdir() if not x.name.startswith(".")) == sorted(
         x.name for x in Path(tiny_run[0], "tiny").iterdir() if not x.name.startswith("."))
+
+
+def test_a_stray_or_bad_world_size_is_a_clear_error_not_a_bug_report(tmp_path):
+    for value, message in (("abc", "WORLD_SIZE='abc' is not a number"), ("2", "cannot join the torchrun process group")):
+        env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK")}
+        p = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "train", "--artifacts-dir", str(tmp_path)],
+                           cwd=REPO, capture_output=True, text=True, timeout=120, env={**env, "WORLD_SIZE": value})
+        assert p.returncode == 1 and message in p.stderr and "bug in seqship" not in p.stderr, p.stderr

@@ -49,6 +49,7 @@ def inputs(tmp_path_factory, data_dir) -> Path:
             f.write(json.dumps({"id": f"n{i}" if i % 2 else i, "text": t}, ensure_ascii=False) + "\n")
         f.write("{not json\n")
         f.write(json.dumps({"id": "empty", "text": ""}) + "\n")
+        f.write('{"id": "lone", "text": "\\ud800Nguyen"}\n')  # a lone surrogate: valid JSON, scored like any text
     texts = names[3500:5000] + [None]
     pq.write_table(pa.table({"text": texts, "id": list(range(len(texts)))}), folder / "c-table.parquet", row_group_size=256)
     return folder
@@ -89,6 +90,8 @@ def assert_same_as_local(rows: list[dict], local: dict, parquet_ids: bool = Fals
         want = local[(r["file"], r["index"])]
         if "error" in want:
             assert "error" in r and "label" not in r, r
+            if r["file"] != "c-table.parquet":  # the same message as local scoring, naming the same row
+                assert r["error"] == want["error"]
             continue
         assert "error" not in r, r
         assert r["label"] == want["label"]
@@ -107,18 +110,19 @@ def test_predict_engine_ray_on_a_local_ray_gives_local_scoring_answers_row_for_r
                        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": ""})
     # Two rows cannot be scored (not JSON; empty) and one has no text (null): exit 1, as local predict.
     assert p.returncode == 1, p.stderr
-    assert "3 of 5003 texts could not be scored" in p.stderr
+    assert "3 of 5004 texts could not be scored" in p.stderr
     local = local_answers(bundle, inputs, tmp_path)
     rows = read_output(out)
     assert_same_as_local(rows, local)
     by_key = {(r["file"], r["index"]): r for r in rows}
     assert "not JSON" in by_key[("b-rows.jsonl", 1000)]["error"] and "line 1001" in by_key[("b-rows.jsonl", 1000)]["error"]
-    assert by_key[("b-rows.jsonl", 1001)]["id"] == "empty"
+    assert by_key[("b-rows.jsonl", 1001)]["id"] == "empty" and "text #1001" in by_key[("b-rows.jsonl", 1001)]["error"]
+    assert by_key[("b-rows.jsonl", 1002)]["label"] == local[("b-rows.jsonl", 1002)]["label"]
     assert "is null" in by_key[("c-table.parquet", 1500)]["error"]
     summary = json.loads((out / "summary.json").read_text())
-    assert (summary["rows_in"], summary["rows_out"], summary["scored"], summary["errors"]) == (5003, 5003, 5000, 3)
+    assert (summary["rows_in"], summary["rows_out"], summary["scored"], summary["errors"]) == (5004, 5004, 5001, 3)
     assert summary["bundle_sha256"] == Predictor.load(bundle).digest and summary["engine"] == "ray"
-    assert summary["workers"] == 2 and [f["rows"] for f in summary["files"]] == [2500, 1002, 1501]
+    assert summary["workers"] == 2 and [f["rows"] for f in summary["files"]] == [2500, 1003, 1501]
     assert sorted(p.name for p in out.iterdir()) == ["part-00000.jsonl", "summary.json"]
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "a temporary folder was left behind"
 
@@ -149,9 +153,19 @@ def test_inputs_and_outputs_it_cannot_use_are_refused_before_ray_starts(bundle, 
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "mine.txt").write_text("keep me")
+    (busy / "summary.json").write_text('{"engine": "ray", "parts": []}')  # looks like an output, holds more
     with pytest.raises(InputError, match="holds other files"):
         score_with_ray(bundle, inputs, busy)
     assert (busy / "mine.txt").read_text() == "keep me"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "none.txt").write_text("")
+    assert score_with_ray(bundle, empty, tmp_path / "empty-out").rows_in == 0  # as local scoring: an empty output
+    assert sorted(p.name for p in (tmp_path / "empty-out").iterdir()) == ["summary.json"]
+    from pipeline.ray_bulk import RayJobError
+
+    with pytest.raises(RayJobError, match="cannot reach the Ray cluster at '127.0.0.1:1'"):
+        score_with_ray(bundle, inputs, tmp_path / "out", ray_address="127.0.0.1:1")
     with pytest.raises(InputError, match="must not be the input, or hold it, or be inside it"):
         score_with_ray(bundle, inputs, inputs / "out")
     numbers = tmp_path / "numbers"
@@ -238,7 +252,7 @@ def test_parquet_parts_on_a_cluster_address_hold_the_same_answers(cluster, bundl
     p = subprocess.run([*CLI, "predict", "--bundle", str(bundle), "--input", str(inputs), "--output", str(out),
                         "--engine", "ray", "--ray-address", c.address, "--output-format", "parquet", "--top-k", "2"],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 1 and "3 of 5003 texts could not be scored" in p.stderr, p.stderr
+    assert p.returncode == 1 and "3 of 5004 texts could not be scored" in p.stderr, p.stderr
     assert "2 workers on 3 node(s)" in p.stderr  # the cluster's two CPUs, by default
     assert_same_as_local(read_output(out), local_answers(bundle, inputs, tmp_path), parquet_ids=True)
     table = pq.read_table(out / "part-00000.parquet")
