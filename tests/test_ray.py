@@ -27,7 +27,7 @@ from runtime.bulk import score_file  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "pipeline.cli"]
-REPEATS = 40  # the fault test's input: 100,000 rows, so that the job is still scoring when the node goes
+REPEATS = 20  # the fault test's input: 50,000 rows, so that the job is still scoring when the node goes
 
 
 @pytest.fixture(scope="module")
