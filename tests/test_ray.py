@@ -27,7 +27,7 @@ from runtime.bulk import score_file  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "pipeline.cli"]
-REPEATS = 20  # the fault test's input: 50,000 rows, so that the job is still scoring when the node goes
+REPEATS = 40  # the fault test's input: 100,000 rows, so that the actors are still scoring when the node goes
 
 
 @pytest.fixture(scope="module")
@@ -209,12 +209,13 @@ def test_a_node_that_dies_mid_job_loses_no_row_and_repeats_none(cluster, bundle,
     names = (inputs / "a-names.txt").read_text(encoding="utf-8")
     (big / "names.txt").write_text("\n".join([names] * REPEATS) + "\n", encoding="utf-8")
     out = tmp_path / "scored"
-    started, seen, result = threading.Event(), [], {}
+    started, removed, seen, result = threading.Event(), threading.Event(), [], {}
 
     def progress(done: int, total: int) -> None:
         # A job in progress never looks finished: only a hidden temporary folder exists.
         seen.append((done, out.exists(), any(p.name.startswith(".scored.") for p in tmp_path.iterdir())))
         started.set()
+        removed.wait(120)  # the driver holds its first rows while the node goes: the job cannot end before
 
     def job() -> None:
         try:
@@ -225,8 +226,9 @@ def test_a_node_that_dies_mid_job_loses_no_row_and_repeats_none(cluster, bundle,
     worker = threading.Thread(target=job)
     worker.start()
     assert started.wait(240), "the job made no progress"
+    removed_at = seen[0][0]
     c.remove_node(nodes[1])  # the node and every process on it die
-    removed_at = seen[-1][0]
+    removed.set()
     c.add_node(num_cpus=1)  # what an autoscaler or KubeRay does: a replacement node
     worker.join(300)
     assert not worker.is_alive(), "the job did not finish after the node was replaced"
