@@ -255,8 +255,7 @@ class BundleScorer:
     def __call__(self, batch):
         import pyarrow as pa
 
-        texts = [b"" if t is None else t for t in batch["text"].to_pylist()]
-        texts = [t.decode("utf-8", "surrogatepass") for t in texts]
+        texts = ["" if t is None else t.decode("utf-8", "surrogatepass") for t in batch["text"].to_pylist()]
         upstream = batch["error"].to_pylist()
         files, rows = batch["file"].to_pylist(), batch["row"].to_pylist()
         results: list = []
@@ -290,8 +289,7 @@ class BundleScorer:
                 if error[i] is not None:
                     line["error"] = error[i]
                 else:
-                    line.update(label=label[i], score=score[i], top_k=top[i], num_tokens=tokens[i], truncated=truncated[i],
-                                provider=provider[i])
+                    line.update(results[i].to_dict())  # the fields local scoring writes, from the same method
                 lines.append(json_line(line))
             return pa.table({"file": batch["file"], "row": batch["row"], "error": pa.array(error, pa.string()),
                              "line": pa.array(lines, pa.string())})
@@ -419,6 +417,12 @@ def _reachable(address: str, timeout: float = 15.0) -> None:
 def start_ray(address: str | None, workers: int | None):
     """Connect to the cluster at `address`, or start a local Ray instance; a RayJobError if neither works."""
     ray = _ray()
+    # No usage telemetry unless the user turned it on: seqship does not report on its users' jobs. This
+    # also stops Ray Data's telemetry threads, which kept querying a Prometheus that is not there and
+    # logging tracebacks after the job; on Python 3.11 a traceback formatted in one thread while another
+    # parses source (torch.jit.script) can fail that parse ("AST constructor recursion depth mismatch").
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_DATA_USAGE_DISABLED", "1")
     if ray.is_initialized():
         return ray
     kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING,

@@ -184,6 +184,8 @@ def cluster():
     import ray
     from ray.cluster_utils import Cluster
 
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # as pipeline.ray_bulk.start_ray does
+    os.environ.setdefault("RAY_DATA_USAGE_DISABLED", "1")
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     nodes = [c.add_node(num_cpus=1), c.add_node(num_cpus=1)]
     c.wait_for_nodes()
