@@ -506,7 +506,7 @@ def _providers(value: str):
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="With --input: score in this process, or on a Ray cluster (Ray Data; the `ray` extra).")
 @click.option("--ray-address", default=None, envvar="RAY_ADDRESS",
-              help="--engine ray: the cluster to use (HEAD:6379, or ray://HEAD:10001) [env RAY_ADDRESS; default: start a local Ray].")
+              help="--engine ray: the cluster to use (HEAD:6379; run it on a node of the cluster) [env RAY_ADDRESS; default: start a local Ray].")
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="--engine ray: scoring actors, one CPU each [default: the cluster's CPUs].")
 @click.option("--output-format", type=click.Choice(["jsonl", "parquet"]), default="jsonl", show_default=True,

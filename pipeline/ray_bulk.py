@@ -166,9 +166,11 @@ def _row_table(rows: list[tuple]):
     return pa.table({name: pa.array(col, type=getattr(pa, kind)()) for (name, kind), col in zip(ROW_SCHEMA_FIELDS, cols)})
 
 
-def read_task_rows(file_no: int, path: str, fmt: str, start: int, end: int, first_row: int, rows: int,
+def read_task_rows(file_no: int, path: str | bytes, fmt: str, start: int, end: int, first_row: int, rows: int,
                    text_column: str, id_column: str | None) -> Iterator:
-    """Blocks (pyarrow tables) of (file, row, id as JSON, text, error) for one read task (see plan_file)."""
+    """Blocks (pyarrow tables) of (file, row, id as JSON, text, error) for one read task (see plan_file). The
+    path travels as bytes: a file name that is not UTF-8 is a valid path, and not a valid Arrow string."""
+    path = os.fsdecode(path)
     out: list[tuple] = []
     if fmt == "parquet":
         import pyarrow.parquet as pq
@@ -309,11 +311,21 @@ class BundleScorer:
 # --- output -------------------------------------------------------------------------------------------
 
 
+def _shown(path) -> str:
+    """A path as text that encodes as UTF-8 (a non-UTF-8 name, allowed on Linux, gets \\x escapes)."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
 def _id_text(id_json: str | None) -> str | None:
     """A Parquet part's id: a string id as it is, any other id (a number, a boolean) in its JSON form."""
     if id_json is None:
         return None
     value = json.loads(id_json)
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (valid JSON, not UTF-8): its escaped JSON form instead
+            return id_json
     return value if isinstance(value, str) or value is None else id_json
 
 
@@ -393,25 +405,47 @@ def is_ray_output(folder: Path) -> bool:
     holds only that summary and the part files it lists. Only such a folder is replaced."""
     try:
         summary = json.loads((folder / SUMMARY).read_text(encoding="utf-8"))
-        parts = {p["name"] for p in summary["parts"]} if summary.get("engine") == "ray" else None
+        if not isinstance(summary, dict) or summary.get("engine") != "ray":
+            return False
+        parts = {p["name"] for p in summary["parts"]}
+        entries = list(folder.iterdir())
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    return parts is not None and all(p.name in parts or p.name == SUMMARY for p in folder.iterdir())
+    # Regular files only: a subfolder or a link that merely carries a part's name is the user's, not ours.
+    return all((p.name in parts or p.name == SUMMARY) and p.is_file() and not p.is_symlink() for p in entries)
 
 
 def _reachable(address: str, timeout: float = 15.0) -> None:
-    """A cluster address that no one answers makes ray.init wait for ever: try a TCP connection first."""
+    """Refuse an address seqship cannot use. A cluster address that no one answers makes ray.init wait for
+    ever: try a TCP connection first."""
     import socket
 
-    hostport = address.split("://", 1)[-1].rsplit("/", 1)[0]
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        return  # "auto" and other forms: Ray checks them itself, and fails fast
+    scheme, _, rest = address.strip().rpartition("://")
+    if scheme == "ray":
+        # Measured with Ray 2.60: Ray Data fails inside Ray Client ("'Worker' object has no attribute
+        # 'core_worker'"), and the client needs the cluster's auth token too. Say what works instead.
+        raise RayJobError(f"--ray-address {address!r}: Ray Client (ray://) addresses are not supported, as Ray Data "
+                          "does not run over Ray Client; run the command on a node of the cluster with "
+                          "--ray-address HEAD:6379 (the head's GCS port)")
+    rest = rest.split("/", 1)[0]
+    if rest in ("", "auto", "local"):
+        return  # Ray finds these itself, and fails fast where there is none
+    if rest.startswith("["):  # [IPv6]:port
+        host, _, port = rest[1:].partition("]")
+        port = port.lstrip(":")
+    elif rest.count(":") == 1:
+        host, _, port = rest.partition(":")
+    else:  # a bare host name, or a bare IPv6 address
+        host, port = rest, ""
+    port = port or "6379"  # the GCS's default port
+    if not port.isdigit():
+        raise RayJobError(f"--ray-address {address!r}: the port {port!r} is not a number; "
+                          "give HEAD:6379 (the head's GCS port)")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as e:
         raise RayJobError(f"cannot reach the Ray cluster at {address!r} ({e.strerror or e}); check --ray-address "
-                          "(HEAD:6379, or ray://HEAD:10001 with Ray Client) and that `ray status` works on the head node") from None
+                          "(HEAD:6379, the head's GCS port) and that `ray status` works on the head node") from None
 
 
 def start_ray(address: str | None, workers: int | None):
@@ -429,6 +463,7 @@ def start_ray(address: str | None, workers: int | None):
               "configure_logging": True}
     try:
         if address:
+            address = address.strip()
             _reachable(address)
             ray.init(address=address, **kwargs)
         else:
@@ -437,7 +472,7 @@ def start_ray(address: str | None, workers: int | None):
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
         raise RayJobError(f"cannot start or reach {where} ({str(e).splitlines()[0][:200]}); "
-                          "check --ray-address (e.g. ray://HEAD:10001 or HEAD:6379) and that `ray status` works there") from None
+                          "check --ray-address (HEAD:6379, the head's GCS port) and that `ray status` works there") from None
     return ray
 
 
@@ -487,9 +522,11 @@ def score_with_ray(
             check_parquet(p, text_column, id_column)
     plans = [plan_file(p, fmt) for p, fmt in files]
     counts = [sum(t[3] for t in plan) for plan in plans]
-    names = [p.name for p, _ in files]
+    # Names as text that encodes: a file name that is not UTF-8 (allowed on Linux) is shown with \x escapes
+    # in the output's `file` column and the summary, instead of failing the job at its end.
+    names = [_shown(p.name) for p, _ in files]
     rows_in = sum(counts)
-    tasks = [{"file_no": i, "path": str(p.resolve()), "fmt": fmt, "start": t[0], "end": t[1], "first_row": t[2], "rows": t[3]}
+    tasks = [{"file_no": i, "path": os.fsencode(p.resolve()), "fmt": fmt, "start": t[0], "end": t[1], "first_row": t[2], "rows": t[3]}
              for i, ((p, fmt), plan) in enumerate(zip(files, plans)) for t in plan]
 
     predictor = Predictor.load(bundle_dir, providers="cpu", expected_sha256=expected_sha256, intra_op_num_threads=1)
@@ -499,7 +536,8 @@ def score_with_ray(
     digest = predictor.digest
     del predictor
     if not tasks:  # empty files only: an empty output, as local scoring writes, without starting Ray
-        summary = RaySummary(bundle=str(bundle_dir), bundle_sha256=digest, input=str(src), output_format=output_format,
+        summary = RaySummary(ray_address=ray_address, bundle=_shown(bundle_dir), bundle_sha256=digest, input=_shown(src),
+                             output_format=output_format,
                              files=[{"name": n, "format": f, "rows": 0} for n, (_, f) in zip(names, files)],
                              seconds={"total": round(time.perf_counter() - started, 3), "startup": 0.0, "scoring": 0.0},
                              finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -541,8 +579,8 @@ def score_with_ray(
 
     sweep_partials(dst.parent if str(dst.parent) else Path("."))
     tmp = temp_dir(dst.parent if str(dst.parent) else Path("."), dst.name)
-    summary = RaySummary(ray_address=ray_address, workers=n_workers, bundle=str(bundle_dir), bundle_sha256=digest,
-                         input=str(src), output_format=output_format, rows_in=rows_in, ray=ray.__version__,
+    summary = RaySummary(ray_address=ray_address, workers=n_workers, bundle=_shown(bundle_dir), bundle_sha256=digest,
+                         input=_shown(src), output_format=output_format, rows_in=rows_in, ray=ray.__version__,
                          nodes=sum(1 for n in ray.nodes() if n.get("Alive")), cluster_cpus=cpus,
                          files=[{"name": n, "format": f, "rows": c} for n, (_, f), c in zip(names, files, counts)])
     parts = _Parts(tmp, output_format, part_rows, names)

@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -157,15 +158,34 @@ def test_inputs_and_outputs_it_cannot_use_are_refused_before_ray_starts(bundle, 
     with pytest.raises(InputError, match="holds other files"):
         score_with_ray(bundle, inputs, busy)
     assert (busy / "mine.txt").read_text() == "keep me"
+    # A folder of the user's that carries a part's name is not a part: the folder is not replaced.
+    (busy / "mine.txt").unlink()
+    (busy / "part-00000.jsonl").mkdir()
+    (busy / "part-00000.jsonl" / "mine.txt").write_text("keep me")
+    (busy / "summary.json").write_text('{"engine": "ray", "parts": [{"name": "part-00000.jsonl", "rows": 1}]}')
+    with pytest.raises(InputError, match="holds other files"):
+        score_with_ray(bundle, inputs, busy)
+    (busy / "summary.json").write_text("[]")  # JSON, but not a summary
+    with pytest.raises(InputError, match="holds other files"):
+        score_with_ray(bundle, inputs, busy)
+    assert (busy / "part-00000.jsonl" / "mine.txt").read_text() == "keep me"
     empty = tmp_path / "empty"
     empty.mkdir()
-    (empty / "none.txt").write_text("")
+    (empty / os.fsdecode(b"\xff.txt")).write_text("")  # and a file name that is not UTF-8
     assert score_with_ray(bundle, empty, tmp_path / "empty-out").rows_in == 0  # as local scoring: an empty output
     assert sorted(p.name for p in (tmp_path / "empty-out").iterdir()) == ["summary.json"]
+    summary = json.loads((tmp_path / "empty-out" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["files"] == [{"name": "\\xff.txt", "format": "lines", "rows": 0}]
     from pipeline.ray_bulk import RayJobError
 
-    with pytest.raises(RayJobError, match="cannot reach the Ray cluster at '127.0.0.1:1'"):
-        score_with_ray(bundle, inputs, tmp_path / "out", ray_address="127.0.0.1:1")
+    # An address no one answers fails in seconds (ray.init would wait for ever), in each way one is written.
+    for address in ("127.0.0.1:1", " 127.0.0.1:1 ", "[::1]:1"):
+        with pytest.raises(RayJobError, match=re.escape(f"cannot reach the Ray cluster at {address.strip()!r}")):
+            score_with_ray(bundle, inputs, tmp_path / "out", ray_address=address)
+    with pytest.raises(RayJobError, match=r"Ray Client \(ray://\) addresses are not supported.*HEAD:6379"):
+        score_with_ray(bundle, inputs, tmp_path / "out", ray_address="ray://127.0.0.1:10001")
+    with pytest.raises(RayJobError, match="port 'x' is not a number"):
+        score_with_ray(bundle, inputs, tmp_path / "out", ray_address="127.0.0.1:x")
     with pytest.raises(InputError, match="must not be the input, or hold it, or be inside it"):
         score_with_ray(bundle, inputs, inputs / "out")
     numbers = tmp_path / "numbers"
@@ -261,12 +281,20 @@ def test_parquet_parts_on_a_cluster_address_hold_the_same_answers(cluster, bundl
     assert_same_as_local(read_output(out), local_answers(bundle, inputs, tmp_path), parquet_ids=True)
     table = pq.read_table(out / "part-00000.parquet")
     assert table.schema.field("top_k").type == pa.list_(pa.struct([("label", pa.string()), ("score", pa.float64())]))
-    # A second job into the same folder replaces the first one's output whole.
+    # A second job into the same folder replaces the first one's output whole. Its input is odd: a file name
+    # that is not UTF-8 (allowed on Linux) and a string id with a lone surrogate (valid JSON, not UTF-8).
     from pipeline.ray_bulk import score_with_ray
 
-    assert score_with_ray(bundle, inputs / "a-names.txt", out).rows_in == 2500
-    assert sorted(x.name for x in out.iterdir()) == ["part-00000.jsonl", "summary.json"]
-    assert json.loads((out / "summary.json").read_text())["rows_in"] == 2500
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / os.fsdecode(b"r\xe9sum\xe9.jsonl")).write_text('{"id": "\\udc80x", "text": "Nguyen"}\n{"id": 7, "text": "Smith"}\n')
+    assert score_with_ray(bundle, odd, out, output_format="parquet").rows_in == 2
+    assert sorted(x.name for x in out.iterdir()) == ["part-00000.parquet", "summary.json"]
+    rows = pq.read_table(out / "part-00000.parquet").to_pylist()
+    assert [(r["file"], r["index"], r["id"]) for r in rows] == [("r\\xe9sum\\xe9.jsonl", 0, '"\\udc80x"'), ("r\\xe9sum\\xe9.jsonl", 1, "7")]
+    assert [r["label"] for r in rows] == [r.label for r in Predictor.load(bundle).predict(["Nguyen", "Smith"])]
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["rows_in"] == 2 and summary["files"][0]["name"] == "r\\xe9sum\\xe9.jsonl"
 
 
 def test_without_the_ray_extra_it_says_how_to_install_it(bundle, inputs, tmp_path):
