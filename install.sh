@@ -14,7 +14,7 @@ python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 pip install -q "torch==2.13.0"
-pip install -q -e '.[train,dev,report,engines,serve,ray]'
+pip install -q -e '.[train,dev,report,engines,serve,ray,baseline]'
 
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)

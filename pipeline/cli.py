@@ -22,7 +22,8 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 SEED = click.IntRange(0, 2**32 - 1)  # what numpy's and torch's generators accept
 # Modules of the optional extras, and the extra that brings each.
 EXTRAS = {"torch": "train", "onnx": "train", "onnxscript": "train", "matplotlib": "report",
-          "starlette": "serve", "uvicorn": "serve", "prometheus_client": "serve", "ray": "ray", "pyarrow": "ray"}
+          "starlette": "serve", "uvicorn": "serve", "prometheus_client": "serve", "ray": "ray", "pyarrow": "ray",
+          "sklearn": "baseline"}
 log = logging.getLogger("pipeline.cli")
 
 
@@ -174,6 +175,8 @@ def train_options(f):
         click.option("--pooling", type=click.Choice(["last", "max", "last+max"]), default=None,
                      help=f"Head input: last state per direction, max over positions, or both [default: {dflt}last]."),
         click.option("--weight-decay", type=click.FloatRange(0), default=None, help=f"AdamW weight decay [default: {dflt}1e-4]."),
+        click.option("--class-weight", type=click.Choice(["none", "balanced", "sqrt"]), default=None,
+                     help=f"Loss weight per class from training counts: balanced = 1/n_c, sqrt = 1/sqrt(n_c); for skewed classes [default: {dflt}none]."),
         click.option("--tokenizer", type=click.Choice(["char", "word"]), default=None, help=f"[default: {dflt}char]"),
         click.option("--lowercase/--keep-case", default=None, help=f"[default: {dflt}keep case]"),
         click.option("--max-length", type=click.IntRange(1), default=None,
@@ -257,6 +260,8 @@ def _report(results, run, as_json: bool, report: Path | None = None) -> None:
                 out["parity"] = r.summary
             if r.stage == "cv":
                 out["cv"] = r.summary
+            if r.stage == "baseline":
+                out["baseline"] = r.summary
         click.echo(json.dumps(out, indent=1, ensure_ascii=False, default=str))
         return
     for r in results:
@@ -269,6 +274,10 @@ def _report(results, run, as_json: bool, report: Path | None = None) -> None:
             click.echo(f"parity passed (max |diff|: {worst}); test-set label agreement {r.summary['test_set_label_agreement']:.2%}")
         if r.stage == "package":
             click.echo(f"bundle: {r.path}")
+        if r.stage == "baseline":
+            b = r.summary
+            click.echo(f"linear baseline: test accuracy {b['test_accuracy']:.4f}, macro-F1 {b['test_macro_f1']:.4f} "
+                       f"({b['features']}; C={b['C']:g}, class weight {b['class_weight']})")
         if r.stage == "cv":
             c = r.summary
             click.echo(f"{c['folds']}-fold cross-validation: accuracy {c['accuracy_mean']:.4f} ± {c['accuracy_std']:.4f}, "
@@ -302,9 +311,11 @@ CV_OPTION = click.option("--cv", "cv_folds", type=click.IntRange(2), default=Non
 @verify_options
 @CV_OPTION
 @THREADS_OPTION
+@click.option("--baseline/--no-baseline", default=True, show_default=True,
+              help="Also fit the linear baseline (the `baseline` extra) that the report compares the model with.")
 @errors_handled
 def run_all_cmd(**opts) -> None:
-    """Every stage: data -> train -> export -> verify -> package (-> cv with --cv K), then report.html.
+    """Every stage: data -> train -> export -> verify -> package -> baseline (-> cv with --cv K), then report.html.
 
     Stages whose inputs are unchanged since their last run are reused (use --force to redo them).
     The bundle lands in <artifacts-dir>/<run-name>/bundle/, the report beside it in report.html.
@@ -322,7 +333,8 @@ def run_all_cmd(**opts) -> None:
 
     def work():
         return run_all(r, _data_cfg(opts), _train_cfg(opts), _verify_cfg(opts), opts["data_dir"], opts["force"],
-                       progress=None if opts["as_json"] else TrainProgress(), cv_folds=opts["cv_folds"] or 0, threads=opts["threads"])
+                       progress=None if opts["as_json"] else TrainProgress(), cv_folds=opts["cv_folds"] or 0, threads=opts["threads"],
+                       baseline=opts["baseline"])
 
     from pipeline.runs import run_lock
 
@@ -433,6 +445,24 @@ def run_train_cmd(**opts) -> None:
     r = _run(opts)
     progress = None if opts["as_json"] else TrainProgress()
     _report([stage_train(r, _train_cfg(opts, r), opts["force"], progress, threads=opts["threads"])], r, opts["as_json"])
+
+
+@run.command("baseline", context_settings=CONTEXT)
+@common_options
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the baseline's fit.")
+@train_options
+@errors_handled
+def run_baseline_cmd(**opts) -> None:
+    """Fit the linear baseline (TF-IDF n-grams + logistic regression; C and class weighting picked on
+    validation macro-F1) on the data stage's splits; the report, the card and `pipeline results` compare
+    the model with it. Needs the `baseline` extra (scikit-learn). Its features follow the tokenizer option
+    (char n-grams for char, word + char n-grams for word).
+    """
+    from pipeline.stages import stage_baseline
+
+    opts.setdefault("dataset", "names")
+    r = _run(opts)
+    _report([stage_baseline(r, _train_cfg(opts, r), opts["force"])], r, opts["as_json"])
 
 
 @run.command("export", context_settings=CONTEXT)

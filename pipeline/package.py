@@ -76,6 +76,7 @@ def build_bundle(run, records: dict, out: Path) -> dict:
             "best_epoch": metrics["best_epoch"], "train_seconds": metrics["train_seconds"],
         },
         "parity": parity,
+        "baseline": baseline_summary(run, records),
         "data": {"source": data["config"].get("data") or data["config"].get("dataset"), "fingerprint": data["fingerprint"],
                  "counts": data["counts"], "splits": data["splits"]},
         "versions": library_versions(),
@@ -87,6 +88,34 @@ def build_bundle(run, records: dict, out: Path) -> dict:
     # The bundle must load exactly as an application will load it before it is put in place.
     predictor = Predictor.load(out, providers="cpu")
     return {"files": manifest["files"], "provider_checked": predictor.provider, "labels": len(labels), "digest": predictor.digest}
+
+
+def baseline_summary(run, records: dict) -> dict | None:
+    """The linear baseline's numbers on the same test split (None where the run has no baseline stage)."""
+    if "baseline" not in records:
+        return None
+    b = json.loads((run.dir("baseline") / "metrics.json").read_text(encoding="utf-8"))
+    return {"features": b["features"], "C": b["C"], "class_weight": b["class_weight"],
+            "test_accuracy": b["test"]["accuracy"], "test_macro_f1": b["test"]["macro_f1"],
+            "val_accuracy": b["val"]["accuracy"], "val_macro_f1": b["val"]["macro_f1"], "sklearn": b["sklearn"]}
+
+
+def baseline_lines(met: dict, base: dict | None) -> str:
+    """The card's comparison with the linear baseline, as Markdown."""
+    if base is None:
+        return ("Not compared with a linear baseline: the run had no baseline stage (install the `baseline` extra, "
+                "then `pipeline run all` again).")
+    da, df = met["test_accuracy"] - base["test_accuracy"], met["test_macro_f1"] - base["test_macro_f1"]
+    verdict = ("at or above the baseline on both" if da >= 0 and df >= 0 else
+               "BELOW the baseline on " + " and ".join(n for n, d in (("accuracy", da), ("macro-F1", df)) if d < 0))
+    return f"""Same test split, {md(base['features'])} (C={base['C']:g}, class weight {md(base['class_weight'])}, both picked on
+validation macro-F1); this model is {verdict}.
+
+| | accuracy | macro-F1 |
+|---|---|---|
+| this model | {met['test_accuracy']:.4f} | {met['test_macro_f1']:.4f} |
+| linear baseline | {base['test_accuracy']:.4f} | {base['test_macro_f1']:.4f} |
+| difference | {da:+.4f} | {df:+.4f} |"""
 
 
 # Bidi embeddings, overrides and isolates can make a label display as some other text.
@@ -144,6 +173,9 @@ Accuracy **{met['test_accuracy']:.4f}**, macro-F1 **{met['test_macro_f1']:.4f}**
 | label | precision | recall | F1 | support |
 |---|---|---|---|---|
 {per_class}
+
+## Compared with a linear baseline
+{baseline_lines(met, m.get('baseline'))}
 
 ## Parity
 TorchScript and ONNX Runtime were checked against eager PyTorch at probe shapes (T=1, a long row, a ragged

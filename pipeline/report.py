@@ -182,8 +182,9 @@ def build_report(run) -> str:
     model_cfg = _load(run.dir("train") / "model_config.json") or {}
     spec = _load(run.dir("train") / "tokenizer.json") or {}
     # Later stages count only if they were made from this model; otherwise the page says they are stale.
-    stale = [s for s in ("verify", "package", "cv") if run.record(s) is not None and
+    stale = [s for s in ("baseline", "verify", "package", "cv") if run.record(s) is not None and
              (run.current(s) is None or (s == "cv" and run.current_cv() is None))]
+    baseline = _load(run.dir("baseline") / "metrics.json") if run.current("baseline") else None
     parity = _load(run.dir("verify") / "parity.json") if run.current("verify") else None
     manifest = _load(run.dir("package") / "manifest.json") if run.current("package") else None
     cv = _load(run.dir("cv") / "cv.json") if run.current_cv() else None
@@ -223,6 +224,9 @@ def build_report(run) -> str:
     ["parameters", f"{metrics['parameters']:,}"],
     ["tokenizer", f"{spec.get('type')}, vocabulary {len(spec.get('vocab', []))}, max_length {spec.get('max_length')}, "
                   f"lowercase {spec.get('lowercase')}"],
+    ["linear baseline (accuracy / macro-F1)", "not run (the `baseline` extra)" if baseline is None else
+     f"{_f(baseline['test']['accuracy'])} / {_f(baseline['test']['macro_f1'])} "
+     f"(model {test['accuracy'] - baseline['test']['accuracy']:+.4f} / {test['macro_f1'] - baseline['test']['macro_f1']:+.4f})"],
     ["parity gate", "not run" if parity is None else ("passed" if parity["passed"] else "FAILED")],
     ["bundle", "not packaged" if manifest is None else f"{run.dir('package')} ({sum(f['bytes'] for f in manifest['files'].values()):,} bytes)"],
 ], "kv")}</section>"""
@@ -255,6 +259,33 @@ def build_report(run) -> str:
 {_confusion_section(labels, test, plot("confusion", "confusion matrix heatmap"))}
 </section>"""
     )
+    if baseline is not None:
+        bt = baseline["test"]
+        da, df = test["accuracy"] - bt["accuracy"], test["macro_f1"] - bt["macro_f1"]
+        below = [n for n, d in (("accuracy", da), ("macro-F1", df)) if d < 0]
+        verdict = ("The model is at or above the baseline on both." if not below else
+                   f'<b>The model is below the baseline on {" and ".join(below)}</b>: on this data the linear model '
+                   "serves users better; see the README's results and sweep sections for what was tried.")
+        recall = [[lab, _f(v["recall"], 3), _f(bt["per_class"].get(lab, {}).get("recall", 0.0), 3),
+                   f'{v["recall"] - bt["per_class"].get(lab, {}).get("recall", 0.0):+.3f}', v["support"]]
+                  for lab, v in test["per_class"].items()]
+        grid = [[g["class_weight"], f"{g['C']:g}", _f(g["val_accuracy"]), _f(g["val_macro_f1"]), f"{g['seconds']:.1f}"]
+                for g in baseline["grid"]]
+        sections.append(
+            f"""<section id="baseline"><h2>Compared with a linear baseline</h2>
+<p>{e(baseline['features'])}, fitted on the same training split in {baseline['fit_seconds']:.0f} s
+(scikit-learn {e(baseline['sklearn'])}); C={baseline['C']:g} and class weight {e(baseline['class_weight'])} picked on
+validation macro-F1, as the model's checkpoint is. {verdict}</p>
+{_table(["test split", "accuracy", "macro-F1"], [
+    ["this model", _f(test["accuracy"]), _f(test["macro_f1"])],
+    ["linear baseline", _f(bt["accuracy"]), _f(bt["macro_f1"])],
+    ["difference", f"{da:+.4f}", f"{df:+.4f}"]], "baseline")}
+<h3>Recall per class</h3>
+{_table(["label", "model", "baseline", "difference", "support"], recall, "baseline-recall")}
+<h3>The baseline's validation grid</h3>
+{_table(["class weight", "C", "val accuracy", "val macro-F1", "seconds"], grid, "baseline-grid")}
+</section>"""
+        )
     if parity is not None:
         rows = [[r["backend"], r["probe"], r["check"], "yes" if r["passed"] else "NO", f"{r.get('max_abs', 0):.2e}", f"{r.get('max_rel', 0):.2e}"]
                 for r in parity["results"] if "max_abs" in r]

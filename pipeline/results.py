@@ -11,7 +11,8 @@ from pathlib import Path
 from pipeline.data import REGISTRY
 from pipeline.stages import Run
 
-COLUMNS = ("dataset", "accuracy", "target", "macro-F1", "train time", "parity: max abs diff", "bundle size")
+COLUMNS = ("dataset", "accuracy", "target", "macro-F1", "linear baseline: accuracy / macro-F1", "model − baseline",
+           "train time", "parity: max abs diff", "bundle size")
 
 
 def collect(run: Run, dataset: str) -> dict | None:
@@ -35,6 +36,9 @@ def collect(run: Run, dataset: str) -> dict | None:
         "test_texts": manifest["metrics"]["test_n"],
         "model": manifest["model"],
     }
+    baseline = run.current("baseline")
+    if baseline:  # on the same test split as test_accuracy (for a cv task, the 90/10 split's test part)
+        row["baseline"] = {k: baseline["summary"][k] for k in ("test_accuracy", "test_macro_f1", "features", "C", "class_weight", "fit_seconds")}
     cv = run.current_cv()
     if cv:
         row["cv"] = cv["summary"]
@@ -63,8 +67,15 @@ def markdown(rows: list[dict]) -> str:
         else:
             acc, time = f"**{r['accuracy']:.4f}**", _time(r["train_seconds"])
         target = "" if r["target_accuracy"] is None else f"≥ {r['target_accuracy']:.2f} {'✓' if r['met'] else '✗'}"
+        if "baseline" in r:  # compared on the same split: for a cv task, the 90/10 split's test part
+            b = r["baseline"]
+            da, df = r["test_accuracy"] - b["test_accuracy"], r["test_macro_f1"] - b["test_macro_f1"]
+            base = f"{b['test_accuracy']:.4f} / {b['test_macro_f1']:.4f}"
+            delta = f"{da:+.4f} / {df:+.4f} {'✓' if da >= 0 and df >= 0 else '✗'}"
+        else:
+            base, delta = "not run", ""
         lines.append(
-            f"| {r['dataset']} | {acc} | {target} | {r['macro_f1']:.4f} | {time} | "
+            f"| {r['dataset']} | {acc} | {target} | {r['macro_f1']:.4f} | {base} | {delta} | {time} | "
             f"{r['parity_max_abs']:.1e} (test set {r['test_set_max_abs']:.1e}, labels {r['label_agreement']:.0%}) | {_mib(r['bundle_bytes'])} |"
         )
     return "\n".join(lines)

@@ -30,10 +30,11 @@ from runtime.fsio import FileSafetyError, replace_dir, sweep_partials, temp_dir,
 log = logging.getLogger(__name__)
 
 STAGES = ("data", "train", "export", "verify", "package")
-STAGE_DIRS = {"data": "data", "train": "train", "export": "export", "verify": "verify", "package": "bundle", "cv": "cv"}
+STAGE_DIRS = {"data": "data", "train": "train", "export": "export", "verify": "verify", "package": "bundle", "cv": "cv",
+              "baseline": "baseline"}
 # What each stage consumes from the one before it.
 UPSTREAM = {"data": (), "train": ("data",), "export": ("train",), "verify": ("train", "export", "data"),
-            "package": ("data", "train", "export", "verify"), "cv": ("data",)}
+            "package": ("data", "train", "export", "verify"), "cv": ("data",), "baseline": ("data",)}
 FAILED_DIR = "failed"
 FAULT_PAUSE_ENV = "SEQSHIP_FAULT_PAUSE"
 

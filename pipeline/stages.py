@@ -142,6 +142,41 @@ def stage_cv(run: Run, cfg, folds: int, force: bool = False, threads: int | None
     return run_stage(run, "cv", inputs, produce, force)
 
 
+BASELINE_EXTRA = "scikit-learn is not installed: the linear baseline needs the `baseline` extra (pip install -e '.[baseline]')"
+
+
+def baseline_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("sklearn") is not None
+
+
+@locked
+def stage_baseline(run: Run, train_cfg, force: bool = False) -> StageResult:
+    """The linear baseline (pipeline.baseline) on the data stage's splits, with features for the model's
+    tokenizer: what the recurrent model is compared with in the report, the card and `pipeline results`."""
+    if not baseline_available():
+        raise StageError(BASELINE_EXTRA)
+    from pipeline.baseline import baseline_config, fit_baseline
+
+    data = run.require("data", "baseline")
+    d = run.dir("data")
+    train_rows = read_split(d, "train")
+    cfg = baseline_config(train_cfg.tokenizer, train_cfg.lowercase, [t for t, _ in train_rows], seed=train_cfg.seed)
+    import sklearn
+
+    inputs = {"config": asdict(cfg), "sklearn": sklearn.__version__, "data": data["outputs"]}
+
+    def produce(out: Path) -> dict:
+        metrics = fit_baseline(train_rows, read_split(d, "val"), read_split(d, "test"), data["summary"]["labels"], cfg)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        return {"test_accuracy": metrics["test"]["accuracy"], "test_macro_f1": metrics["test"]["macro_f1"],
+                "C": metrics["C"], "class_weight": metrics["class_weight"], "features": metrics["features"],
+                "fit_seconds": metrics["fit_seconds"]}
+
+    return run_stage(run, "baseline", inputs, produce, force)
+
+
 @locked
 def stage_export(run: Run, force: bool = False) -> StageResult:
     """TorchScript and ONNX files from the trained model, each checked against the contract."""
@@ -237,6 +272,9 @@ def stage_package(run: Run, force: bool = False) -> StageResult:
     from pipeline.package import build_bundle
 
     records = {s: run.require(s, "package") for s in ("data", "train", "export", "verify")}
+    baseline = run.current("baseline")  # optional: the card compares the model with it where the run has one
+    if baseline is not None:
+        records["baseline"] = baseline
     inputs = {s: r["outputs"] for s, r in records.items()}
     return run_stage(run, "package", inputs, lambda out: build_bundle(run, records, out), force)
 
@@ -252,8 +290,11 @@ def run_all(
     on_stage: Callable[[StageResult], None] | None = None,
     cv_folds: int = 0,
     threads: int | None = None,
+    baseline: bool = True,
 ) -> list[StageResult]:
-    """data -> train -> export -> verify -> package (-> cv with cv_folds); unchanged stages are reused unless force."""
+    """data -> train (-> baseline) -> export -> verify -> package (-> cv with cv_folds); unchanged stages are
+    reused unless force. The baseline runs where scikit-learn is installed; without it, a warning says how
+    to install it and every other stage runs as before."""
     steps = [
         lambda: stage_data(run, data_cfg, data_dir, force=force),
         lambda: stage_train(run, train_cfg, force=force, progress=progress, threads=threads),
@@ -261,6 +302,10 @@ def run_all(
         lambda: stage_verify(run, verify_cfg, force=force),
         lambda: stage_package(run, force=force),
     ]
+    if baseline and baseline_available():  # before package: the model card compares the model with it
+        steps.insert(2, lambda: stage_baseline(run, train_cfg, force=force))
+    elif baseline:
+        log.warning("%s; the model is not compared with a baseline this time (the other stages run as before)", BASELINE_EXTRA)
     if cv_folds:
         steps.insert(1, lambda: refuse_cv_with_fixed_test(run))  # before training, not after packaging
         steps.append(lambda: stage_cv(run, train_cfg, cv_folds, force=force, threads=threads))

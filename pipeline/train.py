@@ -35,6 +35,7 @@ TOKENIZER = "tokenizer.json"
 LABELS = "labels.json"
 METRICS = "metrics.json"
 HISTORY = "history.json"
+CLASS_WEIGHTS = ("none", "balanced", "sqrt")  # TrainConfig.class_weight
 
 Progress = Callable[[str, dict], None]  # (event, fields): "epoch_start", "step", "epoch_end"
 
@@ -68,6 +69,11 @@ class TrainConfig:
     dropout: float = 0.1
     embed_dropout: float = 0.0
     pooling: str = "last"  # "last", "max" or "last+max"
+    # Loss weight per class, from the training split's counts: "none"; "balanced" (n / (k * n_c): every class
+    # weighs the same in total); "sqrt" (in between: 1 / sqrt(n_c)). Weights are scaled to average 1 per
+    # training text, so the learning rate means the same. For skewed classes, where macro-F1 (the
+    # validation metric that picks the checkpoint) otherwise ignores the small ones.
+    class_weight: str = "none"
 
     def __post_init__(self) -> None:
         """Refuse impossible options with the option's name, before any data is read."""
@@ -95,12 +101,28 @@ class TrainConfig:
         need(self.tokenizer in TOKENIZER_KINDS, "tokenizer", f"must be one of {list(TOKENIZER_KINDS)}")
         need(self.cell in CELLS, "cell", f"must be one of {sorted(CELLS)}")
         need(self.pooling in POOLINGS, "pooling", f"must be one of {list(POOLINGS)}")
+        need(self.class_weight in CLASS_WEIGHTS, "class-weight", f"must be one of {list(CLASS_WEIGHTS)}")
         need(isinstance(self.lowercase, bool) and isinstance(self.bidirectional, bool), "lowercase", "and --bidirectional must be true or false")
         need(self.max_length is None or (is_int(self.max_length) and 1 <= self.max_length <= MAX_LENGTH),
              "max-length", f"must be an integer from 1 to {MAX_LENGTH}")
         need(self.max_vocab is None or (is_int(self.max_vocab) and self.max_vocab >= 3), "max-vocab", "must be an integer >= 3 (pad and unk included)")
         if problems:
             raise TrainError("invalid training options: " + "; ".join(problems))
+
+
+def class_weights(y: np.ndarray, num_labels: int, kind: str) -> np.ndarray | None:
+    """Per-class loss weights for training labels `y` (see TrainConfig.class_weight), or None for "none".
+
+    Scaled so that the mean weight over the training texts is 1. A label with no training text gets
+    weight 0 (nothing to weigh).
+    """
+    if kind == "none":
+        return None
+    counts = np.bincount(y, minlength=num_labels).astype(np.float64)
+    raw = np.zeros(num_labels)
+    seen = counts > 0
+    raw[seen] = 1.0 / (counts[seen] if kind == "balanced" else np.sqrt(counts[seen]))
+    return raw * len(y) / float((raw * counts).sum())
 
 
 def default_threads() -> int:
@@ -261,7 +283,8 @@ def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: P
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=max(1, cfg.patience // 2))
-    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    weights = class_weights(y_train, len(labels), cfg.class_weight)
+    loss_fn = nn.CrossEntropyLoss(reduction="sum", weight=None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device))
     rng = np.random.default_rng(cfg.seed)
     lengths = np.array([len(x) for x in x_train])
     steps = math.ceil(len(x_train) / cfg.batch_size)
@@ -342,6 +365,7 @@ def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: P
         "parameters": sum(p.numel() for p in model.parameters()),
         "world_size": world,  # processes that trained it (torchrun), each on its share of every batch
         "longest_train_tokens": int(max(len(tokenizer.tokens(t)) for t, _ in train_rows)),
+        "class_weights": None if weights is None else {lab: round(float(w), 6) for lab, w in zip(labels, weights)},
     }
     torch.save(best_state, out_dir / WEIGHTS)
     mcfg.save(out_dir / MODEL_CONFIG)

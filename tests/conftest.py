@@ -47,7 +47,9 @@ def invoke(*args, env=None):
 def tiny_run(tmp_path_factory, data_dir):
     """`pipeline run all --json` on the real names data with a tiny model; returns (artifacts_dir, summary)."""
     artifacts = tmp_path_factory.mktemp("artifacts")
-    result = invoke("run", "all", "--data-dir", str(data_dir), "--artifacts-dir", str(artifacts), "--run-name", "tiny", "--json", *TINY)
+    # --no-baseline: the linear baseline on all of names takes ~45 s; tests/test_baseline.py runs it on a subset
+    result = invoke("run", "all", "--data-dir", str(data_dir), "--artifacts-dir", str(artifacts), "--run-name", "tiny", "--json",
+                    "--no-baseline", *TINY)
     assert result.exit_code == 0, result.output
     return artifacts, json.loads(result.stdout)
 

@@ -139,6 +139,9 @@ def test_results_table_reads_each_runs_records(tiny_run, tmp_path):
     bundle = Path(summary["bundle"])
     assert row["bundle_bytes"] == sum(p.stat().st_size for p in bundle.iterdir() if p.name != "manifest.json")
     table = invoke("results", "--artifacts-dir", str(tmp_path), "--datasets", "names").stdout.splitlines()
-    assert len(table) == 3 and all(line.count("|") == 8 for line in table)  # a well-formed markdown table
+    from pipeline.results import COLUMNS
+
+    assert len(table) == 3 and all(line.count("|") == len(COLUMNS) + 1 for line in table)  # a well-formed markdown table
     assert table[2].startswith(f"| names | **{row['accuracy']:.4f}** | ≥ 0.84 ")
+    assert "| not run |" in table[2] and "baseline" not in row  # this run has no baseline stage (--no-baseline)
     assert invoke("results", "--datasets", "nope").exit_code == 2

@@ -1,0 +1,114 @@
+"""The linear baseline: TF-IDF n-grams + logistic regression on the run's own splits.
+
+A recurrent model is worth shipping only where it does at least as well as this. The baseline reads text
+the way the model's tokenizer does: character n-grams for a char tokenizer (1-4 for short texts such as
+surnames, 1-3 for longer ones such as Chinese reviews), word 1-2-grams plus in-word character 2-5-grams
+for a word tokenizer. Its regularisation C and its class weighting (none or balanced) are picked on the
+validation split's macro-F1, the metric that picks the recurrent model's checkpoint; the test split is
+scored once, with the chosen fit.
+
+scikit-learn is the optional `baseline` extra; this module imports it only inside `fit_baseline`.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+
+from pipeline.metrics import classification_metrics
+
+log = logging.getLogger(__name__)
+
+C_GRID = (0.5, 2.0, 8.0, 32.0)
+CLASS_WEIGHTS = ("none", "balanced")
+SHORT_TEXT_CHARS = 24  # median training text length (characters) below which char n-grams go up to 4
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """What the baseline fits: its features and the grid validation picks from (part of the stage inputs)."""
+
+    analyzer: str  # "char" or "word+char"
+    ngram_max: int  # char n-grams 1..ngram_max ("char"); word 1-2 + char_wb 2..ngram_max ("word+char")
+    lowercase: bool
+    c_grid: tuple[float, ...] = C_GRID
+    class_weights: tuple[str, ...] = CLASS_WEIGHTS
+    seed: int = 0
+
+    def describe(self) -> str:
+        case = "lowercased" if self.lowercase else "case kept"
+        if self.analyzer == "char":
+            return f"TF-IDF char 1-{self.ngram_max}-grams ({case}) + logistic regression"
+        return f"TF-IDF word 1-2-grams + char 2-{self.ngram_max}-grams within words ({case}) + logistic regression"
+
+
+def baseline_config(tokenizer: str, lowercase: bool, train_texts: Sequence[str], seed: int = 0) -> BaselineConfig:
+    """The baseline's features for a model with this tokenizer, on these training texts."""
+    if tokenizer == "word":
+        return BaselineConfig("word+char", 5, True, seed=seed)
+    median = float(np.median([len(t) for t in train_texts])) if train_texts else 0.0
+    return BaselineConfig("char", 4 if median < SHORT_TEXT_CHARS else 3, lowercase, seed=seed)
+
+
+def _features(cfg: BaselineConfig):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import FeatureUnion
+
+    if cfg.analyzer == "char":
+        return TfidfVectorizer(analyzer="char", ngram_range=(1, cfg.ngram_max), lowercase=cfg.lowercase,
+                               sublinear_tf=True, min_df=1, dtype=np.float32)
+    return FeatureUnion([
+        ("word", TfidfVectorizer(analyzer="word", ngram_range=(1, 2), lowercase=cfg.lowercase, sublinear_tf=True,
+                                 token_pattern=r"(?u)\b\w+\b|[^\w\s]", dtype=np.float32)),
+        ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, cfg.ngram_max), lowercase=cfg.lowercase,
+                                 sublinear_tf=True, min_df=2, dtype=np.float32)),
+    ])
+
+
+def fit_baseline(train_rows: Sequence[tuple[str, str]], val_rows: Sequence[tuple[str, str]],
+                 test_rows: Sequence[tuple[str, str]], labels: Sequence[str], cfg: BaselineConfig) -> dict:
+    """Fit on train, pick C and class weighting on validation macro-F1, score test once: the metrics."""
+    from sklearn import __version__ as sklearn_version
+    from sklearn.linear_model import LogisticRegression
+
+    started = time.perf_counter()
+    index = {lab: i for i, lab in enumerate(labels)}
+    y = {name: np.array([index[lab] for _, lab in rows], dtype=np.int64)
+         for name, rows in (("train", train_rows), ("val", val_rows), ("test", test_rows))}
+    vec = _features(cfg)
+    x_train = vec.fit_transform([t for t, _ in train_rows])
+    x_val = vec.transform([t for t, _ in val_rows])
+    grid = []
+    best = None
+    for weight in cfg.class_weights:
+        for c in cfg.c_grid:
+            t0 = time.perf_counter()
+            clf = LogisticRegression(C=c, class_weight=None if weight == "none" else weight, max_iter=2000,
+                                     solver="lbfgs", random_state=cfg.seed)
+            clf.fit(x_train, y["train"])
+            # classes the training split lacks are never predicted: map the classifier's columns back to labels
+            pred = clf.classes_[clf.predict_proba(x_val).argmax(1)]
+            val = classification_metrics(y["val"], pred, labels)
+            grid.append({"C": c, "class_weight": weight, "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
+                         "seconds": round(time.perf_counter() - t0, 2)})
+            log.debug("baseline C=%g class_weight=%s: val macro-F1 %.4f", c, weight, val["macro_f1"])
+            if best is None or val["macro_f1"] > best[0]:
+                best = (val["macro_f1"], c, weight, clf, val)
+    _, c, weight, clf, val = best
+    x_test = vec.transform([t for t, _ in test_rows])
+    test = classification_metrics(y["test"], clf.classes_[clf.predict_proba(x_test).argmax(1)], labels)
+    return {
+        "test": test,
+        "val": {"accuracy": val["accuracy"], "macro_f1": val["macro_f1"]},
+        "C": c,
+        "class_weight": weight,
+        "features": cfg.describe(),
+        "num_features": int(x_train.shape[1]),
+        "grid": grid,
+        "config": asdict(cfg),
+        "fit_seconds": round(time.perf_counter() - started, 2),
+        "sklearn": sklearn_version,
+    }

@@ -1,0 +1,115 @@
+"""The sweep behind each dataset's default config: train variants on the data stage's own splits, next to
+the linear baseline, and print one table.
+
+    python -m pipeline.sweep --dataset names --data-dir ../shared/data
+    python -m pipeline.sweep --dataset names --variant "class_weight=sqrt pooling=last+max" --variant "hidden_dim=256"
+
+Without --variant it runs the dataset's recorded sweep (SWEEPS below: the variants tried when the
+default was chosen, the chosen one marked). Each variant is the dataset's default config with the given
+fields changed (TrainConfig's field names; values parsed as JSON where they parse, else as text). Runs go to
+<artifacts>/sweep-<dataset>/ (data stage, baseline, one folder per variant) and a variant already trained
+with the same config is read, not retrained; the table is printed as Markdown and written to
+sweep-<dataset>/sweep.json.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+
+# The variants measured when each dataset's default was chosen ("" = the default itself). Keep the
+# chosen one first after the default, so that the table reads "default, then what was tried".
+SWEEPS: dict[str, list[str]] = {
+    "names": [
+        "",
+        "class_weight=none",
+        "class_weight=sqrt",
+        "class_weight=balanced",
+        "class_weight=sqrt pooling=last+max",
+        "class_weight=sqrt hidden_dim=256 dropout=0.3",
+        "class_weight=balanced pooling=last+max dropout=0.3",
+    ],
+}
+
+
+def parse_variant(text: str) -> dict:
+    """'class_weight=sqrt hidden_dim=256' -> {'class_weight': 'sqrt', 'hidden_dim': 256}; unknown fields refused."""
+    from pipeline.train import TrainConfig
+
+    known = {f.name for f in fields(TrainConfig)}
+    out = {}
+    for item in text.split():
+        key, sep, value = item.partition("=")
+        if not sep or key not in known:
+            raise SystemExit(f"--variant {text!r}: {item!r} is not FIELD=VALUE with a TrainConfig field ({', '.join(sorted(known))})")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import pipeline
+
+    pipeline.pin_blas_for_reproducibility()  # before torch loads: one seed, one model
+    from pipeline.config import default_artifacts_dir, train_config
+    from pipeline.data import DataConfig, read_split
+    from pipeline.runs import Run
+    from pipeline.stages import stage_baseline, stage_data
+    from pipeline.train import METRICS, train
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--artifacts-dir", default=None)
+    ap.add_argument("--variant", action="append", default=None, help="FIELD=VALUE ... (repeatable); default: the recorded sweep")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+
+    variants = args.variant if args.variant is not None else SWEEPS.get(args.dataset, [""])
+    run = Run(args.artifacts_dir or default_artifacts_dir(), f"sweep-{args.dataset}")
+    stage_data(run, DataConfig(dataset=args.dataset), args.data_dir)
+    default = train_config({"seed": 0}, args.dataset)
+    labels = run.record("data")["summary"]["labels"]
+    splits = [read_split(run.dir("data"), s) for s in ("train", "val", "test")]
+    rows = []
+    base = stage_baseline(run, default)
+    b = json.loads((run.dir("baseline") / "metrics.json").read_text(encoding="utf-8"))
+    rows.append({"variant": f"linear baseline ({b['features']}; C={b['C']:g}, class weight {b['class_weight']})",
+                 "test_accuracy": b["test"]["accuracy"], "test_macro_f1": b["test"]["macro_f1"],
+                 "val_macro_f1": b["val"]["macro_f1"], "epochs": None, "seconds": b["fit_seconds"]})
+    print(f"baseline: test accuracy {b['test']['accuracy']:.4f}, macro-F1 {b['test']['macro_f1']:.4f} "
+          f"({'reused' if base.skipped else 'fitted'})", file=sys.stderr, flush=True)
+    for text in variants:
+        cfg = replace(default, **parse_variant(text))
+        folder = run.root / f"variant-{hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]}"
+        stored = folder / "config.json"
+        if stored.is_file() and json.loads(stored.read_text()) == asdict(cfg) and (folder / METRICS).is_file():
+            m = json.loads((folder / METRICS).read_text())
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            t0 = time.perf_counter()
+            m = train(*splits, labels, cfg, folder, threads=args.threads)
+            stored.write_text(json.dumps(asdict(cfg), sort_keys=True))
+            print(f"{text or 'default'}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        rows.append({"variant": text or "default", "test_accuracy": m["test"]["accuracy"], "test_macro_f1": m["test"]["macro_f1"],
+                     "val_macro_f1": m["val"]["macro_f1"], "epochs": f"{m['best_epoch']}/{m['epochs_run']}",
+                     "seconds": round(m["train_seconds"], 1),
+                     "recall": {lab: round(v["recall"], 3) for lab, v in m["test"]["per_class"].items()}})
+        print(f"  test accuracy {m['test']['accuracy']:.4f}, macro-F1 {m['test']['macro_f1']:.4f}", file=sys.stderr, flush=True)
+    (run.root / "sweep.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"| {args.dataset}: variant | test accuracy | test macro-F1 | val macro-F1 | best/run epochs | seconds |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['variant']} | {r['test_accuracy']:.4f} | {r['test_macro_f1']:.4f} | {r['val_macro_f1']:.4f} | "
+              f"{r['epochs'] or '–'} | {r['seconds']:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""The linear baseline stage (the `baseline` extra) and class-weighted training, on a small real subset of
+the names data: six languages, skewed as the full set is (English 1,500 names, Portuguese 74)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY, invoke
+
+REPO = Path(__file__).resolve().parent.parent
+SUBSET = {"English": 1500, "German": 724, "Dutch": 297, "Irish": 232, "Scottish": 100, "Portuguese": 74}
+
+
+@pytest.fixture(scope="module")
+def subset_dir(tmp_path_factory, data_dir) -> Path:
+    """<dir>/names/<Language>.txt: the registry's names dataset, fewer languages and names."""
+    root = tmp_path_factory.mktemp("names-subset")
+    (root / "names").mkdir()
+    for lang, n in SUBSET.items():
+        lines = (data_dir / "names" / f"{lang}.txt").read_text(encoding="utf-8").splitlines()[:n]
+        (root / "names" / f"{lang}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
+def run_with_baseline(tmp_path_factory, subset_dir):
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    result = invoke("run", "all", "--dataset", "names", "--data-dir", str(subset_dir), "--artifacts-dir", str(artifacts),
+                    "--run-name", "names", "--json", *TINY)
+    assert result.exit_code == 0, result.output
+    return artifacts, json.loads(result.stdout)
+
+
+def test_run_all_fits_the_baseline_and_every_output_compares_the_model_with_it(run_with_baseline):
+    artifacts, out = run_with_baseline
+    run = artifacts / "names"
+    stages = [s["stage"] for s in out["stages"]]
+    assert stages == ["data", "train", "baseline", "export", "verify", "package"]
+    metrics = json.loads((run / "baseline" / "metrics.json").read_text(encoding="utf-8"))
+    # C and class weighting were picked on validation macro-F1, over the whole grid
+    best = max(metrics["grid"], key=lambda g: g["val_macro_f1"])
+    assert (metrics["C"], metrics["class_weight"]) == (best["C"], best["class_weight"])
+    assert len(metrics["grid"]) == 8 and {g["class_weight"] for g in metrics["grid"]} == {"none", "balanced"}
+    assert metrics["features"].startswith("TF-IDF char 1-4-grams")  # surnames are short: char n-grams up to 4
+    test = metrics["test"]
+    assert test["n"] == json.loads((run / "train" / "metrics.json").read_text())["test"]["n"]  # the same test split
+    assert out["baseline"]["test_accuracy"] == test["accuracy"] and 0.5 < test["accuracy"] <= 1
+    model = out["metrics"]
+    # The model card, from the manifest: both rows and the difference
+    manifest = json.loads((run / "bundle" / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["baseline"]["test_accuracy"] == test["accuracy"] and manifest["baseline"]["C"] == metrics["C"]
+    card = (run / "bundle" / "README.md").read_text(encoding="utf-8")
+    assert "## Compared with a linear baseline" in card
+    assert f"| linear baseline | {test['accuracy']:.4f} | {test['macro_f1']:.4f} |" in card
+    assert f"| difference | {model['test_accuracy'] - test['accuracy']:+.4f} | {model['test_macro_f1'] - test['macro_f1']:+.4f} |" in card
+    # The report: its own section, with per-class recall of both
+    report = (run / "report.html").read_text(encoding="utf-8")
+    assert '<section id="baseline">' in report and f"{model['test_accuracy'] - test['accuracy']:+.4f}" in report
+    assert report.count("<td>Scottish</td>") >= 2  # per class in the test metrics and in the recall comparison
+    # `pipeline results`: the baseline columns with the difference
+    table = invoke("results", "--artifacts-dir", str(artifacts), "--datasets", "names").stdout
+    row = [line for line in table.splitlines() if line.startswith("| names |")][0]
+    assert f"{test['accuracy']:.4f} / {test['macro_f1']:.4f}" in row
+    assert f"{model['test_accuracy'] - test['accuracy']:+.4f} / {model['test_macro_f1'] - test['macro_f1']:+.4f}" in row
+    # `run baseline` again: unchanged inputs, so the stage is reused, not refitted
+    again = invoke("run", "baseline", "--artifacts-dir", str(artifacts), "--run-name", "names", "--json")
+    assert again.exit_code == 0 and json.loads(again.stdout)["stages"][0]["skipped"] is True
+
+
+def test_without_scikit_learn_run_all_still_ships_and_run_baseline_says_how_to_install_it(subset_dir, tmp_path):
+    blocker = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'sklearn':\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import importlib.util\n"
+        "_find = importlib.util.find_spec\n"
+        "importlib.util.find_spec = lambda n, *a: None if n.split('.')[0] == 'sklearn' else _find(n, *a)\n"
+        "from pipeline.cli import main\n"
+        "sys.argv[0] = 'pipeline'\n"
+        "main()\n")
+    common = ["--artifacts-dir", str(tmp_path), "--run-name", "nosk"]
+    p = subprocess.run([sys.executable, "-c", blocker, "run", "all", "--dataset", "names", "--data-dir", str(subset_dir),
+                        *common, *TINY], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert "`baseline` extra" in p.stderr and "pip install -e '.[baseline]'" in p.stderr
+    assert (tmp_path / "nosk" / "bundle" / "manifest.json").is_file() and not (tmp_path / "nosk" / "baseline").exists()
+    card = (tmp_path / "nosk" / "bundle" / "README.md").read_text(encoding="utf-8")
+    assert "Not compared with a linear baseline" in card and "`baseline` extra" in card
+    p = subprocess.run([sys.executable, "-c", blocker, "run", "baseline", *common], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and "`baseline` extra" in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def _train(artifacts: Path, subset_dir: Path, *extra: str) -> dict:
+    result = invoke("run", "all", "--dataset", "names", "--data-dir", str(subset_dir), "--artifacts-dir", str(artifacts),
+                    "--run-name", "names", "--json", "--no-baseline", *TINY, *extra)
+    assert result.exit_code == 0, result.output
+    return json.loads((artifacts / "names" / "train" / "metrics.json").read_text(encoding="utf-8"))
+
+
+def test_class_weighting_learns_the_small_classes_and_stays_exportable(subset_dir, tmp_path):
+    plain = _train(tmp_path / "plain", subset_dir)
+    weighted = _train(tmp_path / "balanced", subset_dir, "--class-weight", "balanced")
+    assert plain["class_weights"] is None
+    w = weighted["class_weights"]
+    # balanced: n / (k * n_c), so every class weighs the same in total and the mean weight per text is 1
+    data = json.loads((tmp_path / "balanced" / "names" / "data" / "summary.json").read_text(encoding="utf-8"))
+    counts = data["per_label"]["train"]
+    n = sum(counts.values())
+    for lab, c in counts.items():
+        assert w[lab] == pytest.approx(n / (len(counts) * c), rel=1e-5)
+    small = ("Scottish", "Portuguese", "Irish", "Dutch")
+    recall = {name: sum(m["test"]["per_class"][lab]["recall"] for lab in small) for name, m in (("plain", plain), ("weighted", weighted))}
+    assert recall["weighted"] > recall["plain"], recall
+    assert weighted["test"]["macro_f1"] > plain["test"]["macro_f1"]
+    # the weighted model went through the same gate: verified and packaged
+    parity = json.loads((tmp_path / "balanced" / "names" / "verify" / "parity.json").read_text(encoding="utf-8"))
+    assert parity["passed"] is True
+    history = json.loads((tmp_path / "balanced" / "names" / "train" / "history.json").read_text(encoding="utf-8"))
+    assert history["config"]["class_weight"] == "balanced"
+    bad = invoke("run", "train", "--artifacts-dir", str(tmp_path / "balanced"), "--run-name", "names", "--class-weight", "inverse")
+    assert bad.exit_code == 2 and "--class-weight" in bad.output
