@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 C_GRID = (0.5, 2.0, 8.0, 32.0)
 CLASS_WEIGHTS = ("none", "balanced")
 SHORT_TEXT_CHARS = 24  # median training text length (characters) below which char n-grams go up to 4
+LARGE_TRAIN = 20_000  # training texts from which n-grams must occur twice (min_df 2)
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class BaselineConfig:
     analyzer: str  # "char" or "word+char"
     ngram_max: int  # char n-grams 1..ngram_max ("char"); word 1-2 + char_wb 2..ngram_max ("word+char")
     lowercase: bool
+    min_df: int = 1  # n-grams seen in fewer training texts are dropped (2 on large sets: most n-grams are one-offs)
     c_grid: tuple[float, ...] = C_GRID
     class_weights: tuple[str, ...] = CLASS_WEIGHTS
     seed: int = 0
@@ -47,10 +49,11 @@ class BaselineConfig:
 
 def baseline_config(tokenizer: str, lowercase: bool, train_texts: Sequence[str], seed: int = 0) -> BaselineConfig:
     """The baseline's features for a model with this tokenizer, on these training texts."""
+    min_df = 2 if len(train_texts) >= LARGE_TRAIN else 1
     if tokenizer == "word":
-        return BaselineConfig("word+char", 5, True, seed=seed)
+        return BaselineConfig("word+char", 5, True, min_df=min_df, seed=seed)
     median = float(np.median([len(t) for t in train_texts])) if train_texts else 0.0
-    return BaselineConfig("char", 4 if median < SHORT_TEXT_CHARS else 3, lowercase, seed=seed)
+    return BaselineConfig("char", 4 if median < SHORT_TEXT_CHARS else 3, lowercase, min_df=min_df, seed=seed)
 
 
 def _features(cfg: BaselineConfig):
@@ -59,10 +62,10 @@ def _features(cfg: BaselineConfig):
 
     if cfg.analyzer == "char":
         return TfidfVectorizer(analyzer="char", ngram_range=(1, cfg.ngram_max), lowercase=cfg.lowercase,
-                               sublinear_tf=True, min_df=1, dtype=np.float32)
+                               sublinear_tf=True, min_df=cfg.min_df, dtype=np.float32)
     return FeatureUnion([
         ("word", TfidfVectorizer(analyzer="word", ngram_range=(1, 2), lowercase=cfg.lowercase, sublinear_tf=True,
-                                 token_pattern=r"(?u)\b\w+\b|[^\w\s]", dtype=np.float32)),
+                                 min_df=cfg.min_df, token_pattern=r"(?u)\b\w+\b|[^\w\s]", dtype=np.float32)),
         ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, cfg.ngram_max), lowercase=cfg.lowercase,
                                  sublinear_tf=True, min_df=2, dtype=np.float32)),
     ])
@@ -86,6 +89,8 @@ def fit_baseline(train_rows: Sequence[tuple[str, str]], val_rows: Sequence[tuple
     for weight in cfg.class_weights:
         for c in cfg.c_grid:
             t0 = time.perf_counter()
+            # A fresh fit per C: a warm start from the previous C's solution (lbfgs) was measured to stop at
+            # once on names (C=32 "converged" at C=8's weights), which would make the grid a lie.
             clf = LogisticRegression(C=c, class_weight=None if weight == "none" else weight, max_iter=2000,
                                      solver="lbfgs", random_state=cfg.seed)
             clf.fit(x_train, y["train"])
