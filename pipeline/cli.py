@@ -462,6 +462,10 @@ def run_baseline_cmd(**opts) -> None:
 
     opts.setdefault("dataset", "names")
     r = _run(opts)
+    trained = (r.record("train") or {}).get("inputs", {}).get("config") or {}
+    for name in ("tokenizer", "lowercase"):  # read text as the run's model does, unless told otherwise
+        if opts.get(name) is None and trained.get(name) is not None:
+            opts[name] = trained[name]
     _report([stage_baseline(r, _train_cfg(opts, r), opts["force"])], r, opts["as_json"])
 
 

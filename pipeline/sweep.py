@@ -32,6 +32,18 @@ SWEEPS: dict[str, list[str]] = {
         "class_weight=sqrt pooling=last+max",
         "class_weight=sqrt hidden_dim=256 dropout=0.3",
         "class_weight=balanced pooling=last+max dropout=0.3",
+        "class_weight=sqrt hidden_dim=256 dropout=0.3 pooling=last+max",
+        "class_weight=balanced hidden_dim=256 dropout=0.3 pooling=last+max",
+        "class_weight=sqrt num_layers=2 dropout=0.3",
+    ],
+    "waimai": [
+        "",
+        "class_weight=sqrt",
+        "class_weight=balanced",
+        "embed_dim=128 hidden_dim=256",
+        "pooling=last+max",
+        "num_layers=2",
+        "lr=0.002",
     ],
 }
 

@@ -29,8 +29,9 @@ def subset_dir(tmp_path_factory, data_dir) -> Path:
 @pytest.fixture(scope="module")
 def run_with_baseline(tmp_path_factory, subset_dir):
     artifacts = tmp_path_factory.mktemp("artifacts")
+    # class-weighted (balanced): the weighting test below compares this model with an unweighted one
     result = invoke("run", "all", "--dataset", "names", "--data-dir", str(subset_dir), "--artifacts-dir", str(artifacts),
-                    "--run-name", "names", "--json", *TINY)
+                    "--run-name", "names", "--json", "--class-weight", "balanced", *TINY)
     assert result.exit_code == 0, result.output
     return artifacts, json.loads(result.stdout)
 
@@ -66,51 +67,57 @@ def test_run_all_fits_the_baseline_and_every_output_compares_the_model_with_it(r
     row = [line for line in table.splitlines() if line.startswith("| names |")][0]
     assert f"{test['accuracy']:.4f} / {test['macro_f1']:.4f}" in row
     assert f"{model['test_accuracy'] - test['accuracy']:+.4f} / {model['test_macro_f1'] - test['macro_f1']:+.4f}" in row
-    # `run baseline` again: unchanged inputs, so the stage is reused, not refitted
+    # `run baseline` again: unchanged inputs, so the stage is reused, not refitted (it reads text as the
+    # run's model does, char n-grams, without being told); another feature choice refits it
     again = invoke("run", "baseline", "--artifacts-dir", str(artifacts), "--run-name", "names", "--json")
     assert again.exit_code == 0 and json.loads(again.stdout)["stages"][0]["skipped"] is True
+    word = invoke("run", "baseline", "--artifacts-dir", str(artifacts), "--run-name", "names", "--tokenizer", "word", "--json")
+    assert word.exit_code == 0 and json.loads(word.stdout)["baseline"]["features"].startswith("TF-IDF word 1-2-grams")
 
 
-def test_without_scikit_learn_run_all_still_ships_and_run_baseline_says_how_to_install_it(subset_dir, tmp_path):
+def test_without_scikit_learn_run_all_still_ships_and_run_baseline_says_how_to_install_it(tiny_run, data_dir, tmp_path):
+    import shutil
+
+    artifacts, _ = tiny_run  # made with --no-baseline: its card says so
+    shutil.copytree(artifacts / "tiny", tmp_path / "tiny", symlinks=True)
     blocker = (
-        "import sys\n"
+        "import sys, importlib.util\n"
         "class Block:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name.split('.')[0] == 'sklearn':\n"
         "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import importlib.util\n"
         "_find = importlib.util.find_spec\n"
         "importlib.util.find_spec = lambda n, *a: None if n.split('.')[0] == 'sklearn' else _find(n, *a)\n"
         "from pipeline.cli import main\n"
         "sys.argv[0] = 'pipeline'\n"
         "main()\n")
-    common = ["--artifacts-dir", str(tmp_path), "--run-name", "nosk"]
-    p = subprocess.run([sys.executable, "-c", blocker, "run", "all", "--dataset", "names", "--data-dir", str(subset_dir),
-                        *common, *TINY], cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr
+    common = ["--artifacts-dir", str(tmp_path), "--run-name", "tiny"]
+    p = subprocess.run([sys.executable, "-c", blocker, "run", "all", "--data-dir", str(data_dir), *common, *TINY],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr  # every other stage runs (here: is reused) as before
     assert "`baseline` extra" in p.stderr and "pip install -e '.[baseline]'" in p.stderr
-    assert (tmp_path / "nosk" / "bundle" / "manifest.json").is_file() and not (tmp_path / "nosk" / "baseline").exists()
-    card = (tmp_path / "nosk" / "bundle" / "README.md").read_text(encoding="utf-8")
+    assert (tmp_path / "tiny" / "bundle" / "manifest.json").is_file() and not (tmp_path / "tiny" / "baseline").exists()
+    card = (tmp_path / "tiny" / "bundle" / "README.md").read_text(encoding="utf-8")
     assert "Not compared with a linear baseline" in card and "`baseline` extra" in card
+    report = (tmp_path / "tiny" / "report.html").read_text(encoding="utf-8")
+    assert '<section id="baseline">' not in report and "not run (the `baseline` extra)" in report
     p = subprocess.run([sys.executable, "-c", blocker, "run", "baseline", *common], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert p.returncode == 1 and "`baseline` extra" in p.stderr and "Traceback" not in p.stderr, p.stderr
 
 
-def _train(artifacts: Path, subset_dir: Path, *extra: str) -> dict:
-    result = invoke("run", "all", "--dataset", "names", "--data-dir", str(subset_dir), "--artifacts-dir", str(artifacts),
-                    "--run-name", "names", "--json", "--no-baseline", *TINY, *extra)
-    assert result.exit_code == 0, result.output
-    return json.loads((artifacts / "names" / "train" / "metrics.json").read_text(encoding="utf-8"))
-
-
-def test_class_weighting_learns_the_small_classes_and_stays_exportable(subset_dir, tmp_path):
-    plain = _train(tmp_path / "plain", subset_dir)
-    weighted = _train(tmp_path / "balanced", subset_dir, "--class-weight", "balanced")
+def test_class_weighting_learns_the_small_classes_and_stays_exportable(run_with_baseline, subset_dir, tmp_path):
+    artifacts, _ = run_with_baseline
+    weighted = json.loads((artifacts / "names" / "train" / "metrics.json").read_text(encoding="utf-8"))
+    for stage in ("data", "train"):  # the same split, the same config but for the weighting
+        args = ["--dataset", "names", "--data-dir", str(subset_dir)] if stage == "data" else [*TINY]
+        result = invoke("run", stage, "--artifacts-dir", str(tmp_path), "--run-name", "names", *args)
+        assert result.exit_code == 0, result.output
+    plain = json.loads((tmp_path / "names" / "train" / "metrics.json").read_text(encoding="utf-8"))
     assert plain["class_weights"] is None
     w = weighted["class_weights"]
     # balanced: n / (k * n_c), so every class weighs the same in total and the mean weight per text is 1
-    data = json.loads((tmp_path / "balanced" / "names" / "data" / "summary.json").read_text(encoding="utf-8"))
+    data = json.loads((artifacts / "names" / "data" / "summary.json").read_text(encoding="utf-8"))
     counts = data["per_label"]["train"]
     n = sum(counts.values())
     for lab, c in counts.items():
@@ -120,9 +127,9 @@ def test_class_weighting_learns_the_small_classes_and_stays_exportable(subset_di
     assert recall["weighted"] > recall["plain"], recall
     assert weighted["test"]["macro_f1"] > plain["test"]["macro_f1"]
     # the weighted model went through the same gate: verified and packaged
-    parity = json.loads((tmp_path / "balanced" / "names" / "verify" / "parity.json").read_text(encoding="utf-8"))
+    parity = json.loads((artifacts / "names" / "verify" / "parity.json").read_text(encoding="utf-8"))
     assert parity["passed"] is True
-    history = json.loads((tmp_path / "balanced" / "names" / "train" / "history.json").read_text(encoding="utf-8"))
+    history = json.loads((artifacts / "names" / "train" / "history.json").read_text(encoding="utf-8"))
     assert history["config"]["class_weight"] == "balanced"
-    bad = invoke("run", "train", "--artifacts-dir", str(tmp_path / "balanced"), "--run-name", "names", "--class-weight", "inverse")
+    bad = invoke("run", "train", "--artifacts-dir", str(tmp_path), "--run-name", "names", "--class-weight", "inverse")
     assert bad.exit_code == 2 and "--class-weight" in bad.output
