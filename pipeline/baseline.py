@@ -43,8 +43,8 @@ class BaselineConfig:
     def describe(self) -> str:
         case = "lowercased" if self.lowercase else "case kept"
         if self.analyzer == "char":
-            return f"TF-IDF char 1-{self.ngram_max}-grams ({case}) + logistic regression"
-        return f"TF-IDF word 1-2-grams + char 2-{self.ngram_max}-grams within words ({case}) + logistic regression"
+            return f"TF-IDF char 1-{self.ngram_max}-grams ({case}) + logistic regression (one-vs-rest)"
+        return f"TF-IDF word 1-2-grams + char 2-{self.ngram_max}-grams within words ({case}) + logistic regression (one-vs-rest)"
 
 
 def baseline_config(tokenizer: str, lowercase: bool, train_texts: Sequence[str], seed: int = 0) -> BaselineConfig:
@@ -76,6 +76,7 @@ def fit_baseline(train_rows: Sequence[tuple[str, str]], val_rows: Sequence[tuple
     """Fit on train, pick C and class weighting on validation macro-F1, score test once: the metrics."""
     from sklearn import __version__ as sklearn_version
     from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
 
     started = time.perf_counter()
     index = {lab: i for i, lab in enumerate(labels)}
@@ -91,8 +92,11 @@ def fit_baseline(train_rows: Sequence[tuple[str, str]], val_rows: Sequence[tuple
             t0 = time.perf_counter()
             # A fresh fit per C: a warm start from the previous C's solution (lbfgs) was measured to stop at
             # once on names (C=32 "converged" at C=8's weights), which would make the grid a lie.
-            clf = LogisticRegression(C=c, class_weight=None if weight == "none" else weight, max_iter=2000,
-                                     solver="lbfgs", random_state=cfg.seed)
+            # One-vs-rest with liblinear: on shopping-cats (50k texts, 410k char n-grams, 10 labels) a
+            # multinomial lbfgs fit took 166-254 s per C against 27-44 s, for the same validation accuracy
+            # (0.8989 and 0.8978 at C=32). With two labels it is one binary logistic regression.
+            clf = OneVsRestClassifier(LogisticRegression(C=c, class_weight=None if weight == "none" else weight,
+                                                         solver="liblinear", max_iter=1000, random_state=cfg.seed))
             clf.fit(x_train, y["train"])
             # classes the training split lacks are never predicted: map the classifier's columns back to labels
             pred = clf.classes_[clf.predict_proba(x_val).argmax(1)]
