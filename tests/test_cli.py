@@ -38,7 +38,7 @@ def test_run_all_json_summary_has_bundle_metrics_and_parity(tiny_run):
 def test_a_second_run_all_reuses_every_stage_and_force_redoes_them(tiny_run, data_dir, tmp_path):
     shutil.copytree(tiny_run[0] / "tiny", tmp_path / "tiny")  # a copy: other tests read the shared run
     artifacts = tmp_path
-    args = ["run", "all", "--data-dir", str(data_dir), "--artifacts-dir", str(artifacts), "--run-name", "tiny", "--json", *TINY]
+    args = ["run", "all", "--data-dir", str(data_dir), "--artifacts-dir", str(artifacts), "--run-name", "tiny", "--json", "--no-baseline", *TINY]
     again = json.loads(invoke(*args).stdout)
     assert [s["skipped"] for s in again["stages"]] == [True] * 5
     # A changed tolerance re-runs verify and package only; everything upstream is reused.
@@ -106,7 +106,7 @@ def test_dataset_defaults_apply_unless_an_option_overrides_them():
     ["--cell", "rnn", "--unidirectional"],
 ])
 def test_every_cell_variant_passes_the_parity_gate_end_to_end(data_dir, tmp_path, variant):
-    result = invoke("run", "all", "--data-dir", str(data_dir), "--artifacts-dir", str(tmp_path), "--run-name", "v", "--json", *TINY, "--epochs", "1", *variant)
+    result = invoke("run", "all", "--data-dir", str(data_dir), "--artifacts-dir", str(tmp_path), "--run-name", "v", "--json", "--no-baseline", *TINY, "--epochs", "1", *variant)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["parity"]["passed"] and summary["parity"]["test_set_label_agreement"] == 1.0

@@ -37,7 +37,7 @@ def kill_when(proc, condition, what, timeout=180):
 
 def test_runs_killed_in_train_export_and_package_leave_no_bundle_and_resume(data_dir, tmp_path):
     run = tmp_path / "k"
-    args = ["run", "all", "--data-dir", str(data_dir), "--artifacts-dir", str(tmp_path), "--run-name", "k", *TINY, "--epochs", "3"]
+    args = ["run", "all", "--data-dir", str(data_dir), "--artifacts-dir", str(tmp_path), "--run-name", "k", "--no-baseline", *TINY, "--epochs", "3"]
 
     # 1. killed while training
     kill_when(start(args), lambda: any(run.glob(".train.*.partial")), "training started")
@@ -78,7 +78,7 @@ def test_a_truncated_checkpoint_is_detected_and_retrained(tiny_run, data_dir, tm
         load_trained(weights.parent)
     alone = invoke("run", "export", "--artifacts-dir", str(tmp_path), "--run-name", "tiny")
     assert alone.exit_code == 1 and "outputs of stage train" in alone.output
-    result = invoke("run", "all", "--data-dir", str(data_dir), "--artifacts-dir", str(tmp_path), "--run-name", "tiny", "--json", *TINY)
+    result = invoke("run", "all", "--data-dir", str(data_dir), "--artifacts-dir", str(tmp_path), "--run-name", "tiny", "--json", "--no-baseline", *TINY)
     assert result.exit_code == 0, result.output
     assert [s["skipped"] for s in json.loads(result.stdout)["stages"]] == [True, False, False, False, False]
     load_trained(weights.parent)  # whole again

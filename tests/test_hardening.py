@@ -161,7 +161,7 @@ def test_a_failed_stage_leaves_the_run_exactly_as_it_was(tiny_run, tmp_path, dat
 
 
 def test_two_commands_on_one_run_cannot_interleave(tiny_run, tmp_path, data_dir):
-    args = ["run", "all", "--data-dir", data_dir, "--artifacts-dir", tmp_path, "--run-name", "r", *TINY, "--epochs", "1"]
+    args = ["run", "all", "--data-dir", data_dir, "--artifacts-dir", tmp_path, "--run-name", "r", "--no-baseline", *TINY, "--epochs", "1"]
     first = subprocess.Popen([*PIPELINE, *map(str, args), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, env=dict(os.environ, SEQSHIP_FAULT_PAUSE="train"), cwd=REPO)
     try:

@@ -101,7 +101,7 @@ def test_without_matplotlib_the_report_still_renders_every_table(tiny_run, tmp_p
 
 def test_cross_validation_folds_cover_the_data_and_appear_in_the_report(data_dir, tmp_path):
     result = invoke("run", "all", "--data-dir", str(data_dir), "--artifacts-dir", str(tmp_path), "--run-name", "cv",
-                    "--json", *TINY, "--epochs", "1", "--cv", "2")
+                    "--json", "--no-baseline", *TINY, "--epochs", "1", "--cv", "2")
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     cv = json.loads((tmp_path / "cv" / "cv" / "cv.json").read_text())
@@ -115,7 +115,7 @@ def test_cross_validation_folds_cover_the_data_and_appear_in_the_report(data_dir
     section = seen["by_id"]["cv"]
     assert table(section, "cv")["rows"] == 2 and section["images"][0]["decoded"]
     again = invoke("run", "all", "--data-dir", str(data_dir), "--artifacts-dir", str(tmp_path), "--run-name", "cv",
-                   "--json", *TINY, "--epochs", "1", "--cv", "2")
+                   "--json", "--no-baseline", *TINY, "--epochs", "1", "--cv", "2")
     assert [s["skipped"] for s in json.loads(again.stdout)["stages"]] == [True] * 6  # an unchanged cv stage is reused
     # A new model makes the cross-validation, the parity report and the bundle stale: the report leaves them out.
     assert invoke("run", "train", "--artifacts-dir", str(tmp_path), "--run-name", "cv", *TINY, "--epochs", "2").exit_code == 0
@@ -144,7 +144,7 @@ def test_labels_and_texts_from_user_data_are_shown_as_text_never_run(data_dir, t
     rows = [{"text": n, "label": hostile[i >= 60]} for i, n in enumerate(names)]
     data = tmp_path / "hostile.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = invoke("run", "all", "--data", str(data), "--artifacts-dir", str(tmp_path), "--json", *TINY, "--epochs", "1")
+    result = invoke("run", "all", "--data", str(data), "--artifacts-dir", str(tmp_path), "--json", "--no-baseline", *TINY, "--epochs", "1")
     assert result.exit_code == 0, result.output
     seen = render(Path(json.loads(result.stdout)["report"]), tmp_path)  # asserts no script element and nothing injected
     assert [row[0] for row in table(seen["by_id"]["test"], "per-class")["cells"]] == sorted(hostile)
