@@ -45,6 +45,13 @@ SWEEPS: dict[str, list[str]] = {
         "num_layers=2",
         "lr=0.002",
     ],
+    "mr": [
+        "",
+        "pooling=max",
+        "embed_dim=256 hidden_dim=256",
+        "min_freq=1 embed_dropout=0.5",
+        "lr=0.001",
+    ],
 }
 
 
