@@ -177,6 +177,8 @@ def train_options(f):
         click.option("--weight-decay", type=click.FloatRange(0), default=None, help=f"AdamW weight decay [default: {dflt}1e-4]."),
         click.option("--class-weight", type=click.Choice(["none", "balanced", "sqrt"]), default=None,
                      help=f"Loss weight per class from training counts: balanced = 1/n_c, sqrt = 1/sqrt(n_c); for skewed classes [default: {dflt}none]."),
+        click.option("--lr-schedule", type=click.Choice(["plateau", "cosine"]), default=None,
+                     help="plateau = halve the rate when val macro-F1 stalls; cosine = 1-epoch warm-up, then cosine decay to 0 at --epochs [default: plateau]."),
         click.option("--tokenizer", type=click.Choice(["char", "word"]), default=None, help=f"[default: {dflt}char]"),
         click.option("--lowercase/--keep-case", default=None, help=f"[default: {dflt}keep case]"),
         click.option("--max-length", type=click.IntRange(1), default=None,

@@ -36,6 +36,7 @@ LABELS = "labels.json"
 METRICS = "metrics.json"
 HISTORY = "history.json"
 CLASS_WEIGHTS = ("none", "balanced", "sqrt")  # TrainConfig.class_weight
+LR_SCHEDULES = ("plateau", "cosine")  # TrainConfig.lr_schedule
 
 Progress = Callable[[str, dict], None]  # (event, fields): "epoch_start", "step", "epoch_end"
 
@@ -74,6 +75,10 @@ class TrainConfig:
     # training text, so the learning rate means the same. For skewed classes, where macro-F1 (the
     # validation metric that picks the checkpoint) otherwise ignores the small ones.
     class_weight: str = "none"
+    # Learning rate over training: "plateau" (halved when validation macro-F1 stalls for patience // 2
+    # epochs); "cosine" (linear warm-up over the first epoch, then cosine decay to 0 at the --epochs
+    # bound, per step; early stopping still applies, so set --epochs to the length you mean).
+    lr_schedule: str = "plateau"
 
     def __post_init__(self) -> None:
         """Refuse impossible options with the option's name, before any data is read."""
@@ -102,12 +107,21 @@ class TrainConfig:
         need(self.cell in CELLS, "cell", f"must be one of {sorted(CELLS)}")
         need(self.pooling in POOLINGS, "pooling", f"must be one of {list(POOLINGS)}")
         need(self.class_weight in CLASS_WEIGHTS, "class-weight", f"must be one of {list(CLASS_WEIGHTS)}")
+        need(self.lr_schedule in LR_SCHEDULES, "lr-schedule", f"must be one of {list(LR_SCHEDULES)}")
         need(isinstance(self.lowercase, bool) and isinstance(self.bidirectional, bool), "lowercase", "and --bidirectional must be true or false")
         need(self.max_length is None or (is_int(self.max_length) and 1 <= self.max_length <= MAX_LENGTH),
              "max-length", f"must be an integer from 1 to {MAX_LENGTH}")
         need(self.max_vocab is None or (is_int(self.max_vocab) and self.max_vocab >= 3), "max-vocab", "must be an integer >= 3 (pad and unk included)")
         if problems:
             raise TrainError("invalid training options: " + "; ".join(problems))
+
+
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """The "cosine" schedule's factor on the learning rate before optimiser step `step` (0-based)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    done = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * done))
 
 
 def class_weights(y: np.ndarray, num_labels: int, kind: str) -> np.ndarray | None:
@@ -282,12 +296,17 @@ def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: P
     if world > 1:  # same seed, same initial weights; DDP also broadcasts rank 0's at construction
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=max(1, cfg.patience // 2))
+    steps = math.ceil(len(x_train) / cfg.batch_size)
+    if cfg.lr_schedule == "cosine":  # stepped once per optimiser step
+        step_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: warmup_cosine(i, steps, steps * cfg.epochs))
+        sched = None
+    else:
+        step_sched = None
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=max(1, cfg.patience // 2))
     weights = class_weights(y_train, len(labels), cfg.class_weight)
     loss_fn = nn.CrossEntropyLoss(reduction="sum", weight=None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device))
     rng = np.random.default_rng(cfg.seed)
     lengths = np.array([len(x) for x in x_train])
-    steps = math.ceil(len(x_train) / cfg.batch_size)
     history, best_f1, best_state, best_epoch, stale = [], -1.0, None, 0, 0
     started = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
@@ -311,6 +330,8 @@ def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: P
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
             opt.step()
+            if step_sched is not None:
+                step_sched.step()
             total += batch_loss.item()
             seen += len(idx)
             if progress:
@@ -324,7 +345,8 @@ def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: P
             val = {"accuracy": val["accuracy"], "macro_f1": val["macro_f1"]}
         if world > 1:
             val = dist_broadcast(val)
-        sched.step(val["macro_f1"])
+        if sched is not None:
+            sched.step(val["macro_f1"])
         record = {
             "epoch": epoch,
             "train_loss": total / max(1, seen),

@@ -133,3 +133,17 @@ def test_class_weighting_learns_the_small_classes_and_stays_exportable(run_with_
     assert history["config"]["class_weight"] == "balanced"
     bad = invoke("run", "train", "--artifacts-dir", str(tmp_path), "--run-name", "names", "--class-weight", "inverse")
     assert bad.exit_code == 2 and "--class-weight" in bad.output
+
+
+def test_cosine_schedule_warms_up_over_the_first_epoch_and_decays_to_zero_at_the_epoch_bound(subset_dir, tmp_path):
+    args = ("--artifacts-dir", str(tmp_path), "--run-name", "names")
+    assert invoke("run", "data", *args, "--dataset", "names", "--data-dir", str(subset_dir)).exit_code == 0
+    result = invoke("run", "train", *args, *TINY, "--epochs", "4", "--patience", "4", "--lr", "0.004", "--lr-schedule", "cosine")
+    assert result.exit_code == 0, result.output
+    history = json.loads((tmp_path / "names" / "train" / "history.json").read_text(encoding="utf-8"))
+    assert history["config"]["lr_schedule"] == "cosine"
+    # the rate after each epoch: warm-up ends with epoch 1 at the full rate, then half a cosine to 0 at epoch 4
+    lrs = [e["lr"] for e in history["epochs"]]
+    assert lrs == pytest.approx([0.004, 0.004 * 0.75, 0.004 * 0.25, 0.0], abs=1e-9)
+    bad = invoke("run", "train", *args, "--lr-schedule", "linear")
+    assert bad.exit_code == 2 and "--lr-schedule" in bad.output
