@@ -19,11 +19,18 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.metrics import classification_metrics
+from runtime.errors import SeqshipError
 
 log = logging.getLogger(__name__)
 
 C_GRID = (0.5, 2.0, 8.0, 32.0)
 CLASS_WEIGHTS = ("none", "balanced")
+
+
+class BaselineError(SeqshipError):
+    """The linear baseline cannot be fitted on this run's splits (too few texts, labels or n-grams)."""
+
+
 SHORT_TEXT_CHARS = 24  # median training text length (characters) below which char n-grams go up to 4
 LARGE_TRAIN = 20_000  # training texts from which n-grams must occur twice (min_df 2)
 
@@ -79,11 +86,21 @@ def fit_baseline(train_rows: Sequence[tuple[str, str]], val_rows: Sequence[tuple
     from sklearn.multiclass import OneVsRestClassifier
 
     started = time.perf_counter()
+    for name, rows in (("train", train_rows), ("validation", val_rows), ("test", test_rows)):
+        if not rows:  # C is picked on validation and the comparison is on test: neither can be empty
+            raise BaselineError(f"the linear baseline needs texts in every split, and the {name} split is empty; "
+                                "give it more texts (the data stage keeps about a tenth each for validation and test)")
+    if len({lab for _, lab in train_rows}) < 2:
+        raise BaselineError("the linear baseline needs at least two labels in the training split")
     index = {lab: i for i, lab in enumerate(labels)}
     y = {name: np.array([index[lab] for _, lab in rows], dtype=np.int64)
          for name, rows in (("train", train_rows), ("val", val_rows), ("test", test_rows))}
     vec = _features(cfg)
-    x_train = vec.fit_transform([t for t, _ in train_rows])
+    try:
+        x_train = vec.fit_transform([t for t, _ in train_rows])
+    except ValueError as e:  # e.g. "After pruning, no terms remain": no n-gram occurs in enough texts
+        raise BaselineError(f"the linear baseline found no usable n-gram features in the training split "
+                            f"({cfg.describe()}): {e}") from None
     x_val = vec.transform([t for t, _ in val_rows])
     grid = []
     best = None

@@ -264,6 +264,10 @@ def _report(results, run, as_json: bool, report: Path | None = None) -> None:
                 out["cv"] = r.summary
             if r.stage == "baseline":
                 out["baseline"] = r.summary
+            if r.stage == "package" and "baseline" not in out:  # one fitted earlier that the card compares with
+                kept = run.current("baseline")
+                if kept is not None and (run.record("package") or {}).get("inputs", {}).get("baseline") == kept.get("outputs"):
+                    out["baseline"] = kept.get("summary")
         click.echo(json.dumps(out, indent=1, ensure_ascii=False, default=str))
         return
     for r in results:
@@ -317,7 +321,7 @@ CV_OPTION = click.option("--cv", "cv_folds", type=click.IntRange(2), default=Non
               help="Also fit the linear baseline (the `baseline` extra) that the report compares the model with.")
 @errors_handled
 def run_all_cmd(**opts) -> None:
-    """Every stage: data -> train -> export -> verify -> package -> baseline (-> cv with --cv K), then report.html.
+    """Every stage: data -> train -> baseline -> export -> verify -> package (-> cv with --cv K), then report.html.
 
     Stages whose inputs are unchanged since their last run are reused (use --force to redo them).
     The bundle lands in <artifacts-dir>/<run-name>/bundle/, the report beside it in report.html.
@@ -451,8 +455,10 @@ def run_train_cmd(**opts) -> None:
 
 @run.command("baseline", context_settings=CONTEXT)
 @common_options
-@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the baseline's fit.")
-@train_options
+@click.option("--seed", type=SEED, default=None, help="Seed of the baseline's fit [default: the run's training seed, else 0].")
+@click.option("--tokenizer", type=click.Choice(["char", "word"]), default=None,
+              help="Features: char n-grams (char) or word + char n-grams (word) [default: the run's model's tokenizer].")
+@click.option("--lowercase/--keep-case", default=None, help="[default: as the run's model]")
 @errors_handled
 def run_baseline_cmd(**opts) -> None:
     """Fit the linear baseline (TF-IDF n-grams + logistic regression; C and class weighting picked on
@@ -465,9 +471,10 @@ def run_baseline_cmd(**opts) -> None:
     opts.setdefault("dataset", "names")
     r = _run(opts)
     trained = (r.record("train") or {}).get("inputs", {}).get("config") or {}
-    for name in ("tokenizer", "lowercase"):  # read text as the run's model does, unless told otherwise
+    for name in ("tokenizer", "lowercase", "seed"):  # read text as the run's model does, unless told otherwise
         if opts.get(name) is None and trained.get(name) is not None:
             opts[name] = trained[name]
+    opts["seed"] = 0 if opts.get("seed") is None else opts["seed"]
     _report([stage_baseline(r, _train_cfg(opts, r), opts["force"])], r, opts["as_json"])
 
 

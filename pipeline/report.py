@@ -224,7 +224,8 @@ def build_report(run) -> str:
     ["parameters", f"{metrics['parameters']:,}"],
     ["tokenizer", f"{spec.get('type')}, vocabulary {len(spec.get('vocab', []))}, max_length {spec.get('max_length')}, "
                   f"lowercase {spec.get('lowercase')}"],
-    ["linear baseline (accuracy / macro-F1)", "not run (the `baseline` extra)" if baseline is None else
+    ["linear baseline (accuracy / macro-F1)", ("stale (made from earlier data, or its files changed): re-run `pipeline run baseline`" if "baseline" in stale else
+     "not run (needs the `baseline` extra)") if baseline is None else
      f"{_f(baseline['test']['accuracy'])} / {_f(baseline['test']['macro_f1'])} "
      f"(model {test['accuracy'] - baseline['test']['accuracy']:+.4f} / {test['macro_f1'] - baseline['test']['macro_f1']:+.4f})"],
     ["parity gate", "not run" if parity is None else ("passed" if parity["passed"] else "FAILED")],

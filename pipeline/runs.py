@@ -35,6 +35,8 @@ STAGE_DIRS = {"data": "data", "train": "train", "export": "export", "verify": "v
 # What each stage consumes from the one before it.
 UPSTREAM = {"data": (), "train": ("data",), "export": ("train",), "verify": ("train", "export", "data"),
             "package": ("data", "train", "export", "verify"), "cv": ("data",), "baseline": ("data",)}
+# Stages a stage uses where the run has them current: the card compares the model with the baseline.
+OPTIONAL_UPSTREAM = {"package": ("baseline",)}
 FAILED_DIR = "failed"
 FAULT_PAUSE_ENV = "SEQSHIP_FAULT_PAUSE"
 
@@ -118,6 +120,14 @@ class Run:
             if current is None or record.get("inputs", {}).get(up) != current.get("outputs"):
                 raise StageError(
                     f"{by}: stage {stage} was made from an earlier {up} stage, which has been redone since; "
+                    f"re-run `pipeline run {stage}` (or `pipeline run all`) first"
+                )
+        for up in OPTIONAL_UPSTREAM.get(stage, ()):  # made with the one the run has now, or both without
+            made_from, now = record.get("inputs", {}).get(up), (self.current(up) or {}).get("outputs")
+            if made_from != now:
+                how = "without the" if made_from is None else "from an earlier" if now is not None else "from a"
+                raise StageError(
+                    f"{by}: stage {stage} was made {how} {up} stage{' that is no longer current' if now is None else ''}; "
                     f"re-run `pipeline run {stage}` (or `pipeline run all`) first"
                 )
         return record

@@ -279,6 +279,25 @@ def stage_package(run: Run, force: bool = False) -> StageResult:
     return run_stage(run, "package", inputs, lambda out: build_bundle(run, records, out), force)
 
 
+def _kept_baseline(run: Run) -> str:
+    """What the card will say about the baseline when the stage is not run now."""
+    if run.current("baseline") is not None:
+        return "the baseline fitted earlier on this split stays in the card and report"
+    return "the model is not compared with a baseline"
+
+
+def optional_baseline(run: Run, train_cfg, force: bool) -> StageResult | None:
+    """The baseline stage inside `run all`: it is a comparison, not part of the model, so data it cannot be
+    fitted on (BaselineError) is a warning and the model still ships."""
+    from pipeline.baseline import BaselineError
+
+    try:
+        return stage_baseline(run, train_cfg, force=force)
+    except BaselineError as e:
+        log.warning("baseline: %s; %s", e, _kept_baseline(run))
+        return None
+
+
 def run_all(
     run: Run,
     data_cfg: DataConfig,
@@ -303,9 +322,9 @@ def run_all(
         lambda: stage_package(run, force=force),
     ]
     if baseline and baseline_available():  # before package: the model card compares the model with it
-        steps.insert(2, lambda: stage_baseline(run, train_cfg, force=force))
+        steps.insert(2, lambda: optional_baseline(run, train_cfg, force))
     elif baseline:
-        log.warning("%s; the model is not compared with a baseline this time (the other stages run as before)", BASELINE_EXTRA)
+        steps.insert(2, lambda: log.warning("%s; %s (the other stages run as before)", BASELINE_EXTRA, _kept_baseline(run)))
     if cv_folds:
         steps.insert(1, lambda: refuse_cv_with_fixed_test(run))  # before training, not after packaging
         steps.append(lambda: stage_cv(run, train_cfg, cv_folds, force=force, threads=threads))

@@ -101,7 +101,7 @@ def test_without_scikit_learn_run_all_still_ships_and_run_baseline_says_how_to_i
     card = (tmp_path / "tiny" / "bundle" / "README.md").read_text(encoding="utf-8")
     assert "Not compared with a linear baseline" in card and "`baseline` extra" in card
     report = (tmp_path / "tiny" / "report.html").read_text(encoding="utf-8")
-    assert '<section id="baseline">' not in report and "not run (the `baseline` extra)" in report
+    assert '<section id="baseline">' not in report and "not run (needs the `baseline` extra)" in report
     p = subprocess.run([sys.executable, "-c", blocker, "run", "baseline", *common], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert p.returncode == 1 and "`baseline` extra" in p.stderr and "Traceback" not in p.stderr, p.stderr
 
@@ -147,3 +147,55 @@ def test_cosine_schedule_warms_up_over_the_first_epoch_and_decays_to_zero_at_the
     assert lrs == pytest.approx([0.004, 0.004 * 0.75, 0.004 * 0.25, 0.0], abs=1e-9)
     bad = invoke("run", "train", *args, "--lr-schedule", "linear")
     assert bad.exit_code == 2 and "--lr-schedule" in bad.output
+
+
+def test_a_baseline_that_cannot_be_fitted_warns_in_run_all_and_is_a_clear_error_alone(tmp_path):
+    # One distinct CJK character per text: word features exist, but no character n-gram is in two texts.
+    rows = [f"{chr(0x4E00 + i)},{'ab'[i % 2]}" for i in range(40)]
+    (tmp_path / "cjk.csv").write_text("text,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    common = ["--artifacts-dir", str(tmp_path / "art"), "--run-name", "cjk"]
+    result = invoke("run", "all", "--data", str(tmp_path / "cjk.csv"), *common, *TINY, "--tokenizer", "word", "--json")
+    assert result.exit_code == 0, result.output  # a comparison that cannot be made does not stop the model shipping
+    assert "no usable n-gram features" in result.stderr and "not compared with a baseline" in result.stderr, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["parity"]["passed"] and "baseline" not in summary
+    card = (tmp_path / "art" / "cjk" / "bundle" / "README.md").read_text(encoding="utf-8")
+    assert "Not compared with a linear baseline" in card
+    alone = invoke("run", "baseline", *common)
+    assert alone.exit_code == 1 and "Error:" in alone.output and "no usable n-gram features" in alone.output, alone.output
+    assert "a bug in seqship" not in alone.output
+    # A split too small to hold validation and test texts: the same kind of error, naming the split.
+    (tmp_path / "four.csv").write_text("text,label\nab,x\ncd,y\nef,x\ngh,y\n", encoding="utf-8")
+    four = ["--artifacts-dir", str(tmp_path / "art"), "--run-name", "four"]
+    assert invoke("run", "data", "--data", str(tmp_path / "four.csv"), *four).exit_code == 0
+    small = invoke("run", "baseline", *four)
+    assert small.exit_code == 1 and "split is empty" in small.output and "a bug in seqship" not in small.output, small.output
+
+
+def test_run_baseline_follows_the_run_and_a_refitted_baseline_makes_the_bundle_stale(data_dir, tmp_path):
+    rows = [f"{name},{lang}" for lang in ("Greek", "Polish") for name in
+            (data_dir / "names" / f"{lang}.txt").read_text(encoding="utf-8").splitlines()[:150]]
+    (tmp_path / "two.csv").write_text("text,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    common = ["--artifacts-dir", str(tmp_path), "--run-name", "two"]
+    first = invoke("run", "all", "--data", str(tmp_path / "two.csv"), *common, *TINY, "--seed", "2", "--json")
+    assert first.exit_code == 0, first.output
+    metrics = json.loads((tmp_path / "two" / "baseline" / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["config"]["seed"] == 2
+    # Alone, the stage reads the run's seed, tokenizer and case from its training: the same fit, reused.
+    again = invoke("run", "baseline", *common, "--json")
+    assert again.exit_code == 0 and json.loads(again.stdout)["stages"][0]["skipped"] is True, again.output
+    assert invoke("run", "baseline", *common, "--epochs", "3").exit_code == 2  # a training option: refused
+    # Refitted with other features, the baseline no longer matches the card: the bundle is stale, not wrong.
+    word = invoke("run", "baseline", *common, "--tokenizer", "word", "--json")
+    assert word.exit_code == 0 and json.loads(word.stdout)["stages"][0]["skipped"] is False
+    report = invoke("run", "report", *common)
+    assert report.exit_code == 0, report.output
+    page = (tmp_path / "two" / "report.html").read_text(encoding="utf-8")
+    assert "stale" in page and "package" in page.split("Left out as stale", 1)[1].split("</p>", 1)[0]
+    # `run all` puts the run back together: the baseline as the model reads text, and a card that shows it
+    last = invoke("run", "all", "--data", str(tmp_path / "two.csv"), *common, *TINY, "--seed", "2", "--json")
+    assert last.exit_code == 0, last.output
+    done = {s["stage"]: s["skipped"] for s in json.loads(last.stdout)["stages"]}
+    assert done["train"] is True and done["baseline"] is False and done["package"] is False
+    manifest = json.loads((tmp_path / "two" / "bundle" / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["baseline"]["features"].startswith("TF-IDF char")
