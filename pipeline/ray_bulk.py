@@ -421,7 +421,7 @@ def _reachable(address: str, timeout: float = 15.0) -> None:
     import socket
 
     scheme, _, rest = address.strip().rpartition("://")
-    if scheme == "ray":
+    if scheme.lower() == "ray":
         # Measured with Ray 2.60: Ray Data fails inside Ray Client ("'Worker' object has no attribute
         # 'core_worker'"), and the client needs the cluster's auth token too. Say what works instead.
         raise RayJobError(f"--ray-address {address!r}: Ray Client (ray://) addresses are not supported, as Ray Data "
@@ -438,8 +438,8 @@ def _reachable(address: str, timeout: float = 15.0) -> None:
     else:  # a bare host name, or a bare IPv6 address
         host, port = rest, ""
     port = port or "6379"  # the GCS's default port
-    if not port.isdigit():
-        raise RayJobError(f"--ray-address {address!r}: the port {port!r} is not a number; "
+    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise RayJobError(f"--ray-address {address!r}: the port {port!r} is not a port number (1-65535); "
                           "give HEAD:6379 (the head's GCS port)")
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()

@@ -182,10 +182,12 @@ def test_inputs_and_outputs_it_cannot_use_are_refused_before_ray_starts(bundle, 
     for address in ("127.0.0.1:1", " 127.0.0.1:1 ", "[::1]:1"):
         with pytest.raises(RayJobError, match=re.escape(f"cannot reach the Ray cluster at {address.strip()!r}")):
             score_with_ray(bundle, inputs, tmp_path / "out", ray_address=address)
-    with pytest.raises(RayJobError, match=r"Ray Client \(ray://\) addresses are not supported.*HEAD:6379"):
-        score_with_ray(bundle, inputs, tmp_path / "out", ray_address="ray://127.0.0.1:10001")
-    with pytest.raises(RayJobError, match="port 'x' is not a number"):
-        score_with_ray(bundle, inputs, tmp_path / "out", ray_address="127.0.0.1:x")
+    for address in ("ray://127.0.0.1:10001", "RAY://127.0.0.1:10001"):  # the scheme, in any case
+        with pytest.raises(RayJobError, match=r"Ray Client \(ray://\) addresses are not supported.*HEAD:6379"):
+            score_with_ray(bundle, inputs, tmp_path / "out", ray_address=address)
+    for port in ("x", "99999", "0", "٣"):  # not a TCP port (the last: an Arabic-Indic digit)
+        with pytest.raises(RayJobError, match=f"port '{port}' is not a port number"):
+            score_with_ray(bundle, inputs, tmp_path / "out", ray_address=f"127.0.0.1:{port}")
     with pytest.raises(InputError, match="must not be the input, or hold it, or be inside it"):
         score_with_ray(bundle, inputs, inputs / "out")
     numbers = tmp_path / "numbers"
