@@ -98,9 +98,9 @@ def fit_baseline(train_rows: Sequence[tuple[str, str]], val_rows: Sequence[tuple
     vec = _features(cfg)
     try:
         x_train = vec.fit_transform([t for t, _ in train_rows])
-    except ValueError as e:  # e.g. "After pruning, no terms remain": no n-gram occurs in enough texts
-        raise BaselineError(f"the linear baseline found no usable n-gram features in the training split "
-                            f"({cfg.describe()}): {e}") from None
+    except ValueError:  # sklearn's "After pruning, no terms remain. Try a lower min_df": not an option here
+        raise BaselineError(f"the linear baseline cannot be fitted on this data: its features ({cfg.describe()}) "
+                            "need n-grams that recur across training texts, and too few do") from None
     x_val = vec.transform([t for t, _ in val_rows])
     grid = []
     best = None

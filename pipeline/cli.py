@@ -160,10 +160,10 @@ def train_options(f):
     """Training, tokenizer and model options (None: the dataset's default, else TrainConfig's)."""
     dflt = "dataset's, else "  # options whose default depends on the dataset (see `pipeline datasets`)
     opts = [
-        click.option("--epochs", type=click.IntRange(1), default=None, help="Most epochs (early stopping may end sooner) [default: 30]."),
-        click.option("--batch-size", type=click.IntRange(1), default=None, help="[default: 64]"),
-        click.option("--lr", type=click.FloatRange(0, 10, min_open=True), default=None, help="AdamW learning rate [default: 3e-3]."),
-        click.option("--patience", type=click.IntRange(1), default=None, help="Epochs without better val macro-F1 before stopping [default: 5]."),
+        click.option("--epochs", type=click.IntRange(1), default=None, help=f"Most epochs (early stopping may end sooner) [default: {dflt}30]."),
+        click.option("--batch-size", type=click.IntRange(1), default=None, help=f"[default: {dflt}64]"),
+        click.option("--lr", type=click.FloatRange(0, 10, min_open=True), default=None, help=f"AdamW learning rate [default: {dflt}3e-3]."),
+        click.option("--patience", type=click.IntRange(1), default=None, help=f"Epochs without better val macro-F1 before stopping [default: {dflt}5]."),
         click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default=None, help="[default: cpu]"),
         click.option("--cell", type=click.Choice(["gru", "lstm", "rnn"]), default=None, help="Recurrent cell (rnn = tanh RNN) [default: gru]."),
         click.option("--embed-dim", type=click.IntRange(1), default=None, help=f"[default: {dflt}64]"),
@@ -178,12 +178,12 @@ def train_options(f):
         click.option("--class-weight", type=click.Choice(["none", "balanced", "sqrt"]), default=None,
                      help=f"Loss weight per class from training counts: balanced = 1/n_c, sqrt = 1/sqrt(n_c); for skewed classes [default: {dflt}none]."),
         click.option("--lr-schedule", type=click.Choice(["plateau", "cosine"]), default=None,
-                     help="plateau = halve the rate when val macro-F1 stalls; cosine = 1-epoch warm-up, then cosine decay to 0 at --epochs [default: plateau]."),
+                     help=f"plateau = halve the rate when val macro-F1 stalls; cosine = 1-epoch warm-up, then cosine decay to 0 at --epochs [default: {dflt}plateau]."),
         click.option("--tokenizer", type=click.Choice(["char", "word"]), default=None, help=f"[default: {dflt}char]"),
         click.option("--lowercase/--keep-case", default=None, help=f"[default: {dflt}keep case]"),
         click.option("--max-length", type=click.IntRange(1), default=None,
                      help=f"Tokens kept per text [default: {dflt}the 99.9th percentile of training lengths]."),
-        click.option("--min-freq", type=click.IntRange(1), default=None, help="Rarer training tokens map to unk [default: 1]."),
+        click.option("--min-freq", type=click.IntRange(1), default=None, help=f"Rarer training tokens map to unk [default: {dflt}1]."),
         click.option("--max-vocab", type=click.IntRange(3), default=None,
                      help="Keep only the most frequent tokens, pad and unk included [default: no limit]."),
     ]
@@ -475,7 +475,12 @@ def run_baseline_cmd(**opts) -> None:
         if opts.get(name) is None and trained.get(name) is not None:
             opts[name] = trained[name]
     opts["seed"] = 0 if opts.get("seed") is None else opts["seed"]
-    _report([stage_baseline(r, _train_cfg(opts, r), opts["force"])], r, opts["as_json"])
+    result = stage_baseline(r, _train_cfg(opts, r), opts["force"])
+    package = r.record("package")
+    if package is not None and package.get("inputs", {}).get("baseline") != (r.current("baseline") or {}).get("inputs_digest"):
+        log.warning("the bundle's card compares the model with another baseline than this one: run `pipeline run "
+                    "package` (or `pipeline run all`) to bring it up to date")
+    _report([result], r, opts["as_json"])
 
 
 @run.command("export", context_settings=CONTEXT)

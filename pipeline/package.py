@@ -104,7 +104,7 @@ def baseline_lines(met: dict, base: dict | None) -> str:
     """The card's comparison with the linear baseline, as Markdown."""
     if base is None:
         return ("Not compared with a linear baseline: the run has no current baseline stage (it needs the `baseline` "
-                "extra, and `pipeline run all` says why when it skips it).")
+                "extra; `pipeline run baseline` fits it, or says why it cannot on this data).")
     da, df = met["test_accuracy"] - base["test_accuracy"], met["test_macro_f1"] - base["test_macro_f1"]
     verdict = ("at or above the baseline on both" if da >= 0 and df >= 0 else
                "BELOW the baseline on " + " and ".join(n for n, d in (("accuracy", da), ("macro-F1", df)) if d < 0))

@@ -182,6 +182,8 @@ def build_report(run) -> str:
     model_cfg = _load(run.dir("train") / "model_config.json") or {}
     spec = _load(run.dir("train") / "tokenizer.json") or {}
     # Later stages count only if they were made from this model; otherwise the page says they are stale.
+    from pipeline.stages import baseline_available
+
     stale = [s for s in ("baseline", "verify", "package", "cv") if run.record(s) is not None and
              (run.current(s) is None or (s == "cv" and run.current_cv() is None))]
     baseline = _load(run.dir("baseline") / "metrics.json") if run.current("baseline") else None
@@ -225,7 +227,8 @@ def build_report(run) -> str:
     ["tokenizer", f"{spec.get('type')}, vocabulary {len(spec.get('vocab', []))}, max_length {spec.get('max_length')}, "
                   f"lowercase {spec.get('lowercase')}"],
     ["linear baseline (accuracy / macro-F1)", ("stale (made from earlier data, or its files changed): re-run `pipeline run baseline`" if "baseline" in stale else
-     "not run (needs the `baseline` extra)") if baseline is None else
+     ("not run: `pipeline run baseline` fits it or says why it cannot" if baseline_available() else
+      "not run (needs the `baseline` extra)")) if baseline is None else
      f"{_f(baseline['test']['accuracy'])} / {_f(baseline['test']['macro_f1'])} "
      f"(model {test['accuracy'] - baseline['test']['accuracy']:+.4f} / {test['macro_f1'] - baseline['test']['macro_f1']:+.4f})"],
     ["parity gate", "not run" if parity is None else ("passed" if parity["passed"] else "FAILED")],

@@ -123,7 +123,8 @@ class Run:
                     f"re-run `pipeline run {stage}` (or `pipeline run all`) first"
                 )
         for up in OPTIONAL_UPSTREAM.get(stage, ()):  # made with the one the run has now, or both without
-            made_from, now = record.get("inputs", {}).get(up), (self.current(up) or {}).get("outputs")
+            # compared by what the optional stage was made from: made again from the same, it is the same
+            made_from, now = record.get("inputs", {}).get(up), (self.current(up) or {}).get("inputs_digest")
             if made_from != now:
                 how = "without the" if made_from is None else "from an earlier" if now is not None else "from a"
                 raise StageError(

@@ -276,6 +276,8 @@ def stage_package(run: Run, force: bool = False) -> StageResult:
     if baseline is not None:
         records["baseline"] = baseline
     inputs = {s: r["outputs"] for s, r in records.items()}
+    if baseline is not None:  # what it was fitted from (fitted again from the same, it scores the same)
+        inputs["baseline"] = baseline.get("inputs_digest")
     return run_stage(run, "package", inputs, lambda out: build_bundle(run, records, out), force)
 
 
@@ -294,6 +296,9 @@ def optional_baseline(run: Run, train_cfg, force: bool) -> StageResult | None:
     try:
         return stage_baseline(run, train_cfg, force=force)
     except BaselineError as e:
+        if run.record("baseline") is not None and run.current("baseline") is None:
+            # one fitted on earlier data would be reported as stale, with advice that cannot work: drop it
+            run.record_path("baseline").unlink(missing_ok=True)
         log.warning("baseline: %s; %s", e, _kept_baseline(run))
         return None
 

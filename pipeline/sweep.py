@@ -79,7 +79,7 @@ def parse_variant(text: str) -> dict:
     for item in text.split():
         key, sep, value = item.partition("=")
         if not sep or key not in known:
-            raise SystemExit(f"--variant {text!r}: {item!r} is not FIELD=VALUE with a TrainConfig field ({', '.join(sorted(known))})")
+            raise SystemExit(f"error: --variant {text!r}: {item!r} is not FIELD=VALUE with a TrainConfig field ({', '.join(sorted(known))})")
         try:
             out[key] = json.loads(value)
         except ValueError:
@@ -114,7 +114,7 @@ def sweep(args) -> int:
     from pipeline.train import METRICS, TrainError, train
 
     if args.dataset not in REGISTRY:
-        raise SystemExit(f"--dataset {args.dataset!r} is not a registry dataset ({', '.join(REGISTRY)})")
+        raise SystemExit(f"error: --dataset {args.dataset!r} is not a registry dataset ({', '.join(REGISTRY)})")
     variants = args.variant if args.variant is not None else SWEEPS.get(args.dataset, [""])
     default = train_config({"seed": 0}, args.dataset)
     configs = []
@@ -122,7 +122,7 @@ def sweep(args) -> int:
         try:
             configs.append(replace(default, **parse_variant(text)))
         except TrainError as e:  # its messages name the CLI's flags: --hidden-dim for hidden_dim
-            raise SystemExit(f"--variant {text!r}: {e}") from None
+            raise SystemExit(f"error: --variant {text!r}: {e}") from None
     run = Run(args.artifacts_dir or default_artifacts_dir(), f"sweep-{args.dataset}")
     stage_data(run, DataConfig(dataset=args.dataset), args.data_dir)
     data_outputs = run.record("data")["outputs"]  # a variant trained on another split is not reused

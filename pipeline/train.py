@@ -76,8 +76,9 @@ class TrainConfig:
     # validation metric that picks the checkpoint) otherwise ignores the small ones.
     class_weight: str = "none"
     # Learning rate over training: "plateau" (halved when validation macro-F1 stalls for patience // 2
-    # epochs); "cosine" (linear warm-up over the first epoch, then cosine decay to 0 at the --epochs
-    # bound, per step; early stopping still applies, so set --epochs to the length you mean).
+    # epochs); "cosine" (linear warm-up over the first epoch, or its first tenth when --epochs is 1,
+    # then cosine decay to 0 at the --epochs bound, per step; early stopping still applies, so set
+    # --epochs to the length you mean and --patience to at least that).
     lr_schedule: str = "plateau"
 
     def __post_init__(self) -> None:
@@ -298,7 +299,8 @@ def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: P
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = math.ceil(len(x_train) / cfg.batch_size)
     if cfg.lr_schedule == "cosine":  # stepped once per optimiser step
-        step_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: warmup_cosine(i, steps, steps * cfg.epochs))
+        warmup = steps if cfg.epochs > 1 else max(1, steps // 10)  # one epoch: a tenth of it, then the decay
+        step_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: warmup_cosine(i, warmup, steps * cfg.epochs))
         sched = None
     else:
         step_sched = None

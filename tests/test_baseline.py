@@ -145,6 +145,11 @@ def test_cosine_schedule_warms_up_over_the_first_epoch_and_decays_to_zero_at_the
     # the rate after each epoch: warm-up ends with epoch 1 at the full rate, then half a cosine to 0 at epoch 4
     lrs = [e["lr"] for e in history["epochs"]]
     assert lrs == pytest.approx([0.004, 0.004 * 0.75, 0.004 * 0.25, 0.0], abs=1e-9)
+    # one epoch: a tenth of it warms up, the rest decays, so the schedule still ends at 0
+    one = invoke("run", "train", *args, *TINY, "--epochs", "1", "--lr", "0.004", "--lr-schedule", "cosine")
+    assert one.exit_code == 0, one.output
+    history = json.loads((tmp_path / "names" / "train" / "history.json").read_text(encoding="utf-8"))
+    assert [e["lr"] for e in history["epochs"]] == pytest.approx([0.0], abs=1e-9)
     bad = invoke("run", "train", *args, "--lr-schedule", "linear")
     assert bad.exit_code == 2 and "--lr-schedule" in bad.output
 
@@ -154,15 +159,23 @@ def test_a_baseline_that_cannot_be_fitted_warns_in_run_all_and_is_a_clear_error_
     rows = [f"{chr(0x4E00 + i)},{'ab'[i % 2]}" for i in range(40)]
     (tmp_path / "cjk.csv").write_text("text,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
     common = ["--artifacts-dir", str(tmp_path / "art"), "--run-name", "cjk"]
+    # First the same run on data it can be fitted on (two-character texts from a small alphabet) ...
+    rows = [f"{chr(0x4E00 + i % 7)}{chr(0x4E00 + i % 5)} {chr(0x4E00 + i % 3)},{'ab'[i % 2]}" for i in range(60)]
+    (tmp_path / "fits.csv").write_text("text,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    fits = invoke("run", "all", "--data", str(tmp_path / "fits.csv"), *common, *TINY, "--tokenizer", "word", "--json")
+    assert fits.exit_code == 0 and "baseline" in json.loads(fits.stdout), fits.output
+    # ... then on data it cannot: the earlier baseline is not offered as merely stale (re-running cannot help)
     result = invoke("run", "all", "--data", str(tmp_path / "cjk.csv"), *common, *TINY, "--tokenizer", "word", "--json")
     assert result.exit_code == 0, result.output  # a comparison that cannot be made does not stop the model shipping
-    assert "no usable n-gram features" in result.stderr and "not compared with a baseline" in result.stderr, result.stderr
+    assert "cannot be fitted on this data" in result.stderr and "not compared with a baseline" in result.stderr, result.stderr
     summary = json.loads(result.stdout)
     assert summary["parity"]["passed"] and "baseline" not in summary
     card = (tmp_path / "art" / "cjk" / "bundle" / "README.md").read_text(encoding="utf-8")
     assert "Not compared with a linear baseline" in card
+    page = (tmp_path / "art" / "cjk" / "report.html").read_text(encoding="utf-8")
+    assert "Left out as stale" not in page and "`pipeline run baseline` fits it or says why it cannot" in page
     alone = invoke("run", "baseline", *common)
-    assert alone.exit_code == 1 and "Error:" in alone.output and "no usable n-gram features" in alone.output, alone.output
+    assert alone.exit_code == 1 and "Error:" in alone.output and "n-grams that recur" in alone.output, alone.output
     assert "a bug in seqship" not in alone.output
     # A split too small to hold validation and test texts: the same kind of error, naming the split.
     (tmp_path / "four.csv").write_text("text,label\nab,x\ncd,y\nef,x\ngh,y\n", encoding="utf-8")
@@ -185,17 +198,25 @@ def test_run_baseline_follows_the_run_and_a_refitted_baseline_makes_the_bundle_s
     again = invoke("run", "baseline", *common, "--json")
     assert again.exit_code == 0 and json.loads(again.stdout)["stages"][0]["skipped"] is True, again.output
     assert invoke("run", "baseline", *common, "--epochs", "3").exit_code == 2  # a training option: refused
+    # Fitted again from the same inputs, it is the same baseline: the bundle stays current.
+    forced = invoke("run", "baseline", *common, "--force")
+    assert forced.exit_code == 0 and "another baseline" not in forced.stderr, forced.output
+    assert invoke("run", "report", *common).exit_code == 0
+    assert "Left out as stale" not in (tmp_path / "two" / "report.html").read_text(encoding="utf-8")
     # Refitted with other features, the baseline no longer matches the card: the bundle is stale, not wrong.
     word = invoke("run", "baseline", *common, "--tokenizer", "word", "--json")
     assert word.exit_code == 0 and json.loads(word.stdout)["stages"][0]["skipped"] is False
+    assert "run `pipeline run package`" in word.stderr, word.stderr
     report = invoke("run", "report", *common)
     assert report.exit_code == 0, report.output
     page = (tmp_path / "two" / "report.html").read_text(encoding="utf-8")
     assert "stale" in page and "package" in page.split("Left out as stale", 1)[1].split("</p>", 1)[0]
-    # `run all` puts the run back together: the baseline as the model reads text, and a card that shows it
+    # `run all` puts the run back together: the baseline as the model reads text again, which is the one the
+    # bundle's card was made with, so the bundle is current again as it stands
     last = invoke("run", "all", "--data", str(tmp_path / "two.csv"), *common, *TINY, "--seed", "2", "--json")
     assert last.exit_code == 0, last.output
     done = {s["stage"]: s["skipped"] for s in json.loads(last.stdout)["stages"]}
-    assert done["train"] is True and done["baseline"] is False and done["package"] is False
+    assert done["train"] is True and done["baseline"] is False and done["package"] is True
+    assert "Left out as stale" not in (tmp_path / "two" / "report.html").read_text(encoding="utf-8")
     manifest = json.loads((tmp_path / "two" / "bundle" / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["baseline"]["features"].startswith("TF-IDF char")
