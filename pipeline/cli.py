@@ -266,7 +266,7 @@ def _report(results, run, as_json: bool, report: Path | None = None) -> None:
                 out["baseline"] = r.summary
             if r.stage == "package" and "baseline" not in out:  # one fitted earlier that the card compares with
                 kept = run.current("baseline")
-                if kept is not None and (run.record("package") or {}).get("inputs", {}).get("baseline") == kept.get("outputs"):
+                if kept is not None and (run.record("package") or {}).get("inputs", {}).get("baseline") == kept.get("inputs_digest"):
                     out["baseline"] = kept.get("summary")
         click.echo(json.dumps(out, indent=1, ensure_ascii=False, default=str))
         return

@@ -218,5 +218,9 @@ def test_run_baseline_follows_the_run_and_a_refitted_baseline_makes_the_bundle_s
     done = {s["stage"]: s["skipped"] for s in json.loads(last.stdout)["stages"]}
     assert done["train"] is True and done["baseline"] is False and done["package"] is True
     assert "Left out as stale" not in (tmp_path / "two" / "report.html").read_text(encoding="utf-8")
+    # without the stage this time, the summary still shows the baseline the card compares with
+    kept = invoke("run", "all", "--data", str(tmp_path / "two.csv"), *common, *TINY, "--seed", "2", "--json", "--no-baseline")
+    assert kept.exit_code == 0, kept.output
+    assert json.loads(kept.stdout)["baseline"]["test_accuracy"] == metrics["test"]["accuracy"]
     manifest = json.loads((tmp_path / "two" / "bundle" / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["baseline"]["features"].startswith("TF-IDF char")
