@@ -179,6 +179,8 @@ def train_options(f):
                      help=f"Loss weight per class from training counts: balanced = 1/n_c, sqrt = 1/sqrt(n_c); for skewed classes [default: {dflt}none]."),
         click.option("--lr-schedule", type=click.Choice(["plateau", "cosine"]), default=None,
                      help=f"plateau = halve the rate when val macro-F1 stalls; cosine = 1-epoch warm-up, then cosine decay to 0 at --epochs [default: {dflt}plateau]."),
+        click.option("--pair-buckets", type=click.IntRange(0), default=None,
+                     help=f"> 0: add a hashed embedding of each (token, next token) pair from this many buckets, computed in the model [default: {dflt}0]."),
         click.option("--tokenizer", type=click.Choice(["char", "word"]), default=None, help=f"[default: {dflt}char]"),
         click.option("--lowercase/--keep-case", default=None, help=f"[default: {dflt}keep case]"),
         click.option("--max-length", type=click.IntRange(1), default=None,

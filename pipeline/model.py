@@ -35,6 +35,11 @@ class ModelConfig:
     dropout: float = 0.1  # between layers and before the head; inactive in eval mode
     embed_dropout: float = 0.0  # on token embeddings while training; inactive in eval mode
     pooling: str = "last"  # head input: "last" state per direction, "max" over real positions, or "last+max"
+    # > 0: add to each token's embedding a hashed embedding of the pair (this token a, next token b; padding
+    # after the last), bucket (a * vocab_size + b) mod pair_buckets. Computed inside the model from the token
+    # ids, so the tokenizer and every consumer stay as they are: char bigram features in one Mul, Add, Mod
+    # and Gather. A padded row still equals the row alone: its last real token pairs with padding either way.
+    pair_buckets: int = 0
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -47,6 +52,8 @@ class ModelConfig:
         for name in ("vocab_size", "num_labels", "embed_dim", "hidden_dim", "num_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.pair_buckets < 0:
+            raise ValueError(f"pair_buckets must be >= 0 (0: no pair embedding), got {self.pair_buckets}")
 
     def save(self, path: Path) -> None:
         """Write the config as JSON."""
@@ -94,6 +101,10 @@ class TextClassifier(nn.Module):
         super().__init__()
         dirs = 2 if cfg.bidirectional else 1
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=cfg.pad_id)
+        self.vocab_size = cfg.vocab_size
+        self.pad_id = cfg.pad_id
+        self.pair_buckets = cfg.pair_buckets
+        self.pair_embed = nn.Embedding(cfg.pair_buckets, cfg.embed_dim) if cfg.pair_buckets > 0 else None
         self.layers = nn.ModuleList(
             [
                 RecurrentLayer(cfg.cell, cfg.embed_dim if i == 0 else cfg.hidden_dim * dirs, cfg.hidden_dim, cfg.bidirectional)
@@ -110,10 +121,18 @@ class TextClassifier(nn.Module):
 
     def forward(self, token_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Logits [B, C] for right-padded token ids [B, T] and their lengths [B]."""
-        x = self.embed_dropout(self.embed(token_ids))  # (B, T, E)
+        x = self.embed(token_ids)  # (B, T, E)
         pos = torch.arange(token_ids.size(1), device=token_ids.device).unsqueeze(0)  # (1, T)
         length = lengths.unsqueeze(1)  # (B, 1)
         valid_mask = pos < length  # (B, T)
+        pair_embed = self.pair_embed
+        if pair_embed is not None:
+            # The last real token pairs with padding whatever the row holds after it (and however long the
+            # batch is), so a padded row still equals the row alone.
+            nxt = torch.cat([token_ids[:, 1:], token_ids[:, :1]], 1)  # (B, T): the next column (wraps; masked)
+            nxt = torch.where(pos + 1 < length, nxt, torch.full_like(nxt, self.pad_id))
+            x = x + pair_embed(torch.remainder(token_ids * self.vocab_size + nxt, self.pair_buckets))
+        x = self.embed_dropout(x)
         rev = torch.where(valid_mask, length - 1 - pos, pos)  # (B, T); padding maps to itself
         valid = valid_mask.unsqueeze(2).to(x.dtype)  # (B, T, 1)
         last = (lengths - 1).view(-1, 1, 1)  # (B, 1, 1)

@@ -155,10 +155,12 @@ def model_card(m: dict) -> str:
     )
     counts = m["data"]["counts"]
     splits = ", ".join(f"{md(k)} {v}" for k, v in m["data"]["splits"].items())
+    buckets = m["model"].get("pair_buckets", 0)
+    pairs = f", token-pair embedding from {buckets} hashed buckets" if buckets else ""
     return f"""# {md(m['name'])}: seqship bundle
 
 Text classifier ({m['model']['cell'].upper()}, {'bidirectional' if m['model']['bidirectional'] else 'unidirectional'},
-{m['model']['num_layers']} layer(s), embedding {m['model']['embed_dim']}, hidden {m['model']['hidden_dim']}) predicting
+{m['model']['num_layers']} layer(s), embedding {m['model']['embed_dim']}, hidden {m['model']['hidden_dim']}{pairs}) predicting
 one of {len(m['labels'])} labels: {', '.join(md(lab) for lab in m['labels'])}.
 
 ## Data

@@ -80,6 +80,7 @@ class TrainConfig:
     # then cosine decay to 0 at the --epochs bound, per step; early stopping still applies, so set
     # --epochs to the length you mean and --patience to at least that).
     lr_schedule: str = "plateau"
+    pair_buckets: int = 0  # > 0: a hashed (token, next token) embedding from this many buckets (ModelConfig)
 
     def __post_init__(self) -> None:
         """Refuse impossible options with the option's name, before any data is read."""
@@ -100,6 +101,7 @@ class TrainConfig:
         need(is_num(self.lr) and 0 < self.lr <= 10, "lr", "must be a number > 0 and <= 10")
         need(is_num(self.weight_decay) and self.weight_decay >= 0, "weight-decay", "must be a number >= 0")
         need(is_num(self.clip_norm) and self.clip_norm > 0, "clip-norm", "must be a number > 0")
+        need(is_int(self.pair_buckets) and self.pair_buckets >= 0, "pair-buckets", "must be an integer >= 0 (0: none)")
         for name in ("dropout", "embed_dropout"):
             need(is_num(getattr(self, name)) and 0 <= getattr(self, name) < 1, name.replace("_", "-"), "must be in [0, 1)")
         need(is_int(self.seed) and 0 <= self.seed < 2**32, "seed", "must be an integer from 0 to 2**32 - 1")
@@ -290,6 +292,7 @@ def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: P
         dropout=cfg.dropout,
         embed_dropout=cfg.embed_dropout,
         pooling=cfg.pooling,
+        pair_buckets=cfg.pair_buckets,
     )
     model = TextClassifier(mcfg).to(device)
     rank, world = dist_world()

@@ -136,13 +136,15 @@ def test_canary_pack_padded_sequence_still_does_not_export_with_dynamo():
         torch.onnx.export(Packed().eval(), EXAMPLE, dynamo=True, verbose=False, dynamic_shapes=({0: "b", 1: "t"}, {0: "b"}))
 
 
-@pytest.mark.parametrize("cell, bidirectional, layers, pooling", [
-    ("gru", True, 2, "last"), ("lstm", True, 1, "last"), ("gru", False, 1, "max"), ("lstm", False, 2, "last+max"),
-    ("rnn", True, 2, "last"), ("gru", True, 1, "last+max"),
+@pytest.mark.parametrize("cell, bidirectional, layers, pooling, pair_buckets", [
+    ("gru", True, 2, "last", 0), ("lstm", True, 1, "last", 0), ("gru", False, 1, "max", 0), ("lstm", False, 2, "last+max", 0),
+    ("rnn", True, 2, "last", 0), ("gru", True, 1, "last+max", 0), ("gru", True, 1, "max", 13),
 ])
-def test_fused_export_needs_no_sequence_lens_and_matches_eager_in_every_engine(tmp_path, cell, bidirectional, layers, pooling):
+def test_fused_export_needs_no_sequence_lens_and_matches_eager_in_every_engine(tmp_path, cell, bidirectional, layers, pooling,
+                                                                                pair_buckets):
     """No recurrent node relies on sequence_lens (engines that ignore or refuse it get the same answers):
-    the graph says so, and every ONNX engine's padded rows equal PyTorch and the rows alone."""
+    the graph says so, and every ONNX engine's padded rows equal PyTorch and the rows alone (with the
+    in-graph pair hashing too: its integer Mul/Add/Mod must mean the same in every engine)."""
     from exporters.parity import make_probes
     from exporters.portability import JS_ENGINES, PYTHON_ENGINES, engine_gate, format_engines
     from exporters.recurrent import fused_recurrence
@@ -150,7 +152,7 @@ def test_fused_export_needs_no_sequence_lens_and_matches_eager_in_every_engine(t
 
     torch.manual_seed(0)
     model = TextClassifier(ModelConfig(20, 4, cell=cell, embed_dim=8, hidden_dim=8, num_layers=layers,
-                                       bidirectional=bidirectional, pooling=pooling)).eval()
+                                       bidirectional=bidirectional, pooling=pooling, pair_buckets=pair_buckets)).eval()
     ids = torch.randint(1, 20, (5, 9))
     lens = torch.tensor([9, 4, 1, 7, 2])
     with torch.inference_mode():

@@ -18,10 +18,11 @@ def ragged(vocab=30, lengths=(9, 4, 1, 7), seed=0):
 @pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])
 @pytest.mark.parametrize("bidirectional", [True, False])
 @pytest.mark.parametrize("layers, pooling", [(1, "last"), (2, "last"), (1, "last+max"), (2, "max")])
-def test_padded_row_equals_the_row_run_alone(cell, bidirectional, layers, pooling):
+@pytest.mark.parametrize("pair_buckets", [0, 7])
+def test_padded_row_equals_the_row_run_alone(cell, bidirectional, layers, pooling, pair_buckets):
     torch.manual_seed(0)
     model = TextClassifier(ModelConfig(30, 5, cell=cell, embed_dim=8, hidden_dim=12, num_layers=layers,
-                                       bidirectional=bidirectional, pooling=pooling)).eval()
+                                       bidirectional=bidirectional, pooling=pooling, pair_buckets=pair_buckets)).eval()
     ids, lens = ragged()
     with torch.inference_mode():
         batched = model(ids, lens)
