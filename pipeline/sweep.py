@@ -6,7 +6,9 @@ the linear baseline, and print one table.
 
 Without --variant it runs the dataset's recorded sweep (SWEEPS below: the variants tried when the
 default was chosen, the chosen one marked). Each variant is the dataset's default config with the given
-fields changed (TrainConfig's field names; values parsed as JSON where they parse, else as text). Runs go to
+fields changed (TrainConfig's field names; values parsed as JSON where they parse, else as text). With
+--seeds N every variant trains with seeds 0..N-1 and the table shows mean ± standard deviation over the
+seeds, which says how much of a difference between two variants is the seed's. Runs go to
 <artifacts>/sweep-<dataset>/ (data stage, baseline, one folder per variant) and a variant already trained
 with the same config is read, not retrained; the table is printed as Markdown and written to
 sweep-<dataset>/sweep.json.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import statistics
 import sys
 import time
 from dataclasses import asdict, fields, replace
@@ -101,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--artifacts-dir", default=None)
     ap.add_argument("--variant", action="append", default=None, help="FIELD=VALUE ... (repeatable); default: the recorded sweep")
+    ap.add_argument("--seeds", type=positive_int, default=1, help="train each variant with seeds 0..N-1 (default 1)")
     ap.add_argument("--threads", type=positive_int, default=None)
     args = ap.parse_args(argv)
     try:
@@ -115,7 +119,7 @@ def sweep(args) -> int:
     from pipeline.data import REGISTRY, DataConfig, read_split
     from pipeline.runs import Run
     from pipeline.stages import stage_baseline, stage_data
-    from pipeline.train import METRICS, TrainError, train
+    from pipeline.train import TrainError
 
     if args.dataset not in REGISTRY:
         raise SystemExit(f"error: --dataset {args.dataset!r} is not a registry dataset ({', '.join(REGISTRY)})")
@@ -123,8 +127,12 @@ def sweep(args) -> int:
     default = train_config({"seed": 0}, args.dataset)
     configs = []
     for text in variants:  # every variant checked before anything is trained
+        changes = parse_variant(text)
+        if args.seeds > 1 and "seed" in changes:
+            raise SystemExit(f"error: --variant {text!r} sets seed, which --seeds {args.seeds} sets for it")
         try:
-            configs.append(replace(default, **parse_variant(text)))
+            seeds = [changes.pop("seed", default.seed)] if args.seeds == 1 else range(args.seeds)
+            configs.append([replace(default, **changes, seed=seed) for seed in seeds])
         except TrainError as e:  # its messages name the CLI's flags: --hidden-dim for hidden_dim
             raise SystemExit(f"error: --variant {text!r}: {e}") from None
     run = Run(args.artifacts_dir or default_artifacts_dir(), f"sweep-{args.dataset}")
@@ -136,34 +144,52 @@ def sweep(args) -> int:
     base = stage_baseline(run, default)
     b = json.loads((run.dir("baseline") / "metrics.json").read_text(encoding="utf-8"))
     rows.append({"variant": f"linear baseline ({b['features']}; C={b['C']:g}, class weight {b['class_weight']})",
-                 "test_accuracy": b["test"]["accuracy"], "test_macro_f1": b["test"]["macro_f1"],
-                 "val_macro_f1": b["val"]["macro_f1"], "epochs": None, "seconds": b["fit_seconds"]})
+                 "test_accuracy": [b["test"]["accuracy"]], "test_macro_f1": [b["test"]["macro_f1"]],
+                 "val_macro_f1": [b["val"]["macro_f1"]], "epochs": None, "seconds": b["fit_seconds"]})
     print(f"baseline: test accuracy {b['test']['accuracy']:.4f}, macro-F1 {b['test']['macro_f1']:.4f} "
           f"({'reused' if base.skipped else 'fitted'})", file=sys.stderr, flush=True)
-    for text, cfg in zip(variants, configs):
-        folder = run.root / f"variant-{hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]}"
-        stored, made_from = folder / "config.json", {"config": asdict(cfg), "data": data_outputs}
-        if stored.is_file() and json.loads(stored.read_text()) == made_from and (folder / METRICS).is_file():
-            m = json.loads((folder / METRICS).read_text())
-        else:
-            folder.mkdir(parents=True, exist_ok=True)
-            stored.unlink(missing_ok=True)  # written again only once this split's training has finished
-            t0 = time.perf_counter()
-            m = train(*splits, labels, cfg, folder, threads=args.threads)
-            stored.write_text(json.dumps(made_from, sort_keys=True))
-            print(f"{text or 'default'}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-        rows.append({"variant": text or "default", "test_accuracy": m["test"]["accuracy"], "test_macro_f1": m["test"]["macro_f1"],
-                     "val_macro_f1": m["val"]["macro_f1"], "epochs": f"{m['best_epoch']}/{m['epochs_run']}",
-                     "seconds": round(m["train_seconds"], 1),
-                     "recall": {lab: round(v["recall"], 3) for lab, v in m["test"]["per_class"].items()}})
-        print(f"  test accuracy {m['test']['accuracy']:.4f}, macro-F1 {m['test']['macro_f1']:.4f}", file=sys.stderr, flush=True)
+    for text, seeded in zip(variants, configs):
+        runs = [train_variant(run.root, cfg, text, splits, labels, data_outputs, args.threads) for cfg in seeded]
+        rows.append({"variant": text or "default", "seeds": [cfg.seed for cfg in seeded],
+                     **{key: [m[split]["accuracy" if key.endswith("accuracy") else "macro_f1"] for m in runs]
+                        for key, split in (("test_accuracy", "test"), ("test_macro_f1", "test"), ("val_macro_f1", "val"))},
+                     "epochs": " ".join(f"{m['best_epoch']}/{m['epochs_run']}" for m in runs),
+                     "seconds": round(sum(m["train_seconds"] for m in runs) / len(runs), 1),
+                     "recall": [{lab: round(v["recall"], 3) for lab, v in m["test"]["per_class"].items()} for m in runs]})
     (run.root / "sweep.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"| {args.dataset}: variant | test accuracy | test macro-F1 | val macro-F1 | best/run epochs | seconds |")
+    print(f"| {args.dataset}: variant | test accuracy | test macro-F1 | val macro-F1 | best/run epochs | seconds |"
+          + (f"  (mean ± sd over seeds 0-{args.seeds - 1})" if args.seeds > 1 else ""))
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['variant']} | {r['test_accuracy']:.4f} | {r['test_macro_f1']:.4f} | {r['val_macro_f1']:.4f} | "
+        print(f"| {r['variant']} | {spread(r['test_accuracy'])} | {spread(r['test_macro_f1'])} | {spread(r['val_macro_f1'])} | "
               f"{r['epochs'] or '–'} | {r['seconds']:.0f} |")
     return 0
+
+
+def spread(values: list[float]) -> str:
+    """'0.9007' for one value; 'mean ± sample sd' for several."""
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def train_variant(root: Path, cfg, text: str, splits, labels, data_outputs, threads) -> dict:
+    """The variant's metrics: trained into its own folder, or read back when that config on this split was trained."""
+    from pipeline.train import METRICS, train
+
+    folder = root / f"variant-{hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]}"
+    stored, made_from = folder / "config.json", {"config": asdict(cfg), "data": data_outputs}
+    if stored.is_file() and json.loads(stored.read_text()) == made_from and (folder / METRICS).is_file():
+        m = json.loads((folder / METRICS).read_text())
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        stored.unlink(missing_ok=True)  # written again only once this split's training has finished
+        t0 = time.perf_counter()
+        m = train(*splits, labels, cfg, folder, threads=threads)
+        stored.write_text(json.dumps(made_from, sort_keys=True))
+        print(f"{text or 'default'} (seed {cfg.seed}): {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    print(f"  test accuracy {m['test']['accuracy']:.4f}, macro-F1 {m['test']['macro_f1']:.4f}", file=sys.stderr, flush=True)
+    return m
 
 
 if __name__ == "__main__":

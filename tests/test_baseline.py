@@ -224,3 +224,63 @@ def test_run_baseline_follows_the_run_and_a_refitted_baseline_makes_the_bundle_s
     assert json.loads(kept.stdout)["baseline"]["test_accuracy"] == metrics["test"]["accuracy"]
     manifest = json.loads((tmp_path / "two" / "bundle" / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["baseline"]["features"].startswith("TF-IDF char")
+
+
+def test_sweep_with_seeds_trains_each_variant_per_seed_and_reports_mean_and_spread(subset_dir, tmp_path, capsys):
+    """The sweep behind the defaults: --seeds N trains every variant with seeds 0..N-1 (cached per seed) and the
+    table gives mean ± sd, so a difference smaller than the seeds' spread reads as noise."""
+    from pipeline import sweep
+
+    tiny = "epochs=1 embed_dim=8 hidden_dim=16 batch_size=128"
+    argv = ["--dataset", "names", "--data-dir", str(subset_dir), "--artifacts-dir", str(tmp_path), "--seeds", "2",
+            "--variant", tiny, "--variant", f"{tiny} class_weight=balanced"]
+    assert sweep.main(argv) == 0
+    table = capsys.readouterr().out
+    assert "mean ± sd over seeds 0-1" in table
+    rows = json.loads((tmp_path / "sweep-names" / "sweep.json").read_text(encoding="utf-8"))
+    assert [r["variant"] for r in rows[1:]] == [tiny, f"{tiny} class_weight=balanced"]
+    for r in rows[1:]:
+        assert r["seeds"] == [0, 1] and len(r["test_accuracy"]) == 2 and len(r["recall"]) == 2
+        assert f"| {r['variant']} | {sweep.spread(r['test_accuracy'])} |" in table
+    assert rows[1]["test_macro_f1"][0] != rows[1]["test_macro_f1"][1]  # two seeds, two models
+    # a second sweep reads every seed's run back instead of training it again
+    assert sweep.main(argv) == 0
+    assert "(seed" not in capsys.readouterr().err
+    # a variant that sets the seed itself is refused with --seeds, before anything is trained
+    with pytest.raises(SystemExit, match="sets seed"):
+        sweep.main(["--dataset", "names", "--artifacts-dir", str(tmp_path / "other"), "--seeds", "2", "--variant", "seed=3"])
+    assert not (tmp_path / "other").exists()
+
+
+def test_pair_buckets_train_a_token_pair_embedding_that_every_engine_and_the_predictor_reproduce(subset_dir, tmp_path):
+    """--pair-buckets N: char-bigram features hashed inside the graph (Mul, Add, Mod, Gather), so the bundle's
+    tokenizer is unchanged; the exports must still pass parity in every engine, and a text scores the same
+    alone and in a batch of longer texts."""
+    import numpy as np
+    import onnx
+
+    from runtime import Predictor
+
+    result = invoke("run", "all", "--dataset", "names", "--data-dir", str(subset_dir), "--artifacts-dir", str(tmp_path),
+                    "--run-name", "pairs", "--json", "--no-baseline", "--pair-buckets", "101", *TINY)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["parity"]["passed"]
+    bundle = Path(out["bundle"])
+    manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["model"]["pair_buckets"] == 101
+    graph = onnx.load(str(bundle / "model.onnx")).graph
+    assert "Mod" in {n.op_type for n in graph.node}
+    assert any(list(i.dims) == [101, 16] for i in graph.initializer)  # the pair table, one row per bucket
+    parity = json.loads((tmp_path / "pairs" / "verify" / "parity.json").read_text(encoding="utf-8"))
+    assert parity["engines"]["passed"] and not parity["engines"]["skipped"]
+    assert "token-pair embedding from 101 hashed buckets" in (bundle / "README.md").read_text(encoding="utf-8")
+    p = Predictor.load(bundle, providers="cpu")
+    names = ["Ng", "MacDonald", "Schwarzenegger", "O'Brien"]
+    together = p.predict(names)
+    for name, row in zip(names, together):
+        alone = p.predict([name])[0]
+        assert alone.label == row.label and np.isclose(alone.score, row.score, atol=1e-6)
+    bad = invoke("run", "all", "--dataset", "names", "--data-dir", str(subset_dir), "--artifacts-dir", str(tmp_path / "bad"),
+                 "--pair-buckets", "-1")
+    assert bad.exit_code == 2 and "--pair-buckets" in bad.output
