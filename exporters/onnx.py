@@ -106,7 +106,15 @@ def export_onnx(
         except Exception as e:  # the exporter raises many private types; keep the cause chained
             raise ExportError(f"torch.onnx.export failed for {path.name}: {type(e).__name__}: {str(e)[:500]}") from e
         # One file while the model is small: the bundle checks a single sha256 and ships no side file.
-        program.save(os.fspath(tmp), external_data=False)
+        try:
+            program.save(os.fspath(tmp), external_data=False)
+        except OSError:  # a full disk, a read-only folder: reported with its path like every OS error
+            tmp.unlink(missing_ok=True)
+            raise
+        except Exception as e:  # protobuf's EncodeError over 2 GiB
+            tmp.unlink(missing_ok=True)
+            raise ExportError(f"writing {path.name} failed: {type(e).__name__}: {str(e)[:300]} (a single-file ONNX model "
+                              "must be under 2 GiB: fewer --pair-buckets, a smaller --embed-dim or vocabulary)") from e
     proto = onnx.load(os.fspath(tmp))
     if metadata_props:
         onnx.helper.set_model_props(proto, dict(metadata_props))

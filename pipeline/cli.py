@@ -179,7 +179,7 @@ def train_options(f):
                      help=f"Loss weight per class from training counts: balanced = 1/n_c, sqrt = 1/sqrt(n_c); for skewed classes [default: {dflt}none]."),
         click.option("--lr-schedule", type=click.Choice(["plateau", "cosine"]), default=None,
                      help=f"plateau = halve the rate when val macro-F1 stalls; cosine = 1-epoch warm-up, then cosine decay to 0 at --epochs [default: {dflt}plateau]."),
-        click.option("--pair-buckets", type=click.IntRange(0), default=None,
+        click.option("--pair-buckets", type=click.IntRange(0, 2**20), default=None,
                      help=f"> 0: add a hashed embedding of each (token, next token) pair from this many buckets, computed in the model [default: {dflt}0]."),
         click.option("--tokenizer", type=click.Choice(["char", "word"]), default=None, help=f"[default: {dflt}char]"),
         click.option("--lowercase/--keep-case", default=None, help=f"[default: {dflt}keep case]"),

@@ -17,6 +17,11 @@ import torch
 from torch import nn
 
 POOLINGS = ("last", "max", "last+max")
+# Pair buckets stay below 2**24 even summed, so every engine computes them exactly: OpenVINO's CPU plugin
+# does int64 arithmetic through float32 and 32-bit integers (a (a * V + b) mod N hash went wrong there for
+# vocabularies over ~4,096 tokens).
+MAX_PAIR_BUCKETS = 2**20
+PAIR_TABLE_SEED = 0x5E05  # the per-token hash tables: fixed, and stored in the weights anyway
 CELLS = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}  # nn.RNN: tanh
 
 
@@ -36,9 +41,9 @@ class ModelConfig:
     embed_dropout: float = 0.0  # on token embeddings while training; inactive in eval mode
     pooling: str = "last"  # head input: "last" state per direction, "max" over real positions, or "last+max"
     # > 0: add to each token's embedding a hashed embedding of the pair (this token a, next token b; padding
-    # after the last), bucket (a * vocab_size + b) mod pair_buckets. Computed inside the model from the token
-    # ids, so the tokenizer and every consumer stay as they are: char bigram features in one Mul, Add, Mod
-    # and Gather. A padded row still equals the row alone: its last real token pairs with padding either way.
+    # after the last). Computed inside the model from the token ids, so the tokenizer and every consumer stay
+    # as they are (see TextClassifier.pair_bucket). A padded row still equals the row alone: its last real
+    # token pairs with padding whatever follows it.
     pair_buckets: int = 0
 
     def __post_init__(self) -> None:
@@ -52,8 +57,8 @@ class ModelConfig:
         for name in ("vocab_size", "num_labels", "embed_dim", "hidden_dim", "num_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.pair_buckets < 0:
-            raise ValueError(f"pair_buckets must be >= 0 (0: no pair embedding), got {self.pair_buckets}")
+        if not 0 <= self.pair_buckets <= MAX_PAIR_BUCKETS:
+            raise ValueError(f"pair_buckets must be from 0 (no pair embedding) to {MAX_PAIR_BUCKETS}, got {self.pair_buckets}")
 
     def save(self, path: Path) -> None:
         """Write the config as JSON."""
@@ -101,10 +106,15 @@ class TextClassifier(nn.Module):
         super().__init__()
         dirs = 2 if cfg.bidirectional else 1
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=cfg.pad_id)
-        self.vocab_size = cfg.vocab_size
         self.pad_id = cfg.pad_id
         self.pair_buckets = cfg.pair_buckets
         self.pair_embed = nn.Embedding(cfg.pair_buckets, cfg.embed_dim) if cfg.pair_buckets > 0 else None
+        if cfg.pair_buckets > 0:
+            # pair bucket = (first[a] + second[b]) mod N, from two random per-token tables: no product of ids, so
+            # nothing exceeds 2N (exact in float32), and no structure shared with the vocabulary size
+            g = torch.Generator().manual_seed(PAIR_TABLE_SEED)
+            self.register_buffer("pair_first", torch.randint(0, cfg.pair_buckets, (cfg.vocab_size,), generator=g))
+            self.register_buffer("pair_second", torch.randint(0, cfg.pair_buckets, (cfg.vocab_size,), generator=g))
         self.layers = nn.ModuleList(
             [
                 RecurrentLayer(cfg.cell, cfg.embed_dim if i == 0 else cfg.hidden_dim * dirs, cfg.hidden_dim, cfg.bidirectional)
@@ -119,6 +129,15 @@ class TextClassifier(nn.Module):
         features = cfg.hidden_dim * dirs * (2 if cfg.pooling == "last+max" else 1)
         self.head = nn.Linear(features, cfg.num_labels)
 
+    def pair_bucket(self, token_ids: torch.Tensor, valid_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) bucket of each (token, next token) pair; the next token of a row's last real token is padding."""
+        pad = torch.full_like(token_ids[:, :1], self.pad_id)
+        # the mask shifted by one, not a second comparison of positions with lengths (tract failed on that graph)
+        next_valid = torch.cat([valid_mask[:, 1:], torch.zeros_like(valid_mask[:, :1])], 1)
+        nxt = torch.where(next_valid, torch.cat([token_ids[:, 1:], pad], 1), pad)
+        bucket = self.pair_first[token_ids] + self.pair_second[nxt]  # each in [0, N): the sum is below 2N
+        return torch.where(bucket >= self.pair_buckets, bucket - self.pair_buckets, bucket)
+
     def forward(self, token_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Logits [B, C] for right-padded token ids [B, T] and their lengths [B]."""
         x = self.embed(token_ids)  # (B, T, E)
@@ -127,11 +146,7 @@ class TextClassifier(nn.Module):
         valid_mask = pos < length  # (B, T)
         pair_embed = self.pair_embed
         if pair_embed is not None:
-            # The last real token pairs with padding whatever the row holds after it (and however long the
-            # batch is), so a padded row still equals the row alone.
-            nxt = torch.cat([token_ids[:, 1:], token_ids[:, :1]], 1)  # (B, T): the next column (wraps; masked)
-            nxt = torch.where(pos + 1 < length, nxt, torch.full_like(nxt, self.pad_id))
-            x = x + pair_embed(torch.remainder(token_ids * self.vocab_size + nxt, self.pair_buckets))
+            x = x + pair_embed(self.pair_bucket(token_ids, valid_mask))
         x = self.embed_dropout(x)
         rev = torch.where(valid_mask, length - 1 - pos, pos)  # (B, T); padding maps to itself
         valid = valid_mask.unsqueeze(2).to(x.dtype)  # (B, T, 1)

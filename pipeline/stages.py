@@ -52,12 +52,12 @@ def stage_data(run: Run, cfg: DataConfig, data_dir: str | None = None, cache_dir
 @locked
 def stage_train(run: Run, cfg, force: bool = False, progress=None, threads: int | None = None) -> StageResult:
     """Train on the data stage's splits; keep the best validation checkpoint; test metrics."""
-    from pipeline.train import train  # torch is imported only by the stages that need it
+    from pipeline.train import config_inputs, train  # torch is imported only by the stages that need it
 
     from pipeline.distributed import broadcast, world
 
     data = run.require("data", "train")
-    inputs = {"config": asdict(cfg), "data": data["outputs"]}
+    inputs = {"config": config_inputs(cfg), "data": data["outputs"]}
     distributed = world()[1] > 1
 
     def produce(out: Path) -> dict:
@@ -105,12 +105,12 @@ def stage_cv(run: Run, cfg, folds: int, force: bool = False, threads: int | None
     exactly as the data stage splits. Only metrics and histories are kept, never the fold models.
     """
     from pipeline.data import DataConfig, kfold, split
-    from pipeline.train import train
+    from pipeline.train import config_inputs, train
 
     data = run.require("data", "cv")
     summary = data["summary"]
     refuse_cv_with_fixed_test(run)
-    inputs = {"config": asdict(cfg), "folds": folds, "data": data["outputs"]}
+    inputs = {"config": config_inputs(cfg), "folds": folds, "data": data["outputs"]}
 
     def produce(out: Path) -> dict:
         d = run.dir("data")

@@ -21,7 +21,7 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import asdict, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 # The variants measured when each dataset's default was chosen ("" = the default itself). Keep the
@@ -157,8 +157,9 @@ def sweep(args) -> int:
                      "seconds": round(sum(m["train_seconds"] for m in runs) / len(runs), 1),
                      "recall": [{lab: round(v["recall"], 3) for lab, v in m["test"]["per_class"].items()} for m in runs]})
     (run.root / "sweep.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"| {args.dataset}: variant | test accuracy | test macro-F1 | val macro-F1 | best/run epochs | seconds |"
-          + (f"  (mean ± sd over seeds 0-{args.seeds - 1})" if args.seeds > 1 else ""))
+    if args.seeds > 1:  # above the table, not in its header row: a 7th header cell would unmake the table
+        print(f"Mean ± sample standard deviation over seeds 0-{args.seeds - 1} (the baseline has no seed).\n")
+    print(f"| {args.dataset}: variant | test accuracy | test macro-F1 | val macro-F1 | best/run epochs | seconds |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['variant']} | {spread(r['test_accuracy'])} | {spread(r['test_macro_f1'])} | {spread(r['val_macro_f1'])} | "
@@ -175,10 +176,11 @@ def spread(values: list[float]) -> str:
 
 def train_variant(root: Path, cfg, text: str, splits, labels, data_outputs, threads) -> dict:
     """The variant's metrics: trained into its own folder, or read back when that config on this split was trained."""
-    from pipeline.train import METRICS, train
+    from pipeline.train import METRICS, config_inputs, train
 
-    folder = root / f"variant-{hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]}"
-    stored, made_from = folder / "config.json", {"config": asdict(cfg), "data": data_outputs}
+    key = config_inputs(cfg)  # as the train stage records it: a new option at its neutral default keeps the cache
+    folder = root / f"variant-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]}"
+    stored, made_from = folder / "config.json", {"config": key, "data": data_outputs}
     if stored.is_file() and json.loads(stored.read_text()) == made_from and (folder / METRICS).is_file():
         m = json.loads((folder / METRICS).read_text())
     else:

@@ -20,7 +20,7 @@ from pipeline.distributed import all_sum
 from pipeline.distributed import broadcast as dist_broadcast
 from pipeline.distributed import world as dist_world
 from pipeline.metrics import classification_metrics
-from pipeline.model import CELLS, POOLINGS, ModelConfig, TextClassifier
+from pipeline.model import CELLS, MAX_PAIR_BUCKETS, POOLINGS, ModelConfig, TextClassifier
 from runtime.errors import SeqshipError
 from runtime.tokenizer import TYPES as TOKENIZER_KINDS
 from runtime.tokenizer import (
@@ -37,6 +37,7 @@ METRICS = "metrics.json"
 HISTORY = "history.json"
 CLASS_WEIGHTS = ("none", "balanced", "sqrt")  # TrainConfig.class_weight
 LR_SCHEDULES = ("plateau", "cosine")  # TrainConfig.lr_schedule
+MAX_PAIR_WEIGHTS = 2**26  # pair table entries (float32: 256 MiB); the ONNX file must stay under protobuf's 2 GiB
 
 Progress = Callable[[str, dict], None]  # (event, fields): "epoch_start", "step", "epoch_end"
 
@@ -101,7 +102,12 @@ class TrainConfig:
         need(is_num(self.lr) and 0 < self.lr <= 10, "lr", "must be a number > 0 and <= 10")
         need(is_num(self.weight_decay) and self.weight_decay >= 0, "weight-decay", "must be a number >= 0")
         need(is_num(self.clip_norm) and self.clip_norm > 0, "clip-norm", "must be a number > 0")
-        need(is_int(self.pair_buckets) and self.pair_buckets >= 0, "pair-buckets", "must be an integer >= 0 (0: none)")
+        need(is_int(self.pair_buckets) and 0 <= self.pair_buckets <= MAX_PAIR_BUCKETS, "pair-buckets",
+             f"must be an integer from 0 (none) to {MAX_PAIR_BUCKETS}")
+        if is_int(self.pair_buckets) and is_int(self.embed_dim) and self.pair_buckets * self.embed_dim > MAX_PAIR_WEIGHTS:
+            problems.append(f"--pair-buckets {self.pair_buckets} with --embed-dim {self.embed_dim} is a "
+                            f"{self.pair_buckets * self.embed_dim * 4 / 2**20:.0f} MiB pair table; at most "
+                            f"{MAX_PAIR_WEIGHTS * 4 // 2**20} MiB (fewer buckets or a smaller embedding)")
         for name in ("dropout", "embed_dropout"):
             need(is_num(getattr(self, name)) and 0 <= getattr(self, name) < 1, name.replace("_", "-"), "must be in [0, 1)")
         need(is_int(self.seed) and 0 <= self.seed < 2**32, "seed", "must be an integer from 0 to 2**32 - 1")
@@ -117,6 +123,16 @@ class TrainConfig:
         need(self.max_vocab is None or (is_int(self.max_vocab) and self.max_vocab >= 3), "max-vocab", "must be an integer >= 3 (pad and unk included)")
         if problems:
             raise TrainError("invalid training options: " + "; ".join(problems))
+
+
+# Options added after runs were recorded, at the value that trains exactly as before they existed: left out
+# of a stage's recorded inputs at that value, so upgrading seqship does not make every earlier run stale.
+NEUTRAL_DEFAULTS = {"pair_buckets": 0}
+
+
+def config_inputs(cfg: TrainConfig) -> dict:
+    """The training options as a stage's inputs record them (asdict, less options at their neutral default)."""
+    return {k: v for k, v in asdict(cfg).items() if k not in NEUTRAL_DEFAULTS or v != NEUTRAL_DEFAULTS[k]}
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:

@@ -236,7 +236,9 @@ def test_sweep_with_seeds_trains_each_variant_per_seed_and_reports_mean_and_spre
             "--variant", tiny, "--variant", f"{tiny} class_weight=balanced"]
     assert sweep.main(argv) == 0
     table = capsys.readouterr().out
-    assert "mean ± sd over seeds 0-1" in table
+    assert "Mean ± sample standard deviation over seeds 0-1" in table
+    header = next(line for line in table.splitlines() if line.startswith("| names: variant"))
+    assert header.endswith("| seconds |")  # as many cells as the delimiter row, so it renders as a table
     rows = json.loads((tmp_path / "sweep-names" / "sweep.json").read_text(encoding="utf-8"))
     assert [r["variant"] for r in rows[1:]] == [tiny, f"{tiny} class_weight=balanced"]
     for r in rows[1:]:
@@ -270,8 +272,9 @@ def test_pair_buckets_train_a_token_pair_embedding_that_every_engine_and_the_pre
     manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["model"]["pair_buckets"] == 101
     graph = onnx.load(str(bundle / "model.onnx")).graph
-    assert "Mod" in {n.op_type for n in graph.node}
     assert any(list(i.dims) == [101, 16] for i in graph.initializer)  # the pair table, one row per bucket
+    vocab = manifest["model"]["vocab_size"]  # and the two per-token hash tables, as int64 constants
+    assert sum(list(i.dims) == [vocab] and i.data_type == onnx.TensorProto.INT64 for i in graph.initializer) == 2
     parity = json.loads((tmp_path / "pairs" / "verify" / "parity.json").read_text(encoding="utf-8"))
     assert parity["engines"]["passed"] and not parity["engines"]["skipped"]
     assert "token-pair embedding from 101 hashed buckets" in (bundle / "README.md").read_text(encoding="utf-8")
@@ -281,6 +284,13 @@ def test_pair_buckets_train_a_token_pair_embedding_that_every_engine_and_the_pre
     for name, row in zip(names, together):
         alone = p.predict([name])[0]
         assert alone.label == row.label and np.isclose(alone.score, row.score, atol=1e-6)
+    # Recorded in the train stage's inputs only when on: runs recorded before the option existed stay current.
+    from pipeline.runs import Run
+
+    assert Run(tmp_path, "pairs").record("train")["inputs"]["config"]["pair_buckets"] == 101
+    again = invoke("run", "train", "--artifacts-dir", str(tmp_path), "--run-name", "pairs", "--json", "--pair-buckets", "0", *TINY)
+    assert again.exit_code == 0, again.output
+    assert "pair_buckets" not in Run(tmp_path, "pairs").record("train")["inputs"]["config"]
     bad = invoke("run", "all", "--dataset", "names", "--data-dir", str(subset_dir), "--artifacts-dir", str(tmp_path / "bad"),
                  "--pair-buckets", "-1")
     assert bad.exit_code == 2 and "--pair-buckets" in bad.output

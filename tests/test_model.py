@@ -31,6 +31,19 @@ def test_padded_row_equals_the_row_run_alone(cell, bidirectional, layers, poolin
             torch.testing.assert_close(batched[i : i + 1], alone, atol=1e-6, rtol=1e-6)
 
 
+def test_pair_buckets_depend_on_both_tokens_whatever_the_vocabulary_size():
+    # A (a * V + b) mod N hash ignored the first token whenever N divided V (names: V=85, N=17); the per-token
+    # tables do not, and every bucket is a row of the pair table.
+    model = TextClassifier(ModelConfig(85, 3, pair_buckets=17)).eval()
+    firsts = torch.arange(1, 85).unsqueeze(1)  # (84, 1): every token, one row each, followed by token 5
+    ids = torch.cat([firsts, torch.full_like(firsts, 5)], 1)
+    buckets = model.pair_bucket(ids, torch.ones_like(ids, dtype=torch.bool))
+    assert len(set(buckets[:, 0].tolist())) == 17  # the first token moves the bucket over all of them
+    assert int(buckets.min()) >= 0 and int(buckets.max()) < 17
+    with pytest.raises(ValueError, match="pair_buckets must be from 0"):
+        ModelConfig(85, 3, pair_buckets=2**20 + 1)
+
+
 def test_matches_pack_padded_sequence_on_a_bidirectional_gru():
     # The exact reference that the gather trick replaces (and that the dynamo exporter cannot export).
     torch.manual_seed(0)
