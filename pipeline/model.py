@@ -61,8 +61,10 @@ class ModelConfig:
             raise ValueError(f"pair_buckets must be from 0 (no pair embedding) to {MAX_PAIR_BUCKETS}, got {self.pair_buckets}")
 
     def save(self, path: Path) -> None:
-        """Write the config as JSON."""
-        path.write_text(json.dumps(asdict(self), indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        """Write the config as JSON; pair_buckets only when on, so a model without pairs is written as an
+        earlier seqship wrote it (and that seqship, and its bundle tools, can still read it)."""
+        d = {k: v for k, v in asdict(self).items() if not (k == "pair_buckets" and v == 0)}
+        path.write_text(json.dumps(d, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
     @classmethod
     def load(cls, path: Path) -> "ModelConfig":

@@ -162,7 +162,7 @@ def sweep(args) -> int:
                      "recall": [{lab: round(v["recall"], 3) for lab, v in m["test"]["per_class"].items()} for m in runs]})
     (run.root / "sweep.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     if args.seeds > 1:  # above the table, not in its header row: a 7th header cell would unmake the table
-        print(f"Mean ± sample standard deviation over seeds 0-{args.seeds - 1} (the baseline has no seed).\n")
+        print(f"Mean ± sample standard deviation over seeds 0-{args.seeds - 1} (the baseline is one fit: its C is picked on validation).\n")
     print(f"| {args.dataset}: variant | test accuracy | test macro-F1 | val macro-F1 | best/run epochs | seconds |")
     print("|---|---|---|---|---|---|")
     for r in rows:

@@ -255,7 +255,7 @@ def test_sweep_with_seeds_trains_each_variant_per_seed_and_reports_mean_and_spre
 
 
 def test_pair_buckets_train_a_token_pair_embedding_that_every_engine_and_the_predictor_reproduce(subset_dir, tmp_path):
-    """--pair-buckets N: char-bigram features hashed inside the graph (Mul, Add, Mod, Gather), so the bundle's
+    """--pair-buckets N: char-bigram features hashed inside the graph (two per-token int64 tables), so the bundle's
     tokenizer is unchanged; the exports must still pass parity in every engine, and a text scores the same
     alone and in a batch of longer texts."""
     import numpy as np

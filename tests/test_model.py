@@ -64,9 +64,16 @@ def test_matches_pack_padded_sequence_on_a_bidirectional_gru():
 
 
 def test_config_round_trips_through_json(tmp_path):
+    import json
+
     cfg = ModelConfig(30, 5, cell="lstm", num_layers=2, bidirectional=False)
     cfg.save(tmp_path / "c.json")
     assert ModelConfig.load(tmp_path / "c.json") == cfg
+    # without pairs the file has no pair_buckets key: bundles that seqship versions before it can read
+    assert "pair_buckets" not in json.loads((tmp_path / "c.json").read_text())
+    paired = ModelConfig(30, 5, pair_buckets=11)
+    paired.save(tmp_path / "p.json")
+    assert ModelConfig.load(tmp_path / "p.json") == paired
     with pytest.raises(ValueError, match="cell must be one of"):
         ModelConfig(30, 5, cell="transformer")
 
