@@ -23,6 +23,15 @@ POOLINGS = ("last", "max", "last+max")
 MAX_PAIR_BUCKETS = 2**20
 PAIR_TABLE_SEED = 0x5E05  # the per-token hash tables: fixed, and stored in the weights anyway
 CELLS = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}  # nn.RNN: tanh
+# Options added after runs and bundles were written, at the value that behaves exactly as before they
+# existed: left out of what is recorded (model_config.json, a stage's inputs), so files from an earlier
+# seqship stay current here and files written here stay readable by it.
+NEUTRAL_DEFAULTS = {"pair_buckets": 0}
+
+
+def without_neutral(options: dict) -> dict:
+    """`options` less those at their NEUTRAL_DEFAULTS value."""
+    return {k: v for k, v in options.items() if k not in NEUTRAL_DEFAULTS or v != NEUTRAL_DEFAULTS[k]}
 
 
 @dataclass(frozen=True)
@@ -63,8 +72,7 @@ class ModelConfig:
     def save(self, path: Path) -> None:
         """Write the config as JSON; pair_buckets only when on, so a model without pairs is written as an
         earlier seqship wrote it (and that seqship, and its bundle tools, can still read it)."""
-        d = {k: v for k, v in asdict(self).items() if not (k == "pair_buckets" and v == 0)}
-        path.write_text(json.dumps(d, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        path.write_text(json.dumps(without_neutral(asdict(self)), indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
     @classmethod
     def load(cls, path: Path) -> "ModelConfig":

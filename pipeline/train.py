@@ -20,7 +20,7 @@ from pipeline.distributed import all_sum
 from pipeline.distributed import broadcast as dist_broadcast
 from pipeline.distributed import world as dist_world
 from pipeline.metrics import classification_metrics
-from pipeline.model import CELLS, MAX_PAIR_BUCKETS, POOLINGS, ModelConfig, TextClassifier
+from pipeline.model import CELLS, MAX_PAIR_BUCKETS, POOLINGS, ModelConfig, TextClassifier, without_neutral
 from runtime.errors import SeqshipError
 from runtime.tokenizer import TYPES as TOKENIZER_KINDS
 from runtime.tokenizer import (
@@ -125,14 +125,9 @@ class TrainConfig:
             raise TrainError("invalid training options: " + "; ".join(problems))
 
 
-# Options added after runs were recorded, at the value that trains exactly as before they existed: left out
-# of a stage's recorded inputs at that value, so upgrading seqship does not make every earlier run stale.
-NEUTRAL_DEFAULTS = {"pair_buckets": 0}
-
-
 def config_inputs(cfg: TrainConfig) -> dict:
-    """The training options as a stage's inputs record them (asdict, less options at their neutral default)."""
-    return {k: v for k, v in asdict(cfg).items() if k not in NEUTRAL_DEFAULTS or v != NEUTRAL_DEFAULTS[k]}
+    """The training options as a stage's inputs record them: upgrading seqship leaves earlier runs current."""
+    return without_neutral(asdict(cfg))
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
