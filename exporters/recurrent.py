@@ -120,11 +120,13 @@ def _onnx_rnn_layer(x, lengths, weights, hidden_size, cell, bidirectional, with_
     H = hidden_size
     D = 2 if bidirectional else 1
     one = op.Constant(value_int=1)
-    # Zero initial state [1, B, H] without shape arithmetic: gather row 0 of a constant, B times
-    # (tract cannot run a recurrent node without one on a symbolic batch).
-    zeros = op.Expand(op.Constant(value_floats=[0.0]), op.Constant(value_ints=[1, 1, H]))  # folded to a constant
-    h0 = op.Gather(zeros, op.Sub(lengths, lengths), axis=1)  # [1, B, H]
     last = op.Unsqueeze(op.Sub(lengths, one), [1])  # [B, 1]: the last real position
+    # Zero initial state [1, B, H] (tract cannot run a recurrent node without one on a symbolic batch), by
+    # broadcasting a [1, 1, H] constant to the shape [B, 1] of `last`: two nodes, no Concat. Not a Gather of
+    # that constant with B zero indices (also two nodes): tract ran that graph for one text but refused every
+    # batch of 2+ for a lone unidirectional LSTM ("Clashing resolution for expression. batch=2 != 1").
+    zeros = op.Expand(op.Constant(value_floats=[0.0]), op.Constant(value_ints=[1, 1, H]))  # folded to a constant
+    h0 = op.Expand(zeros, op.Shape(last))  # [1, B, H]
 
     def recur(inp, w):  # batch-major [B, T, I] in; onnxruntime's CPU kernels take only time-major (layout 0)
         xt = op.Transpose(inp, perm=[1, 0, 2])  # [T, B, I]

@@ -193,3 +193,42 @@ def test_fused_export_needs_no_sequence_lens_and_matches_eager_in_every_engine(t
     # CI installs every engine (the `engines` extra, runtime/js): none may be skipped, all must agree.
     assert [e["engine"] for e in gate["engines"]] == list(PYTHON_ENGINES + JS_ENGINES), gate["skipped"]
     assert gate["passed"], format_engines(gate)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])
+def test_every_architecture_runs_batches_in_every_python_engine(tmp_path, cell):
+    """Every direction x depth x pooling of a cell loads in each in-process engine and gives eager's logits
+    for a padded batch of several rows (one text alone is not enough: tract once ran a lone unidirectional
+    LSTM for one text and refused every batch of two or more). The JS engines run onnxruntime's kernels and
+    get sampled architectures in the test above."""
+    from exporters.engines import load_engines
+    from exporters.portability import PYTHON_ENGINES
+    from exporters.recurrent import fused_recurrence
+
+    ids = torch.randint(1, 20, (4, 7), generator=torch.Generator().manual_seed(3))
+    lens = torch.tensor([7, 3, 1, 5])
+    failures = []
+    for bidirectional in (False, True):
+        for layers in (1, 2):
+            for pooling in ("last", "max", "last+max"):
+                torch.manual_seed(0)
+                model = TextClassifier(ModelConfig(20, 3, cell=cell, embed_dim=6, hidden_dim=5, num_layers=layers,
+                                                   bidirectional=bidirectional, pooling=pooling)).eval()
+                with torch.inference_mode():
+                    want = model(ids, lens).numpy()
+                path = tmp_path / f"{bidirectional}-{layers}-{pooling}.onnx"
+                with fused_recurrence(model):
+                    export_onnx(model, path, ModelContract(num_labels=3), EXAMPLE)
+                loaded, skipped, failed = load_engines(path, PYTHON_ENGINES)
+                assert not skipped, skipped  # CI installs the `engines` extra
+                name = f"{cell} bidirectional={bidirectional} layers={layers} pooling={pooling}"
+                failures += [f"{name}: {f['engine']} does not load it: {f['error']}" for f in failed]
+                for engine in loaded:
+                    try:
+                        got = engine.run(ids.numpy(), lens.numpy())
+                    except Exception as e:  # the engine's own exception type
+                        failures.append(f"{name}: {engine.name} fails on a batch of 4: {type(e).__name__}: {str(e)[:200]}")
+                        continue
+                    if not np.allclose(got, want, atol=1e-5, rtol=1e-5):
+                        failures.append(f"{name}: {engine.name} differs by {np.abs(got - want).max():.2e}")
+    assert not failures, "\n".join(failures)
