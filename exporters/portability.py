@@ -139,7 +139,7 @@ def engine_gate(
 ) -> dict:
     """Run `model` in every engine and compare with `reference`: per engine loads, dynamic shapes,
     max abs/rel difference, padded == alone, label agreement (outside near ties)."""
-    model = Path(model)
+    model = Path(model).resolve()  # the engines run in worker processes whose working folder is the checkout
     batches, index = _batches(probes, test_ids, pad_id)
     ref = [reference(b["ids"], b["lengths"]) for b in batches]
     shapes = sorted({tuple(b["ids"].shape) for b in batches})

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import onnx
 import pytest
@@ -84,8 +85,13 @@ def test_a_truncated_checkpoint_is_detected_and_retrained(tiny_run, data_dir, tm
     load_trained(weights.parent)  # whole again
 
 
-def test_verify_on_a_hand_edited_bundle_fails_with_the_parity_table(tiny_run, bundle_copy):
-    assert invoke("verify", "--bundle", tiny_run[1]["bundle"]).exit_code == 0  # the untouched bundle passes
+def test_verify_on_a_hand_edited_bundle_fails_with_the_parity_table(tiny_run, bundle_copy, monkeypatch):
+    bundle = Path(tiny_run[1]["bundle"])
+    monkeypatch.chdir(bundle.parent)  # a relative --bundle: every engine (each in its own process) finds the model
+    untouched = invoke("verify", "--bundle", bundle.name)
+    assert untouched.exit_code == 0, untouched.output  # the untouched bundle passes
+    engines = {line.split()[0] for line in untouched.output.splitlines() if line.endswith(" ok") and " yes " in line}
+    assert engines == {"onnxruntime", "onnx.reference", "openvino", "tract", "onnxruntime-node", "onnxruntime-web"}
     path = bundle_copy / "model.onnx"
     m = onnx.load(path)
     scale = next(i for i in m.graph.initializer if i.dims and i.dims[0] == 18)  # the head: one row per label
