@@ -495,6 +495,12 @@ def test_undecodable_stdin_lines_get_error_rows_in_any_locale(tiny_run):
         rows = [json.loads(line) for line in p.stdout.decode().splitlines()]
         assert p.returncode == 1 and b"Traceback" not in p.stderr, (env, p.stderr)
         assert "not UTF-8" in rows[1]["error"] and "label" in rows[0] and "label" in rows[2]
+        # the same bytes as an argument: Python hands them over as lone surrogates, never scored as text
+        p = subprocess.run([*PIPELINE, "predict", "--bundle", tiny_run[1]["bundle"], "Nguyen", b"\xff\xfe", "Schmidt"],
+                           capture_output=True, env=dict(os.environ, **env), cwd=REPO)
+        rows = [json.loads(line) for line in p.stdout.decode().splitlines()]
+        assert p.returncode == 1 and b"Traceback" not in p.stderr, (env, p.stderr)
+        assert rows[1]["error"].startswith("argument 2: not UTF-8") and "label" in rows[0] and "label" in rows[2]
 
 
 def test_a_failed_command_leaves_no_empty_run_folder_and_seeds_are_checked_as_usage(tmp_path):
