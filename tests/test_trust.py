@@ -1,5 +1,6 @@
 """One trust model in every consumer: each way of tampering with a bundle is refused, with the runtime's
-typed error, by the Python predictor and by the Node predictor alike; a pinned digest pins everything.
+typed error, by the Python predictor, the Node predictor and the browser loader (fetching the bundle over
+HTTP, onnxruntime-web) alike; a pinned digest pins everything.
 
 Each case edits a private copy of the tiny run's bundle the way an attacker or an accident would, and
 re-hashes whatever the manifest lists, so that the sha256 checks alone cannot catch it.
@@ -8,8 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import functools
 import json
 import subprocess
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +66,21 @@ def node_load(bundle: Path, *args: str, texts: list | None = None, tmp: Path | N
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.fixture
+def served(bundle_copy):
+    """The bundle copy over HTTP on localhost (a secure context, as the browser loader needs): its URL."""
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(bundle_copy)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
 def swap_labels(m):
     m["labels"][0], m["labels"][1] = m["labels"][1], m["labels"][0]
 
@@ -111,6 +130,12 @@ def old_format(bundle: Path):
     edit_manifest(bundle, lambda m: m.update(format_version=1))
 
 
+def flip_model_pt(bundle: Path):  # a file no ONNX consumer runs: a bundle still loads only when whole
+    data = bytearray((bundle / "model.pt").read_bytes())
+    data[len(data) // 2] ^= 1
+    (bundle / "model.pt").write_bytes(bytes(data))
+
+
 # case -> (how to tamper, the error both runtimes must raise, words their messages share)
 CASES = {
     "manifest labels reordered": (lambda b: edit_manifest(b, swap_labels), BundleError, "labels"),
@@ -120,26 +145,30 @@ CASES = {
     "external weights file not in the manifest": (external_data, BundleError, "external"),
     "NaN weights, manifest re-hashed": (nan_weights, BundleError, "non-finite"),
     "format_version 1": (old_format, BundleError, "format_version"),
+    "model.pt altered": (flip_model_pt, BundleError, "sha256"),
+    "README.md missing": (lambda b: (b / "README.md").unlink(), BundleError, ("missing", "404")),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_every_consumer_refuses_the_same_tampered_bundles(bundle_copy, tmp_path, case):
+def test_every_consumer_refuses_the_same_tampered_bundles(bundle_copy, served, tmp_path, case):
     tamper, error, words = CASES[case]
+    local_words, web_words = words if isinstance(words, tuple) else (words, words)
     tamper(bundle_copy)
-    node = node_load(bundle_copy)
+    node, web = node_load(bundle_copy), node_load(served)
     if error is None:
         # Labels swapped consistently in the hashed model and the manifest are a different, consistent
         # model (the weights still say the old order): only a pinned digest catches this one, below.
         Predictor.load(bundle_copy, providers="cpu")
-        assert node["ok"], node
+        assert node["ok"] and web["ok"], (node, web)
         return
     with pytest.raises(error) as e:
         Predictor.load(bundle_copy, providers="cpu")
-    assert words.lower() in str(e.value).lower()
-    assert not node["ok"], f"Node loaded a bundle Python refuses ({case})"
-    assert node["error"]["name"] == error.__name__
-    assert words.lower() in node["error"]["message"].lower()
+    assert local_words.lower() in str(e.value).lower()
+    for consumer, got, want in (("Node", node, local_words), ("the browser loader", web, web_words)):
+        assert not got["ok"], f"{consumer} loaded a bundle Python refuses ({case})"
+        assert got["error"]["name"] == error.__name__, got
+        assert want.lower() in got["error"]["message"].lower(), got
 
 
 def test_a_pinned_digest_pins_the_whole_bundle_in_python_and_node(tiny_run, bundle_copy):

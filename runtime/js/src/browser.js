@@ -1,7 +1,7 @@
 // Web browser: load a bundle served over HTTP with onnxruntime-web (WebAssembly), with the checks of the
 // Node loader: manifest.json fetched once (its sha256 is the bundle digest, checked against
-// expectedSha256 when given) and parsed from those bytes; model.onnx and tokenizer.json checked against
-// the manifest's sizes and sha256 (crypto.subtle needs a secure context: https or localhost); the model's
+// expectedSha256 when given) and parsed from those bytes; every listed file checked against the
+// manifest's sizes and sha256 (crypto.subtle needs a secure context: https or localhost); the model's
 // metadata, external data and tokenizer spec checked as in predictor.js.
 import { BundleError, buildPredictor, checkDigest, checkOptions, checkPin, parseManifest } from "./predictor.js";
 
@@ -48,22 +48,26 @@ export async function loadFromUrl(baseUrl, options = {}) {
   const digest = await sha256(manifestBytes);
   checkDigest(digest, pin, manifestUrl);
   const manifest = parseManifest(manifestBytes, manifestUrl);
+  // Every listed file, as Python and Node check them (a bundle loads only when whole and unaltered), fetched
+  // in parallel; only model.onnx and tokenizer.json are kept, and those are used from the bytes hashed here.
   const files = {};
-  for (const name of ["model.onnx", "tokenizer.json"]) {
-    const bytes = await fetchBytes(base + name);
-    const entry = manifest.files[name];
-    if (bytes.length !== entry.bytes) {
-      throw new BundleError(`${base}${name}: ${bytes.length} bytes, the manifest says ${entry.bytes} (truncated or replaced)`);
-    }
-    const hash = await sha256(bytes);
-    if (hash !== entry.sha256) {
-      throw new BundleError(
-        `${base}${name}: sha256 does not match the manifest (${hash.slice(0, 12)}…, the manifest says ${entry.sha256.slice(0, 12)}…); ` +
-          "the file was altered after packaging, copy the bundle again",
-      );
-    }
-    files[name] = { bytes, hash };
-  }
+  await Promise.all(
+    Object.entries(manifest.files).map(async ([name, entry]) => {
+      const url = base + name.split("/").map(encodeURIComponent).join("/");
+      const bytes = await fetchBytes(url);
+      if (bytes.length !== entry.bytes) {
+        throw new BundleError(`${url}: ${bytes.length} bytes, the manifest says ${entry.bytes} (truncated or replaced)`);
+      }
+      const hash = await sha256(bytes);
+      if (hash !== entry.sha256) {
+        throw new BundleError(
+          `${url}: sha256 does not match the manifest (${hash.slice(0, 12)}…, the manifest says ${entry.sha256.slice(0, 12)}…); ` +
+            "the file was altered after packaging, copy the bundle again",
+        );
+      }
+      if (name === "model.onnx" || name === "tokenizer.json") files[name] = { bytes, hash };
+    }),
+  );
   return buildPredictor({
     ort,
     manifest,

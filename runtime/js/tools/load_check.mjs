@@ -9,9 +9,15 @@
 // (BundleError, TokenizerError, InputError, ModelOutputError): a bug, printed the same way.
 // usage: node tools/load_check.mjs BUNDLE_DIR [--expect-sha256 HEX] [--unicode-mismatch refuse|warn]
 //                                  [--texts JSON_FILE] [--top-k JSON_VALUE]
+//   BUNDLE_DIR may be an http(s) URL: then the browser loader (src/browser.js: fetch, crypto.subtle) loads it
+//   with onnxruntime-web's WebAssembly build, as a page would.
 //   JSON_FILE holds the texts as a JSON value (normally an array of strings; anything else is passed
 //   to predict as is).
 import { readFile } from "node:fs/promises";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+import { loadFromUrl } from "../src/browser.js";
 import { load } from "../src/node.js";
 
 const USAGE =
@@ -74,7 +80,14 @@ if (opts["--expect-sha256"] !== undefined) options.expectedSha256 = opts["--expe
 let line;
 let p;
 try {
-  p = await load(bundle, options);
+  if (/^https?:\/\//.test(bundle)) {
+    const root = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
+    const ort = await import(path.join(root, "node_modules/onnxruntime-web/dist/ort.node.min.mjs"));
+    ort.env.wasm.numThreads = 1;
+    p = await loadFromUrl(bundle, { ...options, ort });
+  } else {
+    p = await load(bundle, options);
+  }
 } catch (e) {
   note(e);
   line = { ok: false, error: described(e, false) };
