@@ -115,7 +115,8 @@ def cpp_out(job):
         lines = run([str(exe), str(model), str(path), str(job["pad"])]).stdout.splitlines()
         return np.array([[float(v) for v in line.split()] for line in lines], dtype=np.float32)
 
-    return {"logits": score(job["ids"], "texts"), "probe_logits": [score(r, f"probe{i}") for i, r in enumerate(job["probe_rows"])]}
+    return {"logits": score(job["ids"], "texts"), "probe_logits": [score(r, f"probe{i}") for i, r in enumerate(job["probe_rows"])],
+            "exe": exe, "model": model}
 
 
 def check(name, logits, probe_logits, job, report):
@@ -201,3 +202,31 @@ def test_demo_server_follows_symlinked_folders_but_never_leaves_them(job, tmp_pa
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_cpp_tool_refuses_a_line_it_cannot_read_whole(job, cpp_out):
+    """A malformed line was once scored as its readable prefix ('31 12 x 5' as '31 12'), exit 0: each of
+    these is an error naming the line and field, exit 1, with nothing on stdout."""
+    vocab = len(json.loads((Path(job["bundle"]) / "tokenizer.json").read_text())["vocab"])
+    good = " ".join(map(str, job["ids"][0]))
+    pad = job["pad"]
+    bad_lines = {
+        "31 12 x 5": "field 3: 'x' is not a token id",
+        "3 99999999999999999999": "field 2: '99999999999999999999' is not a token id",
+        f"3 {vocab}": f"field 2: token id {vocab} is outside the model's {vocab} embedding rows",
+        "3 -1": "field 2: token id -1 is outside",
+        f"3 4 {pad} {pad}": f"field 3: token id {pad} is the pad id",
+        "": "no token ids",
+    }
+    for line, message in bad_lines.items():
+        path = job["work"] / "bad.txt"
+        path.write_text(f"{good}\n{line}\n")
+        out = subprocess.run([str(cpp_out["exe"]), str(cpp_out["model"]), str(path), str(pad)], capture_output=True, text=True)
+        assert (out.returncode, out.stdout) == (1, ""), (line, out)
+        assert "bad.txt, line 2" in out.stderr and message in out.stderr, (line, out.stderr)
+    for bad_pad in ("abc", "-1", str(vocab)):
+        out = subprocess.run([str(cpp_out["exe"]), str(cpp_out["model"]), str(path), bad_pad], capture_output=True, text=True)
+        assert out.returncode == 2 and "PAD_ID" in out.stderr and "terminate" not in out.stderr, (bad_pad, out.stderr)
+    path.write_text(good + "\r\n")  # a Windows line ending is not a field
+    out = subprocess.run([str(cpp_out["exe"]), str(cpp_out["model"]), str(path), str(pad)], capture_output=True, text=True)
+    assert out.returncode == 0 and len(out.stdout.split()) == len(job["labels"]), out

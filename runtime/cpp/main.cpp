@@ -5,21 +5,67 @@
 //   Output: one line per input line: the logits, space-separated, full float precision.
 // Rows are right-padded with PAD_ID (default 0) into one [batch, seq] batch with a lengths vector:
 // the model contract of the bundle (see the README, "The bundle format").
+// A line that is not a list of token ids the model can read (a field that is not a decimal integer, an
+// id outside the embedding, the pad id as a token) is an error naming the line and field, exit 1, and
+// nothing is printed: a part of a line is never scored as if it were the whole text.
+// This tool does not check the bundle against its manifest (sha256): check it first (pipeline inspect DIR,
+// or the Python or Node predictor), since loading model.pt runs TorchScript's loader on it.
 #include <torch/script.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
 
+// The whole of `text` as a decimal int64, or nothing (sign allowed, no spaces, no trailing characters).
+static std::optional<int64_t> parse_id(const std::string& text) {
+  if (text.empty()) return std::nullopt;
+  errno = 0;
+  char* end = nullptr;
+  const long long v = std::strtoll(text.c_str(), &end, 10);
+  if (errno == ERANGE || end != text.c_str() + text.size()) return std::nullopt;
+  return static_cast<int64_t>(v);
+}
+
 int main(int argc, char** argv) {
-  if (argc < 3) {
+  if (argc < 3 || argc > 4) {
     std::cerr << "usage: seqship_predict MODEL.pt INPUT.txt [PAD_ID]\n";
     return 2;
   }
-  const int64_t pad_id = argc > 3 ? std::stoll(argv[3]) : 0;
+  int64_t pad_id = 0;
+  if (argc > 3) {
+    const auto parsed = parse_id(argv[3]);
+    if (!parsed || *parsed < 0) {
+      std::cerr << "usage: PAD_ID must be a non-negative integer (tokenizer.json's pad_id), got '" << argv[3] << "'\n";
+      return 2;
+    }
+    pad_id = *parsed;
+  }
+  torch::jit::script::Module model;
+  try {
+    model = torch::jit::load(argv[1]);
+  } catch (const c10::Error& e) {
+    std::cerr << "error: cannot load " << argv[1] << ": " << e.what_without_backtrace() << "\n";
+    return 1;
+  }
+  model.eval();
+  int64_t vocab = -1;
+  for (const auto& p : model.named_parameters()) {
+    if (p.name == "embed.weight") vocab = p.value.size(0);
+  }
+  if (vocab < 1) {
+    std::cerr << "error: " << argv[1] << ": no embed.weight parameter: not a seqship model.pt\n";
+    return 1;
+  }
+  if (pad_id >= vocab) {
+    std::cerr << "usage: PAD_ID " << pad_id << " is outside the model's " << vocab << " embedding rows\n";
+    return 2;
+  }
   std::ifstream in(argv[2]);
   if (!in) {
     std::cerr << "error: cannot read " << argv[2] << "\n";
@@ -29,10 +75,29 @@ int main(int argc, char** argv) {
   std::string line;
   size_t width = 0;
   for (size_t n = 1; std::getline(in, line); ++n) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
     std::istringstream fields(line);
     std::vector<int64_t> ids;
-    int64_t id;
-    while (fields >> id) ids.push_back(id);
+    std::string field;
+    while (fields >> field) {
+      const auto id = parse_id(field);
+      const auto where = [&] { return std::string(argv[2]) + ", line " + std::to_string(n) + ", field " + std::to_string(ids.size() + 1); };
+      if (!id) {
+        std::cerr << "error: " << where() << ": '" << field << "' is not a token id (a decimal integer); write each text as its ids from tokenizer.json\n";
+        return 1;
+      }
+      if (*id < 0 || *id >= vocab) {
+        std::cerr << "error: " << where() << ": token id " << *id << " is outside the model's " << vocab
+                  << " embedding rows; encode the text with this bundle's tokenizer.json\n";
+        return 1;
+      }
+      if (*id == pad_id) {
+        std::cerr << "error: " << where() << ": token id " << *id << " is the pad id, which no text token maps to; "
+                  << "write only a text's own ids (or give the right PAD_ID)\n";
+        return 1;
+      }
+      ids.push_back(*id);
+    }
     if (ids.empty()) {
       std::cerr << "error: " << argv[2] << ", line " << n << ": no token ids (every text needs at least one)\n";
       return 1;
@@ -44,24 +109,24 @@ int main(int argc, char** argv) {
     std::cerr << "error: " << argv[2] << ": no input lines\n";
     return 1;
   }
-  torch::jit::script::Module model;
-  try {
-    model = torch::jit::load(argv[1]);
-  } catch (const c10::Error& e) {
-    std::cerr << "error: cannot load " << argv[1] << ": " << e.what_without_backtrace() << "\n";
-    return 1;
-  }
-  model.eval();
   const auto batch = static_cast<int64_t>(rows.size());
   auto token_ids = torch::full({batch, static_cast<int64_t>(width)}, pad_id, torch::kInt64);
   auto lengths = torch::empty({batch}, torch::kInt64);
+  auto ids_acc = token_ids.accessor<int64_t, 2>();
+  auto len_acc = lengths.accessor<int64_t, 1>();
   for (int64_t b = 0; b < batch; ++b) {
     const auto& r = rows[b];
-    for (size_t t = 0; t < r.size(); ++t) token_ids[b][t] = r[t];
-    lengths[b] = static_cast<int64_t>(r.size());
+    for (size_t t = 0; t < r.size(); ++t) ids_acc[b][t] = r[t];
+    len_acc[b] = static_cast<int64_t>(r.size());
   }
   torch::InferenceMode guard;
-  const auto logits = model.forward({token_ids, lengths}).toTensor().contiguous();
+  at::Tensor logits;
+  try {
+    logits = model.forward({token_ids, lengths}).toTensor().contiguous();
+  } catch (const c10::Error& e) {
+    std::cerr << "error: " << argv[1] << ": the model failed on this input: " << e.what_without_backtrace() << "\n";
+    return 1;
+  }
   const auto* data = logits.data_ptr<float>();
   const auto classes = logits.size(1);
   for (int64_t b = 0; b < batch; ++b) {
