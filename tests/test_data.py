@@ -315,6 +315,14 @@ def test_jsonl_texts_that_are_not_strings_are_refused_never_stringified(tmp_path
         prepare_user(path, tmp_path)
 
 
+@pytest.mark.parametrize("raw, field", [('{"text": "a\\ud800", "label": "pos"}', "text"), ('{"text": "a", "label": "p\\udc00"}', "label")])
+def test_jsonl_lone_surrogates_are_refused_naming_the_line(tmp_path, raw, field):
+    # valid JSON, not text: it once reached the split writer and failed there as "a bug in seqship"
+    path = write_jsonl(tmp_path / "s.jsonl", [{"text": "ok \U0001F600", "label": "pos"}, raw, {"text": "b", "label": "neg"}])
+    with pytest.raises(DataError, match=rf"s.jsonl, line 2: the {field} field holds a lone surrogate"):
+        prepare_user(path, tmp_path)
+
+
 def test_jsonl_field_absent_from_every_line_names_the_option(tmp_path):
     path = write_jsonl(tmp_path / "k.jsonl", [{"review": "a", "label": "pos"}, {"review": "b", "label": "neg"}])
     with pytest.raises(DataError, match=r"no line has the field 'text' \(fields: \['label', 'review'\]\); choose one with --text-column"):

@@ -126,6 +126,14 @@ def _label(value: str, where: str, issues: RowIssues) -> str | None:
     return nfc
 
 
+def _no_lone_surrogate(value: str, field: str, where: str) -> None:
+    """JSON's \\ud800-style escapes can spell half a character, which is not text (and cannot be written as UTF-8)."""
+    bad = next((c for c in value if "\ud800" <= c <= "\udfff"), None)
+    if bad is not None:
+        raise DataError(f"{where}: the {field} field holds a lone surrogate (\\u{ord(bad):04x}, half of a UTF-16 pair), "
+                        "not text; fix the escape (a character beyond U+FFFF is written as two \\u escapes) or drop the row")
+
+
 def read_jsonl(path: Path, text_column: str, label_column: str, issues: RowIssues | None = None) -> list[tuple[str, str]]:
     """(text, label) rows from a JSONL file, one object per line; see the module docstring for what is refused."""
     issues = issues if issues is not None else RowIssues()
@@ -159,6 +167,7 @@ def read_jsonl(path: Path, text_column: str, label_column: str, issues: RowIssue
         if not isinstance(text, str):
             raise DataError(f"{where}: the text field {text_column!r} is {json_kind(text)}, not a string; "
                             f"quote it in the file if it is meant as text, or choose another field with --text-column")
+        _no_lone_surrogate(text, "text", where)
         if label_column not in obj:
             issues.drop("label_missing", where)
             continue
@@ -172,6 +181,7 @@ def read_jsonl(path: Path, text_column: str, label_column: str, issues: RowIssue
             spelled = str(label)
             issues.normalise("label_integer", where)
         else:
+            _no_lone_surrogate(label, "label", where)
             spelled = _label(label, where, issues)
             if spelled is None:
                 continue
