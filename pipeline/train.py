@@ -8,6 +8,7 @@ import math
 import os
 import random
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -189,12 +190,13 @@ def fit_tokenizer(texts: Sequence[str], cfg: TrainConfig) -> Tokenizer:
     if max_length is None:
         p = float(np.percentile([len(t) for t in token_lists], 99.9))
         max_length = max(8, int(math.ceil(p / 8) * 8))
-    spec = TokenizerSpec(
-        type=cfg.tokenizer,
-        lowercase=cfg.lowercase,
-        max_length=max_length,
-        vocab=build_vocab(token_lists, min_freq=cfg.min_freq, max_size=cfg.max_vocab),
-    )
+    vocab = build_vocab(token_lists, min_freq=cfg.min_freq, max_size=cfg.max_vocab)
+    if len(vocab) <= 2:  # pad and unk only: every text would be unk, and a model of it predicts one class
+        seen = Counter(t for tokens in token_lists for t in tokens)
+        raise TrainError(f"no {cfg.tokenizer} token of the training split occurs --min-freq {cfg.min_freq} times "
+                         f"(the most frequent occurs {max(seen.values(), default=0)} times): lower --min-freq"
+                         + ("" if cfg.tokenizer == "char" else ", or use --tokenizer char"))
+    spec = TokenizerSpec(type=cfg.tokenizer, lowercase=cfg.lowercase, max_length=max_length, vocab=vocab)
     return Tokenizer(spec)
 
 

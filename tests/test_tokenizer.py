@@ -99,6 +99,12 @@ def test_word_vocabulary_limits_from_the_cli_reach_the_spec_and_map_the_rest_to_
     tok = fit_tokenizer(texts, _train_cfg({"data_path": None, "dataset": "mr", "seed": 0, "max_vocab": 3}))
     assert tok.spec.vocab == ("<pad>", "<unk>", "film")  # a tie goes to code-point order
     assert tok.encode("the film")[0] == [1, 2]
+    # No token reaches --min-freq: a vocabulary of pad and unk alone once trained, then failed in export
+    from pipeline.train import TrainError
+
+    with pytest.raises(TrainError, match=r"no word token of the training split occurs --min-freq 4 times \(the most "
+                                         r"frequent occurs 3 times\): lower --min-freq, or use --tokenizer char"):
+        fit_tokenizer(texts, _train_cfg({"data_path": None, "dataset": "mr", "seed": 0, "min_freq": 4}))
 
 
 def test_pad_batch_right_pads_with_the_pad_id():
