@@ -167,7 +167,9 @@ class _LineReader:
 
     def __init__(self, f: IO[bytes], path: Path, max_bytes: int):
         self.f, self.path, self.max_bytes, self.line, self.pos = f, path, max_bytes, 0, 0
-        self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
+        # Bytes that are not UTF-8 become lone surrogates here, so that the row holding them gets an error
+        # line (_not_utf8) and the rest of the table is still read.
+        self.decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="surrogateescape")
 
     def __iter__(self):
         return self
@@ -184,6 +186,11 @@ class _LineReader:
         return self.decoder.decode(raw)
 
 
+def _not_utf8(value: str) -> bool:
+    """Whether a field decoded with surrogateescape held bytes that are not UTF-8."""
+    return any("\udc80" <= c <= "\udcff" for c in value)
+
+
 def _table_records(path: Path, fmt: str, text_column: str, id_column: str | None, max_bytes: int) -> Iterator[tuple[int, dict]]:
     csv.field_size_limit(max(csv.field_size_limit(), max_bytes))
     # As the training data reader reads them: CSV strictly (a quote out of place is an error, never a
@@ -198,6 +205,8 @@ def _table_records(path: Path, fmt: str, text_column: str, id_column: str | None
             raise InputError(f"{path}: the header row cannot be read as {fmt.upper()} ({str(e)[:120]})") from None
         if header is None:
             return
+        if any(_not_utf8(h) for h in header):
+            raise InputError(f"{path}: the header row is not UTF-8; re-encode the file as UTF-8")
         if text_column not in header:
             raise InputError(f"{path}: no column {text_column!r} in the header {header[:20]}; pass --text-column NAME")
         t = header.index(text_column)
@@ -217,9 +226,11 @@ def _table_records(path: Path, fmt: str, text_column: str, id_column: str | None
             if not row:  # a blank line is no row, as the training reader reads a table
                 row_no -= 1
                 continue
-            rec: dict = {} if i is None or i >= len(row) else {"id": row[i]}
+            rec: dict = {} if i is None or i >= len(row) or _not_utf8(row[i]) else {"id": row[i]}
             if t >= len(row):
                 rec["error"] = f"row {row_no}: has {len(row)} fields, no {text_column!r} column"
+            elif _not_utf8(row[t]):
+                rec["error"] = f"row {row_no} (line {reader.line_num}): the text is not UTF-8; re-encode the file as UTF-8"
             else:
                 rec["text"] = row[t]
             yield lines.pos, rec

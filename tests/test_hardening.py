@@ -336,6 +336,21 @@ def test_predict_reads_a_csv_by_column_and_keeps_each_rows_id(tiny_run, tmp_path
     assert code == 0 and len(out.splitlines()) == 2, err
 
 
+@pytest.mark.parametrize("suffix, sep", [(".csv", b","), (".tsv", b"\t")])
+def test_a_table_row_that_is_not_utf8_gets_an_error_line_and_the_rest_is_scored(tiny_run, tmp_path, suffix, sep):
+    # It once stopped the whole file ("cannot be read as CSV ...; fix its quoting").
+    src = tmp_path / f"in{suffix}"
+    src.write_bytes(sep.join([b"text", b"id"]) + b"\nNguyen" + sep + b"1\nSchm\xffidt" + sep + b"2\nRossi" + sep + b"\xfe\n")
+    code, out, err = cli("predict", "--bundle", tiny_run[1]["bundle"], "--input", src)
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 1 and "Traceback" not in err and len(rows) == 3, err
+    assert rows[1] == {"index": 1, "id": "2", "error": "row 2 (line 3): the text is not UTF-8; re-encode the file as UTF-8"}
+    assert rows[0]["id"] == "1" and "label" in rows[0] and "label" in rows[2] and "id" not in rows[2]  # an id that is not UTF-8 is left out
+    src.write_bytes(b"te\xffxt" + sep + b"id\nNguyen" + sep + b"1\n")
+    code, out, err = cli("predict", "--bundle", tiny_run[1]["bundle"], "--input", src)
+    assert_one_error_line(code, out, err, "the header row is not UTF-8", "re-encode")
+
+
 def test_a_trailing_blank_line_on_stdin_is_not_a_text(tiny_run):
     code, out, err = cli("predict", "--bundle", tiny_run[1]["bundle"], stdin="Nguyen\nSchmidt\n\n\n")
     assert code == 0 and len(out.splitlines()) == 2, err
