@@ -201,9 +201,28 @@ def verify_options(f):
     return f
 
 
+def _check_data_choice(opts: dict) -> None:
+    """Usage errors for data options that would be ignored: --dataset beside --data, columns without a table."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or "data_path" not in opts:
+        return
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+
+    data = opts["data_path"]
+    if data is not None and given("dataset"):
+        raise click.UsageError("--data and --dataset both choose the data: give one of them")
+    columns = [f"--{n.replace('_', '-')}" for n in ("text_column", "label_column") if given(n)]
+    if columns and (data is None or data.is_dir()):
+        where = "a folder of <label>.txt files (its labels are the file names)" if data is not None else "a registry dataset"
+        raise click.UsageError(f"{' and '.join(columns)} name columns of a CSV/TSV/JSONL --data file, not of {where}")
+
+
 def _run(opts: dict):
     from pipeline.config import open_run
 
+    _check_data_choice(opts)
     return open_run(opts.get("artifacts_dir"), opts.get("run_name"), opts.get("data_path"), opts.get("dataset"))
 
 
@@ -709,7 +728,9 @@ def _check_pin_env(given) -> None:
 def _predict_file(predictor, input_path: Path, output_path: Path | None, fmt: str, top_k: int, text_column: str, id_column: str):
     from runtime.bulk import score_file
 
-    kw = {"fmt": fmt, "top_k": top_k, "text_column": text_column, "id_column": id_column}
+    ctx = click.get_current_context(silent=True)
+    require_id = ctx is not None and ctx.get_parameter_source("id_column") is click.core.ParameterSource.COMMANDLINE
+    kw = {"fmt": fmt, "top_k": top_k, "text_column": text_column, "id_column": id_column, "require_id": require_id}
     if output_path is None:  # stream to stdout through a temporary file: output stays in input order
         import tempfile
 

@@ -191,7 +191,8 @@ def _not_utf8(value: str) -> bool:
     return any("\udc80" <= c <= "\udcff" for c in value)
 
 
-def _table_records(path: Path, fmt: str, text_column: str, id_column: str | None, max_bytes: int) -> Iterator[tuple[int, dict]]:
+def _table_records(path: Path, fmt: str, text_column: str, id_column: str | None, max_bytes: int,
+                   require_id: bool = False) -> Iterator[tuple[int, dict]]:
     csv.field_size_limit(max(csv.field_size_limit(), max_bytes))
     # As the training data reader reads them: CSV strictly (a quote out of place is an error, never a
     # field that silently swallows the following rows), TSV without quoting.
@@ -209,6 +210,8 @@ def _table_records(path: Path, fmt: str, text_column: str, id_column: str | None
             raise InputError(f"{path}: the header row is not UTF-8; re-encode the file as UTF-8")
         if text_column not in header:
             raise InputError(f"{path}: no column {text_column!r} in the header {header[:20]}; pass --text-column NAME")
+        if require_id and id_column not in header:
+            raise InputError(f"{path}: no column {id_column!r} in the header {header[:20]}; pass --id-column NAME, or leave it out")
         t = header.index(text_column)
         i = header.index(id_column) if id_column in header else None
         row_no = 0
@@ -237,11 +240,12 @@ def _table_records(path: Path, fmt: str, text_column: str, id_column: str | None
 
 
 def records(path: Path, fmt: str = "auto", *, text_column: str = "text", id_column: str | None = "id",
-            max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, dict]]:
-    """(bytes read so far, record) per input row; a record has 'text' or 'error', and maybe 'id'."""
+            max_line_bytes: int = MAX_LINE_BYTES, require_id: bool = False) -> Iterator[tuple[int, dict]]:
+    """(bytes read so far, record) per input row; a record has 'text' or 'error', and maybe 'id'.
+    require_id: a table whose header lacks id_column is an InputError (rows of JSON lines may each lack it)."""
     fmt = resolve_format(path, fmt)
     if fmt in ("csv", "tsv"):
-        return _table_records(path, fmt, text_column, id_column, max_line_bytes)
+        return _table_records(path, fmt, text_column, id_column, max_line_bytes, require_id)
     return _line_records(path, fmt, text_column, id_column, max_line_bytes)
 
 
@@ -254,6 +258,7 @@ def score_file(
     top_k: int = 1,
     text_column: str = "text",
     id_column: str | None = "id",
+    require_id: bool = False,
     chunk_size: int = 1024,
     max_line_bytes: int = MAX_LINE_BYTES,
     on_progress: Callable[[int, int], None] | None = None,
@@ -274,7 +279,7 @@ def score_file(
         raise SeqshipError(f"{dst}: the output must not overwrite the input")
     sweep_partials(dst.parent if str(dst.parent) else Path("."))  # what a killed run left beside the output
     stats = BulkStats()
-    rows = records(src, fmt, text_column=text_column, id_column=id_column, max_line_bytes=max_line_bytes)
+    rows = records(src, fmt, text_column=text_column, id_column=id_column, max_line_bytes=max_line_bytes, require_id=require_id)
     with atomic_write(dst, "w") as out:
         chunk: list[dict] = []
         pos = 0

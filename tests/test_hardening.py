@@ -527,6 +527,33 @@ def test_a_failed_command_leaves_no_empty_run_folder_and_seeds_are_checked_as_us
         assert code == 2 and "Traceback" not in err and "--seed" in err
 
 
+def test_data_options_that_would_be_ignored_are_usage_errors(tmp_path, data_dir):
+    # each was once silently ignored: the run trained on other data than the user named
+    table = tmp_path / "d.csv"
+    table.write_text("text,label\n" + "".join(f"t{i},{'ab'[i % 2]}\n" for i in range(20)))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a.txt").write_text("x\ny\n")
+    for args, words in ((["--data", table, "--dataset", "waimai"], "--data and --dataset both choose the data"),
+                        (["--data", folder, "--text-column", "review"], "--text-column name columns of a CSV/TSV/JSONL --data file"),
+                        (["--data-dir", data_dir, "--label-column", "y"], "not of a registry dataset")):
+        for command in (["run", "data"], ["run", "all"]):
+            code, _, err = cli_inproc(*command, "--artifacts-dir", tmp_path / "art", *args)
+            assert code == 2 and words in err and "Traceback" not in err, (args, err)
+    assert not (tmp_path / "art").exists()  # before any I/O
+    code, _, err = cli_inproc("run", "data", "--artifacts-dir", tmp_path / "art", "--data", table, "--text-column", "text")
+    assert code == 0, err
+
+
+def test_an_id_column_named_but_absent_from_a_table_is_an_error_not_dropped_ids(tiny_run, tmp_path):
+    src = tmp_path / "in.csv"
+    src.write_text("text,row\nNguyen,1\n")
+    code, out, err = cli("predict", "--bundle", tiny_run[1]["bundle"], "--input", src, "--id-column", "nosuch")
+    assert_one_error_line(code, out, err, "no column 'nosuch' in the header ['text', 'row']", "--id-column")
+    code, out, err = cli("predict", "--bundle", tiny_run[1]["bundle"], "--input", src)  # the default "id" is optional
+    assert code == 0 and "id" not in json.loads(out), err
+
+
 def test_labels_in_two_unicode_forms_are_one_class(tmp_path):
     rows = [{"text": f"text {i}", "label": "caf\u00e9" if i % 2 else "cafe\u0301"} for i in range(20)]
     rows += [{"text": f"other {i}", "label": "tea"} for i in range(20)]
