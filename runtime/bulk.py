@@ -210,6 +210,10 @@ def _table_records(path: Path, fmt: str, text_column: str, id_column: str | None
             raise InputError(f"{path}: the header row is not UTF-8; re-encode the file as UTF-8")
         if text_column not in header:
             raise InputError(f"{path}: no column {text_column!r} in the header {header[:20]}; pass --text-column NAME")
+        for col in (text_column, id_column):
+            if header.count(col) > 1:
+                raise InputError(f"{path}: {header.count(col)} columns are named {col!r} in the header {header[:20]}; "
+                                 "rename all but one")
         if require_id and id_column not in header:
             raise InputError(f"{path}: no column {id_column!r} in the header {header[:20]}; pass --id-column NAME, or leave it out")
         t = header.index(text_column)

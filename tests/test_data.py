@@ -329,6 +329,13 @@ def test_jsonl_field_absent_from_every_line_names_the_option(tmp_path):
         prepare_user(path, tmp_path)
 
 
+def test_csv_with_two_columns_of_one_name_is_refused_not_read_from_the_first(tmp_path):
+    path = tmp_path / "dup.csv"
+    path.write_text("text,label,label\n" + "".join(f"t{i},a,{'xy'[i % 2]}\n" for i in range(20)))
+    with pytest.raises(DataError, match=r"dup.csv: 2 columns are named 'label' .* rename all but one, or choose another with --label-column"):
+        prepare_user(path, tmp_path)
+
+
 def test_csv_empty_labels_are_dropped_and_counted_not_made_a_class(tmp_path):
     path = tmp_path / "e.csv"
     path.write_text("text,label\n" + "".join(f"t{i},{'pos' if i % 2 else 'neg'}\n" for i in range(20)) + "no label,\nspaces,  \n")

@@ -552,6 +552,9 @@ def test_an_id_column_named_but_absent_from_a_table_is_an_error_not_dropped_ids(
     assert_one_error_line(code, out, err, "no column 'nosuch' in the header ['text', 'row']", "--id-column")
     code, out, err = cli("predict", "--bundle", tiny_run[1]["bundle"], "--input", src)  # the default "id" is optional
     assert code == 0 and "id" not in json.loads(out), err
+    src.write_text("text,id,text\nNguyen,1,Schmidt\n")  # which text? neither: an error
+    code, out, err = cli("predict", "--bundle", tiny_run[1]["bundle"], "--input", src)
+    assert_one_error_line(code, out, err, "2 columns are named 'text'", "rename all but one")
 
 
 def test_labels_in_two_unicode_forms_are_one_class(tmp_path):

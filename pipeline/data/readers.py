@@ -218,6 +218,9 @@ def read_csv(path: Path, text_column: str, label_column: str, issues: RowIssues 
         for col, opt in ((text_column, "--text-column"), (label_column, "--label-column")):
             if col not in header:
                 raise DataError(f"{path}: no column {col!r} (columns: {header}); choose one with {opt}")
+            if header.count(col) > 1:
+                raise DataError(f"{path}: {header.count(col)} columns are named {col!r} (columns: {header}); "
+                                f"rename all but one, or choose another with {opt}")
         ti, li = header.index(text_column), header.index(label_column)
         start = reader.line_num + 1
         for rec in reader:
