@@ -329,6 +329,20 @@ def test_jsonl_field_absent_from_every_line_names_the_option(tmp_path):
         prepare_user(path, tmp_path)
 
 
+def test_a_label_folder_reads_its_files_as_a_table_reads_labels(tmp_path):
+    # hidden files (macOS writes ._x.txt beside x.txt) were classes, X.TXT was skipped, a file name's spaces
+    # and Unicode form made classes a table would have merged, and CR line ends made one text of a file
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for name, body in ((" pos .txt", "good\nfine\n"), ("._ pos .txt", "\x00\x05junk"), (".hidden.txt", "x\n"),
+                       ("NEG.TXT", "bad\r\nawful\r\n"), ("cafe\u0301.txt", "one\rtwo\rthree\r"), ("notes.md", "no\n")):
+        (folder / name).write_bytes(body.encode())
+    summary, texts = prepare_user(folder, tmp_path)
+    assert summary["labels"] == ["NEG", "caf\u00e9", "pos"]
+    assert texts == {"good", "fine", "bad", "awful", "one", "two", "three"}
+    assert summary["row_issues"]["normalised"] == {"label_unicode_form": 3, "label_whitespace": 2}
+
+
 def test_csv_with_two_columns_of_one_name_is_refused_not_read_from_the_first(tmp_path):
     path = tmp_path / "dup.csv"
     path.write_text("text,label,label\n" + "".join(f"t{i},a,{'xy'[i % 2]}\n" for i in range(20)))

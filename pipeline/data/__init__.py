@@ -20,7 +20,7 @@ from runtime.bundle import sha256_file
 
 from pipeline.data.download import MAX_DOWNLOAD_BYTES, cached, default_cache_dir, download_dataset, fetch, install, verify
 from pipeline.data.readers import (
-    CSV_FIELD_LIMIT, RowIssues, decode, lines, read_csv, read_jsonl, read_label_files, read_label_folder, read_table,
+    CSV_FIELD_LIMIT, RowIssues, decode, label_files_in, lines, read_csv, read_jsonl, read_label_files, read_label_folder, read_table,
 )
 from pipeline.data.registry import (
     CACHE_DIR_ENV, DATA_DIR_ENV, DOWNLOAD_RECORD, REGISTRY, DataConfig, DataError, Dataset, Download,
@@ -67,7 +67,7 @@ def source_files(cfg: DataConfig, source: Path) -> list[Path]:
             return [source / f for f in files + test_files]
         if ds.reader == "label_files":
             return [source / f for f, _ in ds.label_files]
-    return sorted(p for p in source.iterdir() if p.suffix == ".txt" and p.is_file()) if source.is_dir() else [source]
+    return label_files_in(source) if source.is_dir() else [source]
 
 
 def load_rows(cfg: DataConfig, source: Path, issues: RowIssues | None = None):
@@ -78,7 +78,7 @@ def load_rows(cfg: DataConfig, source: Path, issues: RowIssues | None = None):
     issues = issues if issues is not None else RowIssues()
     if cfg.data is not None:
         if source.is_dir():
-            rows, files = read_label_folder(source)
+            rows, files = read_label_folder(source, issues)
             return rows, None, files, ()
         return read_table(source, cfg.text_column, cfg.label_column, issues), None, [source], ()
     ds = REGISTRY[cfg.dataset]

@@ -89,20 +89,37 @@ def decode(path: Path) -> str:
 
 
 def lines(text: str) -> list[str]:
-    """The text's lines, split on "\\n" only (a final "\\r" dropped)."""
+    """The text's lines, split on "\\n" only (a final "\\r" dropped); a file with "\\r" line ends and no
+    "\\n" at all (classic Mac) is split on "\\r"."""
     # str.splitlines() also breaks on U+0085 and U+2028, which occur inside real texts.
+    if "\n" not in text and "\r" in text.rstrip("\r"):
+        return text.split("\r")
     return [line.rstrip("\r") for line in text.split("\n")]
 
 
-def read_label_folder(folder: Path) -> tuple[list[tuple[str, str]], list[Path]]:
-    """(text, label) rows from a folder of <label>.txt files, one text per line, and the files read."""
-    files = sorted(p for p in folder.iterdir() if p.suffix == ".txt" and p.is_file())
+def label_files_in(folder: Path) -> list[Path]:
+    """The <label>.txt files of a folder (.txt in any case), without hidden ones (._x.txt, .x.txt): sorted."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() == ".txt" and not p.name.startswith(".") and p.is_file())
+
+
+def read_label_folder(folder: Path, issues: RowIssues | None = None) -> tuple[list[tuple[str, str]], list[Path]]:
+    """(text, label) rows from a folder of <label>.txt files, one text per line, and the files read. A label
+    is its file name's stem, stripped and in NFC, as a table's labels are."""
+    issues = issues if issues is not None else RowIssues()
+    files = label_files_in(folder)
     if not files:
         raise DataError(f"{folder}: no <label>.txt files found; put one file per label there, one text per line")
+    rows = []
     for f in files:
-        if not f.stem.strip():
+        changed = RowIssues()
+        label = _label(f.stem, str(f), changed)
+        if label is None:
             raise DataError(f"{f}: the file name gives an empty label; rename it to <label>.txt")
-    rows = [(line, f.stem) for f in files for line in lines(decode(f))]
+        texts = lines(decode(f))
+        for reason in changed.normalised:  # counted per text, as a table's labels are
+            for _ in filter(str.strip, texts):
+                issues.normalise(reason, str(f))
+        rows += [(line, label) for line in texts]
     return rows, files
 
 
