@@ -697,12 +697,13 @@ def _predict_ray(bundle_dir, top_k, providers, threads, input_path, output_path,
         raise click.ClickException(f"{summary.errors} of {summary.rows_in} texts could not be scored (see their 'error' rows)")
 
 
-def _bundle_dir(path: Path) -> Path:
-    """The bundle folder; a run folder or an artifacts folder is answered with where its bundle is."""
+def _bundle_dir(path: Path, option: str = "--bundle ") -> Path:
+    """The bundle folder; a run folder or an artifacts folder is answered with where its bundle is
+    (`option`: how the command takes the folder, for the hint)."""
     if not (path / "manifest.json").exists():
         for guess in (path / "bundle", *sorted(path.glob("*/bundle"))[:3]):
             if (guess / "manifest.json").is_file():
-                raise SeqshipError(f"{path} is not a bundle (no manifest.json); did you mean --bundle {guess}?")
+                raise SeqshipError(f"{path} is not a bundle (no manifest.json); did you mean {option}{guess}?")
     return path
 
 
@@ -971,7 +972,7 @@ def inspect(bundle_dir: Path, as_json: bool) -> None:
     from runtime import Predictor
 
     # "verified" means what an application's load checks, not only the hashes
-    b = Predictor.load(_bundle_dir(bundle_dir), providers="cpu", unicode_mismatch="warn").bundle
+    b = Predictor.load(_bundle_dir(bundle_dir, "pipeline inspect "), providers="cpu", unicode_mismatch="warn").bundle
     if as_json:
         click.echo(json.dumps({"ok": True, "bundle": str(b.root), "digest": b.digest, "manifest": b.manifest}, indent=1,
                               ensure_ascii=False, default=str))

@@ -21,8 +21,18 @@ def default_artifacts_dir() -> Path:
 
 
 def run_name(run_name: str | None, data_path: str | os.PathLike | None, dataset: str | None) -> str:
-    """The run folder's name: the one given, else the --data file's stem, else the dataset's name."""
-    return run_name or (Path(data_path).stem if data_path else dataset or "names")
+    """The run folder's name: the one given, else the --data file's stem (of its absolute path: `--data .` is the
+    current folder's name), else the dataset's name."""
+    if run_name:
+        return run_name
+    if not data_path:
+        return dataset or "names"
+    stem = Path(os.path.abspath(data_path)).stem
+    if not stem or stem.startswith("."):
+        from pipeline.runs import StageError
+
+        raise StageError(f"--data {os.fspath(data_path)!r} gives no run folder name ({stem!r}); name the run with --run-name")
+    return stem
 
 
 def open_run(artifacts_dir: str | os.PathLike | None, name: str | None, data_path=None, dataset: str | None = None):

@@ -224,7 +224,7 @@ def test_a_line_of_hundreds_of_megabytes_costs_bounded_memory(tiny_run, tmp_path
     (["predict", "--bundle", "{bundle}", "--top-k", "99", "Nguyen"], ["--top-k 99", "18 labels"]),
     (["predict", "--bundle", "{run}", "Nguyen"], ["did you mean --bundle", "/bundle"]),
     (["predict", "--bundle", "{artifacts}", "Nguyen"], ["did you mean --bundle"]),
-    (["inspect", "{run}"], ["did you mean --bundle"]),
+    (["inspect", "{run}"], ["did you mean pipeline inspect ", "/bundle?"]),
     (["bench", "--bundle", "{bundle}", "--texts", "/nonexistent.txt"], ["/nonexistent.txt"]),
     (["verify", "--bundle", "{bundle}", "--texts", "{binary}"], ["cannot be read as UTF-8"]),
     (["run", "train", "--artifacts-dir", "{tmp}", "--run-name", "none"], ["run `pipeline run data` first"]),
@@ -543,6 +543,16 @@ def test_data_options_that_would_be_ignored_are_usage_errors(tmp_path, data_dir)
     assert not (tmp_path / "art").exists()  # before any I/O
     code, _, err = cli_inproc("run", "data", "--artifacts-dir", tmp_path / "art", "--data", table, "--text-column", "text")
     assert code == 0, err
+
+
+def test_data_dot_names_the_run_after_the_current_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "reviews"
+    folder.mkdir()
+    for label in ("pos", "neg"):
+        (folder / f"{label}.txt").write_text("".join(f"{label} text {i}\n" for i in range(10)))
+    monkeypatch.chdir(folder)  # it was "--run-name '' must be a plain folder name", with no --run-name given
+    code, _, err = cli_inproc("run", "data", "--artifacts-dir", tmp_path / "art", "--data", ".")
+    assert code == 0 and (tmp_path / "art" / "reviews" / "data" / "summary.json").is_file(), err
 
 
 def test_an_id_column_named_but_absent_from_a_table_is_an_error_not_dropped_ids(tiny_run, tmp_path):
