@@ -28,6 +28,9 @@ import torch
 from torch import Tensor, nn
 
 OP_NAMESPACE = "seqship"
+# The version of the graph _onnx_rnn_layer writes: part of the export stage's inputs, so a run exported by
+# an earlier graph is exported again (2: the zero initial state by Expand, which tract runs for every batch).
+GRAPH_VERSION = 2
 _ONNX_FLOAT = 1
 # PyTorch gate order -> ONNX gate order: GRU (r, z, n) -> (z, r, h); LSTM (i, f, g, o) -> (i, o, f, c);
 # a plain (tanh) RNN has one gate.

@@ -185,12 +185,13 @@ def stage_export(run: Run, force: bool = False) -> StageResult:
     from exporters.contract import ModelContract
     from exporters.onnx import export_onnx, labels_metadata, require_onnxscript
     from exporters.torchscript import export_torchscript
-    from exporters.recurrent import fused_recurrence
+    from exporters.recurrent import GRAPH_VERSION, fused_recurrence
     from pipeline.train import load_trained
 
     trained = run.require("train", "export")
     contract = ModelContract(num_labels=len(json.loads((run.dir("train") / "labels.json").read_text(encoding="utf-8"))))
-    inputs = {"train": trained["outputs"], "opset": contract.opset, "torch": torch.__version__, "onnxscript": require_onnxscript()}
+    inputs = {"train": trained["outputs"], "opset": contract.opset, "torch": torch.__version__, "onnxscript": require_onnxscript(),
+              "graph": GRAPH_VERSION}
 
     def produce(out: Path) -> dict:
         model, tokenizer, labels, _ = load_trained(run.dir("train"))
