@@ -230,3 +230,40 @@ def test_the_cpp_tool_refuses_a_line_it_cannot_read_whole(job, cpp_out):
     path.write_text(good + "\r\n")  # a Windows line ending is not a field
     out = subprocess.run([str(cpp_out["exe"]), str(cpp_out["model"]), str(path), str(pad)], capture_output=True, text=True)
     assert out.returncode == 0 and len(out.stdout.split()) == len(job["labels"]), out
+
+
+def test_the_cpp_tool_checks_the_bundle_before_libtorch_reads_model_pt(job, cpp_out):
+    """As the Python and Node predictors do: model.pt's size and sha256 against the manifest beside it, and
+    the manifest's digest against SEQSHIP_EXPECT_SHA256 when set; nothing is scored otherwise."""
+    import hashlib
+
+    bundle = job["work"] / "cpp-bundle"
+    shutil.copytree(job["bundle"], bundle)
+    ids = job["work"] / "ids.txt"
+    ids.write_text(" ".join(map(str, job["ids"][0])) + "\n")
+    digest = hashlib.sha256((bundle / "manifest.json").read_bytes()).hexdigest()
+
+    def score(env=None):
+        return subprocess.run([str(cpp_out["exe"]), str(bundle / "model.pt"), str(ids), str(job["pad"])], capture_output=True,
+                              text=True, env=dict(os.environ, **(env or {})))
+
+    for pin in (digest, digest.upper()):
+        ok = score({"SEQSHIP_EXPECT_SHA256": pin})
+        assert ok.returncode == 0 and len(ok.stdout.split()) == len(job["labels"]), ok.stderr
+    for env, message in (({"SEQSHIP_EXPECT_SHA256": "0" * 64}, "not the trusted"), ({"SEQSHIP_EXPECT_SHA256": "abc"}, "64 hex")):
+        out = score(env)
+        assert (out.returncode, out.stdout) == (1, "") and message in out.stderr, out.stderr
+    model = bytearray((bundle / "model.pt").read_bytes())
+    model[len(model) // 2] ^= 1
+    (bundle / "model.pt").write_bytes(bytes(model))
+    out = score()
+    assert (out.returncode, out.stdout) == (1, "") and "model.pt: sha256" in out.stderr and "does not match the manifest" in out.stderr
+    for manifest, message in (('{"format": "seqship.bundle", "format": "x"}', 'the key "format" twice'),
+                              ('{"format": "seqship.bundle", "format_version": 2, "files": {}}', "does not list model.pt"),
+                              ("[" * 100, "nesting deeper than 64")):
+        (bundle / "manifest.json").write_text(manifest)
+        out = score()
+        assert (out.returncode, out.stdout) == (1, "") and message in out.stderr, out.stderr
+    (bundle / "manifest.json").unlink()
+    out = score()
+    assert out.returncode == 1 and "manifest.json: missing" in out.stderr

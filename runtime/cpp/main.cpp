@@ -8,14 +8,19 @@
 // A line that is not a list of token ids the model can read (a field that is not a decimal integer, an
 // id outside the embedding, the pad id as a token) is an error naming the line and field, exit 1, and
 // nothing is printed: a part of a line is never scored as if it were the whole text.
-// This tool does not check the bundle against its manifest (sha256): check it first (pipeline inspect DIR,
-// or the Python or Node predictor), since loading model.pt runs TorchScript's loader on it.
+// Before libtorch reads model.pt, the bundle is checked (bundle_check.h): the manifest.json beside it (its
+// sha256, the bundle digest, must equal SEQSHIP_EXPECT_SHA256 when that is set) must list model.pt with
+// this size and sha256, and the model is loaded from the very bytes that were hashed.
 #include <torch/script.h>
+
+#include "bundle_check.h"
 
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <iostream>
 #include <optional>
 #include <sstream>
@@ -46,9 +51,38 @@ int main(int argc, char** argv) {
     }
     pad_id = *parsed;
   }
+  const char* pin = std::getenv("SEQSHIP_EXPECT_SHA256");
+  if (pin && !*pin) {
+    std::cerr << "usage: SEQSHIP_EXPECT_SHA256 is set but empty: unset it, or set it to the bundle digest you trust\n";
+    return 2;
+  }
+  auto slurp = [](const std::filesystem::path& path, std::string& out) {
+    std::ifstream f(path, std::ios::binary);
+    if (!f) return false;
+    out.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+    return !f.bad();
+  };
+  const std::filesystem::path model_path(argv[1]);
+  const auto manifest_path = model_path.parent_path() / "manifest.json";
+  std::string model_bytes, manifest_bytes;
+  if (!slurp(model_path, model_bytes)) {
+    std::cerr << "error: cannot read " << model_path.string() << "\n";
+    return 1;
+  }
+  if (!slurp(manifest_path, manifest_bytes)) {
+    std::cerr << "error: " << manifest_path.string() << ": missing; give the model.pt of a whole seqship bundle folder\n";
+    return 1;
+  }
+  try {
+    seqship::check_model_pt(manifest_path.string(), manifest_bytes, model_path.string(), model_bytes, pin ? pin : "");
+  } catch (const seqship::BundleError& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  }
   torch::jit::script::Module model;
   try {
-    model = torch::jit::load(argv[1]);
+    std::istringstream checked(model_bytes);  // the bytes that were hashed, not the file opened again
+    model = torch::jit::load(checked);
   } catch (const c10::Error& e) {
     std::cerr << "error: cannot load " << argv[1] << ": " << e.what_without_backtrace() << "\n";
     return 1;
