@@ -224,12 +224,18 @@ def test_the_cpp_tool_refuses_a_line_it_cannot_read_whole(job, cpp_out):
         out = subprocess.run([str(cpp_out["exe"]), str(cpp_out["model"]), str(path), str(pad)], capture_output=True, text=True)
         assert (out.returncode, out.stdout) == (1, ""), (line, out)
         assert "bad.txt, line 2" in out.stderr and message in out.stderr, (line, out.stderr)
-    for bad_pad in ("abc", "-1", str(vocab)):
+    for bad_pad in ("abc", "-1", str(vocab), f" {pad}", f"+{pad}"):
         out = subprocess.run([str(cpp_out["exe"]), str(cpp_out["model"]), str(path), bad_pad], capture_output=True, text=True)
         assert out.returncode == 2 and "PAD_ID" in out.stderr and "terminate" not in out.stderr, (bad_pad, out.stderr)
-    path.write_text(good + "\r\n")  # a Windows line ending is not a field
-    out = subprocess.run([str(cpp_out["exe"]), str(cpp_out["model"]), str(path), str(pad)], capture_output=True, text=True)
-    assert out.returncode == 0 and len(out.stdout.split()) == len(job["labels"]), out
+    for body in (good + "\r\n", good + "\r" + good + "\r", good + "\n" + good):  # CRLF, CR alone: a line end, never a join
+        path.write_bytes(body.encode())
+        out = subprocess.run([str(cpp_out["exe"]), str(cpp_out["model"]), str(path), str(pad)], capture_output=True, text=True)
+        assert out.returncode == 0 and len(out.stdout.splitlines()) == body.count(good), out
+        assert all(len(line.split()) == len(job["labels"]) for line in out.stdout.splitlines())
+    # the bundle folder itself is taken for its model.pt; any other folder is an error, never an abort
+    for model, code in ((cpp_out["model"].parent, 0), (job["work"], 1)):
+        out = subprocess.run([str(cpp_out["exe"]), str(model), str(path), str(pad)], capture_output=True, text=True)
+        assert out.returncode == code and "terminate" not in out.stderr, out.stderr
 
 
 def test_the_cpp_tool_checks_the_bundle_before_libtorch_reads_model_pt(job, cpp_out):
@@ -258,9 +264,10 @@ def test_the_cpp_tool_checks_the_bundle_before_libtorch_reads_model_pt(job, cpp_
     (bundle / "model.pt").write_bytes(bytes(model))
     out = score()
     assert (out.returncode, out.stdout) == (1, "") and "model.pt: sha256" in out.stderr and "does not match the manifest" in out.stderr
-    for manifest, message in (('{"format": "seqship.bundle", "format": "x"}', 'the key "format" twice'),
+    for manifest, message in (('{"format": "x", "format": "seqship.bundle", "format_version": 02}', "a missing ',' or '}'"),
+                              ('{"format": "seqship.bundle", "format": "x"}', "not a seqship bundle manifest"),  # the last wins
                               ('{"format": "seqship.bundle", "format_version": 2, "files": {}}', "does not list model.pt"),
-                              ("[" * 100, "nesting deeper than 64")):
+                              ("[" * 600, "nesting deeper than 512")):
         (bundle / "manifest.json").write_text(manifest)
         out = score()
         assert (out.returncode, out.stdout) == (1, "") and message in out.stderr, out.stderr

@@ -2,8 +2,9 @@
 // (its sha256 is the bundle digest, compared with SEQSHIP_EXPECT_SHA256 when set), the manifest's format,
 // and model.pt's size and sha256 as the manifest lists them. The Python and Node predictors apply the
 // same checks to the files they run (see the README, "The trust model").
-// Standard library only: a SHA-256 (FIPS 180-4) and a small strict JSON reader (objects, arrays, strings,
-// numbers, literals; duplicate keys and nesting deeper than 64 refused, as the Python runtime refuses them).
+// Standard library only: a SHA-256 (FIPS 180-4) and a small JSON reader (RFC 8259) that reads a manifest as
+// the Python and Node runtimes' parsers do: a duplicate key keeps the last value, a lone \u surrogate is
+// accepted (here as U+FFFD; no field this tool reads can hold one), nesting deeper than 512 is refused (as in Node).
 #pragma once
 
 #include <cctype>
@@ -140,13 +141,13 @@ class JsonReader {
         case 'u': {
           uint32_t cp = hex4();
           if (cp >= 0xd800 && cp < 0xdc00 && s_.compare(i_, 2, "\\u") == 0) {
+            const size_t back = i_;
             i_ += 2;
             const uint32_t lo = hex4();
-            if (lo < 0xdc00 || lo >= 0xe000) fail("a lone surrogate");
-            cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-          } else if (cp >= 0xd800 && cp < 0xe000) {
-            fail("a lone surrogate");
+            if (lo >= 0xdc00 && lo < 0xe000) cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+            else i_ = back;  // a lone high surrogate, then another escape
           }
+          if (cp >= 0xd800 && cp < 0xe000) cp = 0xfffd;
           utf8(out, cp);
           break;
         }
@@ -155,7 +156,7 @@ class JsonReader {
     }
   }
   Json value(int depth) {
-    if (depth > 64) fail("nesting deeper than 64");
+    if (depth > 512) fail("nesting deeper than 512");
     space();
     if (i_ >= s_.size()) fail("the end of the text");
     Json v;
@@ -172,8 +173,7 @@ class JsonReader {
         space();
         if (i_ >= s_.size() || s_[i_] != ':') fail("a missing ':'");
         ++i_;
-        if (v.fields.count(key)) fail("the key \"" + key + "\" twice");
-        v.fields.emplace(key, value(depth + 1));
+        v.fields[key] = value(depth + 1);  // a duplicate key: the last value, as Python's json and JSON.parse keep
         space();
         if (i_ < s_.size() && s_[i_] == ',') { ++i_; continue; }
         if (i_ < s_.size() && s_[i_] == '}') { ++i_; return v; }
@@ -197,10 +197,23 @@ class JsonReader {
     if (take("true")) { v.kind = Json::Bool; v.text = "true"; return v; }
     if (take("false")) { v.kind = Json::Bool; v.text = "false"; return v; }
     if (take("null")) return v;
+    // -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?, as RFC 8259 spells a number
     const size_t start = i_;
+    auto digit = [&] { return i_ < s_.size() && std::isdigit(static_cast<unsigned char>(s_[i_])); };
+    auto digits = [&] {
+      if (!digit()) fail("a malformed number");
+      while (digit()) ++i_;
+    };
     if (i_ < s_.size() && s_[i_] == '-') ++i_;
-    while (i_ < s_.size() && (std::isdigit(static_cast<unsigned char>(s_[i_])) || s_[i_] == '.' || s_[i_] == 'e' || s_[i_] == 'E' || s_[i_] == '+' || s_[i_] == '-')) ++i_;
-    if (i_ == start || (i_ == start + 1 && s_[start] == '-')) fail("an unexpected character");
+    if (!digit()) fail("an unexpected character");
+    if (s_[i_] == '0') ++i_;
+    else digits();
+    if (i_ < s_.size() && s_[i_] == '.') { ++i_; digits(); }
+    if (i_ < s_.size() && (s_[i_] == 'e' || s_[i_] == 'E')) {
+      ++i_;
+      if (i_ < s_.size() && (s_[i_] == '+' || s_[i_] == '-')) ++i_;
+      digits();
+    }
     v.kind = Json::Number;
     v.text = s_.substr(start, i_ - start);
     return v;

@@ -1,6 +1,6 @@
 // seqship_predict: run a bundle's TorchScript model (model.pt) from C++ with libtorch.
 //
-// usage: seqship_predict MODEL.pt INPUT.txt [PAD_ID]
+// usage: seqship_predict MODEL.pt INPUT.txt [PAD_ID]       (MODEL.pt: a bundle's model.pt, or the bundle folder)
 //   INPUT.txt: one text per line, as its token ids (from tokenizer.json), separated by spaces.
 //   Output: one line per input line: the logits, space-separated, full float precision.
 // Rows are right-padded with PAD_ID (default 0) into one [batch, seq] batch with a lengths vector:
@@ -29,7 +29,7 @@
 
 // The whole of `text` as a decimal int64, or nothing (sign allowed, no spaces, no trailing characters).
 static std::optional<int64_t> parse_id(const std::string& text) {
-  if (text.empty()) return std::nullopt;
+  if (text.empty() || !(text[0] == '-' || (text[0] >= '0' && text[0] <= '9'))) return std::nullopt;  // strtoll skips spaces, takes '+'
   errno = 0;
   char* end = nullptr;
   const long long v = std::strtoll(text.c_str(), &end, 10);
@@ -57,16 +57,22 @@ int main(int argc, char** argv) {
     return 2;
   }
   auto slurp = [](const std::filesystem::path& path, std::string& out) {
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(path, ec)) return false;  // a folder would throw from the stream
     std::ifstream f(path, std::ios::binary);
     if (!f) return false;
-    out.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+    std::ostringstream buf;
+    buf << f.rdbuf();
+    out = buf.str();
     return !f.bad();
   };
-  const std::filesystem::path model_path(argv[1]);
+  std::filesystem::path model_path(argv[1]);
+  std::error_code ec;
+  if (std::filesystem::is_directory(model_path, ec)) model_path /= "model.pt";  // the bundle folder itself
   const auto manifest_path = model_path.parent_path() / "manifest.json";
   std::string model_bytes, manifest_bytes;
   if (!slurp(model_path, model_bytes)) {
-    std::cerr << "error: cannot read " << model_path.string() << "\n";
+    std::cerr << "error: cannot read " << model_path.string() << " (give a bundle's model.pt, or the bundle folder)\n";
     return 1;
   }
   if (!slurp(manifest_path, manifest_bytes)) {
@@ -100,16 +106,24 @@ int main(int argc, char** argv) {
     std::cerr << "usage: PAD_ID " << pad_id << " is outside the model's " << vocab << " embedding rows\n";
     return 2;
   }
-  std::ifstream in(argv[2]);
-  if (!in) {
-    std::cerr << "error: cannot read " << argv[2] << "\n";
+  std::string input;
+  if (!slurp(argv[2], input)) {
+    std::cerr << "error: cannot read " << argv[2] << " (a file of token ids, one text per line)\n";
     return 1;
   }
+  // Lines end in \n, \r\n or \r alone: a carriage return never joins two texts into one
+  std::vector<std::string> lines;
+  for (size_t start = 0, i = 0; i <= input.size(); ++i) {
+    if (i == input.size() || input[i] == '\n' || input[i] == '\r') {
+      if (i < input.size() || i > start) lines.push_back(input.substr(start, i - start));
+      if (i + 1 < input.size() && input[i] == '\r' && input[i + 1] == '\n') ++i;
+      start = i + 1;
+    }
+  }
   std::vector<std::vector<int64_t>> rows;
-  std::string line;
   size_t width = 0;
-  for (size_t n = 1; std::getline(in, line); ++n) {
-    if (!line.empty() && line.back() == '\r') line.pop_back();
+  for (size_t n = 1; n <= lines.size(); ++n) {
+    const std::string& line = lines[n - 1];
     std::istringstream fields(line);
     std::vector<int64_t> ids;
     std::string field;
