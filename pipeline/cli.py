@@ -645,11 +645,11 @@ def predict(bundle_dir, top_k, providers, threads, input_path, output_path, fmt,
             except UnicodeDecodeError as e:  # whatever the locale: the line gets an error, the rest is scored
                 undecodable[i] = f"line {i + 1}: not UTF-8 ({e.reason} at byte {e.start}); send UTF-8 text"
                 texts.append("")
-    else:  # arguments: Python decodes bytes that are not UTF-8 to lone surrogates, which would be scored as text
-        texts = list(texts)
+    else:  # arguments: their bytes, as UTF-8 whatever the locale (as stdin is read); bytes that are not UTF-8
+        texts = list(texts)  # arrive as lone surrogates, which would be scored as text
         for i, text in enumerate(texts):
             try:
-                os.fsencode(text).decode("utf-8")
+                texts[i] = os.fsencode(text).decode("utf-8")
             except UnicodeError as e:
                 undecodable[i] = f"argument {i + 1}: not UTF-8 ({e.reason} at byte {e.start}); pass UTF-8 text"
                 texts[i] = ""

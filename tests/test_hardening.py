@@ -504,7 +504,7 @@ def test_bulk_ids_must_be_json_scalars_and_output_stays_strict_json(tiny_run, tm
 
 
 def test_undecodable_stdin_lines_get_error_rows_in_any_locale(tiny_run):
-    for env in ({}, {"PYTHONIOENCODING": "utf-8"}, {"LC_ALL": "C"}):
+    for env in ({}, {"PYTHONIOENCODING": "utf-8"}, {"LC_ALL": "C"}, {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}):
         p = subprocess.run([*PIPELINE, "predict", "--bundle", tiny_run[1]["bundle"]], input=b"Nguyen\n\xff\xfe\nSchmidt\n",
                            capture_output=True, env=dict(os.environ, **env), cwd=REPO)
         rows = [json.loads(line) for line in p.stdout.decode().splitlines()]
@@ -516,6 +516,11 @@ def test_undecodable_stdin_lines_get_error_rows_in_any_locale(tiny_run):
         rows = [json.loads(line) for line in p.stdout.decode().splitlines()]
         assert p.returncode == 1 and b"Traceback" not in p.stderr, (env, p.stderr)
         assert rows[1]["error"].startswith("argument 2: not UTF-8") and "label" in rows[0] and "label" in rows[2]
+        # UTF-8 text reads the same as an argument and on stdin, in an ASCII locale too (not as escaped bytes)
+        arg, piped = (subprocess.run([*PIPELINE, "predict", "--bundle", tiny_run[1]["bundle"], *args], input=stdin,
+                                     capture_output=True, env=dict(os.environ, **env), cwd=REPO).stdout
+                      for args, stdin in ((["Müller"], None), ([], "Müller\n".encode())))
+        assert json.loads(arg) == json.loads(piped) and json.loads(arg)["text"] == "Müller", (env, arg, piped)
 
 
 def test_a_failed_command_leaves_no_empty_run_folder_and_seeds_are_checked_as_usage(tmp_path):
