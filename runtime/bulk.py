@@ -183,7 +183,9 @@ class _LineReader:
         if len(raw) > self.max_bytes and not raw.endswith(b"\n"):
             raise InputError(f"{self.path}: line {self.line} is longer than {self.max_bytes:,} bytes; shorten it, "
                              "or score the file as --format lines (one text per line)")
-        return self.decoder.decode(raw)
+        # final on the file's last line (no newline): a UTF-8 sequence cut short there is decoded (as lone
+        # surrogates, so its row gets an error line), never held back unseen
+        return self.decoder.decode(raw, final=not raw.endswith(b"\n"))
 
 
 def _not_utf8(value: str) -> bool:
@@ -236,8 +238,9 @@ def _table_records(path: Path, fmt: str, text_column: str, id_column: str | None
             rec: dict = {} if i is None or i >= len(row) or _not_utf8(row[i]) else {"id": row[i]}
             if t >= len(row):
                 rec["error"] = f"row {row_no}: has {len(row)} fields, no {text_column!r} column"
-            elif _not_utf8(row[t]):
-                rec["error"] = f"row {row_no} (line {reader.line_num}): the text is not UTF-8; re-encode the file as UTF-8"
+            elif _not_utf8(row[t]) or (i is not None and i < len(row) and _not_utf8(row[i])):
+                what = "text" if _not_utf8(row[t]) else "id"
+                rec["error"] = f"row {row_no} (line {reader.line_num}): the {what} is not UTF-8; re-encode the file as UTF-8"
             else:
                 rec["text"] = row[t]
             yield lines.pos, rec

@@ -345,7 +345,13 @@ def test_a_table_row_that_is_not_utf8_gets_an_error_line_and_the_rest_is_scored(
     rows = [json.loads(line) for line in out.splitlines()]
     assert code == 1 and "Traceback" not in err and len(rows) == 3, err
     assert rows[1] == {"index": 1, "id": "2", "error": "row 2 (line 3): the text is not UTF-8; re-encode the file as UTF-8"}
-    assert rows[0]["id"] == "1" and "label" in rows[0] and "label" in rows[2] and "id" not in rows[2]  # an id that is not UTF-8 is left out
+    assert rows[0]["id"] == "1" and "label" in rows[0]
+    # an id that is not UTF-8 cannot join the result back to its row: an error row too
+    assert rows[2] == {"index": 2, "error": "row 3 (line 4): the id is not UTF-8; re-encode the file as UTF-8"}
+    src.write_bytes(sep.join([b"id", b"text"]) + b"\n1" + sep + b"Nguyen\n2" + sep + b"Rossi\xe2\x82")  # cut short at the end
+    code, out, err = cli("predict", "--bundle", tiny_run[1]["bundle"], "--input", src)
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 1 and "label" in rows[0] and rows[1]["error"].startswith("row 2 (line 3): the text is not UTF-8"), out
     src.write_bytes(b"te\xffxt" + sep + b"id\nNguyen" + sep + b"1\n")
     code, out, err = cli("predict", "--bundle", tiny_run[1]["bundle"], "--input", src)
     assert_one_error_line(code, out, err, "the header row is not UTF-8", "re-encode")
