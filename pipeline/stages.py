@@ -44,8 +44,10 @@ class VerifyConfig:
 @locked
 def stage_data(run: Run, cfg: DataConfig, data_dir: str | None = None, cache_dir: str | None = None, force: bool = False) -> StageResult:
     """Find, clean, de-duplicate and split the data; record counts and a fingerprint."""
+    from pipeline.data import readers
+
     source = locate(cfg, data_dir, cache_dir)
-    inputs = {"config": asdict(cfg), "source_files": source_digest(source_files(cfg, source))}
+    inputs = {"config": asdict(cfg), "source_files": source_digest(source_files(cfg, source)), "readers": readers.READER_VERSION}
     return run_stage(run, "data", inputs, lambda out: prepare(cfg, source, out), force)
 
 

@@ -145,6 +145,27 @@ def test_a_run_exported_by_an_earlier_graph_is_exported_again(tiny_run, tmp_path
     assert export_skipped()
 
 
+def test_a_run_read_by_earlier_reader_rules_is_read_again(tiny_run, data_dir, tmp_path, monkeypatch):
+    # A file the current readers refuse (or read otherwise) is never trained on from a data stage kept from
+    # an earlier seqship: the readers' version is one of the data stage's inputs.
+    from pipeline.data import readers
+
+    shutil.copytree(tiny_run[0] / "tiny", tmp_path / "tiny")
+    common = ["--data-dir", str(data_dir), "--artifacts-dir", str(tmp_path), "--run-name", "tiny", "--json"]
+
+    def data_skipped() -> bool:
+        result = invoke("run", "data", *common)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)["stages"][0]["skipped"]
+
+    assert data_skipped()
+    monkeypatch.setattr(readers, "READER_VERSION", readers.READER_VERSION + 1)
+    assert not data_skipped() and data_skipped()
+    # the same rows, so the trained model is still current: nothing downstream is redone
+    result = invoke("run", "train", "--artifacts-dir", str(tmp_path), "--run-name", "tiny", "--json", *TINY)
+    assert result.exit_code == 0 and json.loads(result.stdout)["stages"][0]["skipped"], result.output
+
+
 def test_results_table_reads_each_runs_records(tiny_run, tmp_path):
     artifacts, summary = tiny_run
     (tmp_path / "names").symlink_to(artifacts / "tiny", target_is_directory=True)  # as if `results --run` had made it

@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 # a field larger than this is almost always a quote left open that swallowed the rest of the file.
 CSV_FIELD_LIMIT = 64 << 20
 
+# The version of how files are read into rows: part of the data stage's inputs, so a run read by earlier
+# rules is read again (2: duplicate column names refused; label folders skip hidden files, read .TXT, strip
+# and NFC file-name labels, split CR-only files; JSONL lone surrogates refused).
+READER_VERSION = 2
+
 DROP_REASONS = {
     "label_missing": "no label field",
     "label_null": "a null label",
