@@ -338,6 +338,12 @@ def test_a_label_folder_reads_its_files_as_a_table_reads_labels(tmp_path):
                        ("NEG.TXT", "bad\r\nawful\r\n"), ("cafe\u0301.txt", "one\rtwo\rthree\r"), ("notes.md", "no\n")):
         (folder / name).write_bytes(body.encode())
     summary, texts = prepare_user(folder, tmp_path)
+    bad = folder / os.fsdecode(b"\xffbad.txt")  # a file name that is not UTF-8 (Linux allows it)
+    bad.write_text("x\n")
+    (tmp_path / "again").mkdir()
+    with pytest.raises(DataError, match=r"xffbad.txt: the file name is not UTF-8"):
+        prepare_user(folder, tmp_path / "again")
+    bad.unlink()
     assert summary["labels"] == ["NEG", "caf\u00e9", "pos"]
     assert texts == {"good", "fine", "bad", "awful", "one", "two", "three"}
     assert summary["row_issues"]["normalised"] == {"label_unicode_form": 3, "label_whitespace": 2}

@@ -116,6 +116,9 @@ def read_label_folder(folder: Path, issues: RowIssues | None = None) -> tuple[li
         raise DataError(f"{folder}: no <label>.txt files found; put one file per label there, one text per line")
     rows = []
     for f in files:
+        if any("\udc80" <= c <= "\udcff" for c in f.name):  # bytes that are not UTF-8, as Python names them
+            raise DataError(f"{f.parent / f.name.encode('utf-8', 'backslashreplace').decode('utf-8')}: the file name is not UTF-8, "
+                            "so it gives no label; rename the file to <label>.txt in UTF-8")
         changed = RowIssues()
         label = _label(f.stem, str(f), changed)
         if label is None:
