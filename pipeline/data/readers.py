@@ -18,6 +18,7 @@ import io
 import json
 import unicodedata
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,7 +118,7 @@ def read_label_folder(folder: Path, issues: RowIssues | None = None) -> tuple[li
     rows = []
     for f in files:
         if any("\udc80" <= c <= "\udcff" for c in f.name):  # bytes that are not UTF-8, as Python names them
-            raise DataError(f"{f.parent / f.name.encode('utf-8', 'backslashreplace').decode('utf-8')}: the file name is not UTF-8, "
+            raise DataError(f"{f.parent / os.fsencode(f.name).decode('utf-8', 'backslashreplace')}: the file name is not UTF-8, "
                             "so it gives no label; rename the file to <label>.txt in UTF-8")
         changed = RowIssues()
         label = _label(f.stem, str(f), changed)
