@@ -216,7 +216,8 @@ def _check_data_choice(opts: dict) -> None:
     columns = [f"--{n.replace('_', '-')}" for n in ("text_column", "label_column") if given(n)]
     if columns and (data is None or data.is_dir()):
         where = "a folder of <label>.txt files (its labels are the file names)" if data is not None else "a registry dataset"
-        raise click.UsageError(f"{' and '.join(columns)} name columns of a CSV/TSV/JSONL --data file, not of {where}")
+        verb = "name columns" if len(columns) > 1 else "names a column"
+        raise click.UsageError(f"{' and '.join(columns)} {verb} of a CSV/TSV/JSONL --data file, not of {where}")
 
 
 def _run(opts: dict):

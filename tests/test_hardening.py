@@ -546,7 +546,7 @@ def test_data_options_that_would_be_ignored_are_usage_errors(tmp_path, data_dir)
     folder.mkdir()
     (folder / "a.txt").write_text("x\ny\n")
     for args, words in ((["--data", table, "--dataset", "waimai"], "--data and --dataset both choose the data"),
-                        (["--data", folder, "--text-column", "review"], "--text-column name columns of a CSV/TSV/JSONL --data file"),
+                        (["--data", folder, "--text-column", "review"], "--text-column names a column of a CSV/TSV/JSONL --data file"),
                         (["--data-dir", data_dir, "--label-column", "y"], "not of a registry dataset")):
         for command in (["run", "data"], ["run", "all"]):
             code, _, err = cli_inproc(*command, "--artifacts-dir", tmp_path / "art", *args)

@@ -14,6 +14,7 @@
 //   JSON_FILE holds the texts as a JSON value (normally an array of strings; anything else is passed
 //   to predict as is).
 import { readFile } from "node:fs/promises";
+import { webcrypto } from "node:crypto";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -84,6 +85,7 @@ try {
     const root = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
     const ort = await import(path.join(root, "node_modules/onnxruntime-web/dist/ort.node.min.mjs"));
     ort.env.wasm.numThreads = 1;
+    globalThis.crypto ??= webcrypto; // a browser's crypto.subtle; Node 18 does not expose it globally
     p = await loadFromUrl(bundle, { ...options, ort });
   } else {
     p = await load(bundle, options);
