@@ -45,11 +45,19 @@ def open_run(artifacts_dir: str | os.PathLike | None, name: str | None, data_pat
 def data_config(dataset: str | None, data_path: str | os.PathLike | None, text_column: str = "text",
                 label_column: str = "label", seed: int = 0):
     """The DataConfig for a registry dataset, or for the user's own --data file or folder."""
-    from pipeline.data import DataConfig
+    from pipeline.data import DataConfig, DataError
 
+    data = str(Path(data_path).resolve()) if data_path else None
+    if data is not None:
+        try:  # the path is recorded (stage inputs, reports) as UTF-8 text
+            data.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(data).decode("utf-8", "backslashreplace")
+            raise DataError(f"--data {shown}: the path is not UTF-8 (as this system's locale decodes it); "
+                            "rename it, or run under a UTF-8 locale") from None
     return DataConfig(
         dataset=None if data_path else dataset,
-        data=str(Path(data_path).resolve()) if data_path else None,
+        data=data,
         text_column=text_column, label_column=label_column, seed=seed,
     )
 

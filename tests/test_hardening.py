@@ -556,6 +556,19 @@ def test_data_options_that_would_be_ignored_are_usage_errors(tmp_path, data_dir)
     assert code == 0, err
 
 
+def test_data_paths_that_are_not_utf8_are_data_errors_from_the_cli(tmp_path):
+    # Linux allows any bytes in a name; the stage's record holds names as UTF-8 text. Both were "a bug".
+    folder = tmp_path / "lf"
+    folder.mkdir()
+    for name in ("pos.txt", "neg.txt", os.fsdecode(b"\xffbad.txt")):
+        (folder / name).write_text("a\nb\n")
+    table = tmp_path / os.fsdecode(b"\xff.csv")
+    table.write_text("text,label\n" + "".join(f"t{i},{'ab'[i % 2]}\n" for i in range(20)))
+    for data, needle in ((folder, "lf/\\xffbad.txt: the file name is not UTF-8"), (table, "\\xff.csv: the path is not UTF-8")):
+        code, out, err = cli("run", "data", "--artifacts-dir", tmp_path / "art", "--run-name", "r", "--data", data)
+        assert_one_error_line(code, out, err, needle)
+
+
 def test_data_dot_names_the_run_after_the_current_folder(tmp_path, monkeypatch):
     folder = tmp_path / "reviews"
     folder.mkdir()

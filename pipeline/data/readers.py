@@ -104,8 +104,17 @@ def lines(text: str) -> list[str]:
 
 
 def label_files_in(folder: Path) -> list[Path]:
-    """The <label>.txt files of a folder (.txt in any case), without hidden ones (._x.txt, .x.txt): sorted."""
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() == ".txt" and not p.name.startswith(".") and p.is_file())
+    """The <label>.txt files of a folder (.txt in any case), without hidden ones (._x.txt, .x.txt): sorted.
+    A file name that cannot be read as UTF-8 text gives no label: a DataError naming it."""
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".txt" and not p.name.startswith(".") and p.is_file())
+    for f in files:
+        try:
+            f.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DataError(f"{f.parent / os.fsencode(f.name).decode('utf-8', 'backslashreplace')}: the file name is not UTF-8 "
+                            "(as this system's locale decodes it), so it gives no label; rename the file to <label>.txt "
+                            "in UTF-8, or run under a UTF-8 locale") from None
+    return files
 
 
 def read_label_folder(folder: Path, issues: RowIssues | None = None) -> tuple[list[tuple[str, str]], list[Path]]:
@@ -117,9 +126,6 @@ def read_label_folder(folder: Path, issues: RowIssues | None = None) -> tuple[li
         raise DataError(f"{folder}: no <label>.txt files found; put one file per label there, one text per line")
     rows = []
     for f in files:
-        if any("\udc80" <= c <= "\udcff" for c in f.name):  # bytes that are not UTF-8, as Python names them
-            raise DataError(f"{f.parent / os.fsencode(f.name).decode('utf-8', 'backslashreplace')}: the file name is not UTF-8, "
-                            "so it gives no label; rename the file to <label>.txt in UTF-8")
         changed = RowIssues()
         label = _label(f.stem, str(f), changed)
         if label is None:
