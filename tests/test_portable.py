@@ -271,6 +271,19 @@ def test_the_cpp_tool_checks_the_bundle_before_libtorch_reads_model_pt(job, cpp_
         (bundle / "manifest.json").write_text(manifest)
         out = score()
         assert (out.returncode, out.stdout) == (1, "") and message in out.stderr, out.stderr
+    (bundle / "manifest.json").write_bytes(b'{"note": "\xff\xfe", "format": "seqship.bundle"}')  # Python and Node refuse it
+    out = score()
+    assert (out.returncode, out.stdout) == (1, "") and "not valid JSON (not UTF-8)" in out.stderr, out.stderr
     (bundle / "manifest.json").unlink()
     out = score()
     assert out.returncode == 1 and "manifest.json: missing" in out.stderr
+    # a link leading out of the bundle folder is refused, as Python and Node refuse one
+    shutil.copy(Path(job["bundle"]) / "manifest.json", bundle / "manifest.json")
+    (bundle / "model.pt").unlink()
+    (bundle / "model.pt").symlink_to(Path(job["bundle"]) / "model.pt")
+    out = score()
+    assert (out.returncode, out.stdout) == (1, "") and "leads outside the bundle folder" in out.stderr, out.stderr
+    # the ids may come from a pipe
+    piped = subprocess.run([str(cpp_out["exe"]), str(job["bundle"]), "/dev/stdin", str(job["pad"])], input=ids.read_text(),
+                           capture_output=True, text=True)
+    assert piped.returncode == 0 and len(piped.stdout.split()) == len(job["labels"]), piped.stderr

@@ -220,6 +220,31 @@ class JsonReader {
   }
 };
 
+// Whether `s` is well-formed UTF-8 (no overlong forms, no surrogates, nothing past U+10FFFF), as Python's
+// bytes.decode("utf-8") and Node's fatal TextDecoder require of a manifest.
+inline bool valid_utf8(const std::string& s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const unsigned char c = s[i];
+    int n;
+    uint32_t cp;
+    if (c < 0x80) { ++i; continue; }
+    if (c >= 0xc2 && c <= 0xdf) { n = 1; cp = c & 0x1f; }
+    else if (c >= 0xe0 && c <= 0xef) { n = 2; cp = c & 0x0f; }
+    else if (c >= 0xf0 && c <= 0xf4) { n = 3; cp = c & 0x07; }
+    else return false;
+    for (int k = 1; k <= n; ++k) {
+      if (i + k >= s.size()) return false;
+      const unsigned char t = s[i + k];
+      if ((t & 0xc0) != 0x80) return false;
+      cp = (cp << 6) | (t & 0x3f);
+    }
+    if ((n == 2 && cp < 0x800) || (n == 3 && (cp < 0x10000 || cp > 0x10ffff)) || (cp >= 0xd800 && cp < 0xe000)) return false;
+    i += n + 1;
+  }
+  return true;
+}
+
 // A plain non-negative decimal integer of at most 18 digits (a file size), or -1.
 inline long long plain_integer(const Json& v) {
   if (v.kind != Json::Number || v.text.empty() || v.text.size() > 18) return -1;
@@ -240,6 +265,10 @@ inline void check_model_pt(const std::string& manifest_path, const std::string& 
     if (pin != digest)
       throw BundleError(manifest_path + ": the bundle digest is " + digest + ", not the trusted " + pin + "; this is not the bundle you pinned");
   }
+  if (manifest_bytes.size() > (16u << 20))
+    throw BundleError(manifest_path + ": larger than 16 MiB; not a seqship manifest");
+  if (!valid_utf8(manifest_bytes))
+    throw BundleError(manifest_path + ": not valid JSON (not UTF-8); the bundle is damaged, re-run `pipeline run package`");
   Json m;
   try {
     m = JsonReader(manifest_bytes).document();

@@ -27,7 +27,7 @@
 #include <string>
 #include <vector>
 
-// The whole of `text` as a decimal int64, or nothing (sign allowed, no spaces, no trailing characters).
+// The whole of `text` as a decimal int64, or nothing (a minus sign allowed; no '+', no spaces, nothing after).
 static std::optional<int64_t> parse_id(const std::string& text) {
   if (text.empty() || !(text[0] == '-' || (text[0] >= '0' && text[0] <= '9'))) return std::nullopt;  // strtoll skips spaces, takes '+'
   errno = 0;
@@ -56,9 +56,12 @@ int main(int argc, char** argv) {
     std::cerr << "usage: SEQSHIP_EXPECT_SHA256 is set but empty: unset it, or set it to the bundle digest you trust\n";
     return 2;
   }
-  auto slurp = [](const std::filesystem::path& path, std::string& out) {
+  // Read a whole file; a folder is refused (a stream on one throws). Bundle files must be regular files;
+  // the ids may come from a pipe (/dev/stdin, <(...)).
+  auto slurp = [](const std::filesystem::path& path, std::string& out, bool regular_only) {
     std::error_code ec;
-    if (!std::filesystem::is_regular_file(path, ec)) return false;  // a folder would throw from the stream
+    if (std::filesystem::is_directory(path, ec)) return false;
+    if (regular_only && !std::filesystem::is_regular_file(path, ec)) return false;
     std::ifstream f(path, std::ios::binary);
     if (!f) return false;
     std::ostringstream buf;
@@ -69,14 +72,27 @@ int main(int argc, char** argv) {
   std::filesystem::path model_path(argv[1]);
   std::error_code ec;
   if (std::filesystem::is_directory(model_path, ec)) model_path /= "model.pt";  // the bundle folder itself
-  const auto manifest_path = model_path.parent_path() / "manifest.json";
+  const auto folder = model_path.parent_path().empty() ? std::filesystem::path(".") : model_path.parent_path();
+  const auto manifest_path = folder / "manifest.json";
+  // As Python and Node refuse them: a bundle file that is a link leading out of the bundle folder
+  const auto home = std::filesystem::canonical(folder, ec);
+  for (const auto& p : {model_path, manifest_path}) {
+    std::error_code e2;
+    const auto real = std::filesystem::canonical(p, e2);
+    if (!e2 && !ec && real.parent_path() != home) {
+      std::cerr << "error: " << p.string() << " leads outside the bundle folder (" << real.string() << "); refusing to load it\n";
+      return 1;
+    }
+  }
   std::string model_bytes, manifest_bytes;
-  if (!slurp(model_path, model_bytes)) {
+  if (!slurp(model_path, model_bytes, true)) {
     std::cerr << "error: cannot read " << model_path.string() << " (give a bundle's model.pt, or the bundle folder)\n";
     return 1;
   }
-  if (!slurp(manifest_path, manifest_bytes)) {
-    std::cerr << "error: " << manifest_path.string() << ": missing; give the model.pt of a whole seqship bundle folder\n";
+  if (!slurp(manifest_path, manifest_bytes, true)) {
+    std::cerr << "error: " << manifest_path.string() << ": "
+              << (std::filesystem::exists(manifest_path, ec) ? "not a readable regular file" : "missing")
+              << "; give the model.pt of a whole seqship bundle folder\n";
     return 1;
   }
   try {
@@ -107,7 +123,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   std::string input;
-  if (!slurp(argv[2], input)) {
+  if (!slurp(argv[2], input, false)) {
     std::cerr << "error: cannot read " << argv[2] << " (a file of token ids, one text per line)\n";
     return 1;
   }
