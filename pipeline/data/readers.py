@@ -19,6 +19,7 @@ import json
 import unicodedata
 import logging
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,9 +65,9 @@ class RowIssues:
         self.dropped[reason] += 1
         self.first.setdefault(reason, where)
 
-    def normalise(self, reason: str, where: str) -> None:
-        """Count one value changed for `reason` at `where`."""
-        self.normalised[reason] += 1
+    def normalise(self, reason: str, where: str, n: int = 1) -> None:
+        """Count `n` values changed for `reason`, the first at `where`."""
+        self.normalised[reason] += n
         self.first.setdefault(reason, where)
 
     def summary(self) -> dict:
@@ -131,9 +132,9 @@ def read_label_folder(folder: Path, issues: RowIssues | None = None) -> tuple[li
         if label is None:
             raise DataError(f"{f}: the file name gives an empty label; rename it to <label>.txt")
         texts = lines(decode(f))
-        for reason in changed.normalised:  # counted per text, as a table's labels are
-            for _ in filter(str.strip, texts):
-                issues.normalise(reason, str(f))
+        n = sum(1 for t in texts if t.strip())
+        for reason in changed.normalised if n else ():  # counted per text, as a table's labels are
+            issues.normalise(reason, str(f), n)
         rows += [(line, label) for line in texts]
     return rows, files
 
@@ -158,10 +159,14 @@ def _label(value: str, where: str, issues: RowIssues) -> str | None:
     return nfc
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _no_lone_surrogate(value: str, field: str, where: str) -> None:
     """JSON's \\ud800-style escapes can spell half a character, which is not text (and cannot be written as UTF-8)."""
-    bad = next((c for c in value if "\ud800" <= c <= "\udfff"), None)
-    if bad is not None:
+    found = _SURROGATE.search(value)  # a regex: this runs on every text of a JSONL file
+    if found is not None:
+        bad = found.group()
         raise DataError(f"{where}: the {field} field holds a lone surrogate (\\u{ord(bad):04x}, half of a UTF-16 pair), "
                         "not text; fix the escape (a character beyond U+FFFF is written as two \\u escapes) or drop the row")
 
