@@ -67,6 +67,12 @@ class Run:
         if not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith(".") or "\0" in name:
             raise StageError(f"--run-name {name!r} must be a plain folder name (no '/', not starting with '.')")
         self.root = Path(artifacts_dir).resolve() / name
+        try:  # TorchScript and the stage records take paths as UTF-8 text: refuse now, not after training
+            str(self.root).encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(str(self.root)).decode("utf-8", "backslashreplace")
+            raise StageError(f"{shown}: the run folder's path is not UTF-8 (as this system's locale decodes it); "
+                             "choose another --run-name or --artifacts-dir") from None
         self.name = name
 
     def dir(self, stage: str) -> Path:

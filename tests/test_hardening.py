@@ -564,9 +564,16 @@ def test_data_paths_that_are_not_utf8_are_data_errors_from_the_cli(tmp_path):
         (folder / name).write_text("a\nb\n")
     table = tmp_path / os.fsdecode(b"\xff.csv")
     table.write_text("text,label\n" + "".join(f"t{i},{'ab'[i % 2]}\n" for i in range(20)))
+    (tmp_path / "t.csv").write_bytes(table.read_bytes())
     for data, needle in ((folder, "lf/\\xffbad.txt: the file name is not UTF-8"), (table, "\\xff.csv: the path is not UTF-8")):
         code, out, err = cli("run", "data", "--artifacts-dir", tmp_path / "art", "--run-name", "r", "--data", data)
         assert_one_error_line(code, out, err, needle)
+    # a run folder that is not UTF-8 once trained, then failed in TorchScript's save: refused up front
+    for args in (["--run-name", os.fsdecode(b"r\xfe"), "--artifacts-dir", tmp_path / "art"],
+                 ["--artifacts-dir", tmp_path / os.fsdecode(b"a\xff")]):
+        code, out, err = cli("run", "data", "--data", tmp_path / "t.csv", *args)
+        assert_one_error_line(code, out, err, "the run folder's path is not UTF-8")
+    assert not (tmp_path / os.fsdecode(b"a\xff")).exists()
 
 
 def test_data_dot_names_the_run_after_the_current_folder(tmp_path, monkeypatch):

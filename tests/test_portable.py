@@ -283,6 +283,19 @@ def test_the_cpp_tool_checks_the_bundle_before_libtorch_reads_model_pt(job, cpp_
     (bundle / "model.pt").symlink_to(Path(job["bundle"]) / "model.pt")
     out = score()
     assert (out.returncode, out.stdout) == (1, "") and "leads outside the bundle folder" in out.stderr, out.stderr
+    # a link that stays inside the folder is fine, as in Python and Node
+    (bundle / "model.pt").unlink()
+    (bundle / "sub").mkdir()
+    shutil.copy(Path(job["bundle"]) / "model.pt", bundle / "sub" / "model.pt")
+    (bundle / "model.pt").symlink_to(Path("sub") / "model.pt")
+    assert score().returncode == 0
+    # a manifest or model.pt of the wrong size is refused before it is read whole (a 1 GiB sparse file)
+    for name in ("manifest.json", "model.pt"):
+        saved = (bundle / name).resolve().read_bytes()
+        os.truncate(bundle / name, 1 << 30)
+        out = score()
+        assert (out.returncode, out.stdout) == (1, "") and ("larger than 16 MiB" in out.stderr or "1073741824 bytes" in out.stderr)
+        (bundle / name).resolve().write_bytes(saved)
     # the ids may come from a pipe
     piped = subprocess.run([str(cpp_out["exe"]), str(job["bundle"]), "/dev/stdin", str(job["pad"])], input=ids.read_text(),
                            capture_output=True, text=True)

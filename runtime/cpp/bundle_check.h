@@ -253,10 +253,18 @@ inline long long plain_integer(const Json& v) {
   return std::stoll(v.text);
 }
 
-// Check `model_bytes` (read from the bundle's model.pt) against `manifest_bytes`; `pin`: the bundle digest
-// the caller trusts, or empty. Throws BundleError naming the file and the fix.
-inline void check_model_pt(const std::string& manifest_path, const std::string& manifest_bytes, const std::string& model_path,
-                           const std::string& model_bytes, std::string pin) {
+// What the manifest says of model.pt.
+struct ModelEntry {
+  long long bytes;
+  std::string sha256;
+};
+
+// Check `manifest_bytes` (at most MAX_MANIFEST of them were read) and return model.pt's entry; `pin`: the
+// bundle digest the caller trusts, or empty. Throws BundleError naming the file and the fix.
+constexpr size_t MAX_MANIFEST = 16u << 20;
+inline ModelEntry read_manifest(const std::string& manifest_path, const std::string& manifest_bytes, std::string pin) {
+  if (manifest_bytes.size() > MAX_MANIFEST)
+    throw BundleError(manifest_path + ": larger than 16 MiB; not a seqship manifest");
   const std::string digest = sha256_hex(manifest_bytes);
   if (!pin.empty()) {
     for (auto& ch : pin) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
@@ -265,8 +273,6 @@ inline void check_model_pt(const std::string& manifest_path, const std::string& 
     if (pin != digest)
       throw BundleError(manifest_path + ": the bundle digest is " + digest + ", not the trusted " + pin + "; this is not the bundle you pinned");
   }
-  if (manifest_bytes.size() > (16u << 20))
-    throw BundleError(manifest_path + ": larger than 16 MiB; not a seqship manifest");
   if (!valid_utf8(manifest_bytes))
     throw BundleError(manifest_path + ": not valid JSON (not UTF-8); the bundle is damaged, re-run `pipeline run package`");
   Json m;
@@ -289,11 +295,21 @@ inline void check_model_pt(const std::string& manifest_path, const std::string& 
   const Json* sha = entry->get("sha256");
   if (!size || plain_integer(*size) < 0 || !sha || sha->kind != Json::String || sha->text.size() != 64)
     throw BundleError(manifest_path + ": the entry of model.pt needs \"bytes\" (an integer) and \"sha256\" (64 hex digits)");
-  if (static_cast<long long>(model_bytes.size()) != plain_integer(*size))
-    throw BundleError(model_path + ": " + std::to_string(model_bytes.size()) + " bytes, the manifest says " + size->text + " (truncated or replaced)");
+  return {plain_integer(*size), sha->text};
+}
+
+// model.pt's size (checked before its bytes are read: a file of the wrong size is never read whole) and sha256.
+inline void check_model_size(const std::string& model_path, unsigned long long actual, const ModelEntry& entry) {
+  if (static_cast<long long>(actual) != entry.bytes)
+    throw BundleError(model_path + ": " + std::to_string(actual) + " bytes, the manifest says " + std::to_string(entry.bytes) +
+                      " (truncated or replaced)");
+}
+
+inline void check_model_bytes(const std::string& model_path, const std::string& model_bytes, const ModelEntry& entry) {
+  check_model_size(model_path, model_bytes.size(), entry);  // the file may have changed since its size was read
   const std::string got = sha256_hex(model_bytes);
-  if (got != sha->text)
-    throw BundleError(model_path + ": sha256 " + got.substr(0, 12) + "... does not match the manifest's " + sha->text.substr(0, 12) +
+  if (got != entry.sha256)
+    throw BundleError(model_path + ": sha256 " + got.substr(0, 12) + "... does not match the manifest's " + entry.sha256.substr(0, 12) +
                       "...; the file was altered after packaging, copy the bundle again");
 }
 

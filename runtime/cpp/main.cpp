@@ -56,17 +56,17 @@ int main(int argc, char** argv) {
     std::cerr << "usage: SEQSHIP_EXPECT_SHA256 is set but empty: unset it, or set it to the bundle digest you trust\n";
     return 2;
   }
-  // Read a whole file; a folder is refused (a stream on one throws). Bundle files must be regular files;
-  // the ids may come from a pipe (/dev/stdin, <(...)).
-  auto slurp = [](const std::filesystem::path& path, std::string& out, bool regular_only) {
+  // Read a whole file (at most max_bytes + 1 of it); a folder is refused (a stream on one throws). Bundle
+  // files must be regular files; the ids may come from a pipe (/dev/stdin, <(...)).
+  auto slurp = [](const std::filesystem::path& path, std::string& out, bool regular_only, size_t max_bytes) {
     std::error_code ec;
     if (std::filesystem::is_directory(path, ec)) return false;
     if (regular_only && !std::filesystem::is_regular_file(path, ec)) return false;
     std::ifstream f(path, std::ios::binary);
     if (!f) return false;
-    std::ostringstream buf;
-    buf << f.rdbuf();
-    out = buf.str();
+    out.clear();
+    char block[1 << 16];
+    while (out.size() <= max_bytes && f.read(block, sizeof block).gcount() > 0) out.append(block, static_cast<size_t>(f.gcount()));
     return !f.bad();
   };
   std::filesystem::path model_path(argv[1]);
@@ -79,24 +79,34 @@ int main(int argc, char** argv) {
   for (const auto& p : {model_path, manifest_path}) {
     std::error_code e2;
     const auto real = std::filesystem::canonical(p, e2);
-    if (!e2 && !ec && real.parent_path() != home) {
+    const auto rel = real.lexically_relative(home);
+    if (!e2 && !ec && (rel.empty() || *rel.begin() == "..")) {
       std::cerr << "error: " << p.string() << " leads outside the bundle folder (" << real.string() << "); refusing to load it\n";
       return 1;
     }
   }
   std::string model_bytes, manifest_bytes;
-  if (!slurp(model_path, model_bytes, true)) {
-    std::cerr << "error: cannot read " << model_path.string() << " (give a bundle's model.pt, or the bundle folder)\n";
-    return 1;
-  }
-  if (!slurp(manifest_path, manifest_bytes, true)) {
+  if (!slurp(manifest_path, manifest_bytes, true, seqship::MAX_MANIFEST)) {
     std::cerr << "error: " << manifest_path.string() << ": "
               << (std::filesystem::exists(manifest_path, ec) ? "not a readable regular file" : "missing")
               << "; give the model.pt of a whole seqship bundle folder\n";
     return 1;
   }
   try {
-    seqship::check_model_pt(manifest_path.string(), manifest_bytes, model_path.string(), model_bytes, pin ? pin : "");
+    const auto entry = seqship::read_manifest(manifest_path.string(), manifest_bytes, pin ? pin : "");
+    std::error_code e3;
+    const bool regular = std::filesystem::is_regular_file(model_path, e3);
+    const auto size = regular ? std::filesystem::file_size(model_path, e3) : 0;
+    if (!regular || e3) {
+      std::cerr << "error: cannot read " << model_path.string() << " (give a bundle's model.pt, or the bundle folder)\n";
+      return 1;
+    }
+    seqship::check_model_size(model_path.string(), size, entry);  // before reading it: a wrong size is never read whole
+    if (!slurp(model_path, model_bytes, true, static_cast<size_t>(entry.bytes))) {
+      std::cerr << "error: cannot read " << model_path.string() << "\n";
+      return 1;
+    }
+    seqship::check_model_bytes(model_path.string(), model_bytes, entry);
   } catch (const seqship::BundleError& e) {
     std::cerr << "error: " << e.what() << "\n";
     return 1;
@@ -123,7 +133,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   std::string input;
-  if (!slurp(argv[2], input, false)) {
+  if (!slurp(argv[2], input, false, std::string().max_size() - 1)) {
     std::cerr << "error: cannot read " << argv[2] << " (a file of token ids, one text per line)\n";
     return 1;
   }
