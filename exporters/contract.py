@@ -1,4 +1,5 @@
 """The model contract as data: names, dtypes and symbolic axes that every export and runtime speaks."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass

@@ -5,6 +5,7 @@ usage: python -m exporters.engine_worker ENGINE MODEL.onnx INPUT.json OUTPUT.npz
   OUTPUT: b0, b1, ... (logits per batch) and meta (JSON: version, settings, batches; or skipped / error)
 All batches run in one loaded model, so passing them proves the graph's axes are really dynamic there.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ import sys
 
 import numpy as np
 
-from exporters.engines import LOADERS, EngineUnavailable, version_of
+from seqship.exporters.engines import LOADERS, EngineUnavailable, version_of
 
 
 def main(argv: list[str]) -> int:
@@ -29,7 +30,13 @@ def main(argv: list[str]) -> int:
     except EngineUnavailable as e:
         meta, arrays = {"skipped": str(e)}, {}
     except Exception as e:  # the engine's own error types: reported, the gate decides
-        meta, arrays = {"version": version_of(name), "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:400] if str(e).strip() else ''}"}, {}
+        meta, arrays = (
+            {
+                "version": version_of(name),
+                "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:400] if str(e).strip() else ''}",
+            },
+            {},
+        )
     np.savez(out, meta=np.array(json.dumps(meta)), **arrays)
     return 0
 

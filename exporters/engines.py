@@ -6,6 +6,7 @@ and tract with the `engines` extra) and records, per engine: whether it loads th
 `batch`/`seq` axes, its differences from PyTorch, and its version. An engine that is not installed is
 reported as skipped with the install command; an engine that is installed and disagrees fails the gate.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,10 +43,12 @@ def _version(dist: str) -> str:
 
 def onnxruntime_engine(path: str | os.PathLike) -> Engine:
     """Load model bytes in onnxruntime (CPU) as an engine of the portability gate."""
-    from runtime.session import OnnxModel
+    from seqship.runtime.session import OnnxModel
 
     model = OnnxModel(path, providers="cpu")
-    return Engine("onnxruntime", _version("onnxruntime"), "CPUExecutionProvider, float32, symbolic batch/seq", model.run)
+    return Engine(
+        "onnxruntime", _version("onnxruntime"), "CPUExecutionProvider, float32, symbolic batch/seq", model.run
+    )
 
 
 def reference_engine(path: str | os.PathLike) -> Engine:
@@ -117,7 +120,9 @@ LOADERS: dict[str, Callable[[str | os.PathLike], Engine]] = {
 }
 
 
-def load_engines(path: str | os.PathLike, names: tuple[str, ...] | None = None) -> tuple[list[Engine], list[dict], list[dict]]:
+def load_engines(
+    path: str | os.PathLike, names: tuple[str, ...] | None = None
+) -> tuple[list[Engine], list[dict], list[dict]]:
     """Load `path` in every engine (or those named): (loaded, skipped, failed to load).
 
     skipped: not installed here; failed: installed but could not load or compile the graph (a gate failure).
@@ -129,5 +134,7 @@ def load_engines(path: str | os.PathLike, names: tuple[str, ...] | None = None) 
         except EngineUnavailable as e:
             skipped.append({"engine": name, "reason": str(e)})
         except Exception as e:  # any engine's own exception type: the graph does not load there
-            failed.append({"engine": name, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"})
+            failed.append(
+                {"engine": name, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
+            )
     return loaded, skipped, failed

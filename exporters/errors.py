@@ -1,7 +1,8 @@
 """Typed export and parity errors; the caller (a stage, the CLI) decides what to do with them."""
+
 from __future__ import annotations
 
-from runtime.errors import SeqshipError
+from seqship.runtime.errors import SeqshipError
 
 
 class ExportError(SeqshipError):

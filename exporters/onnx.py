@@ -1,4 +1,5 @@
 """PyTorch model -> model.onnx with the dynamo exporter, then the contract checks that guard its known pitfalls."""
+
 from __future__ import annotations
 
 import contextlib
@@ -14,11 +15,11 @@ import numpy as np
 import onnx
 import torch
 
-from runtime.fsio import commit_partial, partial_path
-from exporters.contract import ModelContract
-from exporters.errors import ContractError, ExportError
-from exporters.recurrent import TRANSLATIONS
-from runtime.session import OnnxModel
+from seqship.exporters.contract import ModelContract
+from seqship.exporters.errors import ContractError, ExportError
+from seqship.exporters.recurrent import TRANSLATIONS
+from seqship.runtime.fsio import commit_partial, partial_path
+from seqship.runtime.session import OnnxModel
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +114,10 @@ def export_onnx(
             raise
         except Exception as e:  # protobuf's EncodeError over 2 GiB
             tmp.unlink(missing_ok=True)
-            raise ExportError(f"writing {path.name} failed: {type(e).__name__}: {str(e)[:300]} (a single-file ONNX model "
-                              "must be under 2 GiB: fewer --pair-buckets, a smaller --embed-dim or vocabulary)") from e
+            raise ExportError(
+                f"writing {path.name} failed: {type(e).__name__}: {str(e)[:300]} (a single-file ONNX model "
+                "must be under 2 GiB: fewer --pair-buckets, a smaller --embed-dim or vocabulary)"
+            ) from e
     proto = onnx.load(os.fspath(tmp))
     if metadata_props:
         onnx.helper.set_model_props(proto, dict(metadata_props))

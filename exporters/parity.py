@@ -7,6 +7,7 @@ whose logits are all huge (an adversarial review shifted every logit by 1e6) ear
 labels are judged separately with a margin that does not grow with them (portability.near_ties). Every
 failure is collected; nothing stops at the first.
 """
+
 from __future__ import annotations
 
 import logging
@@ -15,8 +16,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from runtime.predictor import Predictor
-from runtime.tokenizer import pad_batch
+from seqship.runtime.predictor import Predictor
+from seqship.runtime.tokenizer import pad_batch
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,10 @@ def padded_vs_single(backend: Backend, probe: Probe, atol: float, rtol: float) -
     """The contract's length-awareness: each padded row must equal the same row run alone."""
     batched = backend(probe.token_ids, probe.lengths)
     singles = np.concatenate(
-        [backend(probe.token_ids[i : i + 1, : probe.lengths[i]], probe.lengths[i : i + 1]) for i in range(len(probe.lengths))]
+        [
+            backend(probe.token_ids[i : i + 1, : probe.lengths[i]], probe.lengths[i : i + 1])
+            for i in range(len(probe.lengths))
+        ]
     )
     return compare(singles, batched, atol, rtol)
 
@@ -125,7 +129,12 @@ def run_gate(
         "atol": atol,
         "rtol": rtol,
         "probes": [
-            {"name": p.name, "shape": list(p.token_ids.shape), "lengths": [int(p.lengths.min()), int(p.lengths.max())], "about": p.about}
+            {
+                "name": p.name,
+                "shape": list(p.token_ids.shape),
+                "lengths": [int(p.lengths.min()), int(p.lengths.max())],
+                "about": p.about,
+            }
             for p in probes
         ],
         "results": results,
@@ -151,9 +160,18 @@ def check_test_set(
         ids, lengths = pad_batch([encoded[i] for i in idx], tokenizer.spec.pad_id)
         out = reference(ids, lengths)
         if out.shape != (len(idx), ref.shape[1]):
-            return {"texts": len(texts), "label_agreement": 0.0, "disagreements": [], "provider": predictor.provider,
-                    "logits": {"passed": False, "error": f"the reference returned shape {list(out.shape)} for "
-                               f"{len(idx)} texts and {ref.shape[1]} labels"}, "passed": False}
+            return {
+                "texts": len(texts),
+                "label_agreement": 0.0,
+                "disagreements": [],
+                "provider": predictor.provider,
+                "logits": {
+                    "passed": False,
+                    "error": f"the reference returned shape {list(out.shape)} for "
+                    f"{len(idx)} texts and {ref.shape[1]} labels",
+                },
+                "passed": False,
+            }
         ref[idx] = out
     got = predictor.logits(list(texts))
     ref_labels, got_labels = ref.argmax(1), got.argmax(1)
@@ -184,7 +202,14 @@ def format_table(report: dict) -> str:
     rows = list(report.get("results", []))
     ts = report.get("test_set")
     if ts:
-        rows.append({"backend": f"predictor:{ts.get('provider', '?')}", "probe": "test", "check": "test_set_logits", **ts["logits"]})
+        rows.append(
+            {
+                "backend": f"predictor:{ts.get('provider', '?')}",
+                "probe": "test",
+                "check": "test_set_logits",
+                **ts["logits"],
+            }
+        )
     for r in rows:
         if "error" in r:
             lines.append(f"{r['backend']:<34} {r['probe']:<8} {r['check']:<16} {r['error']}  FAIL")
@@ -204,9 +229,12 @@ def format_table(report: dict) -> str:
     for s in report.get("skipped", []):
         lines.append(f"skipped {s['backend']}: {s['reason']}")
     if report.get("engines"):
-        from exporters.portability import format_engines
+        from seqship.exporters.portability import format_engines
 
-        lines += ["", "the same model.onnx in every ONNX engine found (reference: " + report.get("reference", "pytorch") + "):",
-                  format_engines(report["engines"])]
+        lines += [
+            "",
+            "the same model.onnx in every ONNX engine found (reference: " + report.get("reference", "pytorch") + "):",
+            format_engines(report["engines"]),
+        ]
     lines.append(f"tolerance: |a - b| <= {report['atol']:g} + {report['rtol']:g} * |reference|")
     return "\n".join(lines)

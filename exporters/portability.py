@@ -10,6 +10,7 @@ Label agreement allows for near ties: where the reference's top two logits are w
 tolerance of each other, either label is a legitimate answer of a correct engine, so such rows are
 counted and reported separately, and only the others must agree.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,8 @@ from typing import Sequence
 
 import numpy as np
 
-from exporters.parity import Backend, Probe, compare
-from runtime.tokenizer import pad_batch
+from seqship.exporters.parity import Backend, Probe, compare
+from seqship.runtime.tokenizer import pad_batch
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,13 @@ def _batches(probes: Sequence[Probe], test_ids: list[list[int]], pad_id: int) ->
     if ragged is not None:
         for i, n in enumerate(ragged.lengths):
             index["singles"].append(len(batches))
-            batches.append({"name": f"ragged[{i}] alone", "ids": ragged.token_ids[i : i + 1, :n], "lengths": ragged.lengths[i : i + 1]})
+            batches.append(
+                {
+                    "name": f"ragged[{i}] alone",
+                    "ids": ragged.token_ids[i : i + 1, :n],
+                    "lengths": ragged.lengths[i : i + 1],
+                }
+            )
     order = np.argsort([len(r) for r in test_ids], kind="stable")
     for start in range(0, len(order), TEST_BATCH):
         idx = order[start : start + TEST_BATCH]
@@ -87,8 +94,10 @@ def _batches(probes: Sequence[Probe], test_ids: list[list[int]], pad_id: int) ->
 
 def _run_python_engine(name: str, model: Path, batches: list[dict], work: Path) -> dict:
     inp, out = work / f"{name}.in.json", work / f"{name}.out.npz"
-    inp.write_text(json.dumps({"batches": [{"ids": b["ids"].tolist(), "lengths": b["lengths"].tolist()} for b in batches]}))
-    cmd = [sys.executable, "-m", "exporters.engine_worker", name, str(model), str(inp), str(out)]
+    inp.write_text(
+        json.dumps({"batches": [{"ids": b["ids"].tolist(), "lengths": b["lengths"].tolist()} for b in batches]})
+    )
+    cmd = [sys.executable, "-m", "seqship.exporters.engine_worker", name, str(model), str(inp), str(out)]
     return _run(cmd, out, name)
 
 
@@ -96,10 +105,14 @@ def _run_js_engine(name: str, model: Path, batches: list[dict], work: Path) -> d
     backend = {"onnxruntime-node": "node", "onnxruntime-web": "wasm"}[name]
     package = JS_DIR / "node_modules" / name
     if shutil.which("node") is None or not package.is_dir():
-        return {"skipped": f"{'node is not installed' if shutil.which('node') is None else f'{package} is missing'}: "
-                           "npm ci --prefix runtime/js --ignore-scripts"}
+        return {
+            "skipped": f"{'node is not installed' if shutil.which('node') is None else f'{package} is missing'}: "
+            "npm ci --prefix runtime/js --ignore-scripts"
+        }
     inp, out = work / f"{name}.in.json", work / f"{name}.out.json"
-    inp.write_text(json.dumps({"batches": [{"ids": b["ids"].tolist(), "lengths": b["lengths"].tolist()} for b in batches]}))
+    inp.write_text(
+        json.dumps({"batches": [{"ids": b["ids"].tolist(), "lengths": b["lengths"].tolist()} for b in batches]})
+    )
     cmd = ["node", str(JS_DIR / "tools" / "engine_run.mjs"), backend, str(model), str(inp), str(out)]
     return _run(cmd, out, name)
 
@@ -113,7 +126,10 @@ def _run(cmd: list[str], out: Path, name: str) -> dict:
         return {"error": f"{name} did not finish within {ENGINE_TIMEOUT_S} s"}
     if proc.returncode != 0 or not out.is_file():
         tail = (proc.stderr or proc.stdout).strip().splitlines()
-        reason = next((line for line in tail if "Error" in line or "error" in line or "panicked" in line), tail[-1] if tail else "")
+        reason = next(
+            (line for line in tail if "Error" in line or "error" in line or "panicked" in line),
+            tail[-1] if tail else "",
+        )
         return {"error": f"{name} exited with {proc.returncode}: {reason[:400]}"}
     if out.suffix == ".npz":
         with np.load(out, allow_pickle=False) as z:
@@ -165,11 +181,21 @@ def _judge(name, got, batches, index, ref, shapes, atol, rtol) -> dict:
     if "error" in got:
         return entry | {"loads": False, "passed": False, "error": got["error"]}
     logits = got["logits"]
-    wrong = [f"{batches[i]['name']}: shape {list(np.shape(g))}, expected {list(r.shape)}"
-             for i, (g, r) in enumerate(zip(logits, ref)) if np.shape(g) != r.shape]
+    wrong = [
+        f"{batches[i]['name']}: shape {list(np.shape(g))}, expected {list(r.shape)}"
+        for i, (g, r) in enumerate(zip(logits, ref))
+        if np.shape(g) != r.shape
+    ]
     if wrong or len(logits) != len(ref):
-        return entry | {"loads": True, "passed": False, "max_abs": None, "max_rel": None, "padded_vs_alone_max_abs": None,
-                        "labels": None, "problems": wrong[:3] or [f"{len(logits)} results for {len(ref)} batches"]}
+        return entry | {
+            "loads": True,
+            "passed": False,
+            "max_abs": None,
+            "max_rel": None,
+            "padded_vs_alone_max_abs": None,
+            "labels": None,
+            "problems": wrong[:3] or [f"{len(logits)} results for {len(ref)} batches"],
+        }
     per_part = {}
     probe_stats = [compare(ref[i], logits[i], atol, rtol) | {"probe": batches[i]["name"]} for i in index["probes"]]
     per_part["probes"] = probe_stats
@@ -216,6 +242,7 @@ def format_engines(gate: dict) -> str:
         lab = r["labels"] or {}
         agree = f"{lab['agreement_outside_near_ties']:.2%}" if lab else "-"
         ties = f"{lab['near_ties']} ({lab['near_tie_flips']} flip)" if lab else "-"
+
         def num(v, width):
             return f"{'-' if v is None else format(v, '.2e'):>{width}}"
 

@@ -18,6 +18,7 @@ shapes are dynamic, tract refuses a non-constant one). Here no recurrent node ge
 TorchScript never sees the op (the scripted model keeps the plain path, which C++ libtorch loads with
 no extra library). The parity gate proves the two agree, in every engine it finds.
 """
+
 from __future__ import annotations
 
 import types
@@ -60,7 +61,9 @@ def onnx_layout(params: list[Tensor], cell: str, hidden_size: int) -> list[Tenso
             out += [
                 _reorder(w_ih, cell, hidden_size).unsqueeze(0).contiguous(),
                 _reorder(w_hh, cell, hidden_size).unsqueeze(0).contiguous(),
-                torch.cat([_reorder(b_ih, cell, hidden_size), _reorder(b_hh, cell, hidden_size)]).unsqueeze(0).contiguous(),
+                torch.cat([_reorder(b_ih, cell, hidden_size), _reorder(b_hh, cell, hidden_size)])
+                .unsqueeze(0)
+                .contiguous(),
             ]
     return out
 

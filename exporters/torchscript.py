@@ -1,4 +1,5 @@
 """PyTorch model -> model.pt (TorchScript), kept because C++ libtorch users load it."""
+
 from __future__ import annotations
 
 import logging
@@ -8,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from runtime.fsio import commit_partial, partial_path
-from exporters.contract import ModelContract
-from exporters.errors import ContractError, ExportError
+from seqship.exporters.contract import ModelContract
+from seqship.exporters.errors import ContractError, ExportError
+from seqship.runtime.fsio import commit_partial, partial_path
 
 log = logging.getLogger(__name__)
 

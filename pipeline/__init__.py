@@ -1,12 +1,11 @@
 """seqship's stages and the `pipeline` command: data -> train -> export -> verify -> package."""
+
 import os
 import sys
-from importlib import metadata
 
-try:
-    __version__ = metadata.version("seqship")
-except metadata.PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+source"
+from seqship.runtime import __version__  # one version for the whole distribution
+
+__all__ = ["__version__", "pin_blas_for_reproducibility"]
 
 
 def pin_blas_for_reproducibility() -> bool:

@@ -9,6 +9,7 @@ scored once, with the chosen fit.
 
 scikit-learn is the optional `baseline` extra; this module imports it only inside `fit_baseline`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,8 +19,8 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.metrics import classification_metrics
-from runtime.errors import SeqshipError
+from seqship.pipeline.metrics import classification_metrics
+from seqship.runtime.errors import SeqshipError
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +69,50 @@ def _features(cfg: BaselineConfig):
     from sklearn.pipeline import FeatureUnion
 
     if cfg.analyzer == "char":
-        return TfidfVectorizer(analyzer="char", ngram_range=(1, cfg.ngram_max), lowercase=cfg.lowercase,
-                               sublinear_tf=True, min_df=cfg.min_df, dtype=np.float32)
-    return FeatureUnion([
-        ("word", TfidfVectorizer(analyzer="word", ngram_range=(1, 2), lowercase=cfg.lowercase, sublinear_tf=True,
-                                 min_df=cfg.min_df, token_pattern=r"(?u)\b\w+\b|[^\w\s]", dtype=np.float32)),
-        ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, cfg.ngram_max), lowercase=cfg.lowercase,
-                                 sublinear_tf=True, min_df=2, dtype=np.float32)),
-    ])
+        return TfidfVectorizer(
+            analyzer="char",
+            ngram_range=(1, cfg.ngram_max),
+            lowercase=cfg.lowercase,
+            sublinear_tf=True,
+            min_df=cfg.min_df,
+            dtype=np.float32,
+        )
+    return FeatureUnion(
+        [
+            (
+                "word",
+                TfidfVectorizer(
+                    analyzer="word",
+                    ngram_range=(1, 2),
+                    lowercase=cfg.lowercase,
+                    sublinear_tf=True,
+                    min_df=cfg.min_df,
+                    token_pattern=r"(?u)\b\w+\b|[^\w\s]",
+                    dtype=np.float32,
+                ),
+            ),
+            (
+                "char",
+                TfidfVectorizer(
+                    analyzer="char_wb",
+                    ngram_range=(2, cfg.ngram_max),
+                    lowercase=cfg.lowercase,
+                    sublinear_tf=True,
+                    min_df=2,
+                    dtype=np.float32,
+                ),
+            ),
+        ]
+    )
 
 
-def fit_baseline(train_rows: Sequence[tuple[str, str]], val_rows: Sequence[tuple[str, str]],
-                 test_rows: Sequence[tuple[str, str]], labels: Sequence[str], cfg: BaselineConfig) -> dict:
+def fit_baseline(
+    train_rows: Sequence[tuple[str, str]],
+    val_rows: Sequence[tuple[str, str]],
+    test_rows: Sequence[tuple[str, str]],
+    labels: Sequence[str],
+    cfg: BaselineConfig,
+) -> dict:
     """Fit on train, pick C and class weighting on validation macro-F1, score test once: the metrics."""
     from sklearn import __version__ as sklearn_version
     from sklearn.linear_model import LogisticRegression
@@ -88,19 +121,25 @@ def fit_baseline(train_rows: Sequence[tuple[str, str]], val_rows: Sequence[tuple
     started = time.perf_counter()
     for name, rows in (("train", train_rows), ("validation", val_rows), ("test", test_rows)):
         if not rows:  # C is picked on validation and the comparison is on test: neither can be empty
-            raise BaselineError(f"the linear baseline needs texts in every split, and the {name} split is empty; "
-                                "give it more texts (the data stage keeps about a tenth each for validation and test)")
+            raise BaselineError(
+                f"the linear baseline needs texts in every split, and the {name} split is empty; "
+                "give it more texts (the data stage keeps about a tenth each for validation and test)"
+            )
     if len({lab for _, lab in train_rows}) < 2:
         raise BaselineError("the linear baseline needs at least two labels in the training split")
     index = {lab: i for i, lab in enumerate(labels)}
-    y = {name: np.array([index[lab] for _, lab in rows], dtype=np.int64)
-         for name, rows in (("train", train_rows), ("val", val_rows), ("test", test_rows))}
+    y = {
+        name: np.array([index[lab] for _, lab in rows], dtype=np.int64)
+        for name, rows in (("train", train_rows), ("val", val_rows), ("test", test_rows))
+    }
     vec = _features(cfg)
     try:
         x_train = vec.fit_transform([t for t, _ in train_rows])
     except ValueError:  # sklearn's "After pruning, no terms remain. Try a lower min_df": not an option here
-        raise BaselineError(f"the linear baseline cannot be fitted on this data: its features ({cfg.describe()}) "
-                            "need n-grams that recur across training texts, and too few do") from None
+        raise BaselineError(
+            f"the linear baseline cannot be fitted on this data: its features ({cfg.describe()}) "
+            "need n-grams that recur across training texts, and too few do"
+        ) from None
     x_val = vec.transform([t for t, _ in val_rows])
     grid = []
     best = None
@@ -112,14 +151,28 @@ def fit_baseline(train_rows: Sequence[tuple[str, str]], val_rows: Sequence[tuple
             # One-vs-rest with liblinear: on shopping-cats (50k texts, 410k char n-grams, 10 labels) a
             # multinomial lbfgs fit took 166-254 s per C against 27-44 s, for the same validation accuracy
             # (0.8989 and 0.8978 at C=32). With two labels it is one binary logistic regression.
-            clf = OneVsRestClassifier(LogisticRegression(C=c, class_weight=None if weight == "none" else weight,
-                                                         solver="liblinear", max_iter=1000, random_state=cfg.seed))
+            clf = OneVsRestClassifier(
+                LogisticRegression(
+                    C=c,
+                    class_weight=None if weight == "none" else weight,
+                    solver="liblinear",
+                    max_iter=1000,
+                    random_state=cfg.seed,
+                )
+            )
             clf.fit(x_train, y["train"])
             # classes the training split lacks are never predicted: map the classifier's columns back to labels
             pred = clf.classes_[clf.predict_proba(x_val).argmax(1)]
             val = classification_metrics(y["val"], pred, labels)
-            grid.append({"C": c, "class_weight": weight, "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
-                         "seconds": round(time.perf_counter() - t0, 2)})
+            grid.append(
+                {
+                    "C": c,
+                    "class_weight": weight,
+                    "val_accuracy": val["accuracy"],
+                    "val_macro_f1": val["macro_f1"],
+                    "seconds": round(time.perf_counter() - t0, 2),
+                }
+            )
             log.debug("baseline C=%g class_weight=%s: val macro-F1 %.4f", c, weight, val["macro_f1"])
             if best is None or val["macro_f1"] > best[0]:
                 best = (val["macro_f1"], c, weight, clf, val)

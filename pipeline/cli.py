@@ -3,6 +3,7 @@
 Heavy imports (torch, onnx) happen inside the commands that need them, so `pipeline --help` and
 `pipeline predict` start fast and work with the base install.
 """
+
 from __future__ import annotations
 
 import functools
@@ -14,17 +15,26 @@ from pathlib import Path
 
 import click
 
-from pipeline import __version__
-from pipeline.config import ARTIFACTS_ENV, default_artifacts_dir
-from runtime.errors import SeqshipError
+from seqship.pipeline import __version__
+from seqship.pipeline.config import ARTIFACTS_ENV, default_artifacts_dir
+from seqship.runtime.errors import SeqshipError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 SEED = click.IntRange(0, 2**32 - 1)  # what numpy's and torch's generators accept
 # Modules of the optional extras, and the extra that brings each.
-EXTRAS = {"torch": "train", "onnx": "train", "onnxscript": "train", "matplotlib": "report",
-          "starlette": "serve", "uvicorn": "serve", "prometheus_client": "serve", "ray": "ray", "pyarrow": "ray",
-          "sklearn": "baseline"}
-log = logging.getLogger("pipeline.cli")
+EXTRAS = {
+    "torch": "train",
+    "onnx": "train",
+    "onnxscript": "train",
+    "matplotlib": "report",
+    "starlette": "serve",
+    "uvicorn": "serve",
+    "prometheus_client": "serve",
+    "ray": "ray",
+    "pyarrow": "ray",
+    "sklearn": "baseline",
+}
+log = logging.getLogger("seqship.pipeline.cli")
 
 
 def setup_logging(verbosity: int) -> None:
@@ -42,8 +52,13 @@ def setup_logging(verbosity: int) -> None:
 def fail(error: Exception, as_json: bool, **extra) -> click.ClickException:
     """A domain error becomes `Error: ...` and exit 1; with --json, an error object on stdout too."""
     if as_json:
-        click.echo(json.dumps({"ok": False, "error": str(error), "error_type": type(error).__name__, **extra},
-                              ensure_ascii=False, default=str))
+        click.echo(
+            json.dumps(
+                {"ok": False, "error": str(error), "error_type": type(error).__name__, **extra},
+                ensure_ascii=False,
+                default=str,
+            )
+        )
     return click.ClickException(str(error))
 
 
@@ -53,15 +68,18 @@ def missing_extra(e: ModuleNotFoundError) -> str | None:
     if top not in EXTRAS:
         return None
     extra = EXTRAS[top]
-    return (f"this command needs {top}, from seqship's `{extra}` extra, which is not installed here: "
-            f"from a checkout, `pip install torch==2.13.0 && pip install -e '.[{extra}]'` (or `bash install.sh`); "
-            f"from a wheel, `pip install 'seqship-0.1.0-py3-none-any.whl[{extra}]'`")
+    return (
+        f"this command needs {top}, from seqship's `{extra}` extra, which is not installed here: "
+        f"from a checkout, `pip install torch==2.13.0 && pip install -e '.[{extra}]'` (or `bash install.sh`); "
+        f"from a wheel, `pip install 'seqship-0.1.0-py3-none-any.whl[{extra}]'`"
+    )
 
 
 def errors_handled(command):
     """Every failure of a command becomes one `Error: ...` line and exit 1 (with --json, an error
     object on stdout too): seqship's own errors, OS errors (full disk, read-only folder, permissions),
     a missing optional extra, and -- as a last resort -- an unexpected bug, whose traceback -vv shows."""
+
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         as_json = bool(kwargs.get("as_json"))
@@ -70,7 +88,7 @@ def errors_handled(command):
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except SeqshipError as e:
-            from exporters.errors import ParityError  # no torch needed
+            from seqship.exporters.errors import ParityError  # no torch needed
 
             raise fail(e, as_json, **({"parity": e.report} if isinstance(e, ParityError) else {})) from None
         except ModuleNotFoundError as e:
@@ -79,25 +97,33 @@ def errors_handled(command):
                 raise _internal(e, as_json) from None
             raise fail(SeqshipError(hint), as_json) from None
         except MemoryError:
-            raise fail(SeqshipError("out of memory: score or train in smaller parts (see the README's bounds)"), as_json) from None
+            raise fail(
+                SeqshipError("out of memory: score or train in smaller parts (see the README's bounds)"), as_json
+            ) from None
         except OSError as e:
-            from runtime.fsio import describe_os_error
+            from seqship.runtime.fsio import describe_os_error
 
             raise fail(SeqshipError(describe_os_error(e.filename, e, "use")), as_json) from None
         except Exception as e:  # noqa: BLE001 - a bug: one line, and the traceback with -vv
-            from pipeline.distributed import describe_failure
+            from seqship.pipeline.distributed import describe_failure
 
             lost = describe_failure(e)
             if lost is not None:
                 raise fail(SeqshipError(lost), as_json) from None
             raise _internal(e, as_json) from None
+
     return wrapper
 
 
 def _internal(e: BaseException, as_json: bool) -> click.ClickException:
     log.debug("unexpected error", exc_info=e)
-    return fail(SeqshipError(f"unexpected {type(e).__name__}: {str(e)[:300]} (a bug in seqship: please report it "
-                             "with the output of the same command run with -vv)"), as_json)
+    return fail(
+        SeqshipError(
+            f"unexpected {type(e).__name__}: {str(e)[:300]} (a bug in seqship: please report it "
+            "with the output of the same command run with -vv)"
+        ),
+        as_json,
+    )
 
 
 class Commands(click.Group):
@@ -137,7 +163,10 @@ def common_options(f):
     f = click.option("--force", is_flag=True, help="Redo the stage(s) even when their inputs are unchanged.")(f)
     f = click.option("--run-name", default=None, help="Folder under the artifacts dir [default: the dataset name].")(f)
     f = click.option(
-        "--artifacts-dir", type=click.Path(file_okay=False, path_type=Path), default=None, envvar=ARTIFACTS_ENV,
+        "--artifacts-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        envvar=ARTIFACTS_ENV,
         help=f"Where runs are written [env {ARTIFACTS_ENV}; default: the checkout's artifacts/].",
     )(f)
     return f
@@ -145,14 +174,32 @@ def common_options(f):
 
 def data_options(f):
     """Options that choose and read the data."""
-    f = click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for the split, training and probes.")(f)
-    f = click.option("--label-column", default="label", show_default=True, help="Label column of a CSV/TSV/JSONL --data file.")(f)
-    f = click.option("--text-column", default="text", show_default=True, help="Text column of a CSV/TSV/JSONL --data file.")(f)
-    f = click.option("--data", "data_path", type=click.Path(exists=True, path_type=Path), default=None,
-                     help="Your own data: a folder of <label>.txt files, or a .csv/.tsv/.jsonl file.")(f)
-    f = click.option("--data-dir", envvar="SEQSHIP_DATA_DIR", type=click.Path(file_okay=False), default=None,
-                     help="Folder holding the registry datasets (e.g. names/) [env SEQSHIP_DATA_DIR]; else they are downloaded.")(f)
-    f = click.option("--dataset", default="names", show_default=True, help="Registry dataset (see `pipeline datasets`).")(f)
+    f = click.option(
+        "--seed", type=SEED, default=0, show_default=True, help="Seed for the split, training and probes."
+    )(f)
+    f = click.option(
+        "--label-column", default="label", show_default=True, help="Label column of a CSV/TSV/JSONL --data file."
+    )(f)
+    f = click.option(
+        "--text-column", default="text", show_default=True, help="Text column of a CSV/TSV/JSONL --data file."
+    )(f)
+    f = click.option(
+        "--data",
+        "data_path",
+        type=click.Path(exists=True, path_type=Path),
+        default=None,
+        help="Your own data: a folder of <label>.txt files, or a .csv/.tsv/.jsonl file.",
+    )(f)
+    f = click.option(
+        "--data-dir",
+        envvar="SEQSHIP_DATA_DIR",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Folder holding the registry datasets (e.g. names/) [env SEQSHIP_DATA_DIR]; else they are downloaded.",
+    )(f)
+    f = click.option(
+        "--dataset", default="names", show_default=True, help="Registry dataset (see `pipeline datasets`)."
+    )(f)
     return f
 
 
@@ -160,34 +207,95 @@ def train_options(f):
     """Training, tokenizer and model options (None: the dataset's default, else TrainConfig's)."""
     dflt = "dataset's, else "  # options whose default depends on the dataset (see `pipeline datasets`)
     opts = [
-        click.option("--epochs", type=click.IntRange(1), default=None, help=f"Most epochs (early stopping may end sooner) [default: {dflt}30]."),
+        click.option(
+            "--epochs",
+            type=click.IntRange(1),
+            default=None,
+            help=f"Most epochs (early stopping may end sooner) [default: {dflt}30].",
+        ),
         click.option("--batch-size", type=click.IntRange(1), default=None, help=f"[default: {dflt}64]"),
-        click.option("--lr", type=click.FloatRange(0, 10, min_open=True), default=None, help=f"AdamW learning rate [default: {dflt}3e-3]."),
-        click.option("--patience", type=click.IntRange(1), default=None, help=f"Epochs without better val macro-F1 before stopping [default: {dflt}5]."),
+        click.option(
+            "--lr",
+            type=click.FloatRange(0, 10, min_open=True),
+            default=None,
+            help=f"AdamW learning rate [default: {dflt}3e-3].",
+        ),
+        click.option(
+            "--patience",
+            type=click.IntRange(1),
+            default=None,
+            help=f"Epochs without better val macro-F1 before stopping [default: {dflt}5].",
+        ),
         click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default=None, help="[default: cpu]"),
-        click.option("--cell", type=click.Choice(["gru", "lstm", "rnn"]), default=None, help="Recurrent cell (rnn = tanh RNN) [default: gru]."),
+        click.option(
+            "--cell",
+            type=click.Choice(["gru", "lstm", "rnn"]),
+            default=None,
+            help="Recurrent cell (rnn = tanh RNN) [default: gru].",
+        ),
         click.option("--embed-dim", type=click.IntRange(1), default=None, help=f"[default: {dflt}64]"),
         click.option("--hidden-dim", type=click.IntRange(1), default=None, help=f"[default: {dflt}128]"),
         click.option("--layers", "num_layers", type=click.IntRange(1), default=None, help="[default: 1]"),
         click.option("--bidirectional/--unidirectional", default=None, help="[default: bidirectional]"),
-        click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None, help=f"Between layers and before the head [default: {dflt}0.1]."),
-        click.option("--embed-dropout", type=click.FloatRange(0, 1, max_open=True), default=None, help=f"On token embeddings [default: {dflt}0]."),
-        click.option("--pooling", type=click.Choice(["last", "max", "last+max"]), default=None,
-                     help=f"Head input: last state per direction, max over positions, or both [default: {dflt}last]."),
-        click.option("--weight-decay", type=click.FloatRange(0), default=None, help=f"AdamW weight decay [default: {dflt}1e-4]."),
-        click.option("--class-weight", type=click.Choice(["none", "balanced", "sqrt"]), default=None,
-                     help=f"Loss weight per class from training counts: balanced = 1/n_c, sqrt = 1/sqrt(n_c); for skewed classes [default: {dflt}none]."),
-        click.option("--lr-schedule", type=click.Choice(["plateau", "cosine"]), default=None,
-                     help=f"plateau = halve the rate when val macro-F1 stalls; cosine = 1-epoch warm-up, then cosine decay to 0 at --epochs [default: {dflt}plateau]."),
-        click.option("--pair-buckets", type=click.IntRange(0, 2**20), default=None,
-                     help=f"> 0: add a hashed embedding of each (token, next token) pair from this many buckets, computed in the model [default: {dflt}0]."),
+        click.option(
+            "--dropout",
+            type=click.FloatRange(0, 1, max_open=True),
+            default=None,
+            help=f"Between layers and before the head [default: {dflt}0.1].",
+        ),
+        click.option(
+            "--embed-dropout",
+            type=click.FloatRange(0, 1, max_open=True),
+            default=None,
+            help=f"On token embeddings [default: {dflt}0].",
+        ),
+        click.option(
+            "--pooling",
+            type=click.Choice(["last", "max", "last+max"]),
+            default=None,
+            help=f"Head input: last state per direction, max over positions, or both [default: {dflt}last].",
+        ),
+        click.option(
+            "--weight-decay", type=click.FloatRange(0), default=None, help=f"AdamW weight decay [default: {dflt}1e-4]."
+        ),
+        click.option(
+            "--class-weight",
+            type=click.Choice(["none", "balanced", "sqrt"]),
+            default=None,
+            help=f"Loss weight per class from training counts: balanced = 1/n_c, sqrt = 1/sqrt(n_c); for skewed classes [default: {dflt}none].",
+        ),
+        click.option(
+            "--lr-schedule",
+            type=click.Choice(["plateau", "cosine"]),
+            default=None,
+            help=f"plateau = halve the rate when val macro-F1 stalls; cosine = 1-epoch warm-up, then cosine decay to 0 at --epochs [default: {dflt}plateau].",
+        ),
+        click.option(
+            "--pair-buckets",
+            type=click.IntRange(0, 2**20),
+            default=None,
+            help=f"> 0: add a hashed embedding of each (token, next token) pair from this many buckets, computed in the model [default: {dflt}0].",
+        ),
         click.option("--tokenizer", type=click.Choice(["char", "word"]), default=None, help=f"[default: {dflt}char]"),
         click.option("--lowercase/--keep-case", default=None, help=f"[default: {dflt}keep case]"),
-        click.option("--max-length", type=click.IntRange(1), default=None,
-                     help=f"Tokens kept per text [default: {dflt}the 99.9th percentile of training lengths]."),
-        click.option("--min-freq", type=click.IntRange(1), default=None, help=f"Rarer training tokens map to unk [default: {dflt}1]."),
-        click.option("--max-vocab", type=click.IntRange(3), default=None,
-                     help="Keep only the most frequent tokens, pad and unk included [default: no limit]."),
+        click.option(
+            "--max-length",
+            type=click.IntRange(1),
+            default=None,
+            help=f"Tokens kept per text [default: {dflt}the 99.9th percentile of training lengths].",
+        ),
+        click.option(
+            "--min-freq",
+            type=click.IntRange(1),
+            default=None,
+            help=f"Rarer training tokens map to unk [default: {dflt}1].",
+        ),
+        click.option(
+            "--max-vocab",
+            type=click.IntRange(3),
+            default=None,
+            help="Keep only the most frequent tokens, pad and unk included [default: no limit].",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -196,8 +304,20 @@ def train_options(f):
 
 def verify_options(f):
     """The parity gate's tolerances."""
-    f = click.option("--rtol", type=click.FloatRange(0), default=1e-5, show_default=True, help="Relative tolerance of the parity gate.")(f)
-    f = click.option("--atol", type=click.FloatRange(0), default=1e-5, show_default=True, help="Absolute tolerance of the parity gate.")(f)
+    f = click.option(
+        "--rtol",
+        type=click.FloatRange(0),
+        default=1e-5,
+        show_default=True,
+        help="Relative tolerance of the parity gate.",
+    )(f)
+    f = click.option(
+        "--atol",
+        type=click.FloatRange(0),
+        default=1e-5,
+        show_default=True,
+        help="Absolute tolerance of the parity gate.",
+    )(f)
     return f
 
 
@@ -215,32 +335,36 @@ def _check_data_choice(opts: dict) -> None:
         raise click.UsageError("--data and --dataset both choose the data: give one of them")
     columns = [f"--{n.replace('_', '-')}" for n in ("text_column", "label_column") if given(n)]
     if columns and (data is None or data.is_dir()):
-        where = "a folder of <label>.txt files (its labels are the file names)" if data is not None else "a registry dataset"
+        where = (
+            "a folder of <label>.txt files (its labels are the file names)"
+            if data is not None
+            else "a registry dataset"
+        )
         verb = "name columns" if len(columns) > 1 else "names a column"
         raise click.UsageError(f"{' and '.join(columns)} {verb} of a CSV/TSV/JSONL --data file, not of {where}")
 
 
 def _run(opts: dict):
-    from pipeline.config import open_run
+    from seqship.pipeline.config import open_run
 
     _check_data_choice(opts)
     return open_run(opts.get("artifacts_dir"), opts.get("run_name"), opts.get("data_path"), opts.get("dataset"))
 
 
 def _data_cfg(opts: dict):
-    from pipeline.config import data_config
+    from seqship.pipeline.config import data_config
 
     return data_config(opts["dataset"], opts["data_path"], opts["text_column"], opts["label_column"], opts["seed"])
 
 
 def _train_cfg(opts: dict, run=None):
-    from pipeline.config import train_config
+    from seqship.pipeline.config import train_config
 
     return train_config(opts, None if opts.get("data_path") else opts.get("dataset"), run)
 
 
 def _verify_cfg(opts: dict):
-    from pipeline.stages import VerifyConfig
+    from seqship.pipeline.stages import VerifyConfig
 
     return VerifyConfig(atol=opts["atol"], rtol=opts["rtol"], seed=opts.get("seed", 0))
 
@@ -254,8 +378,11 @@ class TrainProgress:
     def __call__(self, event: str, info: dict) -> None:
         if event == "epoch_start":
             self.bar = click.progressbar(
-                length=info["steps"], label=f"epoch {info['epoch']}/{info['epochs']}", file=sys.stderr,
-                item_show_func=lambda item: item, show_eta=False,
+                length=info["steps"],
+                label=f"epoch {info['epoch']}/{info['epochs']}",
+                file=sys.stderr,
+                item_show_func=lambda item: item,
+                show_eta=False,
             )
             self.bar.__enter__()
         elif event == "step" and self.bar is not None:
@@ -288,7 +415,9 @@ def _report(results, run, as_json: bool, report: Path | None = None) -> None:
                 out["baseline"] = r.summary
             if r.stage == "package" and "baseline" not in out:  # one fitted earlier that the card compares with
                 kept = run.current("baseline")
-                if kept is not None and (run.record("package") or {}).get("inputs", {}).get("baseline") == kept.get("inputs_digest"):
+                if kept is not None and (run.record("package") or {}).get("inputs", {}).get("baseline") == kept.get(
+                    "inputs_digest"
+                ):
                     out["baseline"] = kept.get("summary")
         click.echo(json.dumps(out, indent=1, ensure_ascii=False, default=str))
         return
@@ -299,17 +428,23 @@ def _report(results, run, as_json: bool, report: Path | None = None) -> None:
             click.echo(f"test accuracy {r.summary['test_accuracy']:.4f}, macro-F1 {r.summary['test_macro_f1']:.4f}")
         if r.stage == "verify":
             worst = ", ".join(f"{b} {v:.1e}" for b, v in r.summary["max_abs_by_backend"].items())
-            click.echo(f"parity passed (max |diff|: {worst}); test-set label agreement {r.summary['test_set_label_agreement']:.2%}")
+            click.echo(
+                f"parity passed (max |diff|: {worst}); test-set label agreement {r.summary['test_set_label_agreement']:.2%}"
+            )
         if r.stage == "package":
             click.echo(f"bundle: {r.path}")
         if r.stage == "baseline":
             b = r.summary
-            click.echo(f"linear baseline: test accuracy {b['test_accuracy']:.4f}, macro-F1 {b['test_macro_f1']:.4f} "
-                       f"({b['features']}; C={b['C']:g}, class weight {b['class_weight']})")
+            click.echo(
+                f"linear baseline: test accuracy {b['test_accuracy']:.4f}, macro-F1 {b['test_macro_f1']:.4f} "
+                f"({b['features']}; C={b['C']:g}, class weight {b['class_weight']})"
+            )
         if r.stage == "cv":
             c = r.summary
-            click.echo(f"{c['folds']}-fold cross-validation: accuracy {c['accuracy_mean']:.4f} ± {c['accuracy_std']:.4f}, "
-                       f"macro-F1 {c['macro_f1_mean']:.4f}")
+            click.echo(
+                f"{c['folds']}-fold cross-validation: accuracy {c['accuracy_mean']:.4f} ± {c['accuracy_std']:.4f}, "
+                f"macro-F1 {c['macro_f1_mean']:.4f}"
+            )
     if report is not None:
         click.echo(f"report: {report}")
 
@@ -320,16 +455,24 @@ def _report(results, run, as_json: bool, report: Path | None = None) -> None:
 @cli.group(context_settings=CONTEXT)
 def run() -> None:
     """Run the whole pipeline or one stage of it (each stage reuses the previous one's outputs)."""
-    from pipeline import pin_blas_for_reproducibility
+    from seqship.pipeline import pin_blas_for_reproducibility
 
     pin_blas_for_reproducibility()  # before torch is imported: one seed, one model
 
 
 THREADS_OPTION = click.option(
-    "--threads", type=click.IntRange(1), default=None,
-    help="Training threads [default: 1, which degrades least when other programs share the cores; see the README].")
-CV_OPTION = click.option("--cv", "cv_folds", type=click.IntRange(2), default=None,
-                         help="Also cross-validate: K folds over all the data, each fold the test set once (e.g. --cv 10 for mr).")
+    "--threads",
+    type=click.IntRange(1),
+    default=None,
+    help="Training threads [default: 1, which degrades least when other programs share the cores; see the README].",
+)
+CV_OPTION = click.option(
+    "--cv",
+    "cv_folds",
+    type=click.IntRange(2),
+    default=None,
+    help="Also cross-validate: K folds over all the data, each fold the test set once (e.g. --cv 10 for mr).",
+)
 
 
 @run.command("all", context_settings=CONTEXT)
@@ -339,8 +482,12 @@ CV_OPTION = click.option("--cv", "cv_folds", type=click.IntRange(2), default=Non
 @verify_options
 @CV_OPTION
 @THREADS_OPTION
-@click.option("--baseline/--no-baseline", default=True, show_default=True,
-              help="Also fit the linear baseline (the `baseline` extra) that the report compares the model with.")
+@click.option(
+    "--baseline/--no-baseline",
+    default=True,
+    show_default=True,
+    help="Also fit the linear baseline (the `baseline` extra) that the report compares the model with.",
+)
 @errors_handled
 def run_all_cmd(**opts) -> None:
     """Every stage: data -> train -> baseline -> export -> verify -> package (-> cv with --cv K), then report.html.
@@ -353,18 +500,27 @@ def run_all_cmd(**opts) -> None:
       pipeline run all --data-dir ../shared/data --epochs 20 --json
       pipeline run all --dataset mr --cv 10
     """
-    from pipeline.stages import run_all
+    from seqship.pipeline.stages import run_all
 
     if _follower(opts):
         return
     r = _run(opts)
 
     def work():
-        return run_all(r, _data_cfg(opts), _train_cfg(opts), _verify_cfg(opts), opts["data_dir"], opts["force"],
-                       progress=None if opts["as_json"] else TrainProgress(), cv_folds=opts["cv_folds"] or 0, threads=opts["threads"],
-                       baseline=opts["baseline"])
+        return run_all(
+            r,
+            _data_cfg(opts),
+            _train_cfg(opts),
+            _verify_cfg(opts),
+            opts["data_dir"],
+            opts["force"],
+            progress=None if opts["as_json"] else TrainProgress(),
+            cv_folds=opts["cv_folds"] or 0,
+            threads=opts["threads"],
+            baseline=opts["baseline"],
+        )
 
-    from pipeline.runs import run_lock
+    from seqship.pipeline.runs import run_lock
 
     with run_lock(r):  # the report too: another command must not change the stages it describes
         results = work()
@@ -377,7 +533,7 @@ def _follower(opts: dict) -> bool:
     rank trains its share of each batch with rank 0's splits and config, then ends here (True)."""
     import atexit
 
-    from pipeline import distributed
+    from seqship.pipeline import distributed
 
     if not distributed.launched():
         return False
@@ -389,7 +545,7 @@ def _follower(opts: dict) -> bool:
     if rank == 0:
         log.info("training on %d processes (this one, rank 0, writes the run)", size)
         return False
-    from pipeline.stages import follow_training
+    from seqship.pipeline.stages import follow_training
 
     logging.getLogger("pipeline").setLevel(logging.WARNING)  # rank 0 reports; the others say only what goes wrong
     follow_training(opts.get("threads"))
@@ -398,14 +554,16 @@ def _follower(opts: dict) -> bool:
 
 def _write_report(r, as_json: bool, strict: bool = False) -> Path | None:
     """report.html for the run. After `run all` a failing report is a warning: the bundle is already made."""
-    from pipeline.report import write_report
+    from seqship.pipeline.report import write_report
 
     if strict:
         return write_report(r)
     try:
         return write_report(r)
     except Exception as e:  # noqa: BLE001 - reported, never hides the stages' own result
-        click.echo(f"Warning: report.html was not written ({type(e).__name__}: {e}); `pipeline run report` retries", err=True)
+        click.echo(
+            f"Warning: report.html was not written ({type(e).__name__}: {e}); `pipeline run report` retries", err=True
+        )
         return None
 
 
@@ -418,8 +576,8 @@ def _write_report(r, as_json: bool, strict: bool = False) -> Path | None:
 @errors_handled
 def run_cv_cmd(**opts) -> None:
     """K-fold cross-validation over the data stage's rows, with these training options; updates report.html."""
-    from pipeline.distributed import launched
-    from pipeline.stages import stage_cv
+    from seqship.pipeline.distributed import launched
+    from seqship.pipeline.stages import stage_cv
 
     if launched():
         raise click.UsageError("`run cv` does not run under torchrun: cross-validate in one process")
@@ -437,8 +595,11 @@ def run_report_cmd(**opts) -> None:
     """Write report.html for a run from the stages it has (data and train at least)."""
     r = _run(opts)
     if r.record("train") is None:
-        raise fail(SeqshipError(f"run {r.name!r} has no train stage in {r.root}: run `pipeline run all` first"), opts["as_json"])
-    from pipeline.runs import run_lock
+        raise fail(
+            SeqshipError(f"run {r.name!r} has no train stage in {r.root}: run `pipeline run all` first"),
+            opts["as_json"],
+        )
+    from seqship.pipeline.runs import run_lock
 
     with run_lock(r):
         report = _write_report(r, opts["as_json"], strict=True)
@@ -451,7 +612,7 @@ def run_report_cmd(**opts) -> None:
 @errors_handled
 def run_data_cmd(**opts) -> None:
     """Load, clean, de-duplicate and split the data (grouped by text, stratified by label)."""
-    from pipeline.stages import stage_data
+    from seqship.pipeline.stages import stage_data
 
     r = _run(opts)
     _report([stage_data(r, _data_cfg(opts), opts["data_dir"], force=opts["force"])], r, opts["as_json"])
@@ -465,7 +626,7 @@ def run_data_cmd(**opts) -> None:
 @errors_handled
 def run_train_cmd(**opts) -> None:
     """Train on the data stage's splits; keep the checkpoint with the best validation macro-F1."""
-    from pipeline.stages import stage_train
+    from seqship.pipeline.stages import stage_train
 
     opts.setdefault("dataset", "names")
     if _follower(opts):
@@ -477,9 +638,15 @@ def run_train_cmd(**opts) -> None:
 
 @run.command("baseline", context_settings=CONTEXT)
 @common_options
-@click.option("--seed", type=SEED, default=None, help="Seed of the baseline's fit [default: the run's training seed, else 0].")
-@click.option("--tokenizer", type=click.Choice(["char", "word"]), default=None,
-              help="Features: char n-grams (char) or word + char n-grams (word) [default: the run's model's tokenizer].")
+@click.option(
+    "--seed", type=SEED, default=None, help="Seed of the baseline's fit [default: the run's training seed, else 0]."
+)
+@click.option(
+    "--tokenizer",
+    type=click.Choice(["char", "word"]),
+    default=None,
+    help="Features: char n-grams (char) or word + char n-grams (word) [default: the run's model's tokenizer].",
+)
 @click.option("--lowercase/--keep-case", default=None, help="[default: as the run's model]")
 @errors_handled
 def run_baseline_cmd(**opts) -> None:
@@ -488,7 +655,7 @@ def run_baseline_cmd(**opts) -> None:
     the model with it. Needs the `baseline` extra (scikit-learn). Its features follow the tokenizer option
     (char n-grams for char, word + char n-grams for word).
     """
-    from pipeline.stages import stage_baseline
+    from seqship.pipeline.stages import stage_baseline
 
     opts.setdefault("dataset", "names")
     r = _run(opts)
@@ -499,9 +666,13 @@ def run_baseline_cmd(**opts) -> None:
     opts["seed"] = 0 if opts.get("seed") is None else opts["seed"]
     result = stage_baseline(r, _train_cfg(opts, r), opts["force"])
     package = r.record("package")
-    if package is not None and package.get("inputs", {}).get("baseline") != (r.current("baseline") or {}).get("inputs_digest"):
-        log.warning("the bundle's card compares the model with another baseline than this one: run `pipeline run "
-                    "package` (or `pipeline run all`) to bring it up to date")
+    if package is not None and package.get("inputs", {}).get("baseline") != (r.current("baseline") or {}).get(
+        "inputs_digest"
+    ):
+        log.warning(
+            "the bundle's card compares the model with another baseline than this one: run `pipeline run "
+            "package` (or `pipeline run all`) to bring it up to date"
+        )
     _report([result], r, opts["as_json"])
 
 
@@ -510,7 +681,7 @@ def run_baseline_cmd(**opts) -> None:
 @errors_handled
 def run_export_cmd(**opts) -> None:
     """Export the trained model to model.pt (TorchScript) and model.onnx, and check the contract."""
-    from pipeline.stages import stage_export
+    from seqship.pipeline.stages import stage_export
 
     r = _run(opts)
     _report([stage_export(r, opts["force"])], r, opts["as_json"])
@@ -523,7 +694,7 @@ def run_export_cmd(**opts) -> None:
 @errors_handled
 def run_verify_cmd(**opts) -> None:
     """The parity gate: exports vs eager PyTorch on probes and on the whole test set. Exit 1 on any mismatch."""
-    from pipeline.stages import stage_verify
+    from seqship.pipeline.stages import stage_verify
 
     r = _run(opts)
     _report([stage_verify(r, _verify_cfg(opts), opts["force"])], r, opts["as_json"])
@@ -534,7 +705,7 @@ def run_verify_cmd(**opts) -> None:
 @errors_handled
 def run_package_cmd(**opts) -> None:
     """Write the bundle (manifest with sha256 of every file, model files, tokenizer, model card)."""
-    from pipeline.stages import stage_package
+    from seqship.pipeline.stages import stage_package
 
     r = _run(opts)
     _report([stage_package(r, opts["force"])], r, opts["as_json"])
@@ -544,47 +715,128 @@ def run_package_cmd(**opts) -> None:
 
 
 def _providers(value: str):
-    """"auto" / "cpu" / "cuda" as they are; anything else is a comma-separated list of provider names."""
+    """ "auto" / "cpu" / "cuda" as they are; anything else is a comma-separated list of provider names."""
     if value.lower() in ("auto", "cpu", "cuda"):
         return value.lower()
     return [p.strip() for p in value.split(",") if p.strip()]
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path), envvar="SEQSHIP_BUNDLE",
-              help="Bundle folder [env SEQSHIP_BUNDLE].")
+@click.option(
+    "--bundle",
+    "bundle_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    envvar="SEQSHIP_BUNDLE",
+    help="Bundle folder [env SEQSHIP_BUNDLE].",
+)
 @click.option("--top-k", type=click.IntRange(1), default=1, show_default=True, help="Labels to list per text.")
-@click.option("--providers", default="auto", show_default=True, envvar="SEQSHIP_PROVIDERS",
-              help="auto, cpu, cuda, or a comma-separated list of onnxruntime providers [env SEQSHIP_PROVIDERS].")
-@click.option("--threads", type=click.IntRange(1), default=None,
-              help="CPU: batches scored at once, each on a single-threaded session [default: all cores]; CUDA: intra-op threads.")
-@click.option("--input", "input_path", type=click.Path(path_type=Path), default=None,
-              help="Score this file instead of TEXT arguments (see --format); with --engine ray, a file or a folder of "
-                   ".txt/.jsonl/.parquet files.")
-@click.option("--output", "output_path", type=click.Path(), default=None,
-              help="With --input: write JSON lines here, atomically; a FIFO or /dev/stdout is streamed into [default: stdout]. "
-                   "With --engine ray: a folder of part files and summary.json, which appears only when whole.")
-@click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "lines", "csv", "tsv"]), default="auto", show_default=True,
-              help="--input format; auto: jsonl for .jsonl/.ndjson, csv for .csv, tsv for .tsv, else one text per line.")
-@click.option("--text-column", default="text", show_default=True, help="--input CSV/TSV column or JSONL key holding the text.")
-@click.option("--id-column", default="id", show_default=True,
-              help="--input CSV/TSV column or JSONL key copied into each output line as 'id', when present.")
-@click.option("--expect-sha256", "expect_sha256", default=None, envvar="SEQSHIP_EXPECT_SHA256",
-              help="Refuse the bundle unless its digest (sha256 of manifest.json, as `pipeline inspect` prints) is this [env SEQSHIP_EXPECT_SHA256].")
-@click.option("--unicode-mismatch", type=click.Choice(["refuse", "warn"]), default="refuse", show_default=True,
-              help="When this Python's Unicode version differs from the tokenizer's: refuse texts whose ids could differ, or warn and score all.")
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="With --input: score in this process, or on a Ray cluster (Ray Data; the `ray` extra).")
-@click.option("--ray-address", default=None, envvar="RAY_ADDRESS",
-              help="--engine ray: the cluster to use (HEAD:6379; run it on a node of the cluster) [env RAY_ADDRESS; default: start a local Ray].")
-@click.option("--workers", type=click.IntRange(1), default=None,
-              help="--engine ray: scoring actors, one CPU each [default: the cluster's CPUs].")
-@click.option("--output-format", type=click.Choice(["jsonl", "parquet"]), default="jsonl", show_default=True,
-              help="--engine ray: the part files' format.")
+@click.option(
+    "--providers",
+    default="auto",
+    show_default=True,
+    envvar="SEQSHIP_PROVIDERS",
+    help="auto, cpu, cuda, or a comma-separated list of onnxruntime providers [env SEQSHIP_PROVIDERS].",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    default=None,
+    help="CPU: batches scored at once, each on a single-threaded session [default: all cores]; CUDA: intra-op threads.",
+)
+@click.option(
+    "--input",
+    "input_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Score this file instead of TEXT arguments (see --format); with --engine ray, a file or a folder of "
+    ".txt/.jsonl/.parquet files.",
+)
+@click.option(
+    "--output",
+    "output_path",
+    type=click.Path(),
+    default=None,
+    help="With --input: write JSON lines here, atomically; a FIFO or /dev/stdout is streamed into [default: stdout]. "
+    "With --engine ray: a folder of part files and summary.json, which appears only when whole.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "jsonl", "lines", "csv", "tsv"]),
+    default="auto",
+    show_default=True,
+    help="--input format; auto: jsonl for .jsonl/.ndjson, csv for .csv, tsv for .tsv, else one text per line.",
+)
+@click.option(
+    "--text-column", default="text", show_default=True, help="--input CSV/TSV column or JSONL key holding the text."
+)
+@click.option(
+    "--id-column",
+    default="id",
+    show_default=True,
+    help="--input CSV/TSV column or JSONL key copied into each output line as 'id', when present.",
+)
+@click.option(
+    "--expect-sha256",
+    "expect_sha256",
+    default=None,
+    envvar="SEQSHIP_EXPECT_SHA256",
+    help="Refuse the bundle unless its digest (sha256 of manifest.json, as `pipeline inspect` prints) is this [env SEQSHIP_EXPECT_SHA256].",
+)
+@click.option(
+    "--unicode-mismatch",
+    type=click.Choice(["refuse", "warn"]),
+    default="refuse",
+    show_default=True,
+    help="When this Python's Unicode version differs from the tokenizer's: refuse texts whose ids could differ, or warn and score all.",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="With --input: score in this process, or on a Ray cluster (Ray Data; the `ray` extra).",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    envvar="RAY_ADDRESS",
+    help="--engine ray: the cluster to use (HEAD:6379; run it on a node of the cluster) [env RAY_ADDRESS; default: start a local Ray].",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=None,
+    help="--engine ray: scoring actors, one CPU each [default: the cluster's CPUs].",
+)
+@click.option(
+    "--output-format",
+    type=click.Choice(["jsonl", "parquet"]),
+    default="jsonl",
+    show_default=True,
+    help="--engine ray: the part files' format.",
+)
 @click.argument("texts", nargs=-1)
 @errors_handled
-def predict(bundle_dir, top_k, providers, threads, input_path, output_path, fmt, text_column, id_column, expect_sha256,
-            unicode_mismatch, engine, ray_address, workers, output_format, texts) -> None:
+def predict(
+    bundle_dir,
+    top_k,
+    providers,
+    threads,
+    input_path,
+    output_path,
+    fmt,
+    text_column,
+    id_column,
+    expect_sha256,
+    unicode_mismatch,
+    engine,
+    ray_address,
+    workers,
+    output_format,
+    texts,
+) -> None:
     """Label texts with a bundle; prints one JSON object per text. Needs no torch.
 
     Texts come from the arguments, from --input FILE (streamed in bounded memory, with a progress bar
@@ -600,14 +852,32 @@ def predict(bundle_dir, top_k, providers, threads, input_path, output_path, fmt,
       cut -f1 names.tsv | pipeline predict --bundle artifacts/names/bundle
       pipeline predict --bundle artifacts/names/bundle --input texts/ --output scored/ --engine ray --workers 2
     """
-    from runtime import InputError, ModelOutputError, Predictor
+    from seqship.runtime import InputError, ModelOutputError, Predictor
 
     _check_pin_env(expect_sha256)  # usage errors first, before any file is read
     if engine == "ray":
-        return _predict_ray(bundle_dir, top_k, providers, threads, input_path, output_path, fmt, text_column, id_column,
-                            expect_sha256, unicode_mismatch, ray_address, workers, output_format, texts)
-    for name, value, default in (("--ray-address", ray_address, None), ("--workers", workers, None),
-                                 ("--output-format", output_format, "jsonl")):
+        return _predict_ray(
+            bundle_dir,
+            top_k,
+            providers,
+            threads,
+            input_path,
+            output_path,
+            fmt,
+            text_column,
+            id_column,
+            expect_sha256,
+            unicode_mismatch,
+            ray_address,
+            workers,
+            output_format,
+            texts,
+        )
+    for name, value, default in (
+        ("--ray-address", ray_address, None),
+        ("--workers", workers, None),
+        ("--output-format", output_format, "jsonl"),
+    ):
         if value != default and not (name == "--ray-address" and os.environ.get("RAY_ADDRESS") == value):
             raise click.UsageError(f"{name} applies to --engine ray")
     if output_path is not None and input_path is None:
@@ -615,29 +885,42 @@ def predict(bundle_dir, top_k, providers, threads, input_path, output_path, fmt,
     if input_path is not None and texts:
         raise click.UsageError("give TEXT arguments or --input, not both")
     if input_path is not None and input_path.is_dir():
-        raise click.BadParameter(f"{input_path}: a folder; give a file, or score a folder with --engine ray", param_hint="--input")
+        raise click.BadParameter(
+            f"{input_path}: a folder; give a file, or score a folder with --engine ray", param_hint="--input"
+        )
     if input_path is not None and not input_path.exists():
         raise click.BadParameter(f"{input_path}: no such file", param_hint="--input")
     if output_path is not None:  # a str until here: Path() would drop the trailing "/" that says "a folder"
         if output_path.endswith(("/", os.sep)) or Path(output_path).is_dir():
             raise click.BadParameter(f"{output_path}: a folder; give a file path", param_hint="--output")
         output_path = Path(output_path)
-    predictor = Predictor.load(_bundle_dir(bundle_dir), providers=_providers(providers), intra_op_num_threads=threads,
-                               expected_sha256=expect_sha256, unicode_mismatch=unicode_mismatch)
+    predictor = Predictor.load(
+        _bundle_dir(bundle_dir),
+        providers=_providers(providers),
+        intra_op_num_threads=threads,
+        expected_sha256=expect_sha256,
+        unicode_mismatch=unicode_mismatch,
+    )
     if top_k > len(predictor.labels):
-        raise SeqshipError(f"--top-k {top_k}: the bundle has only {len(predictor.labels)} labels; pass --top-k {len(predictor.labels)} or less")
+        raise SeqshipError(
+            f"--top-k {top_k}: the bundle has only {len(predictor.labels)} labels; pass --top-k {len(predictor.labels)} or less"
+        )
     log.info("scoring with %s", predictor.provider)
     if input_path is not None:
         stats = _predict_file(predictor, input_path, output_path, fmt, top_k, text_column, id_column)
         if stats.errors:
-            raise click.ClickException(f"{stats.errors} of {stats.texts} texts could not be scored (see their 'error' lines)")
+            raise click.ClickException(
+                f"{stats.errors} of {stats.texts} texts could not be scored (see their 'error' lines)"
+            )
         return
     undecodable: dict[int, str] = {}
     if not texts:
         if sys.stdin is None or getattr(sys.stdin, "buffer", None) is None:
             raise click.UsageError("no texts: give TEXT arguments, --input FILE, or texts on stdin")
         raw_lines = [line.rstrip(b"\r") for line in sys.stdin.buffer.read().split(b"\n")]
-        while raw_lines and raw_lines[-1].strip() == b"":  # a file's final newline (and blank lines after it) is not a text
+        while (
+            raw_lines and raw_lines[-1].strip() == b""
+        ):  # a file's final newline (and blank lines after it) is not a text
             raw_lines.pop()
         texts = []
         for i, raw in enumerate(raw_lines):
@@ -654,7 +937,7 @@ def predict(bundle_dir, top_k, providers, threads, input_path, output_path, fmt,
             except UnicodeError as e:
                 undecodable[i] = f"argument {i + 1}: not UTF-8 ({e.reason} at byte {e.start}); pass UTF-8 text"
                 texts[i] = ""
-    from runtime.bulk import json_line
+    from seqship.runtime.bulk import json_line
 
     errors = 0
     for i, result in enumerate(predictor.predict(list(texts), top_k=top_k, errors="return")):
@@ -668,34 +951,70 @@ def predict(bundle_dir, top_k, providers, threads, input_path, output_path, fmt,
         raise click.ClickException(f"{errors} of {len(texts)} texts could not be scored")
 
 
-def _predict_ray(bundle_dir, top_k, providers, threads, input_path, output_path, fmt, text_column, id_column,
-                 expect_sha256, unicode_mismatch, ray_address, workers, output_format, texts) -> None:
+def _predict_ray(
+    bundle_dir,
+    top_k,
+    providers,
+    threads,
+    input_path,
+    output_path,
+    fmt,
+    text_column,
+    id_column,
+    expect_sha256,
+    unicode_mismatch,
+    ray_address,
+    workers,
+    output_format,
+    texts,
+) -> None:
     """`predict --engine ray`: a Ray Data job over a file or a folder of files into an output folder."""
     if texts or input_path is None or output_path is None:
         raise click.UsageError("--engine ray scores --input PATH (a file or a folder) into --output DIR")
     if fmt != "auto":
-        raise click.UsageError("--engine ray reads each file by its suffix (.txt, .jsonl/.ndjson, .parquet): leave --format out")
+        raise click.UsageError(
+            "--engine ray reads each file by its suffix (.txt, .jsonl/.ndjson, .parquet): leave --format out"
+        )
     if threads is not None:
-        raise click.UsageError("--threads applies to --engine local; with --engine ray, each worker is one CPU: use --workers")
+        raise click.UsageError(
+            "--threads applies to --engine local; with --engine ray, each worker is one CPU: use --workers"
+        )
     if unicode_mismatch != "refuse":
         raise click.UsageError("--unicode-mismatch warn applies to --engine local")
     if not input_path.exists():
         raise click.BadParameter(f"{input_path}: no such file or folder", param_hint="--input")
-    from pipeline.ray_bulk import score_with_ray
+    from seqship.runtime.ray import score_with_ray
 
     bar = click.progressbar(length=1, label="scoring on ray", file=sys.stderr)
     with bar:
+
         def progress(done: int, total: int) -> None:
             bar.length = max(1, total)
             bar.update(done - bar.pos)
 
-        summary = score_with_ray(_bundle_dir(bundle_dir), input_path, output_path, ray_address=ray_address, workers=workers,
-                                 output_format=output_format, top_k=top_k, text_column=text_column, id_column=id_column,
-                                 expected_sha256=expect_sha256, providers=_providers(providers), on_progress=progress)
-    click.echo(f"{summary.scored} scored, {summary.errors} errors -> {output_path} (ray {summary.ray}, {summary.workers} "
-               f"workers on {summary.nodes} node(s), {summary.texts_per_second:,.0f} texts/s)", err=True)
+        summary = score_with_ray(
+            _bundle_dir(bundle_dir),
+            input_path,
+            output_path,
+            ray_address=ray_address,
+            workers=workers,
+            output_format=output_format,
+            top_k=top_k,
+            text_column=text_column,
+            id_column=id_column,
+            expected_sha256=expect_sha256,
+            providers=_providers(providers),
+            on_progress=progress,
+        )
+    click.echo(
+        f"{summary.scored} scored, {summary.errors} errors -> {output_path} (ray {summary.ray}, {summary.workers} "
+        f"workers on {summary.nodes} node(s), {summary.texts_per_second:,.0f} texts/s)",
+        err=True,
+    )
     if summary.errors:
-        raise click.ClickException(f"{summary.errors} of {summary.rows_in} texts could not be scored (see their 'error' rows)")
+        raise click.ClickException(
+            f"{summary.errors} of {summary.rows_in} texts could not be scored (see their 'error' rows)"
+        )
 
 
 def _bundle_dir(path: Path, option: str = "--bundle ") -> Path:
@@ -724,11 +1043,15 @@ def _read_texts(path: Path) -> list[str]:
 def _check_pin_env(given) -> None:
     """An empty SEQSHIP_EXPECT_SHA256 reads as unset to click: refuse it rather than silently not pinning."""
     if given is None and os.environ.get("SEQSHIP_EXPECT_SHA256", None) == "":
-        raise click.UsageError("SEQSHIP_EXPECT_SHA256 is set but empty: unset it, or set it to the bundle digest you trust")
+        raise click.UsageError(
+            "SEQSHIP_EXPECT_SHA256 is set but empty: unset it, or set it to the bundle digest you trust"
+        )
 
 
-def _predict_file(predictor, input_path: Path, output_path: Path | None, fmt: str, top_k: int, text_column: str, id_column: str):
-    from runtime.bulk import score_file
+def _predict_file(
+    predictor, input_path: Path, output_path: Path | None, fmt: str, top_k: int, text_column: str, id_column: str
+):
+    from seqship.runtime.bulk import score_file
 
     ctx = click.get_current_context(silent=True)
     require_id = ctx is not None and ctx.get_parameter_source("id_column") is click.core.ParameterSource.COMMANDLINE
@@ -757,12 +1080,24 @@ def _predict_file(predictor, input_path: Path, output_path: Path | None, fmt: st
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--bundle", "bundle_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Bundle folder.")
-@click.option("--texts", "texts_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Real texts (one per line, UTF-8) to compare text-in -> label-out as well as the probes.")
+@click.option(
+    "--bundle", "bundle_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Bundle folder."
+)
+@click.option(
+    "--texts",
+    "texts_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Real texts (one per line, UTF-8) to compare text-in -> label-out as well as the probes.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
-@click.option("--expect-sha256", "expect_sha256", default=None, envvar="SEQSHIP_EXPECT_SHA256",
-              help="Refuse the bundle unless its digest (sha256 of manifest.json) is this [env SEQSHIP_EXPECT_SHA256].")
+@click.option(
+    "--expect-sha256",
+    "expect_sha256",
+    default=None,
+    envvar="SEQSHIP_EXPECT_SHA256",
+    help="Refuse the bundle unless its digest (sha256 of manifest.json) is this [env SEQSHIP_EXPECT_SHA256].",
+)
 @verify_options
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the random probe inputs.")
 @errors_handled
@@ -779,10 +1114,11 @@ def verify(bundle_dir: Path, texts_path: Path | None, as_json: bool, expect_sha2
     Example:
       pipeline verify --bundle artifacts/names/bundle --texts names.txt
     """
-    from exporters.parity import format_table
-    from pipeline.verify import verify_bundle
+    from seqship.exporters.parity import format_table
+    from seqship.pipeline.verify import verify_bundle
 
     _check_pin_env(expect_sha256)
+
     def work():
         texts = _read_texts(texts_path) if texts_path is not None else None
         return verify_bundle(_bundle_dir(bundle_dir), _verify_cfg(opts), texts, expected_sha256=expect_sha256)
@@ -797,15 +1133,37 @@ def verify(bundle_dir: Path, texts_path: Path | None, as_json: bool, expect_sha2
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--bundle", "bundle_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Bundle folder.")
-@click.option("--texts", "texts_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Real texts, one per line [default: the test split of the run the bundle belongs to].")
-@click.option("--threads", type=click.IntRange(1), default=lambda: os.cpu_count() or 1, show_default="all cores",
-              help="Intra-op threads for every contender.")
-@click.option("--repeats", type=click.IntRange(1), default=5, show_default=True, help="Repeats per figure (medians are reported).")
-@click.option("--latency-texts", type=click.IntRange(1), default=300, show_default=True, help="Texts timed one at a time.")
+@click.option(
+    "--bundle", "bundle_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Bundle folder."
+)
+@click.option(
+    "--texts",
+    "texts_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Real texts, one per line [default: the test split of the run the bundle belongs to].",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    default=lambda: os.cpu_count() or 1,
+    show_default="all cores",
+    help="Intra-op threads for every contender.",
+)
+@click.option(
+    "--repeats", type=click.IntRange(1), default=5, show_default=True, help="Repeats per figure (medians are reported)."
+)
+@click.option(
+    "--latency-texts", type=click.IntRange(1), default=300, show_default=True, help="Texts timed one at a time."
+)
 @click.option("--bulk-texts", type=click.IntRange(1), default=10_000, show_default=True, help="Texts per bulk repeat.")
-@click.option("--cold-repeats", type=click.IntRange(1), default=3, show_default=True, help="Fresh processes per cold-start figure.")
+@click.option(
+    "--cold-repeats",
+    type=click.IntRange(1),
+    default=3,
+    show_default=True,
+    help="Fresh processes per cold-start figure.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @errors_handled
 def bench(bundle_dir, texts_path, threads, repeats, latency_texts, bulk_texts, cold_repeats, as_json) -> None:
@@ -820,7 +1178,7 @@ def bench(bundle_dir, texts_path, threads, repeats, latency_texts, bulk_texts, c
     Example:
       pipeline bench --bundle artifacts/names/bundle --json
     """
-    from pipeline.bench import BenchConfig, format_report, run_bench
+    from seqship.pipeline.bench import BenchConfig, format_report, run_bench
 
     def work():
         if texts_path is not None:
@@ -829,25 +1187,49 @@ def bench(bundle_dir, texts_path, threads, repeats, latency_texts, bulk_texts, c
             test = Path(bundle_dir).resolve().parent / "data" / "test.jsonl"
             if not test.is_file():
                 raise SeqshipError(f"{test}: not found; pass --texts FILE (one text per line)")
-            from pipeline.data import read_split
+            from seqship.pipeline.data import read_split
 
             texts = [t for t, _ in read_split(test.parent, "test")]
         if not texts:
             raise SeqshipError(f"{texts_path or test}: no texts to time; pass --texts FILE with one text per line")
-        cfg = BenchConfig(threads=threads, repeats=repeats, latency_texts=latency_texts, bulk_texts=bulk_texts, cold_repeats=cold_repeats)
-        return run_bench(_bundle_dir(Path(bundle_dir)), texts, cfg, progress=lambda msg: None if as_json else click.echo(msg + " ...", err=True))
+        cfg = BenchConfig(
+            threads=threads,
+            repeats=repeats,
+            latency_texts=latency_texts,
+            bulk_texts=bulk_texts,
+            cold_repeats=cold_repeats,
+        )
+        return run_bench(
+            _bundle_dir(Path(bundle_dir)),
+            texts,
+            cfg,
+            progress=lambda msg: None if as_json else click.echo(msg + " ...", err=True),
+        )
 
     result = work()
     click.echo(json.dumps(result, indent=1) if as_json else format_report(result))
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--bundle", "bundle_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Bundle folder.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (anything but loopback is warned about).")
+@click.option(
+    "--bundle", "bundle_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Bundle folder."
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (anything but loopback is warned about).",
+)
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port (0: any free port).")
-@click.option("--ort-web", "ort_web", type=click.Path(file_okay=False, path_type=Path), default=None, envvar="SEQSHIP_ORT_WEB",
-              help="onnxruntime-web: the npm --prefix it was installed into, its package folder or its dist/ "
-                   "[env SEQSHIP_ORT_WEB; default: the checkout's runtime/js/node_modules, else ~/.cache/seqship/ort-web].")
+@click.option(
+    "--ort-web",
+    "ort_web",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    envvar="SEQSHIP_ORT_WEB",
+    help="onnxruntime-web: the npm --prefix it was installed into, its package folder or its dist/ "
+    "[env SEQSHIP_ORT_WEB; default: the checkout's runtime/js/node_modules, else ~/.cache/seqship/ort-web].",
+)
 @errors_handled
 def demo(bundle_dir: Path, host: str, port: int, ort_web: Path | None) -> None:
     """Serve a page that runs the bundle in your browser (onnxruntime-web, WebAssembly).
@@ -862,15 +1244,18 @@ def demo(bundle_dir: Path, host: str, port: int, ort_web: Path | None) -> None:
     Example:
       pipeline demo --bundle artifacts/names/bundle     # then open http://127.0.0.1:8000/
     """
-    from pipeline.demo import make_server
+    from seqship.runtime.demo import make_server
 
     try:
         server = make_server(_bundle_dir(bundle_dir), host, port, ort_web=ort_web)
     except (SeqshipError, OSError) as e:
         raise click.ClickException(str(e)) from None
     if not server.loopback_only:
-        click.echo(f"warning: listening on {host}, not a loopback address: anyone who can reach this machine "
-                   f"on port {server.port} can fetch the page and the bundle", err=True)
+        click.echo(
+            f"warning: listening on {host}, not a loopback address: anyone who can reach this machine "
+            f"on port {server.port} can fetch the page and the bundle",
+            err=True,
+        )
     click.echo(f"serving {bundle_dir} at {server.url} (Ctrl-C to stop)")
     try:
         server.serve_forever()
@@ -881,39 +1266,117 @@ def demo(bundle_dir: Path, host: str, port: int, ort_web: Path | None) -> None:
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--bundle", "bundles", required=True, multiple=True, metavar="[NAME=]DIR",
-              help="A bundle folder to serve, as model NAME (default: the run's name); repeat for more models.")
+@click.option(
+    "--bundle",
+    "bundles",
+    required=True,
+    multiple=True,
+    metavar="[NAME=]DIR",
+    help="A bundle folder to serve, as model NAME (default: the run's name); repeat for more models.",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port (0: any free port).")
-@click.option("--max-batch", type=click.IntRange(1, 4096), default=64, show_default=True,
-              help="Texts per batch when concurrent requests are coalesced; 1 turns batching off.")
-@click.option("--max-delay-ms", type=click.FloatRange(0, 60_000), default=0.0, show_default=True,
-              help="How long a batch waits for more texts after its first (0: it takes what queued while the "
-                   "scoring threads were busy, which under load is already a full batch).")
-@click.option("--threads", type=click.IntRange(1, 256), default=lambda: os.cpu_count() or 1, show_default="all cores",
-              help="Batches scored at once, each on a single-threaded onnxruntime session.")
-@click.option("--max-texts", type=click.IntRange(1), default=1024, show_default=True, help="Texts per request (more: 413).")
-@click.option("--max-body-bytes", type=click.IntRange(1024), default=8 << 20, show_default=True,
-              help="Request body size, after decompression (more: 413).")
-@click.option("--max-queue-texts", type=click.IntRange(1), default=8192, show_default=True,
-              help="Texts waiting per model before requests are refused with 503 and Retry-After.")
-@click.option("--timeout-s", type=click.FloatRange(0.1), default=30.0, show_default=True,
-              help="To receive a request's body (else 408), and for its texts to be scored (else 503).")
-@click.option("--drain-timeout-s", type=click.FloatRange(0), default=30.0, show_default=True,
-              help="After SIGTERM: how long requests in flight get to finish before they are cut off (503).")
-@click.option("--drain-delay-s", type=click.FloatRange(0, 3600), default=0.0, show_default=True,
-              help="After SIGTERM: keep accepting this long, readiness answering 503, so that a load balancer "
-                   "(a Kubernetes Service) stops sending here before the listener closes.")
-@click.option("--providers", default="auto", show_default=True, envvar="SEQSHIP_PROVIDERS",
-              help="auto, cpu, cuda, or a comma-separated list of onnxruntime providers [env SEQSHIP_PROVIDERS].")
-@click.option("--expect-sha256", "expect_sha256", multiple=True,
-              help="Refuse to start unless the bundle's digest is this; one per --bundle, in the same order.")
-@click.option("--unicode-mismatch", type=click.Choice(["refuse", "warn"]), default="refuse", show_default=True,
-              help="As for `pipeline predict`.")
+@click.option(
+    "--max-batch",
+    type=click.IntRange(1, 4096),
+    default=64,
+    show_default=True,
+    help="Texts per batch when concurrent requests are coalesced; 1 turns batching off.",
+)
+@click.option(
+    "--max-delay-ms",
+    type=click.FloatRange(0, 60_000),
+    default=0.0,
+    show_default=True,
+    help="How long a batch waits for more texts after its first (0: it takes what queued while the "
+    "scoring threads were busy, which under load is already a full batch).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 256),
+    default=lambda: os.cpu_count() or 1,
+    show_default="all cores",
+    help="Batches scored at once, each on a single-threaded onnxruntime session.",
+)
+@click.option(
+    "--max-texts", type=click.IntRange(1), default=1024, show_default=True, help="Texts per request (more: 413)."
+)
+@click.option(
+    "--max-body-bytes",
+    type=click.IntRange(1024),
+    default=8 << 20,
+    show_default=True,
+    help="Request body size, after decompression (more: 413).",
+)
+@click.option(
+    "--max-queue-texts",
+    type=click.IntRange(1),
+    default=8192,
+    show_default=True,
+    help="Texts waiting per model before requests are refused with 503 and Retry-After.",
+)
+@click.option(
+    "--timeout-s",
+    type=click.FloatRange(0.1),
+    default=30.0,
+    show_default=True,
+    help="To receive a request's body (else 408), and for its texts to be scored (else 503).",
+)
+@click.option(
+    "--drain-timeout-s",
+    type=click.FloatRange(0),
+    default=30.0,
+    show_default=True,
+    help="After SIGTERM: how long requests in flight get to finish before they are cut off (503).",
+)
+@click.option(
+    "--drain-delay-s",
+    type=click.FloatRange(0, 3600),
+    default=0.0,
+    show_default=True,
+    help="After SIGTERM: keep accepting this long, readiness answering 503, so that a load balancer "
+    "(a Kubernetes Service) stops sending here before the listener closes.",
+)
+@click.option(
+    "--providers",
+    default="auto",
+    show_default=True,
+    envvar="SEQSHIP_PROVIDERS",
+    help="auto, cpu, cuda, or a comma-separated list of onnxruntime providers [env SEQSHIP_PROVIDERS].",
+)
+@click.option(
+    "--expect-sha256",
+    "expect_sha256",
+    multiple=True,
+    help="Refuse to start unless the bundle's digest is this; one per --bundle, in the same order.",
+)
+@click.option(
+    "--unicode-mismatch",
+    type=click.Choice(["refuse", "warn"]),
+    default="refuse",
+    show_default=True,
+    help="As for `pipeline predict`.",
+)
 @click.option("--access-log", is_flag=True, help="Log every request on stderr (off by default).")
 @errors_handled
-def serve(bundles, host, port, max_batch, max_delay_ms, threads, max_texts, max_body_bytes, max_queue_texts, timeout_s,
-          drain_timeout_s, drain_delay_s, providers, expect_sha256, unicode_mismatch, access_log) -> None:
+def serve(
+    bundles,
+    host,
+    port,
+    max_batch,
+    max_delay_ms,
+    threads,
+    max_texts,
+    max_body_bytes,
+    max_queue_texts,
+    timeout_s,
+    drain_timeout_s,
+    drain_delay_s,
+    providers,
+    expect_sha256,
+    unicode_mismatch,
+    access_log,
+) -> None:
     """Serve bundles over HTTP with the Open Inference Protocol (KServe v2), as Triton and KServe do.
 
     Every bundle is verified (as Predictor.load verifies it) before the port opens. Concurrent requests
@@ -929,37 +1392,59 @@ def serve(bundles, host, port, max_batch, max_delay_ms, threads, max_texts, max_
       pipeline serve --bundle artifacts/names/bundle --port 8000
       curl -s localhost:8000/predict -d '{"texts": ["Nguyen"], "top_k": 3}'
     """
-    from pipeline.serve import Limits, load_models, serve as run_server
-
-    from runtime.bundle import check_pin
+    from seqship.runtime.bundle import check_pin
+    from seqship.runtime.serve.app import Limits, load_models
+    from seqship.runtime.serve.app import serve as run_server
 
     for value in expect_sha256:  # a malformed pin is refused before any bundle is read
         check_pin(value)
     models = load_models(list(bundles), list(expect_sha256), _providers(providers), unicode_mismatch)
-    limits = Limits(max_batch=max_batch, max_delay_ms=max_delay_ms, threads=threads, max_body_bytes=max_body_bytes,
-                    max_texts=max_texts, max_queue_texts=max_queue_texts, timeout_s=timeout_s,
-                    drain_timeout_s=drain_timeout_s, drain_delay_s=drain_delay_s)
+    limits = Limits(
+        max_batch=max_batch,
+        max_delay_ms=max_delay_ms,
+        threads=threads,
+        max_body_bytes=max_body_bytes,
+        max_texts=max_texts,
+        max_queue_texts=max_queue_texts,
+        timeout_s=timeout_s,
+        drain_timeout_s=drain_timeout_s,
+        drain_delay_s=drain_delay_s,
+    )
     for name, m in models.items():
-        click.echo(f"model {name}: {m.path} (bundle sha256 {m.predictor.digest}, {len(m.predictor.labels)} labels, "
-                   f"{m.predictor.provider})", err=True)
+        click.echo(
+            f"model {name}: {m.path} (bundle sha256 {m.predictor.digest}, {len(m.predictor.labels)} labels, "
+            f"{m.predictor.provider})",
+            err=True,
+        )
 
     def ready(url: str) -> None:
         click.echo(f"serving {len(models)} model(s) at {url}  (SIGTERM or Ctrl-C drains and stops)")
         sys.stdout.flush()
 
-    tally = run_server(models, host, port, limits, access_log=access_log, on_ready=ready,
-                       verbose=logging.getLogger("pipeline").level <= logging.DEBUG)
+    tally = run_server(
+        models,
+        host,
+        port,
+        limits,
+        access_log=access_log,
+        on_ready=ready,
+        verbose=logging.getLogger("pipeline").level <= logging.DEBUG,
+    )
     drained = f" (drained in {tally['drain_seconds']:.2f} s)" if tally["drain_seconds"] is not None else ""
     click.echo(f"stopped: {tally['accepted']} requests accepted, {tally['answered']} answered{drained}", err=True)
     problems = []
     if tally["cut_off"]:
-        problems.append(f"{tally['cut_off']} of them with 503 because the drain was cut short "
-                        f"(--drain-timeout-s {drain_timeout_s:g}, or a second signal)")
+        problems.append(
+            f"{tally['cut_off']} of them with 503 because the drain was cut short "
+            f"(--drain-timeout-s {drain_timeout_s:g}, or a second signal)"
+        )
     if tally["answered"] != tally["accepted"]:
         problems.append(f"{tally['accepted'] - tally['answered']} accepted requests got no answer")
     if tally["connections_cut"]:
-        problems.append(f"{tally['connections_cut']} connections were still open at exit (an answer may not have "
-                        "been delivered: a client that did not read it)")
+        problems.append(
+            f"{tally['connections_cut']} connections were still open at exit (an answer may not have "
+            "been delivered: a client that did not read it)"
+        )
     if problems:
         raise click.ClickException("; ".join(problems))
 
@@ -970,13 +1455,19 @@ def serve(bundles, host, port, max_batch, max_delay_ms, threads, max_texts, max_
 @errors_handled
 def inspect(bundle_dir: Path, as_json: bool) -> None:
     """Check a bundle (every file against its manifest, and Predictor.load's checks) and describe it."""
-    from runtime import Predictor
+    from seqship.runtime import Predictor
 
     # "verified" means what an application's load checks, not only the hashes
     b = Predictor.load(_bundle_dir(bundle_dir, "pipeline inspect "), providers="cpu", unicode_mismatch="warn").bundle
     if as_json:
-        click.echo(json.dumps({"ok": True, "bundle": str(b.root), "digest": b.digest, "manifest": b.manifest}, indent=1,
-                              ensure_ascii=False, default=str))
+        click.echo(
+            json.dumps(
+                {"ok": True, "bundle": str(b.root), "digest": b.digest, "manifest": b.manifest},
+                indent=1,
+                ensure_ascii=False,
+                default=str,
+            )
+        )
         return
     for line in describe_bundle(b):
         click.echo(line)
@@ -999,12 +1490,19 @@ def _num(x, fmt: str = ".4f") -> str:
 def describe_bundle(b) -> list[str]:
     """The lines `pipeline inspect` prints; any manifest Predictor.load accepts can be described."""
     m = b.manifest
-    lines = [f"{b.root}: {_field(m, 'format')} v{_field(m, 'format_version')}, {len(b.labels)} labels, verified as Predictor.load does",
-             f"digest (sha256 of manifest.json; pin it with --expect-sha256): {b.digest}"]
+    lines = [
+        f"{b.root}: {_field(m, 'format')} v{_field(m, 'format_version')}, {len(b.labels)} labels, verified as Predictor.load does",
+        f"digest (sha256 of manifest.json; pin it with --expect-sha256): {b.digest}",
+    ]
     engines = _field(m, "parity", "engines", default={})
     if isinstance(engines, dict) and engines:
-        lines.append("verified on: " + ", ".join(
-            f"{n} {_field(e, 'version')}" + ("" if _field(e, "passed", default=False) is True else " (FAILED)") for n, e in engines.items()))
+        lines.append(
+            "verified on: "
+            + ", ".join(
+                f"{n} {_field(e, 'version')}" + ("" if _field(e, "passed", default=False) is True else " (FAILED)")
+                for n, e in engines.items()
+            )
+        )
     met = _field(m, "metrics", default={})
     if isinstance(met, dict) and met:
         lines.append(f"test accuracy {_num(met.get('test_accuracy'))}, macro-F1 {_num(met.get('test_macro_f1'))}")
@@ -1020,26 +1518,46 @@ def datasets(as_json: bool) -> None:
     """List the datasets `--dataset` accepts and where each is looked for."""
     from dataclasses import asdict
 
-    from pipeline.data import REGISTRY
+    from seqship.pipeline.data import REGISTRY
 
     if as_json:
         click.echo(json.dumps({n: asdict(d) for n, d in REGISTRY.items()}, indent=1))
         return
     for name, d in REGISTRY.items():
-        where = (f"downloaded from {d.download.url} (override: {d.download.env_var(name)})" if d.download
-                 else "no public download")
+        where = (
+            f"downloaded from {d.download.url} (override: {d.download.env_var(name)})"
+            if d.download
+            else "no public download"
+        )
         defaults = ", ".join(f"{k}={v}" for k, v in d.train_defaults) or "the general defaults"
         click.echo(f"{name:<14} {d.task}\n{'':<14} <data-dir>/{d.folder}/, else {where}; training: {defaults}")
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--run", "do_run", is_flag=True, help="Run each dataset's default config end to end first (long: see the README).")
-@click.option("--datasets", "names", default=",".join(["names", "waimai", "chnsenticorp", "shopping-cats", "sst2", "mr"]),
-              show_default=True, help="Comma-separated registry datasets.")
-@click.option("--data-dir", envvar="SEQSHIP_DATA_DIR", type=click.Path(file_okay=False), default=None,
-              help="Folder holding the registry datasets [env SEQSHIP_DATA_DIR]; else they are downloaded.")
-@click.option("--artifacts-dir", envvar="SEQSHIP_ARTIFACTS_DIR", type=click.Path(file_okay=False), default=None,
-              help="Where runs are written [env SEQSHIP_ARTIFACTS_DIR; default: the checkout's artifacts/].")
+@click.option(
+    "--run", "do_run", is_flag=True, help="Run each dataset's default config end to end first (long: see the README)."
+)
+@click.option(
+    "--datasets",
+    "names",
+    default=",".join(["names", "waimai", "chnsenticorp", "shopping-cats", "sst2", "mr"]),
+    show_default=True,
+    help="Comma-separated registry datasets.",
+)
+@click.option(
+    "--data-dir",
+    envvar="SEQSHIP_DATA_DIR",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder holding the registry datasets [env SEQSHIP_DATA_DIR]; else they are downloaded.",
+)
+@click.option(
+    "--artifacts-dir",
+    envvar="SEQSHIP_ARTIFACTS_DIR",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where runs are written [env SEQSHIP_ARTIFACTS_DIR; default: the checkout's artifacts/].",
+)
 @click.option("--force", is_flag=True, help="With --run: redo stages even when their inputs are unchanged.")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @errors_handled
@@ -1050,15 +1568,18 @@ def results(do_run: bool, names: str, data_dir, artifacts_dir, force: bool, as_j
     Example (every dataset's default config, about an hour on 2 CPU cores):
       pipeline results --run --data-dir ../shared/data
     """
-    from pipeline.data import REGISTRY
-    from pipeline.results import markdown, results as collect_results
+    from seqship.pipeline.data import REGISTRY
+    from seqship.pipeline.results import markdown
+    from seqship.pipeline.results import results as collect_results
 
     datasets_ = [n.strip() for n in names.split(",") if n.strip()]
     unknown = [n for n in datasets_ if n not in REGISTRY]
     if unknown:
-        raise click.BadParameter(f"unknown dataset(s) {unknown}; choose from {sorted(REGISTRY)}", param_hint="--datasets")
+        raise click.BadParameter(
+            f"unknown dataset(s) {unknown}; choose from {sorted(REGISTRY)}", param_hint="--datasets"
+        )
     if do_run:
-        from pipeline import pin_blas_for_reproducibility
+        from seqship.pipeline import pin_blas_for_reproducibility
 
         pin_blas_for_reproducibility()  # before torch is imported
 

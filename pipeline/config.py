@@ -1,5 +1,6 @@
 """How a run's configuration is resolved from what the user gave: library code, so that the CLI, the
 results command and any script resolve it the same way (defaults, then the dataset's, then the user's)."""
+
 from __future__ import annotations
 
 import os
@@ -29,23 +30,30 @@ def run_name(run_name: str | None, data_path: str | os.PathLike | None, dataset:
         return dataset or "names"
     stem = Path(os.path.abspath(data_path)).stem
     if not stem or stem.startswith("."):
-        from pipeline.runs import StageError
+        from seqship.pipeline.runs import StageError
 
-        raise StageError(f"--data {os.fspath(data_path)!r} gives no run folder name ({stem!r}); name the run with --run-name")
+        raise StageError(
+            f"--data {os.fspath(data_path)!r} gives no run folder name ({stem!r}); name the run with --run-name"
+        )
     return stem
 
 
 def open_run(artifacts_dir: str | os.PathLike | None, name: str | None, data_path=None, dataset: str | None = None):
     """The Run for these options (its folder is not created until a stage writes)."""
-    from pipeline.runs import Run
+    from seqship.pipeline.runs import Run
 
     return Run(artifacts_dir or default_artifacts_dir(), run_name(name, data_path, dataset))
 
 
-def data_config(dataset: str | None, data_path: str | os.PathLike | None, text_column: str = "text",
-                label_column: str = "label", seed: int = 0):
+def data_config(
+    dataset: str | None,
+    data_path: str | os.PathLike | None,
+    text_column: str = "text",
+    label_column: str = "label",
+    seed: int = 0,
+):
     """The DataConfig for a registry dataset, or for the user's own --data file or folder."""
-    from pipeline.data import DataConfig, DataError
+    from seqship.pipeline.data import DataConfig, DataError
 
     data = str(Path(data_path).resolve()) if data_path else None
     if data is not None:
@@ -53,12 +61,16 @@ def data_config(dataset: str | None, data_path: str | os.PathLike | None, text_c
             data.encode("utf-8")
         except UnicodeEncodeError:
             shown = os.fsencode(data).decode("utf-8", "backslashreplace")
-            raise DataError(f"--data {shown}: the path is not UTF-8 (as this system's locale decodes it); "
-                            "rename it, or run under a UTF-8 locale") from None
+            raise DataError(
+                f"--data {shown}: the path is not UTF-8 (as this system's locale decodes it); "
+                "rename it, or run under a UTF-8 locale"
+            ) from None
     return DataConfig(
         dataset=None if data_path else dataset,
         data=data,
-        text_column=text_column, label_column=label_column, seed=seed,
+        text_column=text_column,
+        label_column=label_column,
+        seed=seed,
     )
 
 
@@ -68,8 +80,8 @@ def train_config(overrides: dict, dataset: str | None = None, run=None):
     With `run` (as `pipeline run train` alone has no --dataset), the dataset is the one the run's data
     stage was made from. Invalid values raise TrainError naming the option.
     """
-    from pipeline.data import REGISTRY
-    from pipeline.train import TrainConfig
+    from seqship.pipeline.data import REGISTRY
+    from seqship.pipeline.train import TrainConfig
 
     if run is not None:
         record = run.record("data")

@@ -13,13 +13,14 @@ batch's, as one process would compute it. Validation runs on rank 0, and its num
 early stopping and the learning-rate schedule decide the same on every rank. Only rank 0 writes (the
 stage outputs, the bundle, the report); the other ranks exit when training ends.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 from datetime import timedelta
 
-from runtime.errors import SeqshipError
+from seqship.runtime.errors import SeqshipError
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,9 @@ def launched() -> bool:
     """Whether this process was started by torchrun (or another launcher) as one of several."""
     value = os.environ.get("WORLD_SIZE", "1") or "1"
     if not value.strip().isdigit():
-        raise DistributedError(f"WORLD_SIZE={value!r} is not a number of processes: launch with torchrun, or unset WORLD_SIZE")
+        raise DistributedError(
+            f"WORLD_SIZE={value!r} is not a number of processes: launch with torchrun, or unset WORLD_SIZE"
+        )
     return int(value) > 1
 
 
@@ -51,15 +54,19 @@ def init_from_env(device: str | None = "cpu") -> bool:
     if cuda:
         local = int(os.environ.get("LOCAL_RANK", "0") or 0)
         if local >= torch.cuda.device_count():
-            raise DistributedError(f"local rank {local} has no GPU of its own (this machine has {torch.cuda.device_count()}): "
-                                   "pass --nproc-per-node at most the GPU count, or --device cpu")
+            raise DistributedError(
+                f"local rank {local} has no GPU of its own (this machine has {torch.cuda.device_count()}): "
+                "pass --nproc-per-node at most the GPU count, or --device cpu"
+            )
         torch.cuda.set_device(local)
     try:
         # Rank 0 runs the data stage (and may be slow to read a large dataset) before the others hear from it.
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=60))
     except (ValueError, RuntimeError) as e:
-        raise DistributedError(f"cannot join the torchrun process group ({str(e).splitlines()[0][:200]}): launch with "
-                               "torchrun, or unset WORLD_SIZE") from None
+        raise DistributedError(
+            f"cannot join the torchrun process group ({str(e).splitlines()[0][:200]}): launch with "
+            "torchrun, or unset WORLD_SIZE"
+        ) from None
     log.info("distributed: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
     return True
 
@@ -74,10 +81,13 @@ def describe_failure(e: BaseException) -> str | None:
         return None
     text = str(e)
     if type(e).__module__.startswith("torch.distributed") or any(
-            s in text for s in ("Connection closed by peer", "Connection reset by peer", "gloo", "NCCL", "Broken pipe")):
+        s in text for s in ("Connection closed by peer", "Connection reset by peer", "gloo", "NCCL", "Broken pipe")
+    ):
         rank = os.environ.get("RANK", "?")
-        return (f"rank {rank}: another process of this torchrun job failed or was stopped ({text.splitlines()[0][:160]}); "
-                "the first failure is in torchrun's report and that rank's own error above")
+        return (
+            f"rank {rank}: another process of this torchrun job failed or was stopped ({text.splitlines()[0][:160]}); "
+            "the first failure is in torchrun's report and that rank's own error above"
+        )
     return None
 
 

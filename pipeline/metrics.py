@@ -5,6 +5,7 @@ quadratic (10,000 labels made a 700 MB metrics.json), so it is stored whole only
 MATRIX_MAX_LABELS labels; the most frequent off-diagonal (true, predicted) pairs are always stored, at
 most TOP_PAIRS_MAX of them, and computed from the pairs that occur, never from a labels x labels array.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -16,8 +17,11 @@ TOP_PAIRS_MAX = 1000  # at most this many (true, predicted, count) off-diagonal 
 
 
 def classification_metrics(
-    y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str],
-    matrix_max_labels: int = MATRIX_MAX_LABELS, top_pairs_max: int = TOP_PAIRS_MAX,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    labels: Sequence[str],
+    matrix_max_labels: int = MATRIX_MAX_LABELS,
+    top_pairs_max: int = TOP_PAIRS_MAX,
 ) -> dict:
     """Accuracy, macro-F1, per-class precision/recall/F1/support and a confusion summary that stays small."""
     k = len(labels)
@@ -27,7 +31,9 @@ def classification_metrics(
         raise ValueError(f"y_true has {y_true.size} entries and y_pred {y_pred.size}: they must be the same length")
     for name, y in (("y_true", y_true), ("y_pred", y_pred)):
         if y.size and (y.min() < 0 or y.max() >= k):
-            raise ValueError(f"{name} holds class index {int(y.min() if y.min() < 0 else y.max())}, outside 0..{k - 1} for {k} labels")
+            raise ValueError(
+                f"{name} holds class index {int(y.min() if y.min() < 0 else y.max())}, outside 0..{k - 1} for {k} labels"
+            )
     support = np.bincount(y_true, minlength=k)  # row sums of the confusion matrix
     predicted = np.bincount(y_pred, minlength=k)  # column sums
     tp = np.bincount(y_true[y_true == y_pred], minlength=k).astype(float)  # its diagonal
@@ -43,7 +49,12 @@ def classification_metrics(
         "accuracy": float(tp.sum() / max(1, n)),
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
         "per_class": {
-            lab: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+            lab: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
             for i, lab in enumerate(labels)
         },
         # rows: true label, columns: predicted label; null above confusion.matrix_max_labels labels
@@ -59,7 +70,9 @@ def _matrix(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> list[list[int]]:
     return cm.tolist()
 
 
-def _compact(codes: np.ndarray, counts: np.ndarray, labels: Sequence[str], matrix_max_labels: int, top_pairs_max: int) -> dict:
+def _compact(
+    codes: np.ndarray, counts: np.ndarray, labels: Sequence[str], matrix_max_labels: int, top_pairs_max: int
+) -> dict:
     """The off-diagonal pairs (code true * k + predicted, with their counts) as the stored summary."""
     k = len(labels)
     order = np.lexsort((codes, -counts))[:top_pairs_max]  # most frequent first; ties by (true, predicted) index

@@ -6,12 +6,12 @@ direction reads its output at position length-1; the backward direction runs on 
 row therefore gives the same logits as the same row run alone. This file is the nn.Module only: for ONNX
 export, exporters.recurrent.fused_recurrence swaps each layer's forward for one custom op.
 """
+
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Tuple
 
 import torch
 from torch import nn
@@ -67,7 +67,9 @@ class ModelConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.pair_buckets <= MAX_PAIR_BUCKETS:
-            raise ValueError(f"pair_buckets must be from 0 (no pair embedding) to {MAX_PAIR_BUCKETS}, got {self.pair_buckets}")
+            raise ValueError(
+                f"pair_buckets must be from 0 (no pair embedding) to {MAX_PAIR_BUCKETS}, got {self.pair_buckets}"
+            )
 
     def save(self, path: Path) -> None:
         """Write the config as JSON; pair_buckets only when on, so a model without pairs is written as an
@@ -75,7 +77,7 @@ class ModelConfig:
         path.write_text(json.dumps(without_neutral(asdict(self)), indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
     @classmethod
-    def load(cls, path: Path) -> "ModelConfig":
+    def load(cls, path: Path) -> ModelConfig:
         """Read a config written by save()."""
         return cls(**json.loads(path.read_text(encoding="utf-8")))
 
@@ -94,7 +96,7 @@ class RecurrentLayer(nn.Module):
 
     def forward(
         self, x: torch.Tensor, lengths: torch.Tensor, rev: torch.Tensor, valid: torch.Tensor, last: torch.Tensor
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """y [B, T, D*H] (zero at padding) and each direction's state after the last real token [B, D*H]."""
         # x (B, T, I); rev (B, T) reverses each row within its length; valid (B, T, 1); last (B, 1, 1) = length-1
         out_f, _ = self.fwd(x)  # (B, T, H)
@@ -127,7 +129,9 @@ class TextClassifier(nn.Module):
             self.register_buffer("pair_second", torch.randint(0, cfg.pair_buckets, (cfg.vocab_size,), generator=g))
         self.layers = nn.ModuleList(
             [
-                RecurrentLayer(cfg.cell, cfg.embed_dim if i == 0 else cfg.hidden_dim * dirs, cfg.hidden_dim, cfg.bidirectional)
+                RecurrentLayer(
+                    cfg.cell, cfg.embed_dim if i == 0 else cfg.hidden_dim * dirs, cfg.hidden_dim, cfg.bidirectional
+                )
                 for i in range(cfg.num_layers)
             ]
         )

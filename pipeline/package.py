@@ -1,4 +1,5 @@
 """The package stage: verified files + manifest + model card -> a bundle folder."""
+
 from __future__ import annotations
 
 import json
@@ -10,10 +11,10 @@ import unicodedata
 from importlib import metadata
 from pathlib import Path
 
-from pipeline import __version__
-from pipeline.metrics import top_confusions
-from runtime import bundle as fmt
-from runtime.predictor import Predictor
+from seqship.pipeline import __version__
+from seqship.pipeline.metrics import top_confusions
+from seqship.runtime import bundle as fmt
+from seqship.runtime.predictor import Predictor
 
 # The ONNX predictor is what ships; a TorchScript file rides along for libtorch users.
 NOTES = [
@@ -37,13 +38,15 @@ def library_versions() -> dict[str, str]:
 
 def build_bundle(run, records: dict, out: Path) -> dict:
     """Write the bundle into `out` (a temporary folder the caller renames into place) and check it loads."""
-    from runtime.errors import BundleError
+    from seqship.runtime.errors import BundleError
 
     export_dir, train_dir = run.dir("export"), run.dir("train")
     verify = json.loads((run.dir("verify") / "parity.json").read_text(encoding="utf-8"))
     for name in (fmt.MODEL_ONNX, fmt.MODEL_TORCHSCRIPT):
         if fmt.sha256_file(export_dir / name) != verify["files"][name]:
-            raise BundleError(f"{export_dir / name} differs from the file the parity gate verified; re-run `pipeline run verify`")
+            raise BundleError(
+                f"{export_dir / name} differs from the file the parity gate verified; re-run `pipeline run verify`"
+            )
     for name in (fmt.MODEL_ONNX, fmt.MODEL_TORCHSCRIPT, fmt.TOKENIZER):
         shutil.copyfile(export_dir / name, out / name)
     labels = json.loads((export_dir / "labels.json").read_text(encoding="utf-8"))
@@ -62,23 +65,39 @@ def build_bundle(run, records: dict, out: Path) -> dict:
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "labels": labels,
         "signature": export["signature"],
-        "tokenizer": {"file": fmt.TOKENIZER, "type": tokenizer["type"], "max_length": tokenizer["max_length"],
-                      "vocab_size": len(tokenizer["vocab"]), "pad_id": tokenizer["pad_id"], "unk_id": tokenizer["unk_id"],
-                      "normalization": tokenizer["normalization"], "lowercase": tokenizer["lowercase"]},
+        "tokenizer": {
+            "file": fmt.TOKENIZER,
+            "type": tokenizer["type"],
+            "max_length": tokenizer["max_length"],
+            "vocab_size": len(tokenizer["vocab"]),
+            "pad_id": tokenizer["pad_id"],
+            "unk_id": tokenizer["unk_id"],
+            "normalization": tokenizer["normalization"],
+            "lowercase": tokenizer["lowercase"],
+        },
         "model": model_config,
         "training": history["config"],
         "metrics": {
-            "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"], "test_n": test["n"],
-            "val_accuracy": metrics["val"]["accuracy"], "val_macro_f1": metrics["val"]["macro_f1"],
+            "test_accuracy": test["accuracy"],
+            "test_macro_f1": test["macro_f1"],
+            "test_n": test["n"],
+            "val_accuracy": metrics["val"]["accuracy"],
+            "val_macro_f1": metrics["val"]["macro_f1"],
             # Never the labels x labels matrix (quadratic: 700 MB at 10,000 labels): the most frequent confusions,
             # capped; the run's train/metrics.json has the whole matrix up to confusion.matrix_max_labels labels.
-            "per_class": test["per_class"], "confusion": top_confusions(test, labels),
-            "best_epoch": metrics["best_epoch"], "train_seconds": metrics["train_seconds"],
+            "per_class": test["per_class"],
+            "confusion": top_confusions(test, labels),
+            "best_epoch": metrics["best_epoch"],
+            "train_seconds": metrics["train_seconds"],
         },
         "parity": parity,
         "baseline": baseline_summary(run, records),
-        "data": {"source": data["config"].get("data") or data["config"].get("dataset"), "fingerprint": data["fingerprint"],
-                 "counts": data["counts"], "splits": data["splits"]},
+        "data": {
+            "source": data["config"].get("data") or data["config"].get("dataset"),
+            "fingerprint": data["fingerprint"],
+            "counts": data["counts"],
+            "splits": data["splits"],
+        },
         "versions": library_versions(),
         "notes": NOTES + [f"export warning: {w}" for w in export["torchscript"].get("warnings", [])],
     }
@@ -87,7 +106,12 @@ def build_bundle(run, records: dict, out: Path) -> dict:
     (out / fmt.MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     # The bundle must load exactly as an application will load it before it is put in place.
     predictor = Predictor.load(out, providers="cpu")
-    return {"files": manifest["files"], "provider_checked": predictor.provider, "labels": len(labels), "digest": predictor.digest}
+    return {
+        "files": manifest["files"],
+        "provider_checked": predictor.provider,
+        "labels": len(labels),
+        "digest": predictor.digest,
+    }
 
 
 def baseline_summary(run, records: dict) -> dict | None:
@@ -95,26 +119,38 @@ def baseline_summary(run, records: dict) -> dict | None:
     if "baseline" not in records:
         return None
     b = json.loads((run.dir("baseline") / "metrics.json").read_text(encoding="utf-8"))
-    return {"features": b["features"], "C": b["C"], "class_weight": b["class_weight"],
-            "test_accuracy": b["test"]["accuracy"], "test_macro_f1": b["test"]["macro_f1"],
-            "val_accuracy": b["val"]["accuracy"], "val_macro_f1": b["val"]["macro_f1"], "sklearn": b["sklearn"]}
+    return {
+        "features": b["features"],
+        "C": b["C"],
+        "class_weight": b["class_weight"],
+        "test_accuracy": b["test"]["accuracy"],
+        "test_macro_f1": b["test"]["macro_f1"],
+        "val_accuracy": b["val"]["accuracy"],
+        "val_macro_f1": b["val"]["macro_f1"],
+        "sklearn": b["sklearn"],
+    }
 
 
 def baseline_lines(met: dict, base: dict | None) -> str:
     """The card's comparison with the linear baseline, as Markdown."""
     if base is None:
-        return ("Not compared with a linear baseline: the run has no current baseline stage (it needs the `baseline` "
-                "extra; `pipeline run baseline` fits it, or says why it cannot on this data).")
+        return (
+            "Not compared with a linear baseline: the run has no current baseline stage (it needs the `baseline` "
+            "extra; `pipeline run baseline` fits it, or says why it cannot on this data)."
+        )
     da, df = met["test_accuracy"] - base["test_accuracy"], met["test_macro_f1"] - base["test_macro_f1"]
-    verdict = ("at or above the baseline on both" if da >= 0 and df >= 0 else
-               "BELOW the baseline on " + " and ".join(n for n, d in (("accuracy", da), ("macro-F1", df)) if d < 0))
-    return f"""Same test split, {md(base['features'])} (C={base['C']:g}, class weight {md(base['class_weight'])}, both picked on
+    verdict = (
+        "at or above the baseline on both"
+        if da >= 0 and df >= 0
+        else "BELOW the baseline on " + " and ".join(n for n, d in (("accuracy", da), ("macro-F1", df)) if d < 0)
+    )
+    return f"""Same test split, {md(base["features"])} (C={base["C"]:g}, class weight {md(base["class_weight"])}, both picked on
 validation macro-F1); this model is {verdict}.
 
 | | accuracy | macro-F1 |
 |---|---|---|
-| this model | {met['test_accuracy']:.4f} | {met['test_macro_f1']:.4f} |
-| linear baseline | {base['test_accuracy']:.4f} | {base['test_macro_f1']:.4f} |
+| this model | {met["test_accuracy"]:.4f} | {met["test_macro_f1"]:.4f} |
+| linear baseline | {base["test_accuracy"]:.4f} | {base["test_macro_f1"]:.4f} |
 | difference | {da:+.4f} | {df:+.4f} |"""
 
 
@@ -142,12 +178,15 @@ def model_card(m: dict) -> str:
     """The bundle's README.md: what it predicts, from what data, how well, how exactly, how to load it."""
     met, par, sig = m["metrics"], m["parity"], m["signature"]
     worst = max(par["max_abs_by_backend"].values(), default=0.0)
-    engines = "\n".join(
-        f"| {md(name)} | {md(e.get('version'))} | {'verified' if e['passed'] else 'FAILED'} | "
-        f"{'-' if e.get('max_abs') is None else format(e['max_abs'], '.1e')} | "
-        f"{'-' if e.get('label_agreement') is None else format(e['label_agreement'], '.2%')} |"
-        for name, e in par.get("engines", {}).items()
-    ) or "| (none recorded) | | | | |"
+    engines = (
+        "\n".join(
+            f"| {md(name)} | {md(e.get('version'))} | {'verified' if e['passed'] else 'FAILED'} | "
+            f"{'-' if e.get('max_abs') is None else format(e['max_abs'], '.1e')} | "
+            f"{'-' if e.get('label_agreement') is None else format(e['label_agreement'], '.2%')} |"
+            for name, e in par.get("engines", {}).items()
+        )
+        or "| (none recorded) | | | | |"
+    )
     skipped = "".join(f"\nNot checked: {md(s['engine'])} ({md(s['reason'])})." for s in par.get("engines_skipped", []))
     per_class = "\n".join(
         f"| {md(lab)} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
@@ -157,33 +196,33 @@ def model_card(m: dict) -> str:
     splits = ", ".join(f"{md(k)} {v}" for k, v in m["data"]["splits"].items())
     buckets = m["model"].get("pair_buckets", 0)
     pairs = f", token-pair embedding from {buckets} hashed buckets" if buckets else ""
-    return f"""# {md(m['name'])}: seqship bundle
+    return f"""# {md(m["name"])}: seqship bundle
 
-Text classifier ({m['model']['cell'].upper()}, {'bidirectional' if m['model']['bidirectional'] else 'unidirectional'},
-{m['model']['num_layers']} layer(s), embedding {m['model']['embed_dim']}, hidden {m['model']['hidden_dim']}{pairs}) predicting
-one of {len(m['labels'])} labels: {', '.join(md(lab) for lab in m['labels'])}.
+Text classifier ({m["model"]["cell"].upper()}, {"bidirectional" if m["model"]["bidirectional"] else "unidirectional"},
+{m["model"]["num_layers"]} layer(s), embedding {m["model"]["embed_dim"]}, hidden {m["model"]["hidden_dim"]}{pairs}) predicting
+one of {len(m["labels"])} labels: {", ".join(md(lab) for lab in m["labels"])}.
 
 ## Data
-Source {md(m['data']['source'])}; {counts['unique_pairs']} unique (text, label) pairs after removing
-{counts['duplicates_removed']} duplicates, {counts['empty_dropped']} empty and
-{counts['junk_dropped']} junk rows; split (grouped by text, stratified by label) {splits}.
-Fingerprint `{m['data']['fingerprint']}`.
+Source {md(m["data"]["source"])}; {counts["unique_pairs"]} unique (text, label) pairs after removing
+{counts["duplicates_removed"]} duplicates, {counts["empty_dropped"]} empty and
+{counts["junk_dropped"]} junk rows; split (grouped by text, stratified by label) {splits}.
+Fingerprint `{m["data"]["fingerprint"]}`.
 
-## Metrics (test split, {met['test_n']} texts)
-Accuracy **{met['test_accuracy']:.4f}**, macro-F1 **{met['test_macro_f1']:.4f}** (validation: {met['val_accuracy']:.4f} / {met['val_macro_f1']:.4f}).
+## Metrics (test split, {met["test_n"]} texts)
+Accuracy **{met["test_accuracy"]:.4f}**, macro-F1 **{met["test_macro_f1"]:.4f}** (validation: {met["val_accuracy"]:.4f} / {met["val_macro_f1"]:.4f}).
 
 | label | precision | recall | F1 | support |
 |---|---|---|---|---|
 {per_class}
 
 ## Compared with a linear baseline
-{baseline_lines(met, m.get('baseline'))}
+{baseline_lines(met, m.get("baseline"))}
 
 ## Parity
 TorchScript and ONNX Runtime were checked against eager PyTorch at probe shapes (T=1, a long row, a ragged
-padded batch, real texts) and on the whole test set: {'passed' if par['passed'] else 'FAILED'} with
-\\|a − b\\| ≤ {par['atol']:g} + {par['rtol']:g}·\\|ref\\|; largest absolute difference {worst:.2e};
-label agreement on {par['test_set_texts']} test texts {par['test_set_label_agreement']:.2%}.
+padded batch, real texts) and on the whole test set: {"passed" if par["passed"] else "FAILED"} with
+\\|a − b\\| ≤ {par["atol"]:g} + {par["rtol"]:g}·\\|ref\\|; largest absolute difference {worst:.2e};
+label agreement on {par["test_set_texts"]} test texts {par["test_set_label_agreement"]:.2%}.
 
 The same `model.onnx` was run in each ONNX engine below on those probes and the whole test set in padded
 batches (labels compared outside near ties, where the reference's top two logits are within twice the tolerance):
@@ -194,22 +233,22 @@ batches (labels compared outside near ties, where the reference's top two logits
 {skipped}
 
 ## Files
-`model.onnx` (opset {sig['opset']}; inputs `token_ids` int64 [batch, seq], `lengths` int64 [batch]; output
-`logits` float32 [batch, {len(m['labels'])}]), `model.pt` (TorchScript, same signature), `tokenizer.json`
+`model.onnx` (opset {sig["opset"]}; inputs `token_ids` int64 [batch, seq], `lengths` int64 [batch]; output
+`logits` float32 [batch, {len(m["labels"])}]), `model.pt` (TorchScript, same signature), `tokenizer.json`
 (the preprocessing spec), `manifest.json` (labels, sha256 of every file, metrics with the most frequent
 confusions, versions).
 
 ## Load it
 Python, with only numpy and onnxruntime:
 ```python
-from runtime import Predictor
+from seqship.runtime import Predictor
 p = Predictor.load("path/to/this/folder")
 print(p.predict(["some text"], top_k=3))
 ```
 Another language: read `manifest.json` (labels; check each file's sha256), implement `tokenizer.json`
-(NFC-normalise, {'lower-case, ' if m['tokenizer'].get('lowercase') else ''}strip, split into {md(m['tokenizer']['type'])} tokens,
-keep the first {m['tokenizer']['max_length']}, map to vocab ids with unk id {m['tokenizer']['unk_id']}), right-pad
-with id {m['tokenizer']['pad_id']}, and run `model.onnx` with any ONNX Runtime binding; argmax of `logits` indexes
+(NFC-normalise, {"lower-case, " if m["tokenizer"].get("lowercase") else ""}strip, split into {md(m["tokenizer"]["type"])} tokens,
+keep the first {m["tokenizer"]["max_length"]}, map to vocab ids with unk id {m["tokenizer"]["unk_id"]}), right-pad
+with id {m["tokenizer"]["pad_id"]}, and run `model.onnx` with any ONNX Runtime binding; argmax of `logits` indexes
 `labels`. C++ libtorch: `torch::jit::load("model.pt")` and call `forward({{token_ids, lengths}})`.
 
 ## Report
@@ -218,7 +257,7 @@ Training curves, the confusion matrix, per-class metrics, the parity table and t
 it there, beside the `bundle` folder). It is not part of the bundle.
 
 ## Notes
-{chr(10).join('- ' + md(n, line_start=True) for n in m['notes'])}
+{chr(10).join("- " + md(n, line_start=True) for n in m["notes"])}
 
-Versions: {', '.join(f'{md(k)} {md(v)}' for k, v in m['versions'].items())}. Created {m['created_at']}.
+Versions: {", ".join(f"{md(k)} {md(v)}" for k, v in m["versions"].items())}. Created {m["created_at"]}.
 """

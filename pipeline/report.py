@@ -7,6 +7,7 @@ Above pipeline.metrics.MATRIX_MAX_LABELS labels the run keeps no confusion matri
 most frequent confusions instead. Every table sits in a container that scrolls sideways, so a wide one
 (many or long labels) never makes the page itself wider than the window.
 """
+
 from __future__ import annotations
 
 import base64
@@ -17,8 +18,8 @@ import logging
 import time
 from pathlib import Path
 
-from pipeline import __version__
-from pipeline.metrics import full_matrix, top_confusions
+from seqship.pipeline import __version__
+from seqship.pipeline.metrics import full_matrix, top_confusions
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def _f(x, digits: int = 4) -> str:
 
 def token_lengths(train_dir: Path, texts: list[str]) -> list[int]:
     """Tokens per text under the run's own tokenizer."""
-    from runtime.tokenizer import Tokenizer
+    from seqship.runtime.tokenizer import Tokenizer
 
     tok = Tokenizer.from_file(train_dir / "tokenizer.json")
     return [len(tok.tokens(t)) for t in texts]
@@ -104,11 +105,13 @@ def _confusion_section(labels: list[str], test: dict, plot: str) -> str:
     support = {lab: v["support"] for lab, v in test["per_class"].items()}
     shown = c["top_pairs"][:TOP_CONFUSIONS_SHOWN]
     rows = [[p["true"], p["predicted"], p["count"], f"{p['count'] / (support.get(p['true']) or 1):.1%}"] for p in shown]
-    return (f"<h3>Most frequent confusions</h3>\n<p>{len(labels)} labels is more than {c['matrix_max_labels']}, so the "
-            f"run keeps no confusion matrix. {c['misclassified']} test texts were misclassified, in {c['distinct_pairs']} "
-            f"distinct (true, predicted) pairs; the {len(shown)} most frequent are below "
-            f"(<code>train/metrics.json</code> keeps up to {c['top_pairs_max']}).</p>\n"
-            + _table(["true", "predicted", "texts", "share of true label"], rows, "top-confusions"))
+    return (
+        f"<h3>Most frequent confusions</h3>\n<p>{len(labels)} labels is more than {c['matrix_max_labels']}, so the "
+        f"run keeps no confusion matrix. {c['misclassified']} test texts were misclassified, in {c['distinct_pairs']} "
+        f"distinct (true, predicted) pairs; the {len(shown)} most frequent are below "
+        f"(<code>train/metrics.json</code> keeps up to {c['top_pairs_max']}).</p>\n"
+        + _table(["true", "predicted", "texts", "share of true label"], rows, "top-confusions")
+    )
 
 
 def _tick_labels(labels: list[str]) -> list[str]:
@@ -139,12 +142,16 @@ def _plots(plt, labels, history, cm, lengths, max_length, cv) -> dict[str, str]:
         fig, ax = plt.subplots(figsize=(min(2 + 0.55 * n, 12), min(1.6 + 0.5 * n, 11)))
         norm = [[v / (sum(r) or 1) for v in r] for r in cm]
         im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-        ax.set_xticks(range(n), labels, rotation=60 if n > 4 else 0, ha="right" if n > 4 else "center", parse_math=False)
+        ax.set_xticks(
+            range(n), labels, rotation=60 if n > 4 else 0, ha="right" if n > 4 else "center", parse_math=False
+        )
         ax.set_yticks(range(n), labels, parse_math=False)
         ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title("Confusion matrix (test; rows normalised)")
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, cm[i][j], ha="center", va="center", fontsize=8, color="white" if norm[i][j] > 0.5 else "black")
+                ax.text(
+                    j, i, cm[i][j], ha="center", va="center", fontsize=8, color="white" if norm[i][j] > 0.5 else "black"
+                )
         fig.colorbar(im, ax=ax, fraction=0.046)
         out["confusion"] = _png(plt, fig)
 
@@ -168,9 +175,8 @@ def _plots(plt, labels, history, cm, lengths, max_length, cv) -> dict[str, str]:
 
 def build_report(run) -> str:
     """The report's HTML for a run that has at least its data and train stages."""
-    from pipeline.data import read_split
-
-    from pipeline.stages import StageError
+    from seqship.pipeline.data import read_split
+    from seqship.pipeline.stages import StageError
 
     e = html.escape
     if run.record("train") is None:
@@ -182,10 +188,13 @@ def build_report(run) -> str:
     model_cfg = _load(run.dir("train") / "model_config.json") or {}
     spec = _load(run.dir("train") / "tokenizer.json") or {}
     # Later stages count only if they were made from this model; otherwise the page says they are stale.
-    from pipeline.stages import baseline_available
+    from seqship.pipeline.stages import baseline_available
 
-    stale = [s for s in ("baseline", "verify", "package", "cv") if run.record(s) is not None and
-             (run.current(s) is None or (s == "cv" and run.current_cv() is None))]
+    stale = [
+        s
+        for s in ("baseline", "verify", "package", "cv")
+        if run.record(s) is not None and (run.current(s) is None or (s == "cv" and run.current_cv() is None))
+    ]
     baseline = _load(run.dir("baseline") / "metrics.json") if run.current("baseline") else None
     parity = _load(run.dir("verify") / "parity.json") if run.current("verify") else None
     manifest = _load(run.dir("package") / "manifest.json") if run.current("package") else None
@@ -217,47 +226,125 @@ def build_report(run) -> str:
     sections = []
     sections.append(
         f"""<section id="summary"><h2>Summary</h2>
-{_table(None, [
-    ["test accuracy", _f(test["accuracy"])], ["test macro-F1", _f(test["macro_f1"])],
-    ["validation accuracy / macro-F1", f"{_f(metrics['val']['accuracy'])} / {_f(metrics['val']['macro_f1'])}"],
-    ["best epoch / epochs run", f"{metrics['best_epoch']} / {metrics['epochs_run']}"],
-    ["train time", f"{metrics['train_seconds']:.1f} s on {metrics['device']}"],
-    ["model", ", ".join(f"{k}={v}" for k, v in sorted(model_cfg.items()))],
-    ["parameters", f"{metrics['parameters']:,}"],
-    ["tokenizer", f"{spec.get('type')}, vocabulary {len(spec.get('vocab', []))}, max_length {spec.get('max_length')}, "
-                  f"lowercase {spec.get('lowercase')}"],
-    ["linear baseline (accuracy / macro-F1)", ("stale (made from earlier data, or its files changed): re-run `pipeline run baseline`" if "baseline" in stale else
-     ("not run: `pipeline run baseline` fits it or says why it cannot" if baseline_available() else
-      "not run (needs the `baseline` extra)")) if baseline is None else
-     f"{_f(baseline['test']['accuracy'])} / {_f(baseline['test']['macro_f1'])} "
-     f"(model {test['accuracy'] - baseline['test']['accuracy']:+.4f} / {test['macro_f1'] - baseline['test']['macro_f1']:+.4f})"],
-    ["parity gate", "not run" if parity is None else ("passed" if parity["passed"] else "FAILED")],
-    ["bundle", "not packaged" if manifest is None else f"{run.dir('package')} ({sum(f['bytes'] for f in manifest['files'].values()):,} bytes)"],
-], "kv")}</section>"""
+{
+            _table(
+                None,
+                [
+                    ["test accuracy", _f(test["accuracy"])],
+                    ["test macro-F1", _f(test["macro_f1"])],
+                    [
+                        "validation accuracy / macro-F1",
+                        f"{_f(metrics['val']['accuracy'])} / {_f(metrics['val']['macro_f1'])}",
+                    ],
+                    ["best epoch / epochs run", f"{metrics['best_epoch']} / {metrics['epochs_run']}"],
+                    ["train time", f"{metrics['train_seconds']:.1f} s on {metrics['device']}"],
+                    ["model", ", ".join(f"{k}={v}" for k, v in sorted(model_cfg.items()))],
+                    ["parameters", f"{metrics['parameters']:,}"],
+                    [
+                        "tokenizer",
+                        f"{spec.get('type')}, vocabulary {len(spec.get('vocab', []))}, max_length {spec.get('max_length')}, "
+                        f"lowercase {spec.get('lowercase')}",
+                    ],
+                    [
+                        "linear baseline (accuracy / macro-F1)",
+                        (
+                            "stale (made from earlier data, or its files changed): re-run `pipeline run baseline`"
+                            if "baseline" in stale
+                            else (
+                                "not run: `pipeline run baseline` fits it or says why it cannot"
+                                if baseline_available()
+                                else "not run (needs the `baseline` extra)"
+                            )
+                        )
+                        if baseline is None
+                        else f"{_f(baseline['test']['accuracy'])} / {_f(baseline['test']['macro_f1'])} "
+                        f"(model {test['accuracy'] - baseline['test']['accuracy']:+.4f} / {test['macro_f1'] - baseline['test']['macro_f1']:+.4f})",
+                    ],
+                    ["parity gate", "not run" if parity is None else ("passed" if parity["passed"] else "FAILED")],
+                    [
+                        "bundle",
+                        "not packaged"
+                        if manifest is None
+                        else f"{run.dir('package')} ({sum(f['bytes'] for f in manifest['files'].values()):,} bytes)",
+                    ],
+                ],
+                "kv",
+            )
+        }</section>"""
     )
-    split_rows = [[name, n] + [data["per_label"][name].get(lab, 0) for lab in labels] for name, n in data["splits"].items()]
+    split_rows = [
+        [name, n] + [data["per_label"][name].get(lab, 0) for lab in labels] for name, n in data["splits"].items()
+    ]
     sections.append(
         f"""<section id="dataset"><h2>Dataset</h2>
-<p>Source <code>{e(data['source'])}</code>; fingerprint <code>{e(data['fingerprint'][:16])}</code>.</p>
-{_table(["rows read", "empty dropped", "junk dropped", "duplicates removed", "unique pairs", "texts with several labels"],
-        [[counts.get(k, 0) for k in ("rows_read", "empty_dropped", "junk_dropped", "duplicates_removed", "unique_pairs", "texts_with_several_labels")]], "counts")}
+<p>Source <code>{e(data["source"])}</code>; fingerprint <code>{e(data["fingerprint"][:16])}</code>.</p>
+{
+            _table(
+                [
+                    "rows read",
+                    "empty dropped",
+                    "junk dropped",
+                    "duplicates removed",
+                    "unique pairs",
+                    "texts with several labels",
+                ],
+                [
+                    [
+                        counts.get(k, 0)
+                        for k in (
+                            "rows_read",
+                            "empty_dropped",
+                            "junk_dropped",
+                            "duplicates_removed",
+                            "unique_pairs",
+                            "texts_with_several_labels",
+                        )
+                    ]
+                ],
+                "counts",
+            )
+        }
 <h3>Splits by label</h3>
 {_table(["split", "texts"] + labels, split_rows, "splits")}
 <h3>Training text lengths (tokens)</h3>
-{_table(["min", "median", "p90", "p99", "max", "max_length (truncation)"], [[srt[0], pct(0.5), pct(0.9), pct(0.99), srt[-1], spec.get("max_length")]], "lengths")}
+{
+            _table(
+                ["min", "median", "p90", "p99", "max", "max_length (truncation)"],
+                [[srt[0], pct(0.5), pct(0.9), pct(0.99), srt[-1], spec.get("max_length")]],
+                "lengths",
+            )
+        }
 {plot("lengths", "histogram of training text lengths")}
 </section>"""
     )
     sections.append(
         f"""<section id="training"><h2>Training</h2>
 {plot("curves", "training loss and validation accuracy and macro-F1 per epoch")}
-{_table(["epoch", "train loss", "val accuracy", "val macro-F1", "lr", "seconds"],
-        [[h["epoch"], _f(h["train_loss"]), _f(h["val_accuracy"]), _f(h["val_macro_f1"]), f"{h['lr']:g}", f"{h['seconds']:.1f}"] for h in history], "history")}
+{
+            _table(
+                ["epoch", "train loss", "val accuracy", "val macro-F1", "lr", "seconds"],
+                [
+                    [
+                        h["epoch"],
+                        _f(h["train_loss"]),
+                        _f(h["val_accuracy"]),
+                        _f(h["val_macro_f1"]),
+                        f"{h['lr']:g}",
+                        f"{h['seconds']:.1f}",
+                    ]
+                    for h in history
+                ],
+                "history",
+            )
+        }
 </section>"""
     )
-    per_class = [[lab, _f(v["precision"], 3), _f(v["recall"], 3), _f(v["f1"], 3), v["support"]] for lab, v in test["per_class"].items()]
+    per_class = [
+        [lab, _f(v["precision"], 3), _f(v["recall"], 3), _f(v["f1"], 3), v["support"]]
+        for lab, v in test["per_class"].items()
+    ]
     sections.append(
-        f"""<section id="test"><h2>Test metrics ({test['n']} texts)</h2>
+        f"""<section id="test"><h2>Test metrics ({test["n"]} texts)</h2>
 <h3>Per class</h3>
 {_table(["label", "precision", "recall", "F1", "support"], per_class, "per-class")}
 {_confusion_section(labels, test, plot("confusion", "confusion matrix heatmap"))}
@@ -267,23 +354,42 @@ def build_report(run) -> str:
         bt = baseline["test"]
         da, df = test["accuracy"] - bt["accuracy"], test["macro_f1"] - bt["macro_f1"]
         below = [n for n, d in (("accuracy", da), ("macro-F1", df)) if d < 0]
-        verdict = ("The model is at or above the baseline on both." if not below else
-                   f'<b>The model is below the baseline on {" and ".join(below)}</b>: on this data the linear model '
-                   "serves users better; see the README's results and sweep sections for what was tried.")
-        recall = [[lab, _f(v["recall"], 3), _f(bt["per_class"].get(lab, {}).get("recall", 0.0), 3),
-                   f'{v["recall"] - bt["per_class"].get(lab, {}).get("recall", 0.0):+.3f}', v["support"]]
-                  for lab, v in test["per_class"].items()]
-        grid = [[g["class_weight"], f"{g['C']:g}", _f(g["val_accuracy"]), _f(g["val_macro_f1"]), f"{g['seconds']:.1f}"]
-                for g in baseline["grid"]]
+        verdict = (
+            "The model is at or above the baseline on both."
+            if not below
+            else f"<b>The model is below the baseline on {' and '.join(below)}</b>: on this data the linear model "
+            "serves users better; see the README's results and sweep sections for what was tried."
+        )
+        recall = [
+            [
+                lab,
+                _f(v["recall"], 3),
+                _f(bt["per_class"].get(lab, {}).get("recall", 0.0), 3),
+                f"{v['recall'] - bt['per_class'].get(lab, {}).get('recall', 0.0):+.3f}",
+                v["support"],
+            ]
+            for lab, v in test["per_class"].items()
+        ]
+        grid = [
+            [g["class_weight"], f"{g['C']:g}", _f(g["val_accuracy"]), _f(g["val_macro_f1"]), f"{g['seconds']:.1f}"]
+            for g in baseline["grid"]
+        ]
         sections.append(
             f"""<section id="baseline"><h2>Compared with a linear baseline</h2>
-<p>{e(baseline['features'])}, fitted on the same training split in {baseline['fit_seconds']:.0f} s
-(scikit-learn {e(baseline['sklearn'])}); C={baseline['C']:g} and class weight {e(baseline['class_weight'])} picked on
+<p>{e(baseline["features"])}, fitted on the same training split in {baseline["fit_seconds"]:.0f} s
+(scikit-learn {e(baseline["sklearn"])}); C={baseline["C"]:g} and class weight {e(baseline["class_weight"])} picked on
 validation macro-F1, as the model's checkpoint is. {verdict}</p>
-{_table(["test split", "accuracy", "macro-F1"], [
-    ["this model", _f(test["accuracy"]), _f(test["macro_f1"])],
-    ["linear baseline", _f(bt["accuracy"]), _f(bt["macro_f1"])],
-    ["difference", f"{da:+.4f}", f"{df:+.4f}"]], "baseline")}
+{
+                _table(
+                    ["test split", "accuracy", "macro-F1"],
+                    [
+                        ["this model", _f(test["accuracy"]), _f(test["macro_f1"])],
+                        ["linear baseline", _f(bt["accuracy"]), _f(bt["macro_f1"])],
+                        ["difference", f"{da:+.4f}", f"{df:+.4f}"],
+                    ],
+                    "baseline",
+                )
+            }
 <h3>Recall per class</h3>
 {_table(["label", "model", "baseline", "difference", "support"], recall, "baseline-recall")}
 <h3>The baseline's validation grid</h3>
@@ -291,44 +397,76 @@ validation macro-F1, as the model's checkpoint is. {verdict}</p>
 </section>"""
         )
     if parity is not None:
-        rows = [[r["backend"], r["probe"], r["check"], "yes" if r["passed"] else "NO", f"{r.get('max_abs', 0):.2e}", f"{r.get('max_rel', 0):.2e}"]
-                for r in parity["results"] if "max_abs" in r]
+        rows = [
+            [
+                r["backend"],
+                r["probe"],
+                r["check"],
+                "yes" if r["passed"] else "NO",
+                f"{r.get('max_abs', 0):.2e}",
+                f"{r.get('max_rel', 0):.2e}",
+            ]
+            for r in parity["results"]
+            if "max_abs" in r
+        ]
         ts = parity["test_set"]
         skipped = "".join(
-            f"<li>{e(s['backend'])}: {e(s['reason'])}</li>" if isinstance(s, dict) and {"backend", "reason"} <= set(s) else f"<li>{e(str(s))}</li>"
+            f"<li>{e(s['backend'])}: {e(s['reason'])}</li>"
+            if isinstance(s, dict) and {"backend", "reason"} <= set(s)
+            else f"<li>{e(str(s))}</li>"
             for s in parity.get("skipped", [])
         )
         sections.append(
-            f"""<section id="parity"><h2>Parity (|a - b| &le; {parity['atol']:g} + {parity['rtol']:g}&middot;|ref|)</h2>
+            f"""<section id="parity"><h2>Parity (|a - b| &le; {parity["atol"]:g} + {parity["rtol"]:g}&middot;|ref|)</h2>
 {_table(["backend", "probe", "check", "passed", "max |diff|", "max rel"], rows, "parity")}
-<p>Whole test set through the runtime predictor ({e(str(ts.get('provider')))}): {ts['texts']} texts, label agreement
-{ts['label_agreement']:.2%}, max |diff| {ts['logits'].get('max_abs', 0):.2e}.</p>
+<p>Whole test set through the runtime predictor ({e(str(ts.get("provider")))}): {ts["texts"]} texts, label agreement
+{ts["label_agreement"]:.2%}, max |diff| {ts["logits"].get("max_abs", 0):.2e}.</p>
 {f"<p>Skipped:</p><ul>{skipped}</ul>" if skipped else ""}
 </section>"""
         )
     if cv is not None:
-        rows = [[r["fold"], r["train"], r["val"], r["test"], _f(r["accuracy"]), _f(r["macro_f1"]), r["best_epoch"], f"{r['train_seconds']:.0f}"]
-                for r in cv["results"]]
+        rows = [
+            [
+                r["fold"],
+                r["train"],
+                r["val"],
+                r["test"],
+                _f(r["accuracy"]),
+                _f(r["macro_f1"]),
+                r["best_epoch"],
+                f"{r['train_seconds']:.0f}",
+            ]
+            for r in cv["results"]
+        ]
         sections.append(
-            f"""<section id="cv"><h2>{cv['folds']}-fold cross-validation</h2>
-<p>Mean accuracy <b>{cv['accuracy_mean']:.4f}</b> &plusmn; {cv['accuracy_std']:.4f} (sample std), mean macro-F1
-{cv['macro_f1_mean']:.4f}; {cv['train_seconds_total']:.0f} s of training in all.</p>
+            f"""<section id="cv"><h2>{cv["folds"]}-fold cross-validation</h2>
+<p>Mean accuracy <b>{cv["accuracy_mean"]:.4f}</b> &plusmn; {cv["accuracy_std"]:.4f} (sample std), mean macro-F1
+{cv["macro_f1_mean"]:.4f}; {cv["train_seconds_total"]:.0f} s of training in all.</p>
 {plot("cv", "test accuracy per cross-validation fold")}
 {_table(["fold", "train", "val", "test", "accuracy", "macro-F1", "best epoch", "train s"], rows, "cv")}
 </section>"""
         )
-    note = "" if plt else (
-        '<p class="note">Plots are not included: matplotlib is not installed here '
-        "(<code>pip install -e '.[report]'</code> adds them). The tables below carry the same numbers.</p>"
+    note = (
+        ""
+        if plt
+        else (
+            '<p class="note">Plots are not included: matplotlib is not installed here '
+            "(<code>pip install -e '.[report]'</code> adds them). The tables below carry the same numbers.</p>"
+        )
     )
     if plot_error:
         note += f'<p class="note">Plots are not included: drawing them failed ({e(plot_error)}). The tables carry the same numbers.</p>'
     if stale:
-        note += (f'<p class="note">Left out as stale (made from an earlier model or data): {e(", ".join(stale))}. '
-                 "Re-run <code>pipeline run all</code> to bring them up to date.</p>")
+        note += (
+            f'<p class="note">Left out as stale (made from an earlier model or data): {e(", ".join(stale))}. '
+            "Re-run <code>pipeline run all</code> to bring them up to date.</p>"
+        )
     if ticks != list(labels):
-        note += ('<p class="note">In the plots, labels the plotting font cannot draw are shown by number: '
-                 + e(", ".join(f"#{i} = {lab}" for i, lab in enumerate(labels))) + ".</p>")
+        note += (
+            '<p class="note">In the plots, labels the plotting font cannot draw are shown by number: '
+            + e(", ".join(f"#{i} = {lab}" for i, lab in enumerate(labels)))
+            + ".</p>"
+        )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>seqship report: {e(run.name)}</title>
@@ -356,7 +494,7 @@ def write_report(run) -> Path:
     """Write <run>/report.html atomically and return its path."""
     page = build_report(run)
     path = run.root / REPORT
-    from runtime.fsio import write_text_atomic
+    from seqship.runtime.fsio import write_text_atomic
 
     write_text_atomic(path, page)
     log.debug("report: %s", path)

@@ -3,16 +3,26 @@
 `pipeline results --run` runs `pipeline run all` for every dataset (with --cv K where the task is
 reported as a k-fold mean, e.g. mr) and prints the table; without --run it only reads existing runs.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from pipeline.data import REGISTRY
-from pipeline.stages import Run
+from seqship.pipeline.data import REGISTRY
+from seqship.pipeline.stages import Run
 
-COLUMNS = ("dataset", "accuracy", "target", "macro-F1", "linear baseline: accuracy / macro-F1", "model − baseline",
-           "train time", "parity: max abs diff", "bundle size")
+COLUMNS = (
+    "dataset",
+    "accuracy",
+    "target",
+    "macro-F1",
+    "linear baseline: accuracy / macro-F1",
+    "model − baseline",
+    "train time",
+    "parity: max abs diff",
+    "bundle size",
+)
 
 
 def collect(run: Run, dataset: str) -> dict | None:
@@ -38,7 +48,10 @@ def collect(run: Run, dataset: str) -> dict | None:
     }
     baseline = run.current("baseline")
     if baseline:  # on the same test split as test_accuracy (for a cv task, the 90/10 split's test part)
-        row["baseline"] = {k: baseline["summary"][k] for k in ("test_accuracy", "test_macro_f1", "features", "C", "class_weight", "fit_seconds")}
+        row["baseline"] = {
+            k: baseline["summary"][k]
+            for k in ("test_accuracy", "test_macro_f1", "features", "C", "class_weight", "fit_seconds")
+        }
     cv = run.current_cv()
     if cv:
         row["cv"] = cv["summary"]
@@ -83,18 +96,26 @@ def markdown(rows: list[dict]) -> str:
 
 def run_dataset(run: Run, dataset: str, data_dir: str | None, force: bool = False) -> None:
     """`pipeline run all --dataset NAME` with the dataset's defaults (and its --cv), then its report."""
-    from pipeline.config import train_config
-    from pipeline.data import DataConfig
-    from pipeline.report import write_report
-    from pipeline.stages import VerifyConfig, run_all
+    from seqship.pipeline.config import train_config
+    from seqship.pipeline.data import DataConfig
+    from seqship.pipeline.report import write_report
+    from seqship.pipeline.stages import VerifyConfig, run_all
 
-    run_all(run, DataConfig(dataset=dataset), train_config({"seed": 0}, dataset), VerifyConfig(), data_dir, force,
-            cv_folds=REGISTRY[dataset].cv_folds)
+    run_all(
+        run,
+        DataConfig(dataset=dataset),
+        train_config({"seed": 0}, dataset),
+        VerifyConfig(),
+        data_dir,
+        force,
+        cv_folds=REGISTRY[dataset].cv_folds,
+    )
     write_report(run)
 
 
-def results(artifacts_dir: str | Path, datasets: list[str], data_dir: str | None, run: bool, force: bool = False,
-            on_row=None) -> list[dict]:
+def results(
+    artifacts_dir: str | Path, datasets: list[str], data_dir: str | None, run: bool, force: bool = False, on_row=None
+) -> list[dict]:
     """One row per dataset with a finished run (running each first when run=True)."""
     rows = []
     for name in datasets:

@@ -8,6 +8,7 @@ and evidence a failure wants kept (a failing parity report) goes to `failed/<sta
 One process at a time works on a run: `run_lock` holds an exclusive lock on `<run>/.lock` for the
 whole command (every stage of `run all`), and a second process is refused with a clear error.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,19 +23,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from pipeline import __version__
-from runtime.bundle import file_entry
-from runtime.errors import SeqshipError
-from runtime.fsio import FileSafetyError, replace_dir, sweep_partials, temp_dir, write_json_atomic
+from seqship.pipeline import __version__
+from seqship.runtime.bundle import file_entry
+from seqship.runtime.errors import SeqshipError
+from seqship.runtime.fsio import FileSafetyError, replace_dir, sweep_partials, temp_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 STAGES = ("data", "train", "export", "verify", "package")
-STAGE_DIRS = {"data": "data", "train": "train", "export": "export", "verify": "verify", "package": "bundle", "cv": "cv",
-              "baseline": "baseline"}
+STAGE_DIRS = {
+    "data": "data",
+    "train": "train",
+    "export": "export",
+    "verify": "verify",
+    "package": "bundle",
+    "cv": "cv",
+    "baseline": "baseline",
+}
 # What each stage consumes from the one before it.
-UPSTREAM = {"data": (), "train": ("data",), "export": ("train",), "verify": ("train", "export", "data"),
-            "package": ("data", "train", "export", "verify"), "cv": ("data",), "baseline": ("data",)}
+UPSTREAM = {
+    "data": (),
+    "train": ("data",),
+    "export": ("train",),
+    "verify": ("train", "export", "data"),
+    "package": ("data", "train", "export", "verify"),
+    "cv": ("data",),
+    "baseline": ("data",),
+}
 # Stages a stage uses where the run has them current: the card compares the model with the baseline.
 OPTIONAL_UPSTREAM = {"package": ("baseline",)}
 FAILED_DIR = "failed"
@@ -57,7 +72,13 @@ class StageResult:
 
     def to_dict(self) -> dict:
         """JSON-ready form, as `--json` prints it."""
-        return {"stage": self.stage, "path": str(self.path), "skipped": self.skipped, "seconds": round(self.seconds, 3), "summary": self.summary}
+        return {
+            "stage": self.stage,
+            "path": str(self.path),
+            "skipped": self.skipped,
+            "seconds": round(self.seconds, 3),
+            "summary": self.summary,
+        }
 
 
 class Run:
@@ -71,8 +92,10 @@ class Run:
             str(self.root).encode("utf-8")
         except UnicodeEncodeError:
             shown = os.fsencode(str(self.root)).decode("utf-8", "backslashreplace")
-            raise StageError(f"{shown}: the run folder's path is not UTF-8 (as this system's locale decodes it); "
-                             "choose another --run-name or --artifacts-dir") from None
+            raise StageError(
+                f"{shown}: the run folder's path is not UTF-8 (as this system's locale decodes it); "
+                "choose another --run-name or --artifacts-dir"
+            ) from None
         self.name = name
 
     def dir(self, stage: str) -> Path:
@@ -104,7 +127,11 @@ class Run:
         try:
             for name, entry in record.get("outputs", {}).items():
                 path = folder / name
-                if not path.is_file() or path.stat().st_size != entry["bytes"] or file_entry(path)["sha256"] != entry["sha256"]:
+                if (
+                    not path.is_file()
+                    or path.stat().st_size != entry["bytes"]
+                    or file_entry(path)["sha256"] != entry["sha256"]
+                ):
                     log.info("%s: %s changed or missing since the stage ran; it will run again", stage, path)
                     return False
         except (OSError, TypeError, KeyError, AttributeError):
@@ -115,7 +142,9 @@ class Run:
         """The record of an upstream stage, or a clear error saying which command to run first."""
         record = self.record(stage)
         if record is None:
-            raise StageError(f"{by} needs the {stage} stage of run {self.name!r} ({self.dir(stage)}): run `pipeline run {stage}` first")
+            raise StageError(
+                f"{by} needs the {stage} stage of run {self.name!r} ({self.dir(stage)}): run `pipeline run {stage}` first"
+            )
         if not self.intact(stage, record):
             raise StageError(
                 f"{by}: the outputs of stage {stage} in {self.dir(stage)} were changed or removed; "
@@ -189,15 +218,17 @@ def run_lock(run: Run) -> Iterator[None]:
         run.root.mkdir(parents=True, exist_ok=True)
         f = open(run.root / ".lock", "a+")
     except OSError as e:
-        from runtime.fsio import describe_os_error
+        from seqship.runtime.fsio import describe_os_error
 
         raise FileSafetyError(describe_os_error(run.root, e, "write the run folder")) from None
     try:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise StageError(f"another pipeline process is working on run {run.name!r} ({run.root}); "
-                             "wait for it to finish, or use another --run-name") from None
+            raise StageError(
+                f"another pipeline process is working on run {run.name!r} ({run.root}); "
+                "wait for it to finish, or use another --run-name"
+            ) from None
         with _held_guard:
             _held[run.root] = 1
         try:
@@ -259,7 +290,15 @@ def run_stage(run: Run, stage: str, inputs: dict, produce: Callable[[Path], dict
         seconds = time.perf_counter() - started
         write_json_atomic(
             run.record_path(stage),
-            {"stage": stage, "inputs_digest": key, "inputs": inputs, "outputs": outputs, "summary": summary,
-             "seconds": seconds, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seqship": __version__},
+            {
+                "stage": stage,
+                "inputs_digest": key,
+                "inputs": inputs,
+                "outputs": outputs,
+                "summary": summary,
+                "seconds": seconds,
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "seqship": __version__,
+            },
         )
         return StageResult(stage, folder, False, seconds, summary)

@@ -1,5 +1,6 @@
 """The five stages (and cv) as library functions: what each consumes and produces. Run folders,
 records, locking and the atomic commit of a stage's outputs live in pipeline.runs."""
+
 from __future__ import annotations
 
 import functools
@@ -12,20 +13,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from pipeline import __version__
-from pipeline.data import DataConfig, locate, prepare, read_split, source_digest, source_files
-from pipeline.runs import Run, StageError, StageResult, run_lock, run_stage  # noqa: F401 (re-exported)
+from seqship.pipeline import __version__
+from seqship.pipeline.data import DataConfig, locate, prepare, read_split, source_digest, source_files
+from seqship.pipeline.runs import Run, StageError, StageResult, run_lock, run_stage  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
 
-
 def locked(stage_fn):
     """Run a stage function under its run's lock, so that what it reads cannot change under it."""
+
     @functools.wraps(stage_fn)
     def wrapper(run, *args, **kwargs):
         with run_lock(run):
             return stage_fn(run, *args, **kwargs)
+
     return wrapper
 
 
@@ -42,21 +44,26 @@ class VerifyConfig:
 
 
 @locked
-def stage_data(run: Run, cfg: DataConfig, data_dir: str | None = None, cache_dir: str | None = None, force: bool = False) -> StageResult:
+def stage_data(
+    run: Run, cfg: DataConfig, data_dir: str | None = None, cache_dir: str | None = None, force: bool = False
+) -> StageResult:
     """Find, clean, de-duplicate and split the data; record counts and a fingerprint."""
-    from pipeline.data import readers
+    from seqship.pipeline.data import readers
 
     source = locate(cfg, data_dir, cache_dir)
-    inputs = {"config": asdict(cfg), "source_files": source_digest(source_files(cfg, source)), "readers": readers.READER_VERSION}
+    inputs = {
+        "config": asdict(cfg),
+        "source_files": source_digest(source_files(cfg, source)),
+        "readers": readers.READER_VERSION,
+    }
     return run_stage(run, "data", inputs, lambda out: prepare(cfg, source, out), force)
 
 
 @locked
 def stage_train(run: Run, cfg, force: bool = False, progress=None, threads: int | None = None) -> StageResult:
     """Train on the data stage's splits; keep the best validation checkpoint; test metrics."""
-    from pipeline.train import config_inputs, train  # torch is imported only by the stages that need it
-
-    from pipeline.distributed import broadcast, world
+    from seqship.pipeline.distributed import broadcast, world
+    from seqship.pipeline.train import config_inputs, train  # torch is imported only by the stages that need it
 
     data = run.require("data", "train")
     inputs = {"config": config_inputs(cfg), "data": data["outputs"]}
@@ -68,7 +75,10 @@ def stage_train(run: Run, cfg, force: bool = False, progress=None, threads: int 
         if distributed:  # the other ranks train on these very splits, with this config (see pipeline.distributed)
             broadcast({"splits": splits, "labels": data["summary"]["labels"], "config": asdict(cfg)})
         metrics = train(*splits, data["summary"]["labels"], cfg, out, progress, threads=threads)
-        return {k: metrics[k] for k in ("best_epoch", "epochs_run", "train_seconds", "parameters", "device", "threads", "world_size")} | {
+        return {
+            k: metrics[k]
+            for k in ("best_epoch", "epochs_run", "train_seconds", "parameters", "device", "threads", "world_size")
+        } | {
             "test_accuracy": metrics["test"]["accuracy"],
             "test_macro_f1": metrics["test"]["macro_f1"],
         }
@@ -82,8 +92,8 @@ def stage_train(run: Run, cfg, force: bool = False, progress=None, threads: int 
 def follow_training(threads: int | None = None) -> bool:
     """A rank other than 0 (pipeline.distributed): wait for rank 0's splits and config, and train with it.
     Returns False when rank 0 had nothing to train (its train stage was reused)."""
-    from pipeline.distributed import broadcast
-    from pipeline.train import TrainConfig, train
+    from seqship.pipeline.distributed import broadcast
+    from seqship.pipeline.train import TrainConfig, train
 
     job = broadcast(None)
     if job is None:
@@ -96,7 +106,9 @@ def follow_training(threads: int | None = None) -> bool:
 def refuse_cv_with_fixed_test(run: Run) -> None:
     """Cross-validation folds all the data; a dataset with a published test split is reported on that instead."""
     if (run.record("data") or {}).get("summary", {}).get("counts", {}).get("fixed_test_rows"):
-        raise StageError(f"--cv: run {run.name!r} uses a dataset with a published test split; report on it instead of cross-validating")
+        raise StageError(
+            f"--cv: run {run.name!r} uses a dataset with a published test split; report on it instead of cross-validating"
+        )
 
 
 @locked
@@ -106,8 +118,8 @@ def stage_cv(run: Run, cfg, folds: int, force: bool = False, threads: int | None
     Each fold is the test set once; the rest is split into train and validation (for early stopping)
     exactly as the data stage splits. Only metrics and histories are kept, never the fold models.
     """
-    from pipeline.data import DataConfig, kfold, split
-    from pipeline.train import config_inputs, train
+    from seqship.pipeline.data import DataConfig, kfold, split
+    from seqship.pipeline.train import config_inputs, train
 
     data = run.require("data", "cv")
     summary = data["summary"]
@@ -122,29 +134,58 @@ def stage_cv(run: Run, cfg, folds: int, force: bool = False, threads: int | None
         for i, test_rows in enumerate(kfold(rows, folds, dcfg["seed"])):
             test_texts = {t for t, _ in test_rows}
             rest = [r for r in rows if r[0] not in test_texts]
-            parts = split(rest, DataConfig(**{**dcfg, "seed": dcfg["seed"] + i}), fixed_test=test_rows)  # train/val only
+            parts = split(
+                rest, DataConfig(**{**dcfg, "seed": dcfg["seed"] + i}), fixed_test=test_rows
+            )  # train/val only
             with tempfile.TemporaryDirectory(prefix="cv-fold-") as tmp:
-                metrics = train(parts["train"], parts["val"], parts["test"], summary["labels"], cfg, Path(tmp), threads=threads)
+                metrics = train(
+                    parts["train"], parts["val"], parts["test"], summary["labels"], cfg, Path(tmp), threads=threads
+                )
                 history = json.loads((Path(tmp) / "history.json").read_text(encoding="utf-8"))["epochs"]
-            fold = {"fold": i + 1, "train": len(parts["train"]), "val": len(parts["val"]), "test": len(parts["test"]),
-                    "accuracy": metrics["test"]["accuracy"], "macro_f1": metrics["test"]["macro_f1"],
-                    "best_epoch": metrics["best_epoch"], "epochs_run": metrics["epochs_run"],
-                    "train_seconds": metrics["train_seconds"], "history": history}
+            fold = {
+                "fold": i + 1,
+                "train": len(parts["train"]),
+                "val": len(parts["val"]),
+                "test": len(parts["test"]),
+                "accuracy": metrics["test"]["accuracy"],
+                "macro_f1": metrics["test"]["macro_f1"],
+                "best_epoch": metrics["best_epoch"],
+                "epochs_run": metrics["epochs_run"],
+                "train_seconds": metrics["train_seconds"],
+                "history": history,
+            }
             results.append(fold)
-            log.info("cv fold %d/%d: accuracy %.4f, macro-F1 %.4f (%.0f s)", i + 1, folds, fold["accuracy"],
-                     fold["macro_f1"], fold["train_seconds"])
+            log.info(
+                "cv fold %d/%d: accuracy %.4f, macro-F1 %.4f (%.0f s)",
+                i + 1,
+                folds,
+                fold["accuracy"],
+                fold["macro_f1"],
+                fold["train_seconds"],
+            )
         acc = [f["accuracy"] for f in results]
         f1 = [f["macro_f1"] for f in results]
-        report = {"folds": folds, "results": results, "accuracy_mean": statistics.fmean(acc), "accuracy_std": statistics.stdev(acc),
-                  "macro_f1_mean": statistics.fmean(f1), "macro_f1_std": statistics.stdev(f1),
-                  "train_seconds_total": float(sum(f["train_seconds"] for f in results))}
+        report = {
+            "folds": folds,
+            "results": results,
+            "accuracy_mean": statistics.fmean(acc),
+            "accuracy_std": statistics.stdev(acc),
+            "macro_f1_mean": statistics.fmean(f1),
+            "macro_f1_std": statistics.stdev(f1),
+            "train_seconds_total": float(sum(f["train_seconds"] for f in results)),
+        }
         (out / "cv.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-        return {k: report[k] for k in ("folds", "accuracy_mean", "accuracy_std", "macro_f1_mean", "macro_f1_std", "train_seconds_total")}
+        return {
+            k: report[k]
+            for k in ("folds", "accuracy_mean", "accuracy_std", "macro_f1_mean", "macro_f1_std", "train_seconds_total")
+        }
 
     return run_stage(run, "cv", inputs, produce, force)
 
 
-BASELINE_EXTRA = "scikit-learn is not installed: the linear baseline needs the `baseline` extra (pip install -e '.[baseline]')"
+BASELINE_EXTRA = (
+    "scikit-learn is not installed: the linear baseline needs the `baseline` extra (pip install -e '.[baseline]')"
+)
 
 
 def baseline_available() -> bool:
@@ -159,7 +200,7 @@ def stage_baseline(run: Run, train_cfg, force: bool = False) -> StageResult:
     tokenizer: what the recurrent model is compared with in the report, the card and `pipeline results`."""
     if not baseline_available():
         raise StageError(BASELINE_EXTRA)
-    from pipeline.baseline import baseline_config, fit_baseline
+    from seqship.pipeline.baseline import baseline_config, fit_baseline
 
     data = run.require("data", "baseline")
     d = run.dir("data")
@@ -172,9 +213,14 @@ def stage_baseline(run: Run, train_cfg, force: bool = False) -> StageResult:
     def produce(out: Path) -> dict:
         metrics = fit_baseline(train_rows, read_split(d, "val"), read_split(d, "test"), data["summary"]["labels"], cfg)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        return {"test_accuracy": metrics["test"]["accuracy"], "test_macro_f1": metrics["test"]["macro_f1"],
-                "C": metrics["C"], "class_weight": metrics["class_weight"], "features": metrics["features"],
-                "fit_seconds": metrics["fit_seconds"]}
+        return {
+            "test_accuracy": metrics["test"]["accuracy"],
+            "test_macro_f1": metrics["test"]["macro_f1"],
+            "C": metrics["C"],
+            "class_weight": metrics["class_weight"],
+            "features": metrics["features"],
+            "fit_seconds": metrics["fit_seconds"],
+        }
 
     return run_stage(run, "baseline", inputs, produce, force)
 
@@ -184,16 +230,21 @@ def stage_export(run: Run, force: bool = False) -> StageResult:
     """TorchScript and ONNX files from the trained model, each checked against the contract."""
     import torch
 
-    from exporters.contract import ModelContract
-    from exporters.onnx import export_onnx, labels_metadata, require_onnxscript
-    from exporters.torchscript import export_torchscript
-    from exporters.recurrent import GRAPH_VERSION, fused_recurrence
-    from pipeline.train import load_trained
+    from seqship.exporters.contract import ModelContract
+    from seqship.exporters.onnx import export_onnx, labels_metadata, require_onnxscript
+    from seqship.exporters.recurrent import GRAPH_VERSION, fused_recurrence
+    from seqship.exporters.torchscript import export_torchscript
+    from seqship.pipeline.train import load_trained
 
     trained = run.require("train", "export")
     contract = ModelContract(num_labels=len(json.loads((run.dir("train") / "labels.json").read_text(encoding="utf-8"))))
-    inputs = {"train": trained["outputs"], "opset": contract.opset, "torch": torch.__version__, "onnxscript": require_onnxscript(),
-              "graph": GRAPH_VERSION}
+    inputs = {
+        "train": trained["outputs"],
+        "opset": contract.opset,
+        "torch": torch.__version__,
+        "onnxscript": require_onnxscript(),
+        "graph": GRAPH_VERSION,
+    }
 
     def produce(out: Path) -> dict:
         model, tokenizer, labels, _ = load_trained(run.dir("train"))
@@ -207,7 +258,11 @@ def stage_export(run: Run, force: bool = False) -> StageResult:
         example = (torch.arange(2 * 7, dtype=torch.int64).remainder(n - 2).add(2).view(2, 7), torch.tensor([7, 3]))
         with fused_recurrence(model):  # each recurrent layer -> one ONNX GRU/LSTM node with sequence_lens
             onnx_checks = export_onnx(
-                model, out / "model.onnx", contract, example, labels_metadata(labels, tokenizer.spec.sha256(), __version__)
+                model,
+                out / "model.onnx",
+                contract,
+                example,
+                labels_metadata(labels, tokenizer.spec.sha256(), __version__),
             )
         summary = {
             "signature": contract.signature() | {"vocab_size": tokenizer.vocab_size},
@@ -223,18 +278,31 @@ def stage_export(run: Run, force: bool = False) -> StageResult:
 @locked
 def stage_verify(run: Run, cfg: VerifyConfig, force: bool = False) -> StageResult:
     """The parity gate: eager PyTorch vs TorchScript vs onnxruntime on probes and on the whole test set."""
-    from exporters.errors import ParityError
-    from exporters.parity import format_table
-    from pipeline.verify import build_report
+    from seqship.exporters.errors import ParityError
+    from seqship.exporters.parity import format_table
+    from seqship.pipeline.verify import build_report
 
-    trained, exported, data = run.require("train", "verify"), run.require("export", "verify"), run.require("data", "verify")
-    inputs = {"config": asdict(cfg), "train": trained["outputs"], "export": exported["outputs"], "data": data["outputs"]}
+    trained, exported, data = (
+        run.require("train", "verify"),
+        run.require("export", "verify"),
+        run.require("data", "verify"),
+    )
+    inputs = {
+        "config": asdict(cfg),
+        "train": trained["outputs"],
+        "export": exported["outputs"],
+        "data": data["outputs"],
+    }
 
     def produce(out: Path) -> dict:
         report = build_report(run.dir("train"), run.dir("export"), read_split(run.dir("data"), "test"), cfg)
         (out / "parity.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         if not report["passed"]:
-            raise ParityError(f"parity gate failed for run {run.name!r} (report: {run.failed_dir('verify') / 'parity.json'})\n" + format_table(report), report)
+            raise ParityError(
+                f"parity gate failed for run {run.name!r} (report: {run.failed_dir('verify') / 'parity.json'})\n"
+                + format_table(report),
+                report,
+            )
         return summarize_parity(report)
 
     return run_stage(run, "verify", inputs, produce, force)
@@ -260,9 +328,13 @@ def summarize_parity(report: dict) -> dict:
         "skipped": report.get("skipped", []),
         # The model.onnx in every engine found: the bundle is verified on these, at these versions.
         "engines": {
-            e["engine"]: {"version": e.get("version"), "passed": e["passed"], "max_abs": e.get("max_abs"),
-                          "label_agreement": (e.get("labels") or {}).get("agreement_outside_near_ties"),
-                          "near_ties": (e.get("labels") or {}).get("near_ties")}
+            e["engine"]: {
+                "version": e.get("version"),
+                "passed": e["passed"],
+                "max_abs": e.get("max_abs"),
+                "label_agreement": (e.get("labels") or {}).get("agreement_outside_near_ties"),
+                "near_ties": (e.get("labels") or {}).get("near_ties"),
+            }
             for e in report.get("engines", {}).get("engines", [])
         },
         "engines_skipped": report.get("engines", {}).get("skipped", []),
@@ -272,7 +344,7 @@ def summarize_parity(report: dict) -> dict:
 @locked
 def stage_package(run: Run, force: bool = False) -> StageResult:
     """Assemble the bundle from verified files; it appears under bundle/ only when whole."""
-    from pipeline.package import build_bundle
+    from seqship.pipeline.package import build_bundle
 
     records = {s: run.require(s, "package") for s in ("data", "train", "export", "verify")}
     baseline = run.current("baseline")  # optional: the card compares the model with it where the run has one
@@ -294,7 +366,7 @@ def _kept_baseline(run: Run) -> str:
 def optional_baseline(run: Run, train_cfg, force: bool) -> StageResult | None:
     """The baseline stage inside `run all`: it is a comparison, not part of the model, so data it cannot be
     fitted on (BaselineError) is a warning and the model still ships."""
-    from pipeline.baseline import BaselineError
+    from seqship.pipeline.baseline import BaselineError
 
     try:
         return stage_baseline(run, train_cfg, force=force)
@@ -332,11 +404,13 @@ def run_all(
     if baseline and baseline_available():  # before package: the model card compares the model with it
         steps.insert(2, lambda: optional_baseline(run, train_cfg, force))
     elif baseline:
-        steps.insert(2, lambda: log.warning("%s; %s (the other stages run as before)", BASELINE_EXTRA, _kept_baseline(run)))
+        steps.insert(
+            2, lambda: log.warning("%s; %s (the other stages run as before)", BASELINE_EXTRA, _kept_baseline(run))
+        )
     if cv_folds:
         steps.insert(1, lambda: refuse_cv_with_fixed_test(run))  # before training, not after packaging
         steps.append(lambda: stage_cv(run, train_cfg, cv_folds, force=force, threads=threads))
-    from pipeline.distributed import world
+    from seqship.pipeline.distributed import world
 
     if world()[0] != 0:  # another rank of a torchrun job: it only helps train (pipeline.distributed)
         follow_training(threads)

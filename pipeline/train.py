@@ -1,4 +1,5 @@
 """The train stage: tokenizer from the training split, seeded training, early stopping, test metrics."""
+
 from __future__ import annotations
 
 import copy
@@ -17,16 +18,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.distributed import all_sum
-from pipeline.distributed import broadcast as dist_broadcast
-from pipeline.distributed import world as dist_world
-from pipeline.metrics import classification_metrics
-from pipeline.model import CELLS, MAX_PAIR_BUCKETS, POOLINGS, ModelConfig, TextClassifier, without_neutral
-from runtime.errors import SeqshipError
-from runtime.tokenizer import TYPES as TOKENIZER_KINDS
-from runtime.tokenizer import (
-    MAX_LENGTH, UNICODE_VERSION, Tokenizer, TokenizerSpec, build_vocab, normalize, pad_batch, split_tokens, unassigned_ranges,
+from seqship.pipeline.distributed import all_sum
+from seqship.pipeline.distributed import broadcast as dist_broadcast
+from seqship.pipeline.distributed import world as dist_world
+from seqship.pipeline.metrics import classification_metrics
+from seqship.pipeline.model import CELLS, MAX_PAIR_BUCKETS, POOLINGS, ModelConfig, TextClassifier, without_neutral
+from seqship.runtime.errors import SeqshipError
+from seqship.runtime.tokenizer import (
+    MAX_LENGTH,
+    UNICODE_VERSION,
+    Tokenizer,
+    TokenizerSpec,
+    build_vocab,
+    normalize,
+    pad_batch,
+    split_tokens,
+    unassigned_ranges,
 )
+from seqship.runtime.tokenizer import TYPES as TOKENIZER_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -99,18 +108,35 @@ class TrainConfig:
             return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
         for name in ("epochs", "batch_size", "patience", "min_freq", "embed_dim", "hidden_dim", "num_layers"):
-            need(is_int(getattr(self, name)) and getattr(self, name) >= 1, name.replace("_", "-"), "must be an integer >= 1")
+            need(
+                is_int(getattr(self, name)) and getattr(self, name) >= 1,
+                name.replace("_", "-"),
+                "must be an integer >= 1",
+            )
         need(is_num(self.lr) and 0 < self.lr <= 10, "lr", "must be a number > 0 and <= 10")
         need(is_num(self.weight_decay) and self.weight_decay >= 0, "weight-decay", "must be a number >= 0")
         need(is_num(self.clip_norm) and self.clip_norm > 0, "clip-norm", "must be a number > 0")
-        need(is_int(self.pair_buckets) and 0 <= self.pair_buckets <= MAX_PAIR_BUCKETS, "pair-buckets",
-             f"must be an integer from 0 (none) to {MAX_PAIR_BUCKETS}")
-        if is_int(self.pair_buckets) and is_int(self.embed_dim) and self.pair_buckets * self.embed_dim > MAX_PAIR_WEIGHTS:
-            problems.append(f"--pair-buckets {self.pair_buckets} with --embed-dim {self.embed_dim} is a "
-                            f"{self.pair_buckets * self.embed_dim * 4 / 2**20:.0f} MiB pair table; at most "
-                            f"{MAX_PAIR_WEIGHTS * 4 // 2**20} MiB (fewer buckets or a smaller embedding)")
+        need(
+            is_int(self.pair_buckets) and 0 <= self.pair_buckets <= MAX_PAIR_BUCKETS,
+            "pair-buckets",
+            f"must be an integer from 0 (none) to {MAX_PAIR_BUCKETS}",
+        )
+        if (
+            is_int(self.pair_buckets)
+            and is_int(self.embed_dim)
+            and self.pair_buckets * self.embed_dim > MAX_PAIR_WEIGHTS
+        ):
+            problems.append(
+                f"--pair-buckets {self.pair_buckets} with --embed-dim {self.embed_dim} is a "
+                f"{self.pair_buckets * self.embed_dim * 4 / 2**20:.0f} MiB pair table; at most "
+                f"{MAX_PAIR_WEIGHTS * 4 // 2**20} MiB (fewer buckets or a smaller embedding)"
+            )
         for name in ("dropout", "embed_dropout"):
-            need(is_num(getattr(self, name)) and 0 <= getattr(self, name) < 1, name.replace("_", "-"), "must be in [0, 1)")
+            need(
+                is_num(getattr(self, name)) and 0 <= getattr(self, name) < 1,
+                name.replace("_", "-"),
+                "must be in [0, 1)",
+            )
         need(is_int(self.seed) and 0 <= self.seed < 2**32, "seed", "must be an integer from 0 to 2**32 - 1")
         need(self.device in ("cpu", "cuda", "auto"), "device", "must be cpu, cuda or auto")
         need(self.tokenizer in TOKENIZER_KINDS, "tokenizer", f"must be one of {list(TOKENIZER_KINDS)}")
@@ -118,10 +144,21 @@ class TrainConfig:
         need(self.pooling in POOLINGS, "pooling", f"must be one of {list(POOLINGS)}")
         need(self.class_weight in CLASS_WEIGHTS, "class-weight", f"must be one of {list(CLASS_WEIGHTS)}")
         need(self.lr_schedule in LR_SCHEDULES, "lr-schedule", f"must be one of {list(LR_SCHEDULES)}")
-        need(isinstance(self.lowercase, bool) and isinstance(self.bidirectional, bool), "lowercase", "and --bidirectional must be true or false")
-        need(self.max_length is None or (is_int(self.max_length) and 1 <= self.max_length <= MAX_LENGTH),
-             "max-length", f"must be an integer from 1 to {MAX_LENGTH}")
-        need(self.max_vocab is None or (is_int(self.max_vocab) and self.max_vocab >= 3), "max-vocab", "must be an integer >= 3 (pad and unk included)")
+        need(
+            isinstance(self.lowercase, bool) and isinstance(self.bidirectional, bool),
+            "lowercase",
+            "and --bidirectional must be true or false",
+        )
+        need(
+            self.max_length is None or (is_int(self.max_length) and 1 <= self.max_length <= MAX_LENGTH),
+            "max-length",
+            f"must be an integer from 1 to {MAX_LENGTH}",
+        )
+        need(
+            self.max_vocab is None or (is_int(self.max_vocab) and self.max_vocab >= 3),
+            "max-vocab",
+            "must be an integer >= 3 (pad and unk included)",
+        )
         if problems:
             raise TrainError("invalid training options: " + "; ".join(problems))
 
@@ -193,9 +230,11 @@ def fit_tokenizer(texts: Sequence[str], cfg: TrainConfig) -> Tokenizer:
     vocab = build_vocab(token_lists, min_freq=cfg.min_freq, max_size=cfg.max_vocab)
     if len(vocab) <= 2:  # pad and unk only: every text would be unk, and a model of it predicts one class
         seen = Counter(t for tokens in token_lists for t in tokens)
-        raise TrainError(f"no {cfg.tokenizer} token of the training split occurs --min-freq {cfg.min_freq} times "
-                         f"(the most frequent occurs {max(seen.values(), default=0)} times): lower --min-freq"
-                         + ("" if cfg.tokenizer == "char" else ", or use --tokenizer char"))
+        raise TrainError(
+            f"no {cfg.tokenizer} token of the training split occurs --min-freq {cfg.min_freq} times "
+            f"(the most frequent occurs {max(seen.values(), default=0)} times): lower --min-freq"
+            + ("" if cfg.tokenizer == "char" else ", or use --tokenizer char")
+        )
     spec = TokenizerSpec(type=cfg.tokenizer, lowercase=cfg.lowercase, max_length=max_length, vocab=vocab)
     return Tokenizer(spec)
 
@@ -229,7 +268,9 @@ def bucketed_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generato
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, ids: list[list[int]], pad_id: int, device: torch.device, batch_size: int = 512) -> np.ndarray:
+def predict_logits(
+    model: nn.Module, ids: list[list[int]], pad_id: int, device: torch.device, batch_size: int = 512
+) -> np.ndarray:
     """Logits for encoded texts, in input order (model in eval mode)."""
     model.eval()
     order = np.argsort([len(x) for x in ids], kind="stable")
@@ -258,8 +299,10 @@ def train(
     """
     for name, rows in (("training", train_rows), ("validation", val_rows), ("test", test_rows)):
         if not rows:
-            raise TrainError(f"the {name} split has no texts: give more data (a few rows per label at least), "
-                             "or check the data stage's counts with `pipeline run data --json`")
+            raise TrainError(
+                f"the {name} split has no texts: give more data (a few rows per label at least), "
+                "or check the data stage's counts with `pipeline run data --json`"
+            )
     threads = default_threads() if threads is None else threads
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise TrainError(f"--threads must be an integer >= 1, got {threads!r}")
@@ -267,8 +310,10 @@ def train(
     # were required AND oneDNN (mkldnn) was switched off; its multi-threaded CPU kernels are not
     # bit-reproducible and torch does not flag them as nondeterministic. Both are restored afterwards.
     if "MKL_CBWR" not in os.environ:
-        log.warning("MKL_CBWR is not set: this training may not be bit-reproducible across processes "
-                    "(call pipeline.pin_blas_for_reproducibility() before importing torch; `pipeline run` does)")
+        log.warning(
+            "MKL_CBWR is not set: this training may not be bit-reproducible across processes "
+            "(call pipeline.pin_blas_for_reproducibility() before importing torch; `pipeline run` does)"
+        )
     was_deterministic, was_mkldnn = torch.are_deterministic_algorithms_enabled(), torch.backends.mkldnn.enabled
     was_threads = torch.get_num_threads()
     torch.use_deterministic_algorithms(True)
@@ -320,9 +365,13 @@ def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: P
         sched = None
     else:
         step_sched = None
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=max(1, cfg.patience // 2))
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="max", factor=0.5, patience=max(1, cfg.patience // 2)
+        )
     weights = class_weights(y_train, len(labels), cfg.class_weight)
-    loss_fn = nn.CrossEntropyLoss(reduction="sum", weight=None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device))
+    loss_fn = nn.CrossEntropyLoss(
+        reduction="sum", weight=None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device)
+    )
     rng = np.random.default_rng(cfg.seed)
     lengths = np.array([len(x) for x in x_train])
     history, best_f1, best_state, best_epoch, stale = [], -1.0, None, 0, 0
@@ -383,7 +432,14 @@ def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: P
             stale += 1
         if progress:
             progress("epoch_end", {**record, "best": improved})
-        log.log(logging.DEBUG if progress else logging.INFO, "epoch %d: loss %.4f val acc %.4f macro-F1 %.4f", epoch, record["train_loss"], val["accuracy"], val["macro_f1"])
+        log.log(
+            logging.DEBUG if progress else logging.INFO,
+            "epoch %d: loss %.4f val acc %.4f macro-F1 %.4f",
+            epoch,
+            record["train_loss"],
+            val["accuracy"],
+            val["macro_f1"],
+        )
         if stale >= cfg.patience:
             log.info("early stop: no better validation macro-F1 for %d epochs", stale)
             break
@@ -412,7 +468,9 @@ def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: P
     (out_dir / TOKENIZER).write_text(tokenizer.spec.to_json(), encoding="utf-8")
     (out_dir / LABELS).write_text(json.dumps(list(labels), ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     (out_dir / METRICS).write_text(json.dumps(metrics, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out_dir / HISTORY).write_text(json.dumps({"config": asdict(cfg), "epochs": history}, indent=1) + "\n", encoding="utf-8")
+    (out_dir / HISTORY).write_text(
+        json.dumps({"config": asdict(cfg), "epochs": history}, indent=1) + "\n", encoding="utf-8"
+    )
     return metrics
 
 
@@ -436,7 +494,9 @@ def load_trained(train_dir: Path) -> tuple[TextClassifier, Tokenizer, list[str],
     except FileNotFoundError as e:
         raise TrainError(f"{e.filename}: missing; run `pipeline run train` first") from None
     except (ValueError, TypeError) as e:
-        raise TrainError(f"{train_dir}: unreadable training outputs ({e}); re-run `pipeline run train --force`") from None
+        raise TrainError(
+            f"{train_dir}: unreadable training outputs ({e}); re-run `pipeline run train --force`"
+        ) from None
     model = TextClassifier(mcfg)
     try:
         state = torch.load(train_dir / WEIGHTS, map_location="cpu", weights_only=True)

@@ -1,4 +1,5 @@
 """Assemble the parity gate for one run: backends, probes, and the whole-test-set check."""
+
 from __future__ import annotations
 
 import logging
@@ -9,13 +10,13 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from exporters.parity import Backend, check_test_set, make_probes, run_gate
-from exporters.portability import engine_gate
-from pipeline.train import load_trained
-from runtime.bundle import sha256_file
-from runtime.errors import BundleError
-from runtime.predictor import Predictor
-from runtime.session import CUDA, OnnxModel
+from seqship.exporters.parity import Backend, check_test_set, make_probes, run_gate
+from seqship.exporters.portability import engine_gate
+from seqship.pipeline.train import load_trained
+from seqship.runtime.bundle import sha256_file
+from seqship.runtime.errors import BundleError
+from seqship.runtime.predictor import Predictor
+from seqship.runtime.session import CUDA, OnnxModel
 
 log = logging.getLogger(__name__)
 MAX_PROBE_LENGTH = 4096  # the "long" probe: 4x the longest text, within what the slowest engine runs in seconds
@@ -44,24 +45,34 @@ def build_report(train_dir: Path, export_dir: Path, test_rows: Sequence[tuple[st
     if torch.cuda.is_available():
         backends["torchscript:cuda"] = torch_backend(torch.jit.load(str(ts_path), map_location="cuda"), "cuda")
     else:
-        skipped.append({"backend": "torchscript:cuda", "reason": "torch.cuda.is_available() is False (no CUDA GPU here)"})
+        skipped.append(
+            {"backend": "torchscript:cuda", "reason": "torch.cuda.is_available() is False (no CUDA GPU here)"}
+        )
     if CUDA in ort.get_available_providers():
         backends[f"onnxruntime:{CUDA}"] = OnnxModel(onnx_path, providers="cuda").run
     else:
-        skipped.append({"backend": f"onnxruntime:{CUDA}", "reason": f"onnxruntime offers only {ort.get_available_providers()}"})
+        skipped.append(
+            {"backend": f"onnxruntime:{CUDA}", "reason": f"onnxruntime offers only {ort.get_available_providers()}"}
+        )
     texts = [t for t, _ in test_rows]
     real = tokenizer.encode_batch(texts[:64])[:2] if texts else None
     longest = max(metrics.get("longest_train_tokens", 0), tokenizer.spec.max_length)
     probes = make_probes(
-        tokenizer.vocab_size, tokenizer.spec.pad_id, long_length=min(4 * longest, MAX_PROBE_LENGTH),
-        ragged_length=min(tokenizer.spec.max_length, 64), real=real, seed=cfg.seed,
+        tokenizer.vocab_size,
+        tokenizer.spec.pad_id,
+        long_length=min(4 * longest, MAX_PROBE_LENGTH),
+        ragged_length=min(tokenizer.spec.max_length, 64),
+        real=real,
+        seed=cfg.seed,
     )
     report = run_gate(reference, backends, probes, cfg.atol, cfg.rtol)
     report["reference"] = "pytorch eager (cpu, float32, eval, inference_mode)"
     report["skipped"] = skipped
     predictor = Predictor(onnx_path, tokenizer, labels, providers="cpu")
     report["test_set"] = check_test_set(reference, predictor, texts, cfg.atol, cfg.rtol)
-    report["engines"] = engine_gate(onnx_path, reference, probes, _ids(tokenizer, texts), tokenizer.spec.pad_id, cfg.atol, cfg.rtol)
+    report["engines"] = engine_gate(
+        onnx_path, reference, probes, _ids(tokenizer, texts), tokenizer.spec.pad_id, cfg.atol, cfg.rtol
+    )
     report["passed"] = report["passed"] and report["test_set"]["passed"] and report["engines"]["passed"]
     report["files"] = {"model.onnx": sha256_file(onnx_path), "model.pt": sha256_file(ts_path)}
     return report
@@ -78,17 +89,24 @@ def _ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return out
 
 
-def verify_bundle(bundle_dir: Path, cfg, texts: Sequence[str] | None = None, expected_sha256: str | None = None) -> dict:
+def verify_bundle(
+    bundle_dir: Path, cfg, texts: Sequence[str] | None = None, expected_sha256: str | None = None
+) -> dict:
     """Parity of a shipped bundle: its model.onnx against its own model.pt (TorchScript), which the gate
     proved equal to eager PyTorch when the bundle was made. File integrity is reported, not assumed."""
-    from runtime.bundle import MODEL_ONNX, MODEL_TORCHSCRIPT, TOKENIZER, read_manifest, safe_member
-    from runtime.tokenizer import Tokenizer
+    from seqship.runtime.bundle import MODEL_ONNX, MODEL_TORCHSCRIPT, TOKENIZER, read_manifest, safe_member
+    from seqship.runtime.tokenizer import Tokenizer
 
     manifest = read_manifest(bundle_dir)
     integrity = []
     if MODEL_TORCHSCRIPT not in manifest["files"]:  # the reference must be a file the manifest hashes
-        integrity.append({"file": MODEL_TORCHSCRIPT, "passed": False,
-                          "problem": "not listed in the manifest, so it cannot serve as the verified reference"})
+        integrity.append(
+            {
+                "file": MODEL_TORCHSCRIPT,
+                "passed": False,
+                "problem": "not listed in the manifest, so it cannot serve as the verified reference",
+            }
+        )
     for name, entry in manifest["files"].items():
         path = safe_member(Path(bundle_dir), name)
         problem = None
@@ -101,34 +119,68 @@ def verify_bundle(bundle_dir: Path, cfg, texts: Sequence[str] | None = None, exp
         try:  # exactly what an application's Predictor.load checks (metadata, external data, pin, Unicode, finite)
             Predictor.load(bundle_dir, providers="cpu", expected_sha256=expected_sha256)
         except Exception as e:  # a SeqshipError names the problem; anything else is still a failure to load
-            integrity.append({"file": "(bundle)", "passed": False, "problem": f"Predictor.load refuses it: {type(e).__name__}: {str(e)[:400]}"})
+            integrity.append(
+                {
+                    "file": "(bundle)",
+                    "passed": False,
+                    "problem": f"Predictor.load refuses it: {type(e).__name__}: {str(e)[:400]}",
+                }
+            )
     if all(i["passed"] for i in integrity):
-        from runtime.tokenizer import UNICODE_VERSION, unassigned_ranges, version_tuple
+        from seqship.runtime.tokenizer import UNICODE_VERSION, unassigned_ranges, version_tuple
 
         spec = Tokenizer.from_file(safe_member(Path(bundle_dir), TOKENIZER), unicode_mismatch="warn").spec
-        if version_tuple(spec.unicode_version) == version_tuple(UNICODE_VERSION) and spec.unassigned != unassigned_ranges():
-            integrity.append({"file": TOKENIZER, "passed": False, "problem": (
-                f"its 'unassigned' table is not Unicode {UNICODE_VERSION}'s, though it says it was built with that "
-                "version: runtimes with another Unicode version would trust a wrong table")})
+        if (
+            version_tuple(spec.unicode_version) == version_tuple(UNICODE_VERSION)
+            and spec.unassigned != unassigned_ranges()
+        ):
+            integrity.append(
+                {
+                    "file": TOKENIZER,
+                    "passed": False,
+                    "problem": (
+                        f"its 'unassigned' table is not Unicode {UNICODE_VERSION}'s, though it says it was built with that "
+                        "version: runtimes with another Unicode version would trust a wrong table"
+                    ),
+                }
+            )
     if not all(i["passed"] for i in integrity):
         # Nothing of an untrusted bundle is run or unpickled (model.pt is a TorchScript archive).
-        return {"atol": cfg.atol, "rtol": cfg.rtol, "results": [], "skipped": [], "integrity": integrity, "passed": False,
-                "reference": "none: the bundle failed its integrity checks, so nothing in it was run"}
+        return {
+            "atol": cfg.atol,
+            "rtol": cfg.rtol,
+            "results": [],
+            "skipped": [],
+            "integrity": integrity,
+            "passed": False,
+            "reference": "none: the bundle failed its integrity checks, so nothing in it was run",
+        }
     onnx_path, ts_path = Path(bundle_dir) / MODEL_ONNX, Path(bundle_dir) / MODEL_TORCHSCRIPT
     tokenizer = Tokenizer.from_file(Path(bundle_dir) / TOKENIZER)
     try:
         reference = torch_backend(torch.jit.load(str(ts_path), map_location="cpu"))
     except Exception as e:  # torch's own error types for a damaged archive
-        raise BundleError(f"{ts_path}: TorchScript cannot load it ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise BundleError(
+            f"{ts_path}: TorchScript cannot load it ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        ) from None
     backends: dict[str, Backend] = {"onnxruntime:CPUExecutionProvider": OnnxModel(onnx_path, providers="cpu").run}
     skipped = []
     if CUDA in ort.get_available_providers():
         backends[f"onnxruntime:{CUDA}"] = OnnxModel(onnx_path, providers="cuda").run
     else:
-        skipped.append({"backend": f"onnxruntime:{CUDA}", "reason": f"onnxruntime offers only {ort.get_available_providers()}"})
+        skipped.append(
+            {"backend": f"onnxruntime:{CUDA}", "reason": f"onnxruntime offers only {ort.get_available_providers()}"}
+        )
     real = tokenizer.encode_batch(list(texts)[:64])[:2] if texts else None
     spec = tokenizer.spec
-    probes = make_probes(tokenizer.vocab_size, spec.pad_id, min(4 * spec.max_length, MAX_PROBE_LENGTH), min(spec.max_length, 64), real, cfg.seed)
+    probes = make_probes(
+        tokenizer.vocab_size,
+        spec.pad_id,
+        min(4 * spec.max_length, MAX_PROBE_LENGTH),
+        min(spec.max_length, 64),
+        real,
+        cfg.seed,
+    )
     report = run_gate(reference, backends, probes, cfg.atol, cfg.rtol, reference_name="torchscript:cpu")
     report["reference"] = f"{MODEL_TORCHSCRIPT} of the bundle (TorchScript, cpu)"
     report["skipped"] = skipped
@@ -136,9 +188,13 @@ def verify_bundle(bundle_dir: Path, cfg, texts: Sequence[str] | None = None, exp
     if texts:
         predictor = Predictor(onnx_path, tokenizer, manifest["labels"], providers="cpu")
         report["test_set"] = check_test_set(reference, predictor, list(texts), cfg.atol, cfg.rtol)
-    report["engines"] = engine_gate(onnx_path, reference, probes, _ids(tokenizer, texts or []), spec.pad_id, cfg.atol, cfg.rtol)
+    report["engines"] = engine_gate(
+        onnx_path, reference, probes, _ids(tokenizer, texts or []), spec.pad_id, cfg.atol, cfg.rtol
+    )
     report["passed"] = (
-        report["passed"] and all(i["passed"] for i in integrity) and report.get("test_set", {}).get("passed", True)
+        report["passed"]
+        and all(i["passed"] for i in integrity)
+        and report.get("test_set", {}).get("passed", True)
         and report["engines"]["passed"]
     )
     return report

@@ -8,6 +8,7 @@ its `id` when the input has one, and either the prediction or an `error`. A row 
 `max_line_bytes`) gets an error line; it never stops the run. Memory is bounded by `chunk_size` rows of
 at most `max_line_bytes` each, whatever the file's size or its longest line.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -20,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Iterator
 
-from runtime.errors import InputError, ModelOutputError, SeqshipError
-from runtime.fsio import atomic_write, sweep_partials
-from runtime.predictor import Predictor
+from seqship.runtime.errors import InputError, ModelOutputError, SeqshipError
+from seqship.runtime.fsio import atomic_write, sweep_partials
+from seqship.runtime.predictor import Predictor
 
 FORMATS = ("auto", "jsonl", "lines", "csv", "tsv")
 MAX_LINE_BYTES = 64 * 1024 * 1024  # one input row, at most; a longer one gets an error line
@@ -127,13 +128,21 @@ def _text_of(obj, n: int, text_column: str, id_column: str | None) -> dict:
     return rec | {"text": text}
 
 
-def _line_records(path: Path, fmt: str, text_column: str, id_column: str | None, max_bytes: int) -> Iterator[tuple[int, dict]]:
+def _line_records(
+    path: Path, fmt: str, text_column: str, id_column: str | None, max_bytes: int
+) -> Iterator[tuple[int, dict]]:
     with open(path, "rb") as f:
         yield from line_records(f, fmt, text_column, id_column, max_bytes)
 
 
-def line_records(f: IO[bytes], fmt: str, text_column: str, id_column: str | None, max_bytes: int = MAX_LINE_BYTES,
-                 first_line: int = 1) -> Iterator[tuple[int, dict]]:
+def line_records(
+    f: IO[bytes],
+    fmt: str,
+    text_column: str,
+    id_column: str | None,
+    max_bytes: int = MAX_LINE_BYTES,
+    first_line: int = 1,
+) -> Iterator[tuple[int, dict]]:
     """(bytes read so far, record) per line of a binary file of `lines` or `jsonl`, from where it stands;
     `first_line` is the number of the line there (a part of a larger file: errors name the file's line)."""
     for n, (pos, raw) in enumerate(_raw_lines(f, max_bytes), first_line):
@@ -182,8 +191,10 @@ class _LineReader:
         self.line += 1
         self.pos += len(raw)
         if len(raw) > self.max_bytes and not raw.endswith(b"\n"):
-            raise InputError(f"{self.path}: line {self.line} is longer than {self.max_bytes:,} bytes; shorten it, "
-                             "or score the file as --format lines (one text per line)")
+            raise InputError(
+                f"{self.path}: line {self.line} is longer than {self.max_bytes:,} bytes; shorten it, "
+                "or score the file as --format lines (one text per line)"
+            )
         # final on the file's last line (no newline): a UTF-8 sequence cut short there is decoded (as lone
         # surrogates, so its row gets an error line), never held back unseen
         return self.decoder.decode(raw, final=not raw.endswith(b"\n"))
@@ -197,8 +208,9 @@ def _not_utf8(value: str) -> bool:
     return _ESCAPED_BYTE.search(value) is not None
 
 
-def _table_records(path: Path, fmt: str, text_column: str, id_column: str | None, max_bytes: int,
-                   require_id: bool = False) -> Iterator[tuple[int, dict]]:
+def _table_records(
+    path: Path, fmt: str, text_column: str, id_column: str | None, max_bytes: int, require_id: bool = False
+) -> Iterator[tuple[int, dict]]:
     csv.field_size_limit(max(csv.field_size_limit(), max_bytes))
     # As the training data reader reads them: CSV strictly (a quote out of place is an error, never a
     # field that silently swallows the following rows), TSV without quoting.
@@ -218,10 +230,14 @@ def _table_records(path: Path, fmt: str, text_column: str, id_column: str | None
             raise InputError(f"{path}: no column {text_column!r} in the header {header[:20]}; pass --text-column NAME")
         for col in (text_column, id_column):
             if header.count(col) > 1:
-                raise InputError(f"{path}: {header.count(col)} columns are named {col!r} in the header {header[:20]}; "
-                                 "rename all but one")
+                raise InputError(
+                    f"{path}: {header.count(col)} columns are named {col!r} in the header {header[:20]}; "
+                    "rename all but one"
+                )
         if require_id and id_column not in header:
-            raise InputError(f"{path}: no column {id_column!r} in the header {header[:20]}; pass --id-column NAME, or leave it out")
+            raise InputError(
+                f"{path}: no column {id_column!r} in the header {header[:20]}; pass --id-column NAME, or leave it out"
+            )
         t = header.index(text_column)
         i = header.index(id_column) if id_column in header else None
         row_no = 0
@@ -246,14 +262,23 @@ def _table_records(path: Path, fmt: str, text_column: str, id_column: str | None
                 rec["error"] = f"row {row_no}: has {len(row)} fields, no {text_column!r} column"
             elif bad_id or _not_utf8(row[t]):
                 what = "id" if bad_id else "text"
-                rec["error"] = f"row {row_no} (line {reader.line_num}): the {what} is not UTF-8; re-encode the file as UTF-8"
+                rec["error"] = (
+                    f"row {row_no} (line {reader.line_num}): the {what} is not UTF-8; re-encode the file as UTF-8"
+                )
             else:
                 rec["text"] = row[t]
             yield lines.pos, rec
 
 
-def records(path: Path, fmt: str = "auto", *, text_column: str = "text", id_column: str | None = "id",
-            max_line_bytes: int = MAX_LINE_BYTES, require_id: bool = False) -> Iterator[tuple[int, dict]]:
+def records(
+    path: Path,
+    fmt: str = "auto",
+    *,
+    text_column: str = "text",
+    id_column: str | None = "id",
+    max_line_bytes: int = MAX_LINE_BYTES,
+    require_id: bool = False,
+) -> Iterator[tuple[int, dict]]:
     """(bytes read so far, record) per input row; a record has 'text' or 'error', and maybe 'id'.
     require_id: a table whose header lacks id_column is an InputError (rows of JSON lines may each lack it)."""
     fmt = resolve_format(path, fmt)
@@ -292,7 +317,9 @@ def score_file(
         raise SeqshipError(f"{dst}: the output must not overwrite the input")
     sweep_partials(dst.parent if str(dst.parent) else Path("."))  # what a killed run left beside the output
     stats = BulkStats()
-    rows = records(src, fmt, text_column=text_column, id_column=id_column, max_line_bytes=max_line_bytes, require_id=require_id)
+    rows = records(
+        src, fmt, text_column=text_column, id_column=id_column, max_line_bytes=max_line_bytes, require_id=require_id
+    )
     with atomic_write(dst, "w") as out:
         chunk: list[dict] = []
         pos = 0

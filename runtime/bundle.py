@@ -1,4 +1,5 @@
 """The bundle format: constants, file hashing and the checks every loader runs before trusting a bundle."""
+
 from __future__ import annotations
 
 import hashlib
@@ -8,7 +9,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from runtime.errors import BundleError
+from seqship.runtime.errors import BundleError
 
 FORMAT = "seqship.bundle"
 # 2: labels and tokenizer hash required in model.onnx's metadata, no external data, tokenizer spec v2
@@ -29,6 +30,7 @@ MAX_MANIFEST = 16 << 20
 
 def strict_json(text: str):
     """json.loads that refuses what other languages' parsers refuse: NaN, Infinity, -Infinity."""
+
     def refuse(token: str):
         raise ValueError(f"{token} is not JSON")
 
@@ -112,8 +114,9 @@ def read_manifest(root: str | os.PathLike) -> dict:
 def _read_manifest(root: Path) -> tuple[dict, bytes]:
     if not root.is_dir():
         if root.exists():  # a file given where the folder is wanted: name the folder it sits in
-            raise BundleError(f"{root}: a file, not a bundle folder; pass the folder that holds {MANIFEST} "
-                              f"(perhaps {root.parent})")
+            raise BundleError(
+                f"{root}: a file, not a bundle folder; pass the folder that holds {MANIFEST} (perhaps {root.parent})"
+            )
         raise BundleError(f"{root}: bundle folder not found; pass the folder that holds {MANIFEST}")
     mpath = root / MANIFEST
     if not mpath.is_file():  # follows a symlink: a FIFO or a device is not a file
@@ -126,7 +129,9 @@ def _read_manifest(root: Path) -> tuple[dict, bytes]:
     try:
         manifest = strict_json(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise BundleError(f"{mpath}: not valid JSON ({str(e)[:200]}); the bundle is damaged, re-run `pipeline run package`") from None
+        raise BundleError(
+            f"{mpath}: not valid JSON ({str(e)[:200]}); the bundle is damaged, re-run `pipeline run package`"
+        ) from None
     if not isinstance(manifest, dict):
         raise BundleError(f"{mpath}: expected a JSON object")
     missing = [k for k in REQUIRED_KEYS if k not in manifest]

@@ -1,4 +1,5 @@
 """Typed errors shared by every layer; each message names the item and what to do."""
+
 from __future__ import annotations
 
 

@@ -17,6 +17,7 @@ every stage folder or cache entry through `temp_dir` + `replace_dir`:
 
 Standard library only: the runtime uses it for bulk output.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,7 +32,7 @@ import stat
 from pathlib import Path
 from typing import IO, Iterator
 
-from runtime.errors import SeqshipError
+from seqship.runtime.errors import SeqshipError
 
 PARTIAL = ".partial"
 
@@ -198,14 +199,22 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", *, encoding: str | No
             _close_quietly(stream)
         return
     if st is not None and not stat.S_ISREG(st.st_mode):
-        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device or special file"
+        kind = (
+            "a folder"
+            if stat.S_ISDIR(st.st_mode)
+            else "a socket"
+            if stat.S_ISSOCK(st.st_mode)
+            else "a device or special file"
+        )
         raise FileSafetyError(f"{path} is {kind}, not a regular file: refusing to replace it; give a file path")
     folder = target.parent
     perms = stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~umask()
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{target.name}.{_tag()}{PARTIAL}"
-        f = os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600), mode, **kw)
+        f = os.fdopen(
+            os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600), mode, **kw
+        )
     except OSError as e:
         raise FileSafetyError(describe_os_error(path, e)) from None
     try:

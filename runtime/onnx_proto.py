@@ -30,6 +30,7 @@ patterns: the low 16 bits of each varint), and every float of an attribute (f, f
 ±Inf anywhere puts the tensor's name (or "attribute <name>") in `nonfinite`. The checks test the exponent
 bits, so the Python and JavaScript readers agree bit for bit.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from typing import Callable
 
 import numpy as np
 
-from runtime.errors import BundleError
+from seqship.runtime.errors import BundleError
 
 MAX_DEPTH = 64
 METADATA_PREFIX = "seqship."
@@ -260,8 +261,16 @@ def read_model_info(data: bytes) -> ModelInfo:
         enter(depth, a)
         # float_data / double_data / int32_data are scanned chunk by chunk as they come (data_type may come
         # after them); raw_data, a singular field (the last one wins), once data_type is known.
-        state = {"name": "", "external": False, "type": 0, "raw": None,
-                 "float": False, "double": False, "f16": False, "bf16": False}
+        state = {
+            "name": "",
+            "external": False,
+            "type": 0,
+            "raw": None,
+            "float": False,
+            "double": False,
+            "f16": False,
+            "bf16": False,
+        }
         entries: list[tuple[str, str]] = []
 
         def visit(f, w, x, y, at):

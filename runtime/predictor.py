@@ -1,4 +1,5 @@
 """Text in, label out: a bundle's ONNX model behind its own tokenizer, on onnxruntime alone."""
+
 from __future__ import annotations
 
 import hashlib
@@ -11,11 +12,11 @@ from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from runtime.bundle import MODEL_ONNX, TOKENIZER, open_bundle
-from runtime.errors import BundleError, InputError, ModelOutputError, TokenizerError
-from runtime.onnx_proto import read_model_info
-from runtime.session import CPU, OnnxModel, resolve_providers
-from runtime.tokenizer import Tokenizer, TokenizerSpec
+from seqship.runtime.bundle import MODEL_ONNX, TOKENIZER, open_bundle
+from seqship.runtime.errors import BundleError, InputError, ModelOutputError, TokenizerError
+from seqship.runtime.onnx_proto import read_model_info
+from seqship.runtime.session import CPU, OnnxModel, resolve_providers
+from seqship.runtime.tokenizer import Tokenizer, TokenizerSpec
 
 CHUNK = 2048  # texts tokenised before their batches are handed to the workers
 
@@ -112,7 +113,7 @@ class Predictor:
         expected_sha256: str | None = None,
         unicode_mismatch: str = "refuse",
         **kwargs,
-    ) -> "Predictor":
+    ) -> Predictor:
         """Open a bundle folder, verify it, and start a session on the very bytes that were verified.
 
         Verified: every file's size and sha256 against the manifest (and the manifest's own sha256 against
@@ -230,7 +231,11 @@ class Predictor:
                 yield encoded, failed, np.full((1, len(self.labels)), np.nan, dtype=np.float32)
                 return
             ids = encoded[0][0]
-            yield encoded, failed, self.model.run_trusted(np.array([ids], dtype=np.int64), np.array([len(ids)], dtype=np.int64))
+            yield (
+                encoded,
+                failed,
+                self.model.run_trusted(np.array([ids], dtype=np.int64), np.array([len(ids)], dtype=np.int64)),
+            )
             return
         parallel = self.threads > 1 and len(texts) > self.batch_size
         chunks: list = []

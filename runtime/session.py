@@ -1,4 +1,5 @@
 """An onnxruntime session that speaks the model contract, on the execution provider that was asked for."""
+
 from __future__ import annotations
 
 import logging
@@ -8,7 +9,7 @@ from typing import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from runtime.errors import BundleError, InputError, ModelOutputError, ProviderError
+from seqship.runtime.errors import BundleError, InputError, ModelOutputError, ProviderError
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,9 @@ class OnnxModel:
         try:
             self.session = ort.InferenceSession(source, sess_options=opts, providers=wanted)
         except Exception as e:  # onnxruntime's own error types (InvalidGraph, Fail, ...): the model is at fault
-            raise BundleError(f"{path}: onnxruntime cannot load it ({type(e).__name__}: {str(e).splitlines()[0][:300]})") from None
+            raise BundleError(
+                f"{path}: onnxruntime cannot load it ({type(e).__name__}: {str(e).splitlines()[0][:300]})"
+            ) from None
         actual = self.session.get_providers()
         # onnxruntime only warns when a provider fails to start; that silent fallback is an error here.
         if not actual or actual[0] != wanted[0]:
@@ -85,7 +88,9 @@ class OnnxModel:
             )
         out_type = self.session.get_outputs()[0].type
         if out_type != "tensor(float)":  # an int or string "logits" would score, or crash, differently per consumer
-            raise BundleError(f"{path}: output {OUTPUT!r} is {out_type}, the model contract says float32 (tensor(float))")
+            raise BundleError(
+                f"{path}: output {OUTPUT!r} is {out_type}, the model contract says float32 (tensor(float))"
+            )
         self._outputs = [OUTPUT]
         out_shape = self.session.get_outputs()[0].shape
         self.num_labels = out_shape[-1] if isinstance(out_shape[-1], int) else None
@@ -100,7 +105,12 @@ class OnnxModel:
     def run_trusted(self, token_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """run() without the input checks, for callers that built the batch themselves (the Predictor)."""
         out = self.session.run(self._outputs, {"token_ids": token_ids, "lengths": lengths})[0]
-        if out.dtype != np.float32 or out.ndim != 2 or out.shape[0] != token_ids.shape[0] or (self.num_labels is not None and out.shape[1] != self.num_labels):
+        if (
+            out.dtype != np.float32
+            or out.ndim != 2
+            or out.shape[0] != token_ids.shape[0]
+            or (self.num_labels is not None and out.shape[1] != self.num_labels)
+        ):
             raise ModelOutputError(
                 f"model.onnx returned {out.dtype} logits of shape {list(out.shape)} for a batch of {token_ids.shape[0]} texts; "
                 f"expected [{token_ids.shape[0]}, {self.num_labels}]: the model and its labels disagree"
@@ -122,6 +132,4 @@ def check_batch(token_ids: np.ndarray, lengths: np.ndarray) -> None:
     bad = np.flatnonzero((lengths < 1) | (lengths > token_ids.shape[1]))
     if bad.size:
         i = int(bad[0])
-        raise InputError(
-            f"row {i}: length {int(lengths[i])} is outside 1..{token_ids.shape[1]} (the padded width)", i
-        )
+        raise InputError(f"row {i}: length {int(lengths[i])} is outside 1..{token_ids.shape[1]} (the padded width)", i)

@@ -25,6 +25,7 @@ therefore refuses, text by text, any text holding a code point unassigned in eit
 InputError naming it); every other text gets the same ids as the spec's version would give. With
 `unicode_mismatch="warn"` it warns once instead and tokenizes everything with its own tables.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -40,7 +41,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from runtime.errors import InputError, TokenizerError
+from seqship.runtime.errors import InputError, TokenizerError
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,25 @@ UNK_TOKEN = "<unk>"
 WHITESPACE = frozenset(
     chr(c)
     for c in (
-        0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x1F, 0x20, 0x85, 0xA0, 0x1680,
-        *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F, 0x205F, 0x3000,
+        0x09,
+        0x0A,
+        0x0B,
+        0x0C,
+        0x0D,
+        0x1C,
+        0x1D,
+        0x1E,
+        0x1F,
+        0x20,
+        0x85,
+        0xA0,
+        0x1680,
+        *range(0x2000, 0x200B),
+        0x2028,
+        0x2029,
+        0x202F,
+        0x205F,
+        0x3000,
     )
 )
 
@@ -101,7 +119,7 @@ def parse_ranges(text: object, source: str = "tokenizer spec") -> tuple[tuple[in
 
 
 def version_tuple(text: str) -> tuple[int, ...]:
-    """"14.0.0" / "17.0" -> (14, 0, 0) / (17, 0, 0), for comparing Unicode versions."""
+    """ "14.0.0" / "17.0" -> (14, 0, 0) / (17, 0, 0), for comparing Unicode versions."""
     parts = [int(p) for p in str(text).split(".")]
     return tuple(parts + [0] * (3 - len(parts)))
 
@@ -133,7 +151,9 @@ class TokenizerSpec:
             if isinstance(getattr(self, name), bool):
                 raise TokenizerError(f"tokenizer {name} must be an integer, got {getattr(self, name)!r}")
         if not isinstance(self.max_length, int) or not 1 <= self.max_length <= MAX_LENGTH:
-            raise TokenizerError(f"tokenizer max_length must be an integer from 1 to {MAX_LENGTH}, got {self.max_length!r}")
+            raise TokenizerError(
+                f"tokenizer max_length must be an integer from 1 to {MAX_LENGTH}, got {self.max_length!r}"
+            )
         n = len(self.vocab)
         for name in ("pad_id", "unk_id"):
             value = getattr(self, name)
@@ -144,7 +164,9 @@ class TokenizerSpec:
         if len(set(self.vocab)) != n:
             dup = next(t for t, c in Counter(self.vocab).items() if c > 1)
             raise TokenizerError(f"tokenizer vocab lists {dup!r} more than once")
-        if not isinstance(self.unicode_version, str) or not re.fullmatch(r"[0-9]{1,3}\.[0-9]{1,3}(\.[0-9]{1,3})?", self.unicode_version):
+        if not isinstance(self.unicode_version, str) or not re.fullmatch(
+            r"[0-9]{1,3}\.[0-9]{1,3}(\.[0-9]{1,3})?", self.unicode_version
+        ):
             raise TokenizerError(f"tokenizer unicode_version must look like '14.0.0', got {self.unicode_version!r}")
         parse_ranges(self.unassigned)
 
@@ -163,7 +185,7 @@ class TokenizerSpec:
         return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "tokenizer spec") -> "TokenizerSpec":
+    def from_dict(cls, d: dict, source: str = "tokenizer spec") -> TokenizerSpec:
         """Validate and build a spec from a parsed tokenizer.json, or a TokenizerError naming the field."""
         if not isinstance(d, dict):
             raise TokenizerError(f"{source}: expected a JSON object, got {type(d).__name__}")
@@ -176,7 +198,17 @@ class TokenizerSpec:
                 "upgrade seqship, or rebuild the bundle with this seqship: `pipeline run export --force`, then "
                 "`pipeline run all`"
             )
-        known = {"type", "vocab", "max_length", "normalization", "lowercase", "pad_id", "unk_id", "unicode_version", "unassigned"}
+        known = {
+            "type",
+            "vocab",
+            "max_length",
+            "normalization",
+            "lowercase",
+            "pad_id",
+            "unk_id",
+            "unicode_version",
+            "unassigned",
+        }
         missing = sorted(known - d.keys())
         if missing:
             raise TokenizerError(f"{source}: missing keys {missing}")
@@ -187,7 +219,7 @@ class TokenizerSpec:
         return cls(**kwargs)
 
     @classmethod
-    def from_json(cls, text: str, source: str = "tokenizer.json") -> "TokenizerSpec":
+    def from_json(cls, text: str, source: str = "tokenizer.json") -> TokenizerSpec:
         """Parse (strictly: no NaN, bounded nesting) and validate a tokenizer.json text."""
         try:
             d = json.loads(text, parse_constant=_refuse_constant)
@@ -323,7 +355,9 @@ def stream_tokens(text: str, spec: TokenizerSpec, limit: int, piece: int = PIECE
             if spec.type == "char":
                 if space:
                     pending_space.append(ch)
-                    if len(pending_space) > limit:  # more whitespace than can be kept: what matters is if a token follows
+                    if (
+                        len(pending_space) > limit
+                    ):  # more whitespace than can be kept: what matters is if a token follows
                         del pending_space[limit:]
                 elif emit(ch):
                     return tokens[:limit], True
@@ -344,7 +378,9 @@ def stream_tokens(text: str, spec: TokenizerSpec, limit: int, piece: int = PIECE
     return tokens, False
 
 
-def build_vocab(token_lists: Iterable[Sequence[str]], min_freq: int = 1, max_size: int | None = None) -> tuple[str, ...]:
+def build_vocab(
+    token_lists: Iterable[Sequence[str]], min_freq: int = 1, max_size: int | None = None
+) -> tuple[str, ...]:
     """Specials first, then tokens by falling frequency (ties by code point order): deterministic."""
     counts = Counter(t for tokens in token_lists for t in tokens)
     ranked = sorted((t for t, c in counts.items() if c >= min_freq), key=lambda t: (-counts[t], t))
@@ -374,14 +410,15 @@ class Tokenizer:
                 log.warning(
                     "tokenizer built with Unicode %s, this runtime has Unicode %s: texts with characters new in "
                     "either version may get other token ids than in training (unicode_mismatch='warn')",
-                    spec.unicode_version, UNICODE_VERSION,
+                    spec.unicode_version,
+                    UNICODE_VERSION,
                 )
             else:
                 self._check_unicode = True
                 self._starts, self._ends = parse_ranges(spec.unassigned)
 
     @classmethod
-    def from_file(cls, path, unicode_mismatch: str = "refuse") -> "Tokenizer":
+    def from_file(cls, path, unicode_mismatch: str = "refuse") -> Tokenizer:
         """A tokenizer from a tokenizer.json file."""
         with open(path, encoding="utf-8") as f:
             return cls(TokenizerSpec.from_json(f.read(), source=str(path)), unicode_mismatch)
@@ -424,9 +461,7 @@ class Tokenizer:
     def encode(self, text, index: int = 0) -> tuple[list[int], bool]:
         """Token ids of one text (at most max_length) and whether it was truncated."""
         if not isinstance(text, str):
-            raise InputError(
-                f"text #{index} is a {type(text).__name__}, not a str: pass text as Python strings", index
-            )
+            raise InputError(f"text #{index} is a {type(text).__name__}, not a str: pass text as Python strings", index)
         if self._check_unicode:
             self._unicode_check(text, index)
         tokens, truncated = self.head_tokens(text, self.spec.max_length)

@@ -1,4 +1,5 @@
 """Shared fixtures: the real data folder, and one real pipeline run that many tests inspect."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import pipeline
+from seqship import pipeline
 
 # Before anything imports torch: MKL then gives the same bits in this process and in the processes the
 # tests start (training twice, the C++ libtorch program), instead of choosing kernels by alignment.
@@ -38,7 +39,7 @@ TINY = ["--epochs", "2", "--embed-dim", "16", "--hidden-dim", "32", "--batch-siz
 def invoke(*args, env=None):
     from click.testing import CliRunner
 
-    from pipeline.cli import cli
+    from seqship.pipeline.cli import cli
 
     return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
 
@@ -48,8 +49,19 @@ def tiny_run(tmp_path_factory, data_dir):
     """`pipeline run all --json` on the real names data with a tiny model; returns (artifacts_dir, summary)."""
     artifacts = tmp_path_factory.mktemp("artifacts")
     # --no-baseline: the linear baseline on all of names takes ~45 s; tests/test_baseline.py runs it on a subset
-    result = invoke("run", "all", "--data-dir", str(data_dir), "--artifacts-dir", str(artifacts), "--run-name", "tiny", "--json",
-                    "--no-baseline", *TINY)
+    result = invoke(
+        "run",
+        "all",
+        "--data-dir",
+        str(data_dir),
+        "--artifacts-dir",
+        str(artifacts),
+        "--run-name",
+        "tiny",
+        "--json",
+        "--no-baseline",
+        *TINY,
+    )
     assert result.exit_code == 0, result.output
     return artifacts, json.loads(result.stdout)
 

@@ -7,6 +7,7 @@
 
 This module ties them into the stage (`locate`, `prepare`, `read_split`); import names from here.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,23 +17,75 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
-from runtime.bundle import sha256_file
-
-from pipeline.data.download import MAX_DOWNLOAD_BYTES, cached, default_cache_dir, download_dataset, fetch, install, verify
-from pipeline.data.readers import (
-    CSV_FIELD_LIMIT, RowIssues, decode, label_files_in, lines, read_csv, read_jsonl, read_label_files, read_label_folder, read_table,
+from seqship.pipeline.data.download import (
+    MAX_DOWNLOAD_BYTES,
+    cached,
+    default_cache_dir,
+    download_dataset,
+    fetch,
+    install,
+    verify,
 )
-from pipeline.data.registry import (
-    CACHE_DIR_ENV, DATA_DIR_ENV, DOWNLOAD_RECORD, REGISTRY, DataConfig, DataError, Dataset, Download,
+from seqship.pipeline.data.readers import (
+    CSV_FIELD_LIMIT,
+    RowIssues,
+    decode,
+    label_files_in,
+    lines,
+    read_csv,
+    read_jsonl,
+    read_label_files,
+    read_label_folder,
+    read_table,
 )
-from pipeline.data.splits import clean, fingerprint, kfold, split
+from seqship.pipeline.data.registry import (
+    CACHE_DIR_ENV,
+    DATA_DIR_ENV,
+    DOWNLOAD_RECORD,
+    REGISTRY,
+    DataConfig,
+    DataError,
+    Dataset,
+    Download,
+)
+from seqship.pipeline.data.splits import clean, fingerprint, kfold, split
+from seqship.runtime.bundle import sha256_file
 
 __all__ = [
-    "CACHE_DIR_ENV", "CSV_FIELD_LIMIT", "DATA_DIR_ENV", "DOWNLOAD_RECORD", "MAX_DOWNLOAD_BYTES", "REGISTRY",
-    "DataConfig", "DataError", "Dataset", "Download", "RowIssues",
-    "cached", "clean", "decode", "default_cache_dir", "download_dataset", "fetch", "fingerprint", "install", "kfold",
-    "lines", "load_rows", "locate", "prepare", "read_csv", "read_jsonl", "read_label_files", "read_label_folder",
-    "read_split", "read_table", "source_digest", "source_files", "split", "verify",
+    "CACHE_DIR_ENV",
+    "CSV_FIELD_LIMIT",
+    "DATA_DIR_ENV",
+    "DOWNLOAD_RECORD",
+    "MAX_DOWNLOAD_BYTES",
+    "REGISTRY",
+    "DataConfig",
+    "DataError",
+    "Dataset",
+    "Download",
+    "RowIssues",
+    "cached",
+    "clean",
+    "decode",
+    "default_cache_dir",
+    "download_dataset",
+    "fetch",
+    "fingerprint",
+    "install",
+    "kfold",
+    "lines",
+    "load_rows",
+    "locate",
+    "prepare",
+    "read_csv",
+    "read_jsonl",
+    "read_label_files",
+    "read_label_folder",
+    "read_split",
+    "read_table",
+    "source_digest",
+    "source_files",
+    "split",
+    "verify",
 ]
 
 log = logging.getLogger(__name__)
@@ -146,8 +199,13 @@ def prepare(cfg: DataConfig, source: Path, out_dir: Path) -> dict:
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     log.info(
         "data: %d rows read, %d kept (%d duplicates, %d empty, %d junk, %d invalid removed); split %s",
-        counts["rows_read"], counts["unique_pairs"], counts["duplicates_removed"], counts["empty_dropped"],
-        counts["junk_dropped"], invalid, summary["splits"],
+        counts["rows_read"],
+        counts["unique_pairs"],
+        counts["duplicates_removed"],
+        counts["empty_dropped"],
+        counts["junk_dropped"],
+        invalid,
+        summary["splits"],
     )
     return summary
 
@@ -161,4 +219,6 @@ def read_split(data_dir: Path, name: str) -> list[tuple[str, str]]:
     except FileNotFoundError:
         raise DataError(f"{path} does not exist; run the data stage first (pipeline run data)") from None
     except (ValueError, KeyError, TypeError) as e:
-        raise DataError(f"{path}: not a split written by the data stage ({type(e).__name__}: {e}); rerun it with --force") from None
+        raise DataError(
+            f"{path}: not a split written by the data stage ({type(e).__name__}: {e}); rerun it with --force"
+        ) from None

@@ -7,6 +7,7 @@ assembled in a `runtime.fsio.temp_dir` and put in place by `replace_dir`, so `<c
 always absent, the old verified copy, or the new one. Only temporaries whose writer is certainly dead
 are swept (`sweep_partials`); another process's download in progress is never touched.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,10 +26,9 @@ import zlib
 from pathlib import Path
 from typing import Iterator
 
-from runtime.bundle import sha256_file
-from runtime.fsio import FileSafetyError, describe_os_error, replace_dir, sweep_partials, temp_dir
-
-from pipeline.data.registry import CACHE_DIR_ENV, DATA_DIR_ENV, DOWNLOAD_RECORD, DataError, Dataset, Download
+from seqship.pipeline.data.registry import CACHE_DIR_ENV, DATA_DIR_ENV, DOWNLOAD_RECORD, DataError, Dataset, Download
+from seqship.runtime.bundle import sha256_file
+from seqship.runtime.fsio import FileSafetyError, describe_os_error, replace_dir, sweep_partials, temp_dir
 
 try:
     import fcntl
@@ -60,9 +60,13 @@ def cache_lock(cache: Path, name: str) -> Iterator[None]:
     path = lock_path(cache, name)
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)  # umask applies: a shared cache stays shared
+        fd = os.open(
+            path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666
+        )  # umask applies: a shared cache stays shared
     except OSError as e:
-        raise DataError(f"download cache: {describe_os_error(path, e, 'create')}; or set {CACHE_DIR_ENV} to a folder you can write") from None
+        raise DataError(
+            f"download cache: {describe_os_error(path, e, 'create')}; or set {CACHE_DIR_ENV} to a folder you can write"
+        ) from None
     try:
         if fcntl is not None:
             try:
@@ -145,7 +149,15 @@ def unpack(payload: bytes, dl: Download, url: str) -> dict[str, bytes]:
                         raise DataError(f"{url}: {member} {too_big}")
                     out[name] = f.read()
                 return out
-    except (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError) as e:
+    except (
+        zipfile.BadZipFile,
+        tarfile.TarError,
+        zlib.error,
+        EOFError,
+        OSError,
+        RuntimeError,
+        NotImplementedError,
+    ) as e:
         raise DataError(f"{url}: not a readable {dl.kind} archive ({type(e).__name__}: {e})") from None
     raise DataError(f"internal error: unknown download kind {dl.kind!r}")
 
@@ -182,7 +194,9 @@ def install(files: dict[str, bytes], record: dict, cache: Path, name: str) -> Pa
         (tmp / DOWNLOAD_RECORD).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         replace_dir(tmp, target)  # fsyncs every file, then renames: target is old-whole or new-whole
     except OSError as e:
-        raise DataError(f"download cache: {describe_os_error(tmp, e)}; or set {CACHE_DIR_ENV} to another folder") from None
+        raise DataError(
+            f"download cache: {describe_os_error(tmp, e)}; or set {CACHE_DIR_ENV} to another folder"
+        ) from None
     except FileSafetyError as e:
         raise DataError(f"download cache: {e}") from None
     finally:
@@ -211,6 +225,10 @@ def download_dataset(ds: Dataset, cache: Path) -> Path:
         url = os.environ.get(dl.env_var(ds.name)) or dl.url
         log.info("downloading %s from %s into %s", ds.name, url, target)
         files = verify(fetch(url, ds.name, ds.folder), dl, url)
-        record = {"dataset": ds.name, "url": url, "files": [n for _, n in dl.members],
-                  "sha256": {n: hashlib.sha256(b).hexdigest() for n, b in files.items()}}
+        record = {
+            "dataset": ds.name,
+            "url": url,
+            "files": [n for _, n in dl.members],
+            "sha256": {n: hashlib.sha256(b).hexdigest() for n, b in files.items()},
+        }
         return install(files, record, cache, ds.name)

@@ -11,21 +11,22 @@ turning it into a string would train on something the user never wrote:
   spelling (`1` and `"1"`) would merge into one class;
 - spaces around a label are removed, and counted.
 """
+
 from __future__ import annotations
 
 import csv
 import io
 import json
-import unicodedata
 import logging
 import os
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.data.registry import DataError
-from runtime.bulk import json_kind
+from seqship.pipeline.data.registry import DataError
+from seqship.runtime.bulk import json_kind
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,9 @@ class RowIssues:
         for reason, n in sorted(self.dropped.items()):
             log.warning("data: dropped %d row(s) with %s (first: %s)", n, DROP_REASONS[reason], self.first[reason])
         for reason, n in sorted(self.normalised.items()):
-            log.warning("data: normalised %d row(s) with %s (first: %s)", n, NORMALISE_REASONS[reason], self.first[reason])
+            log.warning(
+                "data: normalised %d row(s) with %s (first: %s)", n, NORMALISE_REASONS[reason], self.first[reason]
+            )
 
 
 def decode(path: Path) -> str:
@@ -92,7 +95,9 @@ def decode(path: Path) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}, line {line}: bytes that are not UTF-8 ({e.reason}); re-save the file as UTF-8") from None
+        raise DataError(
+            f"{path}, line {line}: bytes that are not UTF-8 ({e.reason}); re-save the file as UTF-8"
+        ) from None
 
 
 def lines(text: str) -> list[str]:
@@ -107,14 +112,18 @@ def lines(text: str) -> list[str]:
 def label_files_in(folder: Path) -> list[Path]:
     """The <label>.txt files of a folder (.txt in any case), without hidden ones (._x.txt, .x.txt): sorted.
     A file name that cannot be read as UTF-8 text gives no label: a DataError naming it."""
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".txt" and not p.name.startswith(".") and p.is_file())
+    files = sorted(
+        p for p in folder.iterdir() if p.suffix.lower() == ".txt" and not p.name.startswith(".") and p.is_file()
+    )
     for f in files:
         try:
             f.name.encode("utf-8")
         except UnicodeEncodeError:
-            raise DataError(f"{f.parent / os.fsencode(f.name).decode('utf-8', 'backslashreplace')}: the file name is not UTF-8 "
-                            "(as this system's locale decodes it), so it gives no label; rename the file to <label>.txt "
-                            "in UTF-8, or run under a UTF-8 locale") from None
+            raise DataError(
+                f"{f.parent / os.fsencode(f.name).decode('utf-8', 'backslashreplace')}: the file name is not UTF-8 "
+                "(as this system's locale decodes it), so it gives no label; rename the file to <label>.txt "
+                "in UTF-8, or run under a UTF-8 locale"
+            ) from None
     return files
 
 
@@ -167,11 +176,15 @@ def _no_lone_surrogate(value: str, field: str, where: str) -> None:
     found = _SURROGATE.search(value)  # a regex: this runs on every text of a JSONL file
     if found is not None:
         bad = found.group()
-        raise DataError(f"{where}: the {field} field holds a lone surrogate (\\u{ord(bad):04x}, half of a UTF-16 pair), "
-                        "not text; fix the escape (a character beyond U+FFFF is written as two \\u escapes) or drop the row")
+        raise DataError(
+            f"{where}: the {field} field holds a lone surrogate (\\u{ord(bad):04x}, half of a UTF-16 pair), "
+            "not text; fix the escape (a character beyond U+FFFF is written as two \\u escapes) or drop the row"
+        )
 
 
-def read_jsonl(path: Path, text_column: str, label_column: str, issues: RowIssues | None = None) -> list[tuple[str, str]]:
+def read_jsonl(
+    path: Path, text_column: str, label_column: str, issues: RowIssues | None = None
+) -> list[tuple[str, str]]:
     """(text, label) rows from a JSONL file, one object per line; see the module docstring for what is refused."""
     issues = issues if issues is not None else RowIssues()
     rows: list[tuple[str, str]] = []
@@ -187,11 +200,15 @@ def read_jsonl(path: Path, text_column: str, label_column: str, issues: RowIssue
         except json.JSONDecodeError as e:
             raise DataError(f"{where}: not JSON ({e}); write one JSON object per line") from None
         except (ValueError, RecursionError) as e:  # nesting deeper than the parser goes, a 5,000-digit number
-            raise DataError(f"{where}: JSON that cannot be read ({type(e).__name__}: {str(e)[:80]}); "
-                            "write one flat JSON object per line") from None
+            raise DataError(
+                f"{where}: JSON that cannot be read ({type(e).__name__}: {str(e)[:80]}); "
+                "write one flat JSON object per line"
+            ) from None
         if not isinstance(obj, dict):
-            raise DataError(f"{where}: {json_kind(obj)}, not a JSON object; write one object per line, "
-                            f"e.g. {{{json.dumps(text_column)}: \"...\", {json.dumps(label_column)}: \"...\"}}")
+            raise DataError(
+                f"{where}: {json_kind(obj)}, not a JSON object; write one object per line, "
+                f'e.g. {{{json.dumps(text_column)}: "...", {json.dumps(label_column)}: "..."}}'
+            )
         objects += 1
         keys_seen.update(obj)
         text, label = obj.get(text_column), obj.get(label_column)
@@ -202,8 +219,10 @@ def read_jsonl(path: Path, text_column: str, label_column: str, issues: RowIssue
             issues.drop("text_null", where)
             continue
         if not isinstance(text, str):
-            raise DataError(f"{where}: the text field {text_column!r} is {json_kind(text)}, not a string; "
-                            f"quote it in the file if it is meant as text, or choose another field with --text-column")
+            raise DataError(
+                f"{where}: the text field {text_column!r} is {json_kind(text)}, not a string; "
+                f"quote it in the file if it is meant as text, or choose another field with --text-column"
+            )
         _no_lone_surrogate(text, "text", where)
         if label_column not in obj:
             issues.drop("label_missing", where)
@@ -212,8 +231,10 @@ def read_jsonl(path: Path, text_column: str, label_column: str, issues: RowIssue
             issues.drop("label_null", where)
             continue
         if isinstance(label, bool) or not isinstance(label, (str, int)):
-            raise DataError(f"{where}: the label field {label_column!r} is {json_kind(label)}; labels must be strings or integers: "
-                            f"write it as a string, or choose another field with --label-column")
+            raise DataError(
+                f"{where}: the label field {label_column!r} is {json_kind(label)}; labels must be strings or integers: "
+                f"write it as a string, or choose another field with --label-column"
+            )
         if isinstance(label, int):
             spelled = str(label)
             issues.normalise("label_integer", where)
@@ -226,14 +247,16 @@ def read_jsonl(path: Path, text_column: str, label_column: str, issues: RowIssue
         kinds.setdefault(type(label), n)
         if len(kinds) > 1:
             raise DataError(
-                f"{path}: label {spelled} (a JSON integer, first on line {kinds[int]}) and label \"{spelled}\" "
+                f'{path}: label {spelled} (a JSON integer, first on line {kinds[int]}) and label "{spelled}" '
                 f"(a JSON string, first on line {kinds[str]}) would merge into one class; write every label the same "
                 "way (all strings or all integers), or make them different labels"
             )
         rows.append((text, spelled))
     for col, opt in ((text_column, "--text-column"), (label_column, "--label-column")):
         if objects and col not in keys_seen:
-            raise DataError(f"{path}: no line has the field {col!r} (fields: {sorted(keys_seen)}); choose one with {opt}")
+            raise DataError(
+                f"{path}: no line has the field {col!r} (fields: {sorted(keys_seen)}); choose one with {opt}"
+            )
     return rows
 
 
@@ -256,8 +279,10 @@ def read_csv(path: Path, text_column: str, label_column: str, issues: RowIssues 
             if col not in header:
                 raise DataError(f"{path}: no column {col!r} (columns: {header}); choose one with {opt}")
             if header.count(col) > 1:
-                raise DataError(f"{path}: {header.count(col)} columns are named {col!r} (columns: {header}); "
-                                f"rename all but one, or choose another with {opt}")
+                raise DataError(
+                    f"{path}: {header.count(col)} columns are named {col!r} (columns: {header}); "
+                    f"rename all but one, or choose another with {opt}"
+                )
         ti, li = header.index(text_column), header.index(label_column)
         start = reader.line_num + 1
         for rec in reader:
@@ -265,9 +290,11 @@ def read_csv(path: Path, text_column: str, label_column: str, issues: RowIssues 
             if rec:
                 if len(rec) <= max(ti, li):
                     sep = "tab" if tsv else "comma"
-                    raise DataError(f"{where}: {len(rec)} field(s), expected at least {max(ti, li) + 1}; "
-                                    f"every line needs a {sep}-separated value for each column"
-                                    + ("" if tsv else ", and a text holding a comma must be in double quotes"))
+                    raise DataError(
+                        f"{where}: {len(rec)} field(s), expected at least {max(ti, li) + 1}; "
+                        f"every line needs a {sep}-separated value for each column"
+                        + ("" if tsv else ", and a text holding a comma must be in double quotes")
+                    )
                 label = _label(rec[li], where, issues)
                 if label is not None:
                     rows.append((rec[ti], label))
@@ -279,14 +306,20 @@ def read_csv(path: Path, text_column: str, label_column: str, issues: RowIssues 
                 "opened on or after this line and never closed: check the quotes there, or split the text"
             ) from None
         if "unexpected end of data" in str(e):
-            raise DataError(f"{path}, line {start}: a quote opened in this record is never closed; close it, "
-                            "or double a quote that is part of the text (\"\")") from None
-        raise DataError(f"{path}, line {reader.line_num}: malformed {'TSV' if tsv else 'CSV'} ({e}); a quote inside a "
-                        "quoted text must be doubled (\"\"), and a quoted field must end at the separator") from None
+            raise DataError(
+                f"{path}, line {start}: a quote opened in this record is never closed; close it, "
+                'or double a quote that is part of the text ("")'
+            ) from None
+        raise DataError(
+            f"{path}, line {reader.line_num}: malformed {'TSV' if tsv else 'CSV'} ({e}); a quote inside a "
+            'quoted text must be doubled (""), and a quoted field must end at the separator'
+        ) from None
     return rows
 
 
-def read_table(path: Path, text_column: str, label_column: str, issues: RowIssues | None = None) -> list[tuple[str, str]]:
+def read_table(
+    path: Path, text_column: str, label_column: str, issues: RowIssues | None = None
+) -> list[tuple[str, str]]:
     """(text, label) rows from a CSV, TSV or JSONL file with named columns."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":

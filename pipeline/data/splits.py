@@ -1,4 +1,5 @@
 """Cleaning and splitting: normalise and de-duplicate rows, split them without leaks, fingerprint the result."""
+
 from __future__ import annotations
 
 import hashlib
@@ -7,7 +8,7 @@ import random
 import unicodedata
 from collections import Counter, defaultdict
 
-from pipeline.data.registry import DataConfig, DataError
+from seqship.pipeline.data.registry import DataConfig, DataError
 
 
 def clean(rows: list[tuple[str, str]], junk: tuple[str, ...] = ()) -> tuple[list[tuple[str, str]], dict]:
@@ -33,7 +34,17 @@ def clean(rows: list[tuple[str, str]], junk: tuple[str, ...] = ()) -> tuple[list
     labels_per_text = Counter(t for t, _ in kept)
     counts["texts_with_several_labels"] = sum(1 for c in labels_per_text.values() if c > 1)
     counts["unique_pairs"] = len(kept)
-    return kept, {k: counts[k] for k in ("rows_read", "empty_dropped", "junk_dropped", "duplicates_removed", "unique_pairs", "texts_with_several_labels")}
+    return kept, {
+        k: counts[k]
+        for k in (
+            "rows_read",
+            "empty_dropped",
+            "junk_dropped",
+            "duplicates_removed",
+            "unique_pairs",
+            "texts_with_several_labels",
+        )
+    }
 
 
 def split(
@@ -48,7 +59,9 @@ def split(
     if fixed_test is not None:
         test_texts = {t for t, _ in fixed_test}
         pool = [(t, lab) for t, lab in rows if t not in test_texts]
-        cfg_pool = DataConfig(dataset=cfg.dataset, data=cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction, test_fraction=1e-9)
+        cfg_pool = DataConfig(
+            dataset=cfg.dataset, data=cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction, test_fraction=1e-9
+        )
         out = split(pool, cfg_pool)
         out["train"] += out.pop("test")
         out["train"].sort(key=lambda r: (r[1], r[0]))

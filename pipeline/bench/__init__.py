@@ -1,0 +1,348 @@
+"""`pipeline bench`: the bundle's model against the alternatives a user would pick, measured in one run.
+
+Every figure is taken after warm-up, as the median over repeats; every contender gets the same thread
+budget; a contender whose outputs differ from eager PyTorch is refused, not reported. Ratios are
+computed from this run's own numbers only (absolute times on shared machines are noise).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+
+from seqship.pipeline.bench.runtime import BenchConfig, time_each, time_total, workload
+from seqship.runtime.bundle import MODEL_TORCHSCRIPT, open_bundle
+from seqship.runtime.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+TARGETS = {
+    "latency_one.predictor_speedup_vs_eager": (">=", 5.0),
+    "throughput_bulk.predictor_vs_eager": (">=", 3.0),
+    "throughput_bulk.predictor_vs_ort_padded": (">=", 1.5),
+    "cold_start.wall_fraction": ("<=", 0.15),
+    "cold_start.rss_fraction": ("<=", 0.25),
+    "efficiency.fraction_of_matmul_peak": (">=", 0.40),
+}
+
+
+def eager_from_bundle(bundle) -> torch.nn.Module:
+    """The eager model rebuilt from the bundle alone: config from the manifest, weights from model.pt."""
+    import torch
+
+    from seqship.pipeline.model import ModelConfig, TextClassifier
+
+    model = TextClassifier(ModelConfig(**bundle.manifest["model"]))
+    scripted = torch.jit.load(str(bundle.path(MODEL_TORCHSCRIPT)), map_location="cpu")
+    model.load_state_dict(scripted.state_dict(), strict=True)
+    return model.eval()
+
+
+def flops_per_text(model_cfg: dict, tokens: int) -> float:
+    """Matrix-multiply FLOPs of one text with `tokens` real tokens (padding excluded; 2 per multiply-add)."""
+    gates = {"gru": 3, "lstm": 4, "rnn": 1}[model_cfg["cell"]]
+    h, e, d = model_cfg["hidden_dim"], model_cfg["embed_dim"], 2 if model_cfg["bidirectional"] else 1
+    per_token = 0.0
+    for layer in range(model_cfg["num_layers"]):
+        i = e if layer == 0 else d * h
+        per_token += d * 2 * gates * h * (i + h)  # input and recurrent projections, every direction
+    return per_token * tokens + 2 * d * h * model_cfg["num_labels"]
+
+
+def agreement(reference: np.ndarray, outputs: dict[str, np.ndarray], atol: float, rtol: float) -> dict[str, str | None]:
+    """None for a contender that matches the reference, else why it is refused."""
+    verdict = {}
+    for name, got in outputs.items():
+        if got.shape != reference.shape:
+            verdict[name] = f"output shape {list(got.shape)} != {list(reference.shape)}"
+            continue
+        diff = np.abs(got.astype(np.float64) - reference)
+        bad = diff > atol + rtol * np.abs(reference)
+        verdict[name] = f"outputs differ from eager PyTorch (max |diff| {diff.max():.2e})" if bad.any() else None
+    return verdict
+
+
+COLD_PREDICTOR = """
+import sys, time
+from seqship.runtime import Predictor
+p = Predictor.load(sys.argv[1], providers="cpu", intra_op_num_threads=int(sys.argv[3]))
+label = p.predict([sys.argv[2]])[0].label
+"""
+COLD_TORCH = """
+import sys
+import torch
+torch.set_num_threads(int(sys.argv[3]))
+from seqship.runtime.tokenizer import Tokenizer
+m = torch.jit.load(sys.argv[1] + "/model.pt", map_location="cpu")
+ids, lengths, _ = Tokenizer.from_file(sys.argv[1] + "/tokenizer.json").encode_batch([sys.argv[2]])
+with torch.inference_mode():
+    label = int(m(torch.from_numpy(ids), torch.from_numpy(lengths)).argmax())
+"""
+PEAK_RSS = '\nprint("PEAK_KB", next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1])\n'
+
+
+def _cold(script: str, bundle_dir: Path, text: str, cfg: BenchConfig) -> dict:
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(cfg.threads),
+        MKL_NUM_THREADS=str(cfg.threads),
+        OPENBLAS_NUM_THREADS=str(cfg.threads),
+    )
+    walls, rss = [], []
+    for _ in range(cfg.cold_repeats):
+        t0 = time.perf_counter()
+        out = subprocess.run(
+            [sys.executable, "-c", script + PEAK_RSS, str(bundle_dir), text, str(cfg.threads)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        walls.append(time.perf_counter() - t0)
+        if out.returncode != 0:
+            raise RuntimeError(f"cold-start process failed: {out.stderr[-500:]}")
+        rss.append(int(out.stdout.rsplit("PEAK_KB", 1)[1].split()[0]) / 1024)
+    return {"wall_s": statistics.median(walls), "peak_rss_mib": statistics.median(rss)}
+
+
+MATMUL = """
+import sys, time, numpy as np
+n = int(sys.argv[1]); a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32); b = a.T.copy()
+a @ b
+best = min((lambda t0: (a @ b, time.perf_counter() - t0)[1])(time.perf_counter()) for _ in range(5))
+print(2 * n ** 3 / best)
+"""
+
+
+def matmul_peak(cfg: BenchConfig) -> float:
+    """This machine's practical float32 peak: a large numpy matrix product with the same thread budget."""
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(cfg.threads),
+        MKL_NUM_THREADS=str(cfg.threads),
+        OPENBLAS_NUM_THREADS=str(cfg.threads),
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", MATMUL, str(cfg.matmul_n)], capture_output=True, text=True, env=env, timeout=300
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"matmul peak measurement failed: {out.stderr[-500:]}")
+    return float(out.stdout.strip())
+
+
+def stage_seconds(bundle_dir: Path) -> dict | None:
+    """Stage times of the run that made this bundle (artifacts/<run>/stages/*.json), if it is beside it."""
+    stages = bundle_dir.resolve().parent / "stages"
+    out = {}
+    for name in ("data", "train", "export", "verify", "package"):
+        try:
+            out[name] = json.loads((stages / f"{name}.json").read_text())["seconds"]
+        except (OSError, ValueError, KeyError):
+            return None
+    return out
+
+
+def run_bench(
+    bundle_dir: Path, texts: Sequence[str], cfg: BenchConfig, progress: Callable[[str], None] = lambda s: None
+) -> dict:
+    """Measure every figure; returns the JSON-ready result (see README "Performance")."""
+    import torch
+
+    bundle = open_bundle(bundle_dir)
+    tok = Tokenizer.from_file(bundle.path("tokenizer.json"))
+    texts, one, bulk, batches, check = workload(texts, tok, cfg)
+
+    progress("onnxruntime and the predictor, in a process without torch")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "texts.json").write_text(json.dumps(texts, ensure_ascii=False))
+        (tmp / "cfg.json").write_text(json.dumps(asdict(cfg)))
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "seqship.pipeline.bench.runtime",
+                str(bundle.root),
+                str(tmp / "texts.json"),
+                str(tmp / "cfg.json"),
+                str(tmp),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"the onnxruntime benchmark process failed: {out.stderr[-800:]}")
+        onnx_side = json.loads((tmp / "result.json").read_text())
+        outputs = {name: np.load(tmp / f"{name}.npy") for name in ("onnxruntime", "predictor")}
+
+    progress("eager PyTorch and TorchScript")
+    torch.set_num_threads(cfg.threads)
+    eager = eager_from_bundle(bundle)
+    scripted = torch.jit.load(str(bundle.path(MODEL_TORCHSCRIPT)), map_location="cpu")
+
+    def torch_run(model, a, b):
+        with torch.inference_mode():
+            return model(a, b)
+
+    # Exactness first: a contender that computes something else is refused, whatever its speed.
+    ref = np.concatenate([torch_run(eager, torch.from_numpy(a), torch.from_numpy(b)).numpy() for a, b in check]).astype(
+        np.float64
+    )
+    outputs["torchscript"] = np.concatenate(
+        [torch_run(scripted, torch.from_numpy(a), torch.from_numpy(b)).numpy() for a, b in check]
+    )
+    refused = agreement(ref, outputs, cfg.atol, cfg.rtol)
+    one_t = [tuple(torch.from_numpy(x) for x in tok.encode_batch([t])[:2]) for t in one]
+    batches_t = [(torch.from_numpy(a), torch.from_numpy(b)) for a, b in batches]
+
+    def entry(name: str, figure: dict | Callable[[], dict]) -> dict:
+        if refused.get(name):
+            return {"refused": refused[name]}
+        return figure() if callable(figure) else figure
+
+    latency = {
+        "eager": time_each(lambda i: torch_run(eager, *one_t[i]), len(one), cfg),
+        "torchscript": entry("torchscript", lambda: time_each(lambda i: torch_run(scripted, *one_t[i]), len(one), cfg)),
+        "onnxruntime": entry("onnxruntime", onnx_side["latency"]["onnxruntime"]),
+        "predictor": entry("predictor", onnx_side["latency"]["predictor"]),
+    }
+    throughput = {
+        "eager": time_total(lambda: [torch_run(eager, a, b) for a, b in batches_t], len(bulk), cfg),
+        "onnxruntime": entry("onnxruntime", onnx_side["throughput"]["onnxruntime"]),
+        "predictor": entry("predictor", onnx_side["throughput"]["predictor"]),
+    }
+    progress("cold start, fresh processes")
+    cold = {
+        "predictor": _cold(COLD_PREDICTOR, bundle.root, one[0], cfg),
+        "pytorch": _cold(COLD_TORCH, bundle.root, one[0], cfg),
+    }
+    progress("matrix-product peak")
+    peak = matmul_peak(cfg)
+    tokens = [len(tok.encode(t)[0]) for t in bulk]
+    flops = sum(flops_per_text(bundle.manifest["model"], n) for n in tokens)
+    pred_tp = throughput["predictor"]
+    achieved = flops / pred_tp["seconds"] if "seconds" in pred_tp else None
+
+    def ratio(a, b):
+        return None if a is None or b is None else a / b
+
+    def get(d: dict, key: str):
+        return d.get(key) if isinstance(d, dict) else None
+
+    result = {
+        "bundle": str(bundle.root),
+        "threads": cfg.threads,
+        "config": asdict(cfg),
+        "texts": {
+            "distinct": len(texts),
+            "latency": len(one),
+            "bulk": len(bulk),
+            "mean_tokens": float(np.mean(tokens)),
+        },
+        "latency_one": {
+            "contenders": latency,
+            "ratios": {
+                "predictor_speedup_vs_eager": ratio(latency["eager"]["p50_us"], get(latency["predictor"], "p50_us")),
+                "onnxruntime_speedup_vs_eager": ratio(
+                    latency["eager"]["p50_us"], get(latency["onnxruntime"], "p50_us")
+                ),
+                "torchscript_speedup_vs_eager": ratio(
+                    latency["eager"]["p50_us"], get(latency["torchscript"], "p50_us")
+                ),
+            },
+        },
+        "throughput_bulk": {
+            "contenders": throughput,
+            "ratios": {
+                "predictor_vs_eager": ratio(
+                    get(throughput["predictor"], "texts_per_s"), throughput["eager"]["texts_per_s"]
+                ),
+                "predictor_vs_ort_padded": ratio(
+                    get(throughput["predictor"], "texts_per_s"), get(throughput["onnxruntime"], "texts_per_s")
+                ),
+                "ort_padded_vs_eager": ratio(
+                    get(throughput["onnxruntime"], "texts_per_s"), throughput["eager"]["texts_per_s"]
+                ),
+            },
+        },
+        "cold_start": {
+            "contenders": cold,
+            "ratios": {
+                "wall_fraction": cold["predictor"]["wall_s"] / cold["pytorch"]["wall_s"],
+                "rss_fraction": cold["predictor"]["peak_rss_mib"] / cold["pytorch"]["peak_rss_mib"],
+            },
+        },
+        "efficiency": {
+            "useful_flops": flops,
+            "achieved_flops_per_s": achieved,
+            "matmul_peak_flops_per_s": peak,
+            "fraction_of_matmul_peak": ratio(achieved, peak),
+        },
+        "stage_seconds": stage_seconds(bundle.root),
+        "refused": {k: v for k, v in refused.items() if v},
+    }
+    result["targets"] = check_targets(result)
+    return result
+
+
+def check_targets(result: dict) -> dict:
+    """Each target of the performance issue, the measured value, and whether it is met."""
+    out = {}
+    for path, (op, goal) in TARGETS.items():
+        section, key = path.split(".")
+        value = result[section].get("ratios", result[section]).get(key)
+        met = None if value is None else (value >= goal if op == ">=" else value <= goal)
+        out[path] = {"target": f"{op} {goal}", "value": value, "met": met}
+    return out
+
+
+def format_report(r: dict) -> str:
+    """The benchmark as a table for people."""
+    lines = [
+        f"bundle {r['bundle']}; {r['threads']} threads for every contender; "
+        f"{r['texts']['distinct']} distinct texts, mean {r['texts']['mean_tokens']:.1f} tokens"
+    ]
+    lines.append("\nlatency, one text           p50 (us)    p99 (us)")
+    for name, v in r["latency_one"]["contenders"].items():
+        lines.append(
+            f"  {name:<24} " + (f"{v['p50_us']:>10.1f}  {v['p99_us']:>10.1f}" if "p50_us" in v else v["refused"])
+        )
+    lines.append(f"\nbulk, {r['texts']['bulk']} texts            texts/s")
+    for name, v in r["throughput_bulk"]["contenders"].items():
+        label = {
+            "eager": "eager (padded 256)",
+            "onnxruntime": "onnxruntime (padded 256)",
+            "predictor": "predictor (own batching)",
+        }[name]
+        lines.append(f"  {label:<24} " + (f"{v['texts_per_s']:>10.0f}" if "texts_per_s" in v else v["refused"]))
+    lines.append("\ncold start (fresh process)    wall (s)   peak RSS (MiB)")
+    for name, v in r["cold_start"]["contenders"].items():
+        lines.append(f"  {name:<24} {v['wall_s']:>10.2f}  {v['peak_rss_mib']:>12.1f}")
+    e = r["efficiency"]
+    if e["achieved_flops_per_s"]:
+        lines.append(
+            f"\nefficiency: {e['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s useful (real tokens only) vs "
+            f"{e['matmul_peak_flops_per_s'] / 1e9:.1f} GFLOP/s numpy matmul peak = {e['fraction_of_matmul_peak']:.1%}"
+        )
+    if r["stage_seconds"]:
+        lines.append("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in r["stage_seconds"].items()))
+    lines.append("\ntargets")
+    for name, t in r["targets"].items():
+        val = "n/a" if t["value"] is None else f"{t['value']:.3g}"
+        lines.append(f"  {name:<45} {val:>8}  (target {t['target']})  {'met' if t['met'] else 'MISSED'}")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""`pipeline serve`: the Open Inference Protocol (KServe v2) over HTTP (extra `serve`)."""

@@ -1,0 +1,95 @@
+"""`pipeline bench`: the JSON a CI dashboard reads, with ratios computed from the run's own numbers."""
+
+import json
+
+import numpy as np
+import pytest
+
+from seqship.pipeline.bench import agreement, flops_per_text
+from tests.conftest import invoke
+
+
+@pytest.fixture(scope="module")
+def bench(tiny_run):
+    result = invoke(
+        "bench",
+        "--bundle",
+        tiny_run[1]["bundle"],
+        "--json",
+        "--threads",
+        "2",
+        "--repeats",
+        "2",
+        "--latency-texts",
+        "30",
+        "--bulk-texts",
+        "600",
+        "--cold-repeats",
+        "1",
+    )
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_bench_json_has_one_key_per_figure_and_every_contender(bench):
+    assert {
+        "latency_one",
+        "throughput_bulk",
+        "cold_start",
+        "efficiency",
+        "stage_seconds",
+        "threads",
+        "targets",
+    } <= bench.keys()
+    assert set(bench["latency_one"]["contenders"]) == {"eager", "torchscript", "onnxruntime", "predictor"}
+    assert set(bench["throughput_bulk"]["contenders"]) == {"eager", "onnxruntime", "predictor"}
+    assert set(bench["cold_start"]["contenders"]) == {"predictor", "pytorch"}
+    for v in bench["latency_one"]["contenders"].values():
+        assert 0 < v["p50_us"] <= v["p99_us"]
+    assert bench["threads"] == 2 and bench["refused"] == {}
+    assert set(bench["stage_seconds"]) == {"data", "train", "export", "verify", "package"}
+    assert bench["texts"]["bulk"] == 600
+
+
+def test_bench_ratios_are_computed_from_its_own_measurements(bench):
+    lat, tp, cold, eff = (bench[k] for k in ("latency_one", "throughput_bulk", "cold_start", "efficiency"))
+    c = lat["contenders"]
+    assert lat["ratios"]["predictor_speedup_vs_eager"] == pytest.approx(c["eager"]["p50_us"] / c["predictor"]["p50_us"])
+    assert lat["ratios"]["onnxruntime_speedup_vs_eager"] == pytest.approx(
+        c["eager"]["p50_us"] / c["onnxruntime"]["p50_us"]
+    )
+    t = tp["contenders"]
+    assert tp["ratios"]["predictor_vs_eager"] == pytest.approx(
+        t["predictor"]["texts_per_s"] / t["eager"]["texts_per_s"]
+    )
+    assert tp["ratios"]["predictor_vs_ort_padded"] == pytest.approx(
+        t["predictor"]["texts_per_s"] / t["onnxruntime"]["texts_per_s"]
+    )
+    assert t["predictor"]["texts_per_s"] == pytest.approx(600 / t["predictor"]["seconds"])
+    k = cold["contenders"]
+    assert cold["ratios"]["wall_fraction"] == pytest.approx(k["predictor"]["wall_s"] / k["pytorch"]["wall_s"])
+    assert cold["ratios"]["rss_fraction"] == pytest.approx(
+        k["predictor"]["peak_rss_mib"] / k["pytorch"]["peak_rss_mib"]
+    )
+    assert eff["fraction_of_matmul_peak"] == pytest.approx(eff["achieved_flops_per_s"] / eff["matmul_peak_flops_per_s"])
+    assert eff["achieved_flops_per_s"] == pytest.approx(eff["useful_flops"] / t["predictor"]["seconds"])
+    for name, target in bench["targets"].items():
+        section, key = name.split(".")
+        assert target["value"] == bench[section].get("ratios", bench[section])[key]
+
+
+def test_a_contender_whose_outputs_differ_is_refused():
+    ref = np.array([[1.0, -2.0], [3.0, 0.5]])
+    verdict = agreement(
+        ref, {"same": ref.astype(np.float32), "off": (ref + 1e-3).astype(np.float32), "shape": ref[:1]}, 1e-5, 1e-5
+    )
+    assert verdict["same"] is None
+    assert "outputs differ from eager PyTorch (max |diff| 1.00e-03)" == verdict["off"]
+    assert "shape" in verdict["shape"]
+
+
+def test_flops_count_real_tokens_only():
+    cfg = {"cell": "gru", "hidden_dim": 4, "embed_dim": 3, "bidirectional": True, "num_layers": 1, "num_labels": 2}
+    # per token: 2 directions x 2 x 3 gates x H(E + H) = 2*2*3*4*7 = 336; head: 2 x 2H x C = 32
+    assert flops_per_text(cfg, 5) == 5 * 336 + 32
+    assert flops_per_text(cfg | {"cell": "lstm"}, 1) == 448 + 32
