@@ -42,7 +42,7 @@ def setup_logging(verbosity: int) -> None:
     level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if verbosity > 0 else "%(message)s"))
-    for name in ("pipeline", "exporters", "runtime"):
+    for name in ("seqship",):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         logger.setLevel(level)
@@ -547,7 +547,7 @@ def _follower(opts: dict) -> bool:
         return False
     from seqship.pipeline.stages import follow_training
 
-    logging.getLogger("pipeline").setLevel(logging.WARNING)  # rank 0 reports; the others say only what goes wrong
+    logging.getLogger("seqship").setLevel(logging.WARNING)  # rank 0 reports; the others say only what goes wrong
     follow_training(opts.get("threads"))
     return True
 
@@ -1393,8 +1393,8 @@ def serve(
       curl -s localhost:8000/predict -d '{"texts": ["Nguyen"], "top_k": 3}'
     """
     from seqship.runtime.bundle import check_pin
-    from seqship.runtime.serve.app import Limits, load_models
-    from seqship.runtime.serve.app import serve as run_server
+    from seqship.runtime.serve import Limits, load_models
+    from seqship.runtime.serve import serve as run_server
 
     for value in expect_sha256:  # a malformed pin is refused before any bundle is read
         check_pin(value)
@@ -1428,7 +1428,7 @@ def serve(
         limits,
         access_log=access_log,
         on_ready=ready,
-        verbose=logging.getLogger("pipeline").level <= logging.DEBUG,
+        verbose=logging.getLogger("seqship").level <= logging.DEBUG,
     )
     drained = f" (drained in {tally['drain_seconds']:.2f} s)" if tally["drain_seconds"] is not None else ""
     click.echo(f"stopped: {tally['accepted']} requests accepted, {tally['answered']} answered{drained}", err=True)
