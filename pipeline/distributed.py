@@ -1,9 +1,9 @@
 """Data-parallel training on several processes or machines: PyTorch's DistributedDataParallel, launched by
 `torchrun` (gloo on CPU, nccl on CUDA).
 
-    torchrun --standalone --nproc-per-node 2 -m pipeline.cli run all --dataset names   # one machine, 2 processes
+    torchrun --standalone --nproc-per-node 2 -m seqship.pipeline.cli run all --dataset names   # one machine, 2 processes
     torchrun --nnodes 2 --node-rank R --nproc-per-node 1 \\
-             --rdzv-backend c10d --rdzv-endpoint HEAD:29500 -m pipeline.cli run all ...   # two machines
+             --rdzv-backend c10d --rdzv-endpoint HEAD:29500 -m seqship.pipeline.cli run all ...   # two machines
 
 Rank 0 is the run: it runs the data stage, decides whether training must run (an unchanged stage is
 reused), and sends the splits (and its training config) to the other ranks, so every rank trains on the

@@ -1,6 +1,6 @@
 """Compare the onnxruntime speed of model.onnx files that share the model contract, in one process.
 
-usage: python -m pipeline.bench.graphs A.onnx B.onnx [...]
+usage: python -m seqship.pipeline.bench.graphs A.onnx B.onnx [...]
 
 For a change to the exported graph (same weights, other nodes): one text (T=7) and a batch of 128 texts
 without padding, each file on a single-threaded session, in 30 interleaved rounds so that other tenants of

@@ -1,6 +1,6 @@
 """Benchmark of `pipeline predict --engine ray` against local scoring, on the same texts, in one run.
 
-    python -m pipeline.bench.ray --bundle artifacts/names/bundle --texts 200000 [--data-dir ../shared/data]
+    python -m seqship.pipeline.bench.ray --bundle artifacts/names/bundle --texts 200000 [--data-dir ../shared/data]
 
 Makes a file of N real texts (the names data, repeated to N rows; or --input FILE), then times, each as a
 fresh `pipeline predict` process, as a user runs them: local scoring (`--input FILE --output FILE`), and

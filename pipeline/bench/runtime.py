@@ -2,7 +2,7 @@
 
 That is how an application runs the predictor, and it keeps torch's idle OpenMP threads (which spin
 for a while after each job) from taking cores away from onnxruntime during its measurements.
-Usage (by pipeline.bench): python -m pipeline.bench.runtime BUNDLE TEXTS.json CONFIG.json OUT_DIR
+Usage (by seqship.pipeline.bench): python -m seqship.pipeline.bench.runtime BUNDLE TEXTS.json CONFIG.json OUT_DIR
 """
 
 from __future__ import annotations

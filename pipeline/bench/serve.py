@@ -1,7 +1,7 @@
 """`pipeline serve` under load: requests/s, texts/s and latency with dynamic batching on and off, and the
 server's overhead against calling the Predictor in-process, as one table from one run.
 
-    python -m pipeline.bench.serve --bundle artifacts/names/bundle --duration 20
+    python -m seqship.pipeline.bench.serve --bundle artifacts/names/bundle --duration 20
 
 Load is `hey` (Debian's HTTP load generator) on loopback: --connections concurrent keep-alive connections
 for --duration seconds, each request one KServe v2 `infer` of --texts real texts; then one connection for 5 s

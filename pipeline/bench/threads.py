@@ -1,7 +1,7 @@
 """Training on a busy machine: wall time of the train stage with 1 and 2 threads, alone and with a
 CPU-bound process beside it, as ratios from one run.
 
-    python -m pipeline.bench.threads --data-dir ../shared/data --datasets names --epochs 3
+    python -m seqship.pipeline.bench.threads --data-dir ../shared/data --datasets names --epochs 3
 
 Each figure is a fresh `pipeline run train --force` process on the dataset's default config (the data
 stage is prepared once first). "busy" starts one process spinning on the CPU for the duration, as a

@@ -104,7 +104,7 @@ REGISTRY: dict[str, Dataset] = {
         # The general model defaults: last+max pooling measured 0.819-0.831 against 0.818 (noise), and its extra graph
         # nodes cost the one-text latency target (4.8x instead of 5.2-5.5x eager), so names keeps the last state.
         # A cosine schedule over 20 epochs had the best validation macro-F1 of the sweep (0.552 against 0.528
-        # for the plateau schedule; test 0.8247 / 0.4869 against 0.8175 / 0.4729): `python -m pipeline.experiments.sweep`.
+        # for the plateau schedule; test 0.8247 / 0.4869 against 0.8175 / 0.4729): `python -m seqship.pipeline.experiments.sweep`.
         train_defaults=(("lr_schedule", "cosine"), ("epochs", 20), ("patience", 20)),
         junk=("To The First Page",),  # scraped page-navigation lines in Russian.txt
         target_accuracy=0.84,
@@ -118,7 +118,7 @@ REGISTRY: dict[str, Dataset] = {
         text_column="review",
         label_column="label",
         # A cosine schedule over 10 epochs: validation macro-F1 0.882 against 0.876 for the plateau schedule, test
-        # 0.9007 / 0.8864 against 0.8973 / 0.8827, in 98 s against 172 s (`python -m pipeline.experiments.sweep --dataset waimai`).
+        # 0.9007 / 0.8864 against 0.8973 / 0.8827, in 98 s against 172 s (`python -m seqship.pipeline.experiments.sweep --dataset waimai`).
         # Then E=128, H=256 over three seeds: validation 0.8839 ± 0.0035 against 0.8781 ± 0.0031, test 0.9057 / 0.8927
         # against 0.8987 / 0.8846 (means), in 4.5 minutes (README, "Three seeds").
         train_defaults=(

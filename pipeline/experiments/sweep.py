@@ -1,8 +1,8 @@
 """The sweep behind each dataset's default config: train variants on the data stage's own splits, next to
 the linear baseline, and print one table.
 
-    python -m pipeline.experiments.sweep --dataset names --data-dir ../shared/data
-    python -m pipeline.experiments.sweep --dataset names --variant "class_weight=sqrt pooling=last+max" --variant "hidden_dim=256"
+    python -m seqship.pipeline.experiments.sweep --dataset names --data-dir ../shared/data
+    python -m seqship.pipeline.experiments.sweep --dataset names --variant "class_weight=sqrt pooling=last+max" --variant "hidden_dim=256"
 
 Without --variant it runs the dataset's recorded sweep (SWEEPS below: the variants tried when the
 default was chosen, the chosen one marked). Each variant is the dataset's default config with the given
