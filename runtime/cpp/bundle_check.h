@@ -1,7 +1,7 @@
 // The bundle checks of seqship_predict, before libtorch sees a byte of model.pt: the manifest beside it
 // (its sha256 is the bundle digest, compared with SEQSHIP_EXPECT_SHA256 when set), the manifest's format,
 // and model.pt's size and sha256 as the manifest lists them. The Python and Node predictors apply the
-// same checks to the files they run (see the README, "The trust model").
+// same checks to the files they run (see docs/portable.md, "The trust model, in every consumer").
 // Standard library only: a SHA-256 (FIPS 180-4) and a small JSON reader (RFC 8259) that reads a manifest as
 // the Python and Node runtimes' parsers do: a duplicate key keeps the last value, a lone \u surrogate is
 // accepted (here as U+FFFD; no field this tool reads can hold one), nesting deeper than 512 is refused (as in Node).

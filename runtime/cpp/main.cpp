@@ -4,7 +4,7 @@
 //   INPUT.txt: one text per line, as its token ids (from tokenizer.json), separated by spaces.
 //   Output: one line per input line: the logits, space-separated, full float precision.
 // Rows are right-padded with PAD_ID (default 0) into one [batch, seq] batch with a lengths vector:
-// the model contract of the bundle (see the README, "The bundle format").
+// the model contract of the bundle (see docs/bundle.md, "The model contract").
 // A line that is not a list of token ids the model can read (a field that is not a decimal integer, an
 // id outside the embedding, the pad id as a token) is an error naming the line and field, exit 1, and
 // nothing is printed: a part of a line is never scored as if it were the whole text.

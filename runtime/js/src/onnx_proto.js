@@ -4,7 +4,7 @@
 // live in metadata_props, and a tensor stored outside model.onnx would make onnxruntime read a file
 // that the bundle's manifest never hashed.
 //
-// The same reader, message for message, is runtime/onnx_proto.py; tests/test_onnx_proto.py holds the
+// The same reader, message for message, is runtime/onnx_proto.py; tests/runtime/test_onnx_proto.py holds the
 // two to identical answers (and identical error messages) on the same files.
 //
 // Field numbers, from onnx/onnx.proto (proto2, as onnxruntime compiles it):

@@ -1,7 +1,7 @@
 // Prints what the JavaScript ONNX reader (src/onnx_proto.js) finds in a file, as one JSON line:
 // {"metadata": {...}, "external": [{"tensor", "location"}], "nonfinite": [names]} or {"error": {"name", "message"}}.
 // usage: node tools/onnx_info.mjs MODEL.onnx [MORE.onnx ...]   (one line per file, in order)
-// Used by tests/test_onnx_proto.py to hold the JavaScript and Python readers to the same answers.
+// Used by tests/runtime/test_onnx_proto.py to hold the JavaScript and Python readers to the same answers.
 import { readFile } from "node:fs/promises";
 import { readModelInfo } from "../src/onnx_proto.js";
 
