@@ -38,10 +38,11 @@ def library_versions() -> dict[str, str]:
 
 def build_bundle(run, records: dict, out: Path) -> dict:
     """Write the bundle into `out` (a temporary folder the caller renames into place) and check it loads."""
+    from seqship.pipeline.runs import EXPORT_SUMMARY, HISTORY, LABELS, METRICS, MODEL_CONFIG, PARITY
     from seqship.runtime.errors import BundleError
 
     export_dir, train_dir = run.dir("export"), run.dir("train")
-    verify = json.loads((run.dir("verify") / "parity.json").read_text(encoding="utf-8"))
+    verify = json.loads(run.file("verify", PARITY).read_text(encoding="utf-8"))
     for name in (fmt.MODEL_ONNX, fmt.MODEL_TORCHSCRIPT):
         if fmt.sha256_file(export_dir / name) != verify["files"][name]:
             raise BundleError(
@@ -49,11 +50,11 @@ def build_bundle(run, records: dict, out: Path) -> dict:
             )
     for name in (fmt.MODEL_ONNX, fmt.MODEL_TORCHSCRIPT, fmt.TOKENIZER):
         shutil.copyfile(export_dir / name, out / name)
-    labels = json.loads((export_dir / "labels.json").read_text(encoding="utf-8"))
-    export = json.loads((export_dir / "export.json").read_text(encoding="utf-8"))
-    metrics = json.loads((train_dir / "metrics.json").read_text(encoding="utf-8"))
-    history = json.loads((train_dir / "history.json").read_text(encoding="utf-8"))
-    model_config = json.loads((train_dir / "model_config.json").read_text(encoding="utf-8"))
+    labels = json.loads((export_dir / LABELS).read_text(encoding="utf-8"))
+    export = json.loads((export_dir / EXPORT_SUMMARY).read_text(encoding="utf-8"))
+    metrics = json.loads((train_dir / METRICS).read_text(encoding="utf-8"))
+    history = json.loads((train_dir / HISTORY).read_text(encoding="utf-8"))
+    model_config = json.loads((train_dir / MODEL_CONFIG).read_text(encoding="utf-8"))
     tokenizer = json.loads((export_dir / fmt.TOKENIZER).read_text(encoding="utf-8"))
     data = records["data"]["summary"]
     parity = records["verify"]["summary"]
@@ -118,7 +119,9 @@ def baseline_summary(run, records: dict) -> dict | None:
     """The linear baseline's numbers on the same test split (None where the run has no baseline stage)."""
     if "baseline" not in records:
         return None
-    b = json.loads((run.dir("baseline") / "metrics.json").read_text(encoding="utf-8"))
+    from seqship.pipeline.runs import METRICS
+
+    b = json.loads(run.file("baseline", METRICS).read_text(encoding="utf-8"))
     return {
         "features": b["features"],
         "C": b["C"],

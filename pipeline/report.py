@@ -20,10 +20,20 @@ from pathlib import Path
 
 from seqship.pipeline import __version__
 from seqship.pipeline.metrics import full_matrix, top_confusions
+from seqship.pipeline.runs import (
+    CV_RESULTS,
+    DATA_SUMMARY,
+    HISTORY,
+    LABELS,
+    METRICS,
+    MODEL_CONFIG,
+    PARITY,
+    TOKENIZER,
+)
+from seqship.runtime.bundle import MANIFEST
 
 log = logging.getLogger(__name__)
 
-REPORT = "report.html"
 TOP_CONFUSIONS_SHOWN = 100  # rows of the top-confusions table; metrics.json keeps more
 
 
@@ -77,7 +87,7 @@ def token_lengths(train_dir: Path, texts: list[str]) -> list[int]:
     """Tokens per text under the run's own tokenizer."""
     from seqship.runtime.tokenizer import Tokenizer
 
-    tok = Tokenizer.from_file(train_dir / "tokenizer.json")
+    tok = Tokenizer.from_file(train_dir / TOKENIZER)
     return [len(tok.tokens(t)) for t in texts]
 
 
@@ -182,11 +192,11 @@ def build_report(run) -> str:
     if run.record("train") is None:
         raise StageError(f"run {run.name!r} has no train stage in {run.root}: run `pipeline run all` first")
     run.require("train", "report")  # intact, and made from the current data stage
-    data = _load(run.dir("data") / "summary.json")
-    metrics = _load(run.dir("train") / "metrics.json")
-    history = (_load(run.dir("train") / "history.json") or {}).get("epochs")
-    model_cfg = _load(run.dir("train") / "model_config.json") or {}
-    spec = _load(run.dir("train") / "tokenizer.json") or {}
+    data = _load(run.file("data", DATA_SUMMARY))
+    metrics = _load(run.file("train", METRICS))
+    history = (_load(run.file("train", HISTORY)) or {}).get("epochs")
+    model_cfg = _load(run.file("train", MODEL_CONFIG)) or {}
+    spec = _load(run.file("train", TOKENIZER)) or {}
     # Later stages count only if they were made from this model; otherwise the page says they are stale.
     from seqship.pipeline.stages import baseline_available
 
@@ -195,11 +205,11 @@ def build_report(run) -> str:
         for s in ("baseline", "verify", "package", "cv")
         if run.record(s) is not None and (run.current(s) is None or (s == "cv" and run.current_cv() is None))
     ]
-    baseline = _load(run.dir("baseline") / "metrics.json") if run.current("baseline") else None
-    parity = _load(run.dir("verify") / "parity.json") if run.current("verify") else None
-    manifest = _load(run.dir("package") / "manifest.json") if run.current("package") else None
-    cv = _load(run.dir("cv") / "cv.json") if run.current_cv() else None
-    labels = _load(run.dir("train") / "labels.json") or data["labels"]  # the model's own label order
+    baseline = _load(run.file("baseline", METRICS)) if run.current("baseline") else None
+    parity = _load(run.file("verify", PARITY)) if run.current("verify") else None
+    manifest = _load(run.bundle_dir / MANIFEST) if run.current("package") else None
+    cv = _load(run.file("cv", CV_RESULTS)) if run.current_cv() else None
+    labels = _load(run.file("train", LABELS)) or data["labels"]  # the model's own label order
     test = metrics["test"]
     lengths = token_lengths(run.dir("train"), [t for t, _ in read_split(run.dir("data"), "train")])
 
@@ -493,7 +503,7 @@ code {{ font-size: 0.85rem; }}
 def write_report(run) -> Path:
     """Write <run>/report.html atomically and return its path."""
     page = build_report(run)
-    path = run.root / REPORT
+    path = run.report_path
     from seqship.runtime.fsio import write_text_atomic
 
     write_text_atomic(path, page)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from seqship.pipeline.data import REGISTRY
 from seqship.pipeline.stages import Run
+from seqship.runtime.bundle import MANIFEST
 
 COLUMNS = (
     "dataset",
@@ -30,7 +31,7 @@ def collect(run: Run, dataset: str) -> dict | None:
     data, train, verify, package = (run.current(s) for s in ("data", "train", "verify", "package"))
     if not (data and train and verify and package) or data["inputs"]["config"].get("dataset") != dataset:
         return None  # not packaged, stale, or a run of some other data under this name
-    manifest = json.loads((run.dir("package") / "manifest.json").read_text(encoding="utf-8"))
+    manifest = json.loads((run.bundle_dir / MANIFEST).read_text(encoding="utf-8"))
     ds = REGISTRY.get(dataset)
     row = {
         "dataset": dataset,

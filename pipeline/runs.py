@@ -24,22 +24,13 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from seqship.pipeline import __version__
-from seqship.runtime.bundle import file_entry
+from seqship.runtime.bundle import MANIFEST, file_entry
 from seqship.runtime.errors import SeqshipError
 from seqship.runtime.fsio import FileSafetyError, replace_dir, sweep_partials, temp_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 STAGES = ("data", "train", "export", "verify", "package")
-STAGE_DIRS = {
-    "data": "data",
-    "train": "train",
-    "export": "export",
-    "verify": "verify",
-    "package": "bundle",
-    "cv": "cv",
-    "baseline": "baseline",
-}
 # What each stage consumes from the one before it.
 UPSTREAM = {
     "data": (),
@@ -52,7 +43,41 @@ UPSTREAM = {
 }
 # Stages a stage uses where the run has them current: the card compares the model with the baseline.
 OPTIONAL_UPSTREAM = {"package": ("baseline",)}
-FAILED_DIR = "failed"
+
+# --- the run folder's layout, defined once ------------------------------------------------------------
+# Every module that reads or writes a run folder names its folders and files from here (tests spell the
+# paths out: they check the layout users see).
+STAGE_DIRS = {  # stage -> its folder under the run
+    "data": "data",
+    "train": "train",
+    "export": "export",
+    "verify": "verify",
+    "package": "bundle",
+    "cv": "cv",
+    "baseline": "baseline",
+}
+RECORDS_DIR = "stages"  # <run>/stages/<stage>.json: each stage's record
+FAILED_DIR = "failed"  # <run>/failed/<stage folder>/: evidence of a failed stage
+LOCK_FILE = ".lock"
+REPORT_FILE = "report.html"
+SWEEP_FILE = "sweep.json"  # pipeline.experiments.sweep's rows, in its sweep-<dataset> run
+# data/ (pipeline.data.prepare): one JSON-lines file per split, and the summary
+SPLITS = ("train", "val", "test")
+SPLIT_SUFFIX = ".jsonl"
+DATA_SUMMARY = "summary.json"
+# train/ (pipeline.train); its tokenizer.json and labels.json are copied into export/
+WEIGHTS = "weights.pt"
+MODEL_CONFIG = "model_config.json"
+TOKENIZER = "tokenizer.json"  # the bundle's name for it too (runtime.bundle.TOKENIZER)
+LABELS = "labels.json"
+METRICS = "metrics.json"  # train/ and baseline/
+HISTORY = "history.json"
+# export/: the model files under the bundle's names (runtime.bundle), and the export checks
+EXPORT_SUMMARY = "export.json"
+# verify/
+PARITY = "parity.json"
+# cv/
+CV_RESULTS = "cv.json"
 FAULT_PAUSE_ENV = "SEQSHIP_FAULT_PAUSE"
 
 
@@ -98,6 +123,15 @@ class Run:
             ) from None
         self.name = name
 
+    @classmethod
+    def at(cls, root: str | os.PathLike) -> Run:
+        """The run whose folder is `root`, found from something in it (a bundle): its name is what the
+        folder is called, not checked as a new --run-name is."""
+        run = cls.__new__(cls)
+        run.root = Path(root).resolve()
+        run.name = run.root.name
+        return run
+
     def dir(self, stage: str) -> Path:
         """The folder holding a stage's outputs."""
         return self.root / STAGE_DIRS[stage]
@@ -106,9 +140,37 @@ class Run:
         """Where a failed stage's evidence is kept (never read by a later stage)."""
         return self.root / FAILED_DIR / STAGE_DIRS[stage]
 
+    def file(self, stage: str, name: str) -> Path:
+        """One file of a stage's outputs, e.g. run.file("verify", PARITY)."""
+        return self.dir(stage) / name
+
+    def split_path(self, split: str) -> Path:
+        """The data stage's file of one split ("train", "val", "test")."""
+        return self.dir("data") / f"{split}{SPLIT_SUFFIX}"
+
+    @property
+    def bundle_dir(self) -> Path:
+        """The bundle the package stage writes."""
+        return self.dir("package")
+
+    @property
+    def records_dir(self) -> Path:
+        """Where the stage records are."""
+        return self.root / RECORDS_DIR
+
+    @property
+    def report_path(self) -> Path:
+        """The run's report.html."""
+        return self.root / REPORT_FILE
+
+    @property
+    def lock_path(self) -> Path:
+        """The file `run_lock` locks."""
+        return self.root / LOCK_FILE
+
     def record_path(self, stage: str) -> Path:
         """The stage's record: inputs digest, hashes of its outputs, summary."""
-        return self.root / "stages" / f"{stage}.json"
+        return self.records_dir / f"{stage}.json"
 
     def record(self, stage: str) -> dict | None:
         """The stage's record, or None when there is none (or it is unreadable)."""
@@ -183,6 +245,24 @@ class Run:
         return cv
 
 
+def run_of_bundle(bundle_dir: str | os.PathLike) -> Run:
+    """The run a bundle was packaged in: the folder holding it, as `run all` lays it out
+    (<artifacts>/<run>/bundle/). Whether that folder holds the run's stages is for the caller to check."""
+    return Run.at(Path(bundle_dir).resolve().parent)
+
+
+def require_bundle(path: str | os.PathLike, option: str = "--bundle ") -> Path:
+    """`path` as a bundle folder; a run folder or an artifacts folder given instead is answered with where
+    its bundle is (`option`: how the command takes the folder, for the hint)."""
+    path = Path(path)
+    if not (path / MANIFEST).exists():
+        bundle = STAGE_DIRS["package"]
+        for guess in (path / bundle, *sorted(path.glob(f"*/{bundle}"))[:3]):
+            if (guess / MANIFEST).is_file():
+                raise SeqshipError(f"{path} is not a bundle (no {MANIFEST}); did you mean {option}{guess}?")
+    return path
+
+
 def digest(obj) -> str:
     """sha256 of a JSON-able object's canonical form."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
@@ -216,7 +296,7 @@ def run_lock(run: Run) -> Iterator[None]:
     created = not run.root.exists()
     try:
         run.root.mkdir(parents=True, exist_ok=True)
-        f = open(run.root / ".lock", "a+")
+        f = open(run.lock_path, "a+")
     except OSError as e:
         from seqship.runtime.fsio import describe_os_error
 
@@ -233,13 +313,13 @@ def run_lock(run: Run) -> Iterator[None]:
             _held[run.root] = 1
         try:
             sweep_partials(run.root)  # temporaries of a killed run; safe, as no other process is in here
-            sweep_partials(run.root / "stages")
+            sweep_partials(run.records_dir)
             yield
         finally:
             with _held_guard:
                 del _held[run.root]
-            if created and [p.name for p in run.root.iterdir()] == [".lock"]:  # a command that wrote nothing
-                (run.root / ".lock").unlink()
+            if created and [p.name for p in run.root.iterdir()] == [LOCK_FILE]:  # a command that wrote nothing
+                run.lock_path.unlink()
                 run.root.rmdir()
             fcntl.flock(f, fcntl.LOCK_UN)
     finally:

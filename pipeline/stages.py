@@ -15,7 +15,21 @@ from typing import Callable
 
 from seqship.pipeline import __version__
 from seqship.pipeline.data import DataConfig, locate, prepare, read_split, source_digest, source_files
-from seqship.pipeline.runs import Run, StageError, StageResult, run_lock, run_stage  # noqa: F401 (re-exported)
+from seqship.pipeline.runs import (  # noqa: F401 (Run, StageError, StageResult re-exported)
+    CV_RESULTS,
+    EXPORT_SUMMARY,
+    HISTORY,
+    LABELS,
+    METRICS,
+    PARITY,
+    SPLITS,
+    UPSTREAM,
+    Run,
+    StageError,
+    StageResult,
+    run_lock,
+    run_stage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +84,7 @@ def stage_train(run: Run, cfg, force: bool = False, progress=None, threads: int 
     distributed = world()[1] > 1
 
     def produce(out: Path) -> dict:
-        d = run.dir("data")
-        splits = [read_split(d, "train"), read_split(d, "val"), read_split(d, "test")]
+        splits = [read_split(run.dir("data"), name) for name in SPLITS]
         if distributed:  # the other ranks train on these very splits, with this config (see pipeline.distributed)
             broadcast({"splits": splits, "labels": data["summary"]["labels"], "config": asdict(cfg)})
         metrics = train(*splits, data["summary"]["labels"], cfg, out, progress, threads=threads)
@@ -127,8 +140,7 @@ def stage_cv(run: Run, cfg, folds: int, force: bool = False, threads: int | None
     inputs = {"config": config_inputs(cfg), "folds": folds, "data": data["outputs"]}
 
     def produce(out: Path) -> dict:
-        d = run.dir("data")
-        rows = read_split(d, "train") + read_split(d, "val") + read_split(d, "test")
+        rows = [row for name in SPLITS for row in read_split(run.dir("data"), name)]
         dcfg = summary["config"]
         results = []
         for i, test_rows in enumerate(kfold(rows, folds, dcfg["seed"])):
@@ -141,7 +153,7 @@ def stage_cv(run: Run, cfg, folds: int, force: bool = False, threads: int | None
                 metrics = train(
                     parts["train"], parts["val"], parts["test"], summary["labels"], cfg, Path(tmp), threads=threads
                 )
-                history = json.loads((Path(tmp) / "history.json").read_text(encoding="utf-8"))["epochs"]
+                history = json.loads((Path(tmp) / HISTORY).read_text(encoding="utf-8"))["epochs"]
             fold = {
                 "fold": i + 1,
                 "train": len(parts["train"]),
@@ -174,7 +186,7 @@ def stage_cv(run: Run, cfg, folds: int, force: bool = False, threads: int | None
             "macro_f1_std": statistics.stdev(f1),
             "train_seconds_total": float(sum(f["train_seconds"] for f in results)),
         }
-        (out / "cv.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        (out / CV_RESULTS).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
         return {
             k: report[k]
             for k in ("folds", "accuracy_mean", "accuracy_std", "macro_f1_mean", "macro_f1_std", "train_seconds_total")
@@ -212,7 +224,7 @@ def stage_baseline(run: Run, train_cfg, force: bool = False) -> StageResult:
 
     def produce(out: Path) -> dict:
         metrics = fit_baseline(train_rows, read_split(d, "val"), read_split(d, "test"), data["summary"]["labels"], cfg)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        (out / METRICS).write_text(json.dumps(metrics, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         return {
             "test_accuracy": metrics["test"]["accuracy"],
             "test_macro_f1": metrics["test"]["macro_f1"],
@@ -225,6 +237,37 @@ def stage_baseline(run: Run, train_cfg, force: bool = False) -> StageResult:
     return run_stage(run, "baseline", inputs, produce, force)
 
 
+def baseline_options(run: Run, given: dict) -> dict:
+    """`given` with the baseline's tokenizer, lowercase and seed filled in where they are None: as the run's
+    model was trained (the baseline reads text as the model does), else seed 0."""
+    trained = (run.record("train") or {}).get("inputs", {}).get("config") or {}
+    out = dict(given)
+    for name in ("tokenizer", "lowercase", "seed"):
+        if out.get(name) is None and trained.get(name) is not None:
+            out[name] = trained[name]
+    out["seed"] = 0 if out.get("seed") is None else out["seed"]
+    return out
+
+
+def card_baseline(run: Run) -> dict | None:
+    """The summary of the baseline the bundle's card compares the model with, where that baseline is the
+    run's current one; else None."""
+    kept = run.current("baseline")
+    if kept is not None and (run.record("package") or {}).get("inputs", {}).get("baseline") == kept.get(
+        "inputs_digest"
+    ):
+        return kept.get("summary")
+    return None
+
+
+def card_baseline_outdated(run: Run) -> bool:
+    """True when the run has a bundle whose card compares the model with another baseline than the current
+    one (or with none): `pipeline run package` brings it up to date."""
+    package = run.record("package")
+    current = (run.current("baseline") or {}).get("inputs_digest")
+    return package is not None and package.get("inputs", {}).get("baseline") != current
+
+
 @locked
 def stage_export(run: Run, force: bool = False) -> StageResult:
     """TorchScript and ONNX files from the trained model, each checked against the contract."""
@@ -235,9 +278,10 @@ def stage_export(run: Run, force: bool = False) -> StageResult:
     from seqship.exporters.recurrent import GRAPH_VERSION, fused_recurrence
     from seqship.exporters.torchscript import export_torchscript
     from seqship.pipeline.train import load_trained
+    from seqship.runtime.bundle import MODEL_ONNX, MODEL_TORCHSCRIPT, TOKENIZER
 
     trained = run.require("train", "export")
-    contract = ModelContract(num_labels=len(json.loads((run.dir("train") / "labels.json").read_text(encoding="utf-8"))))
+    contract = ModelContract(num_labels=len(json.loads(run.file("train", LABELS).read_text(encoding="utf-8"))))
     inputs = {
         "train": trained["outputs"],
         "opset": contract.opset,
@@ -248,10 +292,10 @@ def stage_export(run: Run, force: bool = False) -> StageResult:
 
     def produce(out: Path) -> dict:
         model, tokenizer, labels, _ = load_trained(run.dir("train"))
-        (out / "tokenizer.json").write_text(tokenizer.spec.to_json(), encoding="utf-8")
-        (out / "labels.json").write_text(json.dumps(labels, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        (out / TOKENIZER).write_text(tokenizer.spec.to_json(), encoding="utf-8")
+        (out / LABELS).write_text(json.dumps(labels, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
         t0 = time.perf_counter()
-        ts = export_torchscript(model, out / "model.pt", contract)
+        ts = export_torchscript(model, out / MODEL_TORCHSCRIPT, contract)
         t1 = time.perf_counter()
         # T differs from the batch size and is > 1 so no axis is confused with another or pinned to 1.
         n = tokenizer.vocab_size
@@ -259,7 +303,7 @@ def stage_export(run: Run, force: bool = False) -> StageResult:
         with fused_recurrence(model):  # each recurrent layer -> one ONNX GRU/LSTM node with sequence_lens
             onnx_checks = export_onnx(
                 model,
-                out / "model.onnx",
+                out / MODEL_ONNX,
                 contract,
                 example,
                 labels_metadata(labels, tokenizer.spec.sha256(), __version__),
@@ -269,7 +313,7 @@ def stage_export(run: Run, force: bool = False) -> StageResult:
             "torchscript": ts | {"seconds": t1 - t0},
             "onnx": onnx_checks | {"seconds": time.perf_counter() - t1},
         }
-        (out / "export.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        (out / EXPORT_SUMMARY).write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         return summary
 
     return run_stage(run, "export", inputs, produce, force)
@@ -296,10 +340,10 @@ def stage_verify(run: Run, cfg: VerifyConfig, force: bool = False) -> StageResul
 
     def produce(out: Path) -> dict:
         report = build_report(run.dir("train"), run.dir("export"), read_split(run.dir("data"), "test"), cfg)
-        (out / "parity.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        (out / PARITY).write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         if not report["passed"]:
             raise ParityError(
-                f"parity gate failed for run {run.name!r} (report: {run.failed_dir('verify') / 'parity.json'})\n"
+                f"parity gate failed for run {run.name!r} (report: {run.failed_dir('verify') / PARITY})\n"
                 + format_table(report),
                 report,
             )
@@ -346,7 +390,7 @@ def stage_package(run: Run, force: bool = False) -> StageResult:
     """Assemble the bundle from verified files; it appears under bundle/ only when whole."""
     from seqship.pipeline.package import build_bundle
 
-    records = {s: run.require(s, "package") for s in ("data", "train", "export", "verify")}
+    records = {s: run.require(s, "package") for s in UPSTREAM["package"]}
     baseline = run.current("baseline")  # optional: the card compares the model with it where the run has one
     if baseline is not None:
         records["baseline"] = baseline

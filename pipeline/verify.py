@@ -13,7 +13,7 @@ import torch
 from seqship.exporters.parity import Backend, check_test_set, make_probes, run_gate
 from seqship.exporters.portability import engine_gate
 from seqship.pipeline.train import load_trained
-from seqship.runtime.bundle import sha256_file
+from seqship.runtime.bundle import MODEL_ONNX, MODEL_TORCHSCRIPT, sha256_file
 from seqship.runtime.errors import BundleError
 from seqship.runtime.predictor import Predictor
 from seqship.runtime.session import CUDA, OnnxModel
@@ -35,7 +35,7 @@ def torch_backend(module, device: str = "cpu") -> Backend:
 def build_report(train_dir: Path, export_dir: Path, test_rows: Sequence[tuple[str, str]], cfg) -> dict:
     """Run every check of the gate and return the report (the caller decides what a failure means)."""
     model, tokenizer, labels, metrics = load_trained(train_dir)
-    onnx_path, ts_path = export_dir / "model.onnx", export_dir / "model.pt"
+    onnx_path, ts_path = export_dir / MODEL_ONNX, export_dir / MODEL_TORCHSCRIPT
     reference = torch_backend(model)
     backends: dict[str, Backend] = {
         "torchscript:cpu": torch_backend(torch.jit.load(str(ts_path), map_location="cpu")),
@@ -74,7 +74,7 @@ def build_report(train_dir: Path, export_dir: Path, test_rows: Sequence[tuple[st
         onnx_path, reference, probes, _ids(tokenizer, texts), tokenizer.spec.pad_id, cfg.atol, cfg.rtol
     )
     report["passed"] = report["passed"] and report["test_set"]["passed"] and report["engines"]["passed"]
-    report["files"] = {"model.onnx": sha256_file(onnx_path), "model.pt": sha256_file(ts_path)}
+    report["files"] = {MODEL_ONNX: sha256_file(onnx_path), MODEL_TORCHSCRIPT: sha256_file(ts_path)}
     return report
 
 

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 def sweep(args) -> int:
     from seqship.pipeline.config import default_artifacts_dir, train_config
     from seqship.pipeline.data import REGISTRY, DataConfig, read_split
-    from seqship.pipeline.runs import Run
+    from seqship.pipeline.runs import METRICS, SPLITS, SWEEP_FILE, Run
     from seqship.pipeline.stages import stage_baseline, stage_data
     from seqship.pipeline.train import TrainError
 
@@ -151,10 +151,10 @@ def sweep(args) -> int:
     stage_data(run, DataConfig(dataset=args.dataset), args.data_dir)
     data_outputs = run.record("data")["outputs"]  # a variant trained on another split is not reused
     labels = run.record("data")["summary"]["labels"]
-    splits = [read_split(run.dir("data"), s) for s in ("train", "val", "test")]
+    splits = [read_split(run.dir("data"), s) for s in SPLITS]
     rows = []
     base = stage_baseline(run, default)
-    b = json.loads((run.dir("baseline") / "metrics.json").read_text(encoding="utf-8"))
+    b = json.loads(run.file("baseline", METRICS).read_text(encoding="utf-8"))
     rows.append(
         {
             "variant": f"linear baseline ({b['features']}; C={b['C']:g}, class weight {b['class_weight']})",
@@ -186,7 +186,7 @@ def sweep(args) -> int:
                 "recall": [{lab: round(v["recall"], 3) for lab, v in m["test"]["per_class"].items()} for m in runs],
             }
         )
-    (run.root / "sweep.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    (run.root / SWEEP_FILE).write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     if args.seeds > 1:  # above the table, not in its header row: a 7th header cell would unmake the table
         print(
             f"Mean ± sample standard deviation over seeds 0-{args.seeds - 1} (the baseline is one fit: its C is picked on validation).\n"
