@@ -3,6 +3,15 @@
 Every figure is taken after warm-up, as the median over repeats; every contender gets the same thread
 budget; a contender whose outputs differ from eager PyTorch is refused, not reported. Ratios are
 computed from this run's own numbers only (absolute times on shared machines are noise).
+
+usage (the `pipeline bench` command; see `pipeline bench --help`):
+
+    pipeline bench --bundle DIR [--texts FILE] [--threads N] [--repeats N] [--json]
+
+The other benchmarks are modules of this package, run as `python -m seqship.pipeline.bench.<name>` with
+the same flags for the same things (pipeline.bench.args): serve (the HTTP server under load), ray (bulk
+scoring on Ray against local), threads (training on a busy machine), graphs (two exported graphs'
+speed), runtime (the onnxruntime side of this one, in a process without torch).
 """
 
 from __future__ import annotations
@@ -21,8 +30,10 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from seqship.pipeline.bench.runtime import BenchConfig, time_each, time_total, workload
+from seqship.pipeline.bench.runtime import RESULT, BenchConfig, time_each, time_total, workload
+from seqship.pipeline.runs import STAGES, TOKENIZER, run_of_bundle
 from seqship.runtime.bundle import MODEL_TORCHSCRIPT, open_bundle
+from seqship.runtime.errors import SeqshipError
 from seqship.runtime.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -87,11 +98,11 @@ import sys
 import torch
 torch.set_num_threads(int(sys.argv[3]))
 from seqship.runtime.tokenizer import Tokenizer
-m = torch.jit.load(sys.argv[1] + "/model.pt", map_location="cpu")
-ids, lengths, _ = Tokenizer.from_file(sys.argv[1] + "/tokenizer.json").encode_batch([sys.argv[2]])
+m = torch.jit.load(sys.argv[1] + "/MODEL_TORCHSCRIPT", map_location="cpu")
+ids, lengths, _ = Tokenizer.from_file(sys.argv[1] + "/TOKENIZER").encode_batch([sys.argv[2]])
 with torch.inference_mode():
     label = int(m(torch.from_numpy(ids), torch.from_numpy(lengths)).argmax())
-"""
+""".replace("MODEL_TORCHSCRIPT", MODEL_TORCHSCRIPT).replace("TOKENIZER", TOKENIZER)
 PEAK_RSS = '\nprint("PEAK_KB", next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1])\n'
 
 
@@ -145,15 +156,33 @@ def matmul_peak(cfg: BenchConfig) -> float:
 
 
 def stage_seconds(bundle_dir: Path) -> dict | None:
-    """Stage times of the run that made this bundle (artifacts/<run>/stages/*.json), if it is beside it."""
-    stages = bundle_dir.resolve().parent / "stages"
+    """Stage times of the run that made this bundle, if the bundle is in its run folder."""
+    run = run_of_bundle(bundle_dir)
     out = {}
-    for name in ("data", "train", "export", "verify", "package"):
-        try:
-            out[name] = json.loads((stages / f"{name}.json").read_text())["seconds"]
-        except (OSError, ValueError, KeyError):
+    for name in STAGES:
+        seconds = (run.record(name) or {}).get("seconds")
+        if seconds is None:
             return None
+        out[name] = seconds
     return out
+
+
+def bench_texts(bundle_dir: Path, texts_path: Path | None = None) -> list[str]:
+    """The texts to time: the file's lines, else the test split of the run the bundle was packaged in."""
+    from seqship.pipeline.predict import read_texts
+
+    if texts_path is not None:
+        texts = read_texts(texts_path)
+    else:
+        test = run_of_bundle(bundle_dir).split_path("test")
+        if not test.is_file():
+            raise SeqshipError(f"{test}: not found; pass --texts FILE (one text per line)")
+        from seqship.pipeline.data import read_split
+
+        texts = [t for t, _ in read_split(test.parent, "test")]
+    if not texts:
+        raise SeqshipError(f"{texts_path or test}: no texts to time; pass --texts FILE with one text per line")
+    return texts
 
 
 def run_bench(
@@ -163,7 +192,7 @@ def run_bench(
     import torch
 
     bundle = open_bundle(bundle_dir)
-    tok = Tokenizer.from_file(bundle.path("tokenizer.json"))
+    tok = Tokenizer.from_file(bundle.path(TOKENIZER))
     texts, one, bulk, batches, check = workload(texts, tok, cfg)
 
     progress("onnxruntime and the predictor, in a process without torch")
@@ -176,9 +205,13 @@ def run_bench(
                 sys.executable,
                 "-m",
                 "seqship.pipeline.bench.runtime",
+                "--bundle",
                 str(bundle.root),
+                "--texts-json",
                 str(tmp / "texts.json"),
+                "--config",
                 str(tmp / "cfg.json"),
+                "--out",
                 str(tmp),
             ],
             capture_output=True,
@@ -187,7 +220,7 @@ def run_bench(
         )
         if out.returncode != 0:
             raise RuntimeError(f"the onnxruntime benchmark process failed: {out.stderr[-800:]}")
-        onnx_side = json.loads((tmp / "result.json").read_text())
+        onnx_side = json.loads((tmp / RESULT).read_text())
         outputs = {name: np.load(tmp / f"{name}.npy") for name in ("onnxruntime", "predictor")}
 
     progress("eager PyTorch and TorchScript")

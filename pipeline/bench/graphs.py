@@ -1,6 +1,8 @@
 """Compare the onnxruntime speed of model.onnx files that share the model contract, in one process.
 
-usage: python -m seqship.pipeline.bench.graphs A.onnx B.onnx [...]
+usage:
+
+    python -m seqship.pipeline.bench.graphs --onnx A.onnx B.onnx [...] [--rounds N] [--json]
 
 For a change to the exported graph (same weights, other nodes): one text (T=7) and a batch of 128 texts
 without padding, each file on a single-threaded session, in 30 interleaved rounds so that other tenants of
@@ -10,17 +12,15 @@ the files are what to compare; absolute numbers move with the machine.
 
 from __future__ import annotations
 
-import sys
+import json
 import time
 
 import numpy as np
 import onnxruntime as ort
 
 
-def main(paths: list[str], rounds: int = 30) -> None:
-    """Compare two ONNX graphs' onnxruntime speed in one process and print the ratios."""
-    if not paths:
-        raise SystemExit(__doc__)
+def measure(paths: list[str], rounds: int = 30) -> dict[str, dict[str, list[float]]]:
+    """Microseconds per call of each file, per feed, one entry per round."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
@@ -39,13 +39,30 @@ def main(paths: list[str], rounds: int = 30) -> None:
                 for _ in range(n):
                     s.run(["logits"], feed)
                 times[(p, name)].append((time.perf_counter() - t) / n * 1e6)
-    for p in paths:
-        cells = [
-            f"{name}: min {min(times[(p, name)]):8.1f} µs, median {np.median(times[(p, name)]):8.1f} µs"
-            for name in feeds
-        ]
+    return {p: {name: times[(p, name)] for name in feeds} for p in paths}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the fastest and the median round per file and feed (with --json, as JSON)."""
+    from seqship.pipeline.bench.args import add_json, parser
+
+    ap = parser(__doc__)
+    ap.add_argument("--onnx", nargs="+", required=True, help="model.onnx files that share the model contract.")
+    ap.add_argument("--rounds", type=int, default=30, help="Interleaved rounds.")
+    add_json(ap)
+    args = ap.parse_args(argv)
+    times = measure(args.onnx, args.rounds)
+    summary = {
+        p: {name: {"min_us": min(t), "median_us": float(np.median(t))} for name, t in feeds.items()}
+        for p, feeds in times.items()
+    }
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return
+    for p, feeds in summary.items():
+        cells = [f"{name}: min {f['min_us']:8.1f} µs, median {f['median_us']:8.1f} µs" for name, f in feeds.items()]
         print(f"{p}\n  " + "\n  ".join(cells))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -2,7 +2,12 @@
 
 That is how an application runs the predictor, and it keeps torch's idle OpenMP threads (which spin
 for a while after each job) from taking cores away from onnxruntime during its measurements.
-Usage (by seqship.pipeline.bench): python -m seqship.pipeline.bench.runtime BUNDLE TEXTS.json CONFIG.json OUT_DIR
+usage (run by `pipeline bench`, seqship.pipeline.bench.run_bench):
+
+    python -m seqship.pipeline.bench.runtime --bundle DIR --texts-json TEXTS.json --config CONFIG.json --out DIR
+
+--texts-json is a JSON list of texts, --config a BenchConfig as JSON; the figures go to OUT/result.json (as
+with --json elsewhere) and the outputs every contender is checked against to OUT/<contender>.npy.
 """
 
 from __future__ import annotations
@@ -118,12 +123,27 @@ def measure_onnx(bundle_dir: Path, texts: Sequence[str], cfg: BenchConfig, out_d
     }
 
 
-if __name__ == "__main__":
-    bundle, texts_file, cfg_file, out = sys.argv[1:5]
+RESULT = "result.json"  # in --out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Measure, and write the figures to OUT/result.json."""
+    from seqship.pipeline.bench.args import add_bundle, parser
+
+    ap = parser(__doc__)
+    add_bundle(ap)
+    ap.add_argument("--texts-json", type=Path, required=True, help="A JSON list of the texts to time.")
+    ap.add_argument("--config", type=Path, required=True, help="The BenchConfig, as JSON.")
+    ap.add_argument("--out", type=Path, required=True, help="Folder for result.json and the outputs (.npy).")
+    args = ap.parse_args(argv)
     result = measure_onnx(
-        Path(bundle),
-        json.loads(Path(texts_file).read_text()),
-        BenchConfig(**json.loads(Path(cfg_file).read_text())),
-        Path(out),
+        args.bundle,
+        json.loads(args.texts_json.read_text()),
+        BenchConfig(**json.loads(args.config.read_text())),
+        args.out,
     )
-    (Path(out) / "result.json").write_text(json.dumps(result))
+    (args.out / RESULT).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,10 +1,13 @@
 """`pipeline serve` under load: requests/s, texts/s and latency with dynamic batching on and off, and the
 server's overhead against calling the Predictor in-process, as one table from one run.
 
+usage:
+
+    python -m seqship.pipeline.bench.serve --bundle DIR [--duration S] [--connections N] [--texts-per-request N] [--json]
     python -m seqship.pipeline.bench.serve --bundle artifacts/names/bundle --duration 20
 
 Load is `hey` (Debian's HTTP load generator) on loopback: --connections concurrent keep-alive connections
-for --duration seconds, each request one KServe v2 `infer` of --texts real texts; then one connection for 5 s
+for --duration seconds, each request one KServe v2 `infer` of --texts-per-request real texts; then one connection for 5 s
 (the latency of a lone request). Each configuration is a fresh `pipeline serve` process, warmed up for 2 s.
 The in-process figures call Predictor.predict on the same texts: one call per request (what a server with no HTTP would cost), and one call per batch of
 the size the batching server really formed (read from its /metrics).
@@ -12,7 +15,6 @@ the size the batching server really formed (read from its /metrics).
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
@@ -116,12 +118,14 @@ def _in_process(bundle: str, texts: list[str], per_call: int, seconds: float) ->
 
 def main(argv: list[str] | None = None) -> None:
     """Print the table (and with --json, the figures)."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", required=True)
+    from seqship.pipeline.bench.args import add_bundle, add_json, parser
+
+    ap = parser(__doc__)
+    add_bundle(ap)
     ap.add_argument("--duration", type=float, default=20.0, help="Seconds of load per configuration.")
-    ap.add_argument("--connections", type=int, default=64)
-    ap.add_argument("--texts", type=int, default=1, help="Texts per request.")
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--connections", type=int, default=64, help="Concurrent keep-alive connections.")
+    ap.add_argument("--texts-per-request", type=int, default=1, help="Texts per request.")
+    add_json(ap)
     args = ap.parse_args(argv)
     if shutil.which("hey") is None:
         raise SystemExit("needs hey: apt-get install -y hey")
@@ -143,7 +147,8 @@ def main(argv: list[str] | None = None) -> None:
         "Janssen",
         "MacDonald",
     ]
-    request_texts = (texts * (args.texts // len(texts) + 1))[: args.texts]
+    n = args.texts_per_request
+    request_texts = (texts * (n // len(texts) + 1))[:n]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         body = Path(tmp) / "body.json"

@@ -1,6 +1,9 @@
 """Training on a busy machine: wall time of the train stage with 1 and 2 threads, alone and with a
 CPU-bound process beside it, as ratios from one run.
 
+usage:
+
+    python -m seqship.pipeline.bench.threads [--data-dir DIR] [--datasets a,b] [--epochs N] [--timeout S] [--json]
     python -m seqship.pipeline.bench.threads --data-dir ../shared/data --datasets names --epochs 3
 
 Each figure is a fresh `pipeline run train --force` process on the dataset's default config (the data
@@ -10,7 +13,6 @@ user's browser or compiler would. A run that exceeds --timeout is stopped and re
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -67,12 +69,14 @@ def _train_seconds(
 
 def main(argv: list[str] | None = None) -> None:
     """Print (and with --json, emit) the seconds and ratios per dataset."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", default=os.environ.get("SEQSHIP_DATA_DIR"))
-    ap.add_argument("--datasets", default="names")
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--timeout", type=float, default=600)
-    ap.add_argument("--json", action="store_true")
+    from seqship.pipeline.bench.args import add_data_dir, add_json, parser
+
+    ap = parser(__doc__)
+    add_data_dir(ap)
+    ap.add_argument("--datasets", default="names", help="Comma-separated registry datasets.")
+    ap.add_argument("--epochs", type=int, default=3, help="Epochs per training run.")
+    ap.add_argument("--timeout", type=float, default=600, help="Seconds before a training run is stopped.")
+    add_json(ap)
     args = ap.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
                     dataset,
                     "--artifacts-dir",
                     str(artifacts),
-                    *(["--data-dir", args.data_dir] if args.data_dir else []),
+                    *(["--data-dir", str(args.data_dir)] if args.data_dir else []),
                 ],
                 check=True,
                 env=env,
