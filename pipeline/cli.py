@@ -34,6 +34,7 @@ EXTRAS = {
     "pyarrow": "ray",
     "sklearn": "baseline",
 }
+TORCH_EXTRA = "train"  # the one extra that brings torch
 log = logging.getLogger("seqship.pipeline.cli")
 
 
@@ -68,9 +69,12 @@ def missing_extra(e: ModuleNotFoundError) -> str | None:
     if top not in EXTRAS:
         return None
     extra = EXTRAS[top]
+    # torch is pinned and installed first only where the extra brings it (see install.sh): a command that
+    # needs another extra must not send a runtime-only install off to fetch torch
+    torch_first = "pip install torch==2.13.0 && " if extra == TORCH_EXTRA else ""
     return (
         f"this command needs {top}, from seqship's `{extra}` extra, which is not installed here: "
-        f"from a checkout, `pip install torch==2.13.0 && pip install -e '.[{extra}]'` (or `bash install.sh`); "
+        f"from a checkout, `{torch_first}pip install -e '.[{extra}]'` (or `bash install.sh`); "
         f"from a wheel, `pip install 'seqship-0.1.0-py3-none-any.whl[{extra}]'`"
     )
 
@@ -398,10 +402,12 @@ class TrainProgress:
 
 
 def _report(results, run, as_json: bool, report: Path | None = None) -> None:
+    from seqship.runtime import bundle as bundle_format
+
     if as_json:
         out = {"ok": True, "run": run.name, "run_dir": str(run.root), "stages": [r.to_dict() for r in results]}
-        if (run.dir("package") / "manifest.json").is_file():
-            out["bundle"] = str(run.dir("package"))
+        if (run.bundle_dir / bundle_format.MANIFEST).is_file():
+            out["bundle"] = str(run.bundle_dir)
         if report is not None:
             out["report"] = str(report)
         for r in results:
@@ -414,11 +420,11 @@ def _report(results, run, as_json: bool, report: Path | None = None) -> None:
             if r.stage == "baseline":
                 out["baseline"] = r.summary
             if r.stage == "package" and "baseline" not in out:  # one fitted earlier that the card compares with
-                kept = run.current("baseline")
-                if kept is not None and (run.record("package") or {}).get("inputs", {}).get("baseline") == kept.get(
-                    "inputs_digest"
-                ):
-                    out["baseline"] = kept.get("summary")
+                from seqship.pipeline.stages import card_baseline
+
+                kept = card_baseline(run)
+                if kept is not None:
+                    out["baseline"] = kept
         click.echo(json.dumps(out, indent=1, ensure_ascii=False, default=str))
         return
     for r in results:
@@ -529,27 +535,13 @@ def run_all_cmd(**opts) -> None:
 
 
 def _follower(opts: dict) -> bool:
-    """Under torchrun (pipeline.distributed): join the process group. Rank 0 goes on as the run; any other
-    rank trains its share of each batch with rank 0's splits and config, then ends here (True)."""
-    import atexit
-
+    """Under torchrun: True on a rank other than 0, which has trained its share and ends here
+    (pipeline.distributed.dispatch_rank)."""
     from seqship.pipeline import distributed
 
-    if not distributed.launched():
-        return False
-    if opts.get("cv_folds"):
+    if opts.get("cv_folds") and distributed.launched():
         raise click.UsageError("--cv does not run under torchrun: cross-validate in one process (`pipeline run cv`)")
-    distributed.init_from_env(opts.get("device") or "cpu")
-    atexit.register(distributed.shutdown)
-    rank, size = distributed.world()
-    if rank == 0:
-        log.info("training on %d processes (this one, rank 0, writes the run)", size)
-        return False
-    from seqship.pipeline.stages import follow_training
-
-    logging.getLogger("seqship").setLevel(logging.WARNING)  # rank 0 reports; the others say only what goes wrong
-    follow_training(opts.get("threads"))
-    return True
+    return distributed.dispatch_rank(opts.get("device"), opts.get("threads"))
 
 
 def _write_report(r, as_json: bool, strict: bool = False) -> Path | None:
@@ -655,20 +647,13 @@ def run_baseline_cmd(**opts) -> None:
     the model with it. Needs the `baseline` extra (scikit-learn). Its features follow the tokenizer option
     (char n-grams for char, word + char n-grams for word).
     """
-    from seqship.pipeline.stages import stage_baseline
+    from seqship.pipeline.stages import baseline_options, card_baseline_outdated, stage_baseline
 
     opts.setdefault("dataset", "names")
     r = _run(opts)
-    trained = (r.record("train") or {}).get("inputs", {}).get("config") or {}
-    for name in ("tokenizer", "lowercase", "seed"):  # read text as the run's model does, unless told otherwise
-        if opts.get(name) is None and trained.get(name) is not None:
-            opts[name] = trained[name]
-    opts["seed"] = 0 if opts.get("seed") is None else opts["seed"]
+    opts = baseline_options(r, opts)  # read text as the run's model does, unless told otherwise
     result = stage_baseline(r, _train_cfg(opts, r), opts["force"])
-    package = r.record("package")
-    if package is not None and package.get("inputs", {}).get("baseline") != (r.current("baseline") or {}).get(
-        "inputs_digest"
-    ):
+    if card_baseline_outdated(r):
         log.warning(
             "the bundle's card compares the model with another baseline than this one: run `pipeline run "
             "package` (or `pipeline run all`) to bring it up to date"
@@ -712,13 +697,6 @@ def run_package_cmd(**opts) -> None:
 
 
 # --- using a bundle -------------------------------------------------------------------------------------
-
-
-def _providers(value: str):
-    """ "auto" / "cpu" / "cuda" as they are; anything else is a comma-separated list of provider names."""
-    if value.lower() in ("auto", "cpu", "cuda"):
-        return value.lower()
-    return [p.strip() for p in value.split(",") if p.strip()]
 
 
 @cli.command(context_settings=CONTEXT)
@@ -852,8 +830,6 @@ def predict(
       cut -f1 names.tsv | pipeline predict --bundle artifacts/names/bundle
       pipeline predict --bundle artifacts/names/bundle --input texts/ --output scored/ --engine ray --workers 2
     """
-    from seqship.runtime import InputError, ModelOutputError, Predictor
-
     _check_pin_env(expect_sha256)  # usage errors first, before any file is read
     if engine == "ray":
         return _predict_ray(
@@ -894,17 +870,9 @@ def predict(
         if output_path.endswith(("/", os.sep)) or Path(output_path).is_dir():
             raise click.BadParameter(f"{output_path}: a folder; give a file path", param_hint="--output")
         output_path = Path(output_path)
-    predictor = Predictor.load(
-        _bundle_dir(bundle_dir),
-        providers=_providers(providers),
-        intra_op_num_threads=threads,
-        expected_sha256=expect_sha256,
-        unicode_mismatch=unicode_mismatch,
-    )
-    if top_k > len(predictor.labels):
-        raise SeqshipError(
-            f"--top-k {top_k}: the bundle has only {len(predictor.labels)} labels; pass --top-k {len(predictor.labels)} or less"
-        )
+    from seqship.pipeline import predict as scoring
+
+    predictor = scoring.load_predictor(bundle_dir, providers, threads, expect_sha256, unicode_mismatch, top_k)
     log.info("scoring with %s", predictor.provider)
     if input_path is not None:
         stats = _predict_file(predictor, input_path, output_path, fmt, top_k, text_column, id_column)
@@ -913,42 +881,15 @@ def predict(
                 f"{stats.errors} of {stats.texts} texts could not be scored (see their 'error' lines)"
             )
         return
-    undecodable: dict[int, str] = {}
-    if not texts:
-        if sys.stdin is None or getattr(sys.stdin, "buffer", None) is None:
-            raise click.UsageError("no texts: give TEXT arguments, --input FILE, or texts on stdin")
-        raw_lines = [line.rstrip(b"\r") for line in sys.stdin.buffer.read().split(b"\n")]
-        while (
-            raw_lines and raw_lines[-1].strip() == b""
-        ):  # a file's final newline (and blank lines after it) is not a text
-            raw_lines.pop()
-        texts = []
-        for i, raw in enumerate(raw_lines):
-            try:
-                texts.append(raw.decode("utf-8-sig" if i == 0 else "utf-8"))
-            except UnicodeDecodeError as e:  # whatever the locale: the line gets an error, the rest is scored
-                undecodable[i] = f"line {i + 1}: not UTF-8 ({e.reason} at byte {e.start}); send UTF-8 text"
-                texts.append("")
-    else:  # arguments: their bytes, as UTF-8 whatever the locale (as stdin is read); bytes that are not UTF-8
-        texts = list(texts)  # arrive as lone surrogates, which would be scored as text
-        for i, text in enumerate(texts):
-            try:
-                texts[i] = os.fsencode(text).decode("utf-8")
-            except UnicodeError as e:
-                undecodable[i] = f"argument {i + 1}: not UTF-8 ({e.reason} at byte {e.start}); pass UTF-8 text"
-                texts[i] = ""
-    from seqship.runtime.bulk import json_line
-
-    errors = 0
-    for i, result in enumerate(predictor.predict(list(texts), top_k=top_k, errors="return")):
-        if i in undecodable or isinstance(result, (InputError, ModelOutputError)):
-            errors += 1
-            line = {"index": i, "text": texts[i], "error": undecodable.get(i) or str(result)}
-        else:
-            line = {"index": i, "text": texts[i], **result.to_dict()}
-        click.echo(json_line(line), nl=False)
+    if texts:
+        batch = scoring.decode_arguments(texts)
+    elif sys.stdin is None or getattr(sys.stdin, "buffer", None) is None:
+        raise click.UsageError("no texts: give TEXT arguments, --input FILE, or texts on stdin")
+    else:
+        batch = scoring.decode_lines(sys.stdin.buffer.read())
+    errors = scoring.write_results(predictor, batch, functools.partial(click.echo, nl=False), top_k)
     if errors:
-        raise click.ClickException(f"{errors} of {len(texts)} texts could not be scored")
+        raise click.ClickException(f"{errors} of {len(batch.texts)} texts could not be scored")
 
 
 def _predict_ray(
@@ -983,6 +924,8 @@ def _predict_ray(
         raise click.UsageError("--unicode-mismatch warn applies to --engine local")
     if not input_path.exists():
         raise click.BadParameter(f"{input_path}: no such file or folder", param_hint="--input")
+    from seqship.pipeline.predict import parse_providers
+    from seqship.pipeline.runs import require_bundle
     from seqship.runtime.ray import score_with_ray
 
     bar = click.progressbar(length=1, label="scoring on ray", file=sys.stderr)
@@ -993,7 +936,7 @@ def _predict_ray(
             bar.update(done - bar.pos)
 
         summary = score_with_ray(
-            _bundle_dir(bundle_dir),
+            require_bundle(bundle_dir),
             input_path,
             output_path,
             ray_address=ray_address,
@@ -1003,7 +946,7 @@ def _predict_ray(
             text_column=text_column,
             id_column=id_column,
             expected_sha256=expect_sha256,
-            providers=_providers(providers),
+            providers=parse_providers(providers),
             on_progress=progress,
         )
     click.echo(
@@ -1017,29 +960,6 @@ def _predict_ray(
         )
 
 
-def _bundle_dir(path: Path, option: str = "--bundle ") -> Path:
-    """The bundle folder; a run folder or an artifacts folder is answered with where its bundle is
-    (`option`: how the command takes the folder, for the hint)."""
-    if not (path / "manifest.json").exists():
-        for guess in (path / "bundle", *sorted(path.glob("*/bundle"))[:3]):
-            if (guess / "manifest.json").is_file():
-                raise SeqshipError(f"{path} is not a bundle (no manifest.json); did you mean {option}{guess}?")
-    return path
-
-
-MAX_TEXTS_FILE = 256 * 1024 * 1024
-
-
-def _read_texts(path: Path) -> list[str]:
-    """Non-blank lines of a UTF-8 file, or a SeqshipError naming the file and the fix."""
-    try:
-        if path.stat().st_size > MAX_TEXTS_FILE:
-            raise SeqshipError(f"{path}: over {MAX_TEXTS_FILE >> 20} MiB; pass a sample of texts")
-        return [t for t in path.read_text(encoding="utf-8").split("\n") if t.strip()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise SeqshipError(f"{path}: cannot be read as UTF-8 text ({str(e)[:120]}); pass one text per line") from None
-
-
 def _check_pin_env(given) -> None:
     """An empty SEQSHIP_EXPECT_SHA256 reads as unset to click: refuse it rather than silently not pinning."""
     if given is None and os.environ.get("SEQSHIP_EXPECT_SHA256", None) == "":
@@ -1051,21 +971,15 @@ def _check_pin_env(given) -> None:
 def _predict_file(
     predictor, input_path: Path, output_path: Path | None, fmt: str, top_k: int, text_column: str, id_column: str
 ):
-    from seqship.runtime.bulk import score_file
+    """Score --input into --output (with a progress bar), or to stdout as the lines are ready."""
+    from seqship.pipeline.predict import score_file
 
     ctx = click.get_current_context(silent=True)
     require_id = ctx is not None and ctx.get_parameter_source("id_column") is click.core.ParameterSource.COMMANDLINE
     kw = {"fmt": fmt, "top_k": top_k, "text_column": text_column, "id_column": id_column, "require_id": require_id}
-    if output_path is None:  # stream to stdout through a temporary file: output stays in input order
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "out.jsonl"
-            stats = score_file(predictor, input_path, out, **kw)
-            with open(out, encoding="utf-8") as f:
-                for line in f:
-                    click.echo(line, nl=False)
-        return stats
+    write = functools.partial(click.echo, nl=False)
+    if output_path is None:
+        return score_file(predictor, input_path, None, write, **kw)
     size = max(1, input_path.stat().st_size)
     with click.progressbar(length=size, label=f"scoring {input_path.name}", file=sys.stderr) as bar:
         done = [0]
@@ -1074,7 +988,7 @@ def _predict_file(
             bar.update(pos - done[0])
             done[0] = pos
 
-        stats = score_file(predictor, input_path, output_path, on_progress=progress, **kw)
+        stats = score_file(predictor, input_path, output_path, write, on_progress=progress, **kw)
     click.echo(f"{stats.scored} scored, {stats.errors} errors -> {output_path} ({predictor.provider})", err=True)
     return stats
 
@@ -1115,13 +1029,15 @@ def verify(bundle_dir: Path, texts_path: Path | None, as_json: bool, expect_sha2
       pipeline verify --bundle artifacts/names/bundle --texts names.txt
     """
     from seqship.exporters.parity import format_table
+    from seqship.pipeline.predict import read_texts
+    from seqship.pipeline.runs import require_bundle
     from seqship.pipeline.verify import verify_bundle
 
     _check_pin_env(expect_sha256)
 
     def work():
-        texts = _read_texts(texts_path) if texts_path is not None else None
-        return verify_bundle(_bundle_dir(bundle_dir), _verify_cfg(opts), texts, expected_sha256=expect_sha256)
+        texts = read_texts(texts_path) if texts_path is not None else None
+        return verify_bundle(require_bundle(bundle_dir), _verify_cfg(opts), texts, expected_sha256=expect_sha256)
 
     report = work()
     if as_json:
@@ -1178,20 +1094,11 @@ def bench(bundle_dir, texts_path, threads, repeats, latency_texts, bulk_texts, c
     Example:
       pipeline bench --bundle artifacts/names/bundle --json
     """
-    from seqship.pipeline.bench import BenchConfig, format_report, run_bench
+    from seqship.pipeline.bench import BenchConfig, bench_texts, format_report, run_bench
+    from seqship.pipeline.runs import require_bundle
 
     def work():
-        if texts_path is not None:
-            texts = _read_texts(texts_path)
-        else:
-            test = Path(bundle_dir).resolve().parent / "data" / "test.jsonl"
-            if not test.is_file():
-                raise SeqshipError(f"{test}: not found; pass --texts FILE (one text per line)")
-            from seqship.pipeline.data import read_split
-
-            texts = [t for t, _ in read_split(test.parent, "test")]
-        if not texts:
-            raise SeqshipError(f"{texts_path or test}: no texts to time; pass --texts FILE with one text per line")
+        texts = bench_texts(bundle_dir, texts_path)
         cfg = BenchConfig(
             threads=threads,
             repeats=repeats,
@@ -1200,7 +1107,7 @@ def bench(bundle_dir, texts_path, threads, repeats, latency_texts, bulk_texts, c
             cold_repeats=cold_repeats,
         )
         return run_bench(
-            _bundle_dir(Path(bundle_dir)),
+            require_bundle(Path(bundle_dir)),
             texts,
             cfg,
             progress=lambda msg: None if as_json else click.echo(msg + " ...", err=True),
@@ -1244,10 +1151,11 @@ def demo(bundle_dir: Path, host: str, port: int, ort_web: Path | None) -> None:
     Example:
       pipeline demo --bundle artifacts/names/bundle     # then open http://127.0.0.1:8000/
     """
+    from seqship.pipeline.runs import require_bundle
     from seqship.runtime.demo import make_server
 
     try:
-        server = make_server(_bundle_dir(bundle_dir), host, port, ort_web=ort_web)
+        server = make_server(require_bundle(bundle_dir), host, port, ort_web=ort_web)
     except (SeqshipError, OSError) as e:
         raise click.ClickException(str(e)) from None
     if not server.loopback_only:
@@ -1392,13 +1300,14 @@ def serve(
       pipeline serve --bundle artifacts/names/bundle --port 8000
       curl -s localhost:8000/predict -d '{"texts": ["Nguyen"], "top_k": 3}'
     """
+    from seqship.pipeline.predict import parse_providers
     from seqship.runtime.bundle import check_pin
     from seqship.runtime.serve import Limits, load_models
     from seqship.runtime.serve import serve as run_server
 
     for value in expect_sha256:  # a malformed pin is refused before any bundle is read
         check_pin(value)
-    models = load_models(list(bundles), list(expect_sha256), _providers(providers), unicode_mismatch)
+    models = load_models(list(bundles), list(expect_sha256), parse_providers(providers), unicode_mismatch)
     limits = Limits(
         max_batch=max_batch,
         max_delay_ms=max_delay_ms,
@@ -1455,10 +1364,11 @@ def serve(
 @errors_handled
 def inspect(bundle_dir: Path, as_json: bool) -> None:
     """Check a bundle (every file against its manifest, and Predictor.load's checks) and describe it."""
+    from seqship.pipeline.runs import require_bundle
     from seqship.runtime import Predictor
 
     # "verified" means what an application's load checks, not only the hashes
-    b = Predictor.load(_bundle_dir(bundle_dir, "pipeline inspect "), providers="cpu", unicode_mismatch="warn").bundle
+    b = Predictor.load(require_bundle(bundle_dir, "pipeline inspect "), providers="cpu", unicode_mismatch="warn").bundle
     if as_json:
         click.echo(
             json.dumps(

@@ -71,6 +71,27 @@ def init_from_env(device: str | None = "cpu") -> bool:
     return True
 
 
+def dispatch_rank(device: str | None = "cpu", threads: int | None = None) -> bool:
+    """Under torchrun: join the process group (left again at exit). Rank 0 goes on as the run (False); any
+    other rank trains its share of each batch with rank 0's splits and config, then is done (True). Outside
+    torchrun: False, and nothing is joined."""
+    import atexit
+
+    if not launched():
+        return False
+    init_from_env(device or "cpu")
+    atexit.register(shutdown)
+    rank, size = world()
+    if rank == 0:
+        log.info("training on %d processes (this one, rank 0, writes the run)", size)
+        return False
+    from seqship.pipeline.stages import follow_training
+
+    logging.getLogger("seqship").setLevel(logging.WARNING)  # rank 0 reports; the others say only what goes wrong
+    follow_training(threads)
+    return True
+
+
 def describe_failure(e: BaseException) -> str | None:
     """For an error that a collective raised because another rank of the job failed or vanished: a line
     that says so (torchrun's report names the rank that failed first); else None."""

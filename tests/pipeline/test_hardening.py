@@ -18,6 +18,7 @@ import pytest
 
 from seqship.runtime import fsio
 from tests.conftest import REPO, TINY, invoke
+from tests.pipeline.faults import held_at
 
 PIPELINE = [sys.executable, "-m", "seqship.pipeline.cli"]
 
@@ -203,11 +204,10 @@ def test_two_commands_on_one_run_cannot_interleave(tiny_run, tmp_path, data_dir)
         "1",
     ]
     first = subprocess.Popen(
-        [*PIPELINE, *map(str, args), "--json"],
+        [*held_at("train"), *map(str, args), "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=dict(os.environ, SEQSHIP_FAULT_PAUSE="train"),
         cwd=REPO,
     )
     try:

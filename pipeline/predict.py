@@ -1,0 +1,148 @@
+"""What `pipeline predict` does between parsing and printing: texts decoded from arguments or stdin as
+UTF-8 whatever the locale, scored by a bundle's Predictor, each result written as one JSON line as soon
+as it is ready (a file is scored in bounded memory by runtime.bulk).
+
+`pipeline predict` runs from a runtime-only install: this module imports neither torch nor any other
+training code (a test imports it with torch made unimportable).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from seqship.runtime.errors import InputError, ModelOutputError, SeqshipError
+
+Write = Callable[[str], None]  # receives output text, each JSON line with its newline
+
+MAX_TEXTS_FILE = 256 * 1024 * 1024  # --texts files of `verify` and `bench` are read whole
+
+
+@dataclass(frozen=True)
+class Texts:
+    """Texts to score, and why some of them could not be read (index -> message): those are scored as ""
+    and reported as errors, so that every input keeps its index."""
+
+    texts: list[str]
+    undecodable: dict[int, str]
+
+
+def parse_providers(value: str) -> str | list[str]:
+    """ "auto" / "cpu" / "cuda" as they are; anything else is a comma-separated list of provider names."""
+    if value.lower() in ("auto", "cpu", "cuda"):
+        return value.lower()
+    return [p.strip() for p in value.split(",") if p.strip()]
+
+
+def decode_arguments(args: Sequence[str]) -> Texts:
+    """Command-line arguments as UTF-8 whatever the locale (as stdin is read): Python hands bytes that are
+    not UTF-8 in the locale's encoding over as lone surrogates, which would be scored as text."""
+    texts, undecodable = list(args), {}
+    for i, text in enumerate(texts):
+        try:
+            texts[i] = os.fsencode(text).decode("utf-8")
+        except UnicodeError as e:
+            undecodable[i] = f"argument {i + 1}: not UTF-8 ({e.reason} at byte {e.start}); pass UTF-8 text"
+            texts[i] = ""
+    return Texts(texts, undecodable)
+
+
+def decode_lines(data: bytes) -> Texts:
+    """One text per line of UTF-8 bytes (stdin): CRLF or LF, a BOM at the start dropped, the final newline
+    (and blank lines after it) not a text; a line that is not UTF-8 gets an error, the rest is scored."""
+    lines = [line.rstrip(b"\r") for line in data.split(b"\n")]
+    while lines and lines[-1].strip() == b"":
+        lines.pop()
+    texts, undecodable = [], {}
+    for i, raw in enumerate(lines):
+        try:
+            texts.append(raw.decode("utf-8-sig" if i == 0 else "utf-8"))
+        except UnicodeDecodeError as e:
+            undecodable[i] = f"line {i + 1}: not UTF-8 ({e.reason} at byte {e.start}); send UTF-8 text"
+            texts.append("")
+    return Texts(texts, undecodable)
+
+
+def read_texts(path: Path) -> list[str]:
+    """Non-blank lines of a UTF-8 file, or a SeqshipError naming the file and the fix."""
+    try:
+        if path.stat().st_size > MAX_TEXTS_FILE:
+            raise SeqshipError(f"{path}: over {MAX_TEXTS_FILE >> 20} MiB; pass a sample of texts")
+        return [t for t in path.read_text(encoding="utf-8").split("\n") if t.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise SeqshipError(f"{path}: cannot be read as UTF-8 text ({str(e)[:120]}); pass one text per line") from None
+
+
+def load_predictor(
+    bundle: Path,
+    providers: str = "auto",
+    threads: int | None = None,
+    expected_sha256: str | None = None,
+    unicode_mismatch: str = "refuse",
+    top_k: int = 1,
+):
+    """The bundle's Predictor (the folder checked as `--bundle`), refusing a top_k above its label count."""
+    from seqship.pipeline.runs import require_bundle
+    from seqship.runtime import Predictor
+
+    predictor = Predictor.load(
+        require_bundle(bundle),
+        providers=parse_providers(providers),
+        intra_op_num_threads=threads,
+        expected_sha256=expected_sha256,
+        unicode_mismatch=unicode_mismatch,
+    )
+    if top_k > len(predictor.labels):
+        raise SeqshipError(
+            f"--top-k {top_k}: the bundle has only {len(predictor.labels)} labels; pass --top-k {len(predictor.labels)} or less"
+        )
+    return predictor
+
+
+def result_lines(predictor, texts: Texts, top_k: int = 1) -> Iterable[tuple[dict, bool]]:
+    """(JSON-ready line, whether it is an error) per text, in input order: the index, the text, and the
+    labels or the reason it could not be scored."""
+    for i, result in enumerate(predictor.predict(texts.texts, top_k=top_k, errors="return")):
+        text = texts.texts[i]
+        if i in texts.undecodable or isinstance(result, (InputError, ModelOutputError)):
+            yield {"index": i, "text": text, "error": texts.undecodable.get(i) or str(result)}, True
+        else:
+            yield {"index": i, "text": text, **result.to_dict()}, False
+
+
+def write_results(predictor, texts: Texts, write: Write, top_k: int = 1) -> int:
+    """Score the texts, writing one JSON line each; the number that could not be scored."""
+    from seqship.runtime.bulk import json_line
+
+    errors = 0
+    for line, failed in result_lines(predictor, texts, top_k):
+        errors += failed
+        write(json_line(line))
+    return errors
+
+
+def score_file(
+    predictor,
+    input_path: Path,
+    output_path: Path | None,
+    write: Write,
+    on_progress: Callable[[int, int], None] | None = None,
+    **options,
+):
+    """Score a file (runtime.bulk.score_file, `options` its own): into output_path, atomically, or with
+    none, written line by line in input order (through a temporary file, so memory stays bounded).
+    Returns bulk's stats."""
+    from seqship.runtime.bulk import score_file as bulk_score_file
+
+    if output_path is not None:
+        return bulk_score_file(predictor, input_path, output_path, on_progress=on_progress, **options)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out.jsonl"
+        stats = bulk_score_file(predictor, input_path, out, **options)
+        with open(out, encoding="utf-8") as f:
+            for line in f:
+                write(line)
+    return stats
