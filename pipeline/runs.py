@@ -328,7 +328,11 @@ def run_lock(run: Run) -> Iterator[None]:
 
 def _fault_pause(stage: str) -> None:
     """Fault injection for tests: SEQSHIP_FAULT_PAUSE=<stage> holds that stage for 60 s with its outputs
-    complete but not yet in place -- the worst moment to be killed."""
+    complete but not yet in place -- the worst moment to be killed.
+
+    TODO(remove): a test hook in a production path. Only tests/serving/test_faults.py still sets it; once it
+    starts its processes with tests.pipeline.faults.held_at(stage) (which patches the child instead),
+    delete this function, its call and FAULT_PAUSE_ENV."""
     if os.environ.get(FAULT_PAUSE_ENV) == stage:
         log.warning("%s=%s: pausing before the %s stage commits", FAULT_PAUSE_ENV, stage, stage)
         time.sleep(60)
