@@ -11,24 +11,25 @@ at most `max_line_bytes` each, whatever the file's size or its longest line.
 
 from __future__ import annotations
 
-import codecs
 import csv
-import json
-import math
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Iterator
 
 from seqship.runtime.errors import InputError, ModelOutputError, SeqshipError
 from seqship.runtime.fsio import atomic_write, sweep_partials
-from seqship.runtime.jsonio import json_kind, json_line, json_text  # noqa: F401 (json_text: serve/app imports it here)
+from seqship.runtime.jsonio import json_kind, json_line, json_text  # noqa: F401 (imported from here too)
 from seqship.runtime.predictor import Predictor
+from seqship.runtime.textio import (
+    MAX_LINE_BYTES,
+    escaping_decoder,
+    line_records,
+    not_utf8,
+    table_reader,
+)
 
 FORMATS = ("auto", "jsonl", "lines", "csv", "tsv")
-MAX_LINE_BYTES = 64 * 1024 * 1024  # one input row, at most; a longer one gets an error line
-_SKIP_BLOCK = 1 << 20
 
 
 @dataclass
@@ -40,13 +41,6 @@ class BulkStats:
     errors: int = 0  # rows answered with {"error": ...}
 
 
-def _valid_id(value) -> bool:
-    """An id is copied to the output as is: a JSON string, a finite number, true/false or null."""
-    if isinstance(value, float):
-        return math.isfinite(value)
-    return value is None or isinstance(value, (str, int, bool))
-
-
 def resolve_format(path: Path, fmt: str) -> str:
     """`auto` becomes jsonl for .jsonl/.ndjson, csv for .csv, tsv for .tsv, else lines."""
     if fmt not in FORMATS:
@@ -56,86 +50,11 @@ def resolve_format(path: Path, fmt: str) -> str:
     return {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv"}.get(path.suffix.lower(), "lines")
 
 
-def _raw_lines(f: IO[bytes], max_bytes: int) -> Iterator[tuple[int, bytes | None]]:
-    """(bytes read so far, line without its newline) per line, or None for a line over max_bytes,
-    whose rest is skipped without being held in memory."""
-    pos = 0  # counted, not f.tell(): a pipe (--input /dev/stdin) cannot tell
-    while True:
-        raw = f.readline(max_bytes + 1)
-        if not raw:
-            return
-        pos += len(raw)
-        if len(raw) > max_bytes and not raw.endswith(b"\n"):
-            while True:  # skip to the end of this line, a block at a time
-                block = f.readline(_SKIP_BLOCK)
-                pos += len(block)
-                if not block or block.endswith(b"\n"):
-                    break
-            yield pos, None
-            continue
-        yield pos, raw.rstrip(b"\n").rstrip(b"\r")
-
-
-def _text_of(obj, n: int, text_column: str, id_column: str | None) -> dict:
-    """A JSONL record: the text (and id) it carries, or an error naming the line."""
-    if isinstance(obj, str):
-        return {"text": obj}
-    if not isinstance(obj, dict):
-        return {"error": f"line {n}: expected a JSON string or an object with a {text_column!r} key"}
-    rec = {}
-    if id_column in obj:
-        if not _valid_id(obj[id_column]):
-            return {"error": f"line {n}: {id_column!r} must be a JSON string or a finite number"}
-        rec["id"] = obj[id_column]  # kept on an error row too, so that the caller can match it to its input
-    if text_column not in obj:
-        return rec | {"error": f"line {n}: expected a JSON string or an object with a {text_column!r} key"}
-    text = obj[text_column]
-    if not isinstance(text, str):
-        return rec | {"error": f"line {n}: {text_column!r} is {json_kind(text)}, not a string"}
-    return rec | {"text": text}
-
-
 def _line_records(
     path: Path, fmt: str, text_column: str, id_column: str | None, max_bytes: int
 ) -> Iterator[tuple[int, dict]]:
     with open(path, "rb") as f:
         yield from line_records(f, fmt, text_column, id_column, max_bytes)
-
-
-def line_records(
-    f: IO[bytes],
-    fmt: str,
-    text_column: str,
-    id_column: str | None,
-    max_bytes: int = MAX_LINE_BYTES,
-    first_line: int = 1,
-) -> Iterator[tuple[int, dict]]:
-    """(bytes read so far, record) per line of a binary file of `lines` or `jsonl`, from where it stands;
-    `first_line` is the number of the line there (a part of a larger file: errors name the file's line)."""
-    for n, (pos, raw) in enumerate(_raw_lines(f, max_bytes), first_line):
-        if raw is None:
-            yield pos, {"error": f"line {n}: longer than {max_bytes:,} bytes; split it or shorten it"}
-            continue
-        try:
-            line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
-        except UnicodeDecodeError as e:
-            yield pos, {"error": f"line {n}: not UTF-8 ({e.reason} at byte {e.start}); re-encode the file as UTF-8"}
-            continue
-        if fmt == "lines":
-            yield pos, {"text": line}
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            yield pos, {"error": f"line {n}: not JSON ({e.msg} at column {e.colno})"}
-            continue
-        except RecursionError:
-            yield pos, {"error": f"line {n}: JSON nested too deeply to read"}
-            continue
-        except ValueError as e:  # e.g. an integer of more digits than Python converts
-            yield pos, {"error": f"line {n}: JSON value out of range ({str(e)[:80]})"}
-            continue
-        yield pos, _text_of(obj, n, text_column, id_column)
 
 
 class _LineReader:
@@ -144,9 +63,7 @@ class _LineReader:
 
     def __init__(self, f: IO[bytes], path: Path, max_bytes: int):
         self.f, self.path, self.max_bytes, self.line, self.pos = f, path, max_bytes, 0, 0
-        # Bytes that are not UTF-8 become lone surrogates here, so that the row holding them gets an error
-        # line (_not_utf8) and the rest of the table is still read.
-        self.decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="surrogateescape")
+        self.decoder = escaping_decoder()  # a row holding bytes that are not UTF-8 gets an error line
 
     def __iter__(self):
         return self
@@ -167,31 +84,20 @@ class _LineReader:
         return self.decoder.decode(raw, final=not raw.endswith(b"\n"))
 
 
-_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of a byte that is not UTF-8
-
-
-def _not_utf8(value: str) -> bool:
-    """Whether a field decoded with surrogateescape held bytes that are not UTF-8 (a regex: this runs per row)."""
-    return _ESCAPED_BYTE.search(value) is not None
-
-
 def _table_records(
     path: Path, fmt: str, text_column: str, id_column: str | None, max_bytes: int, require_id: bool = False
 ) -> Iterator[tuple[int, dict]]:
-    csv.field_size_limit(max(csv.field_size_limit(), max_bytes))
-    # As the training data reader reads them: CSV strictly (a quote out of place is an error, never a
-    # field that silently swallows the following rows), TSV without quoting.
-    dialect = {"delimiter": ",", "strict": True} if fmt == "csv" else {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
+    field_limit = max(csv.field_size_limit(), max_bytes)
     with open(path, "rb") as f:
         lines = _LineReader(f, path, max_bytes)
-        reader = csv.reader(lines, **dialect)
+        reader = table_reader(lines, fmt, field_limit)  # as the training data reader reads a table
         try:
             header = next(reader, None)
         except (csv.Error, UnicodeDecodeError) as e:
             raise InputError(f"{path}: the header row cannot be read as {fmt.upper()} ({str(e)[:120]})") from None
         if header is None:
             return
-        if any(_not_utf8(h) for h in header):
+        if any(not_utf8(h) for h in header):
             raise InputError(f"{path}: the header row is not UTF-8; re-encode the file as UTF-8")
         if text_column not in header:
             raise InputError(f"{path}: no column {text_column!r} in the header {header[:20]}; pass --text-column NAME")
@@ -223,11 +129,11 @@ def _table_records(
                 row_no -= 1
                 continue
             has_id = i is not None and i < len(row)
-            bad_id = has_id and _not_utf8(row[i])
+            bad_id = has_id and not_utf8(row[i])
             rec: dict = {"id": row[i]} if has_id and not bad_id else {}
             if t >= len(row):
                 rec["error"] = f"row {row_no}: has {len(row)} fields, no {text_column!r} column"
-            elif bad_id or _not_utf8(row[t]):
+            elif bad_id or not_utf8(row[t]):
                 what = "id" if bad_id else "text"
                 rec["error"] = (
                     f"row {row_no} (line {reader.line_num}): the {what} is not UTF-8; re-encode the file as UTF-8"

@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from seqship.runtime import __version__
-from seqship.runtime.bulk import _valid_id, json_line, json_text, line_records
 from seqship.runtime.errors import InputError, ModelOutputError, SeqshipError
 from seqship.runtime.fsio import describe_os_error, replace_dir, sweep_partials, temp_dir, write_json_atomic
+from seqship.runtime.jsonio import json_line, json_text
+from seqship.runtime.textio import line_records, valid_id
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def plan_file(
     """The read tasks of one file, as (start, end, first_row, rows): byte ranges that end at line ends (a
     text file), or row-group ranges (Parquet), of about rows_per_task rows or bytes_per_task bytes each, so
     that one large file is read, and scored, in parallel. The rows are counted as the readers will make
-    them (a line of runtime.bulk's readers, a Parquet row), and the driver checks the output against them."""
+    them (a line of runtime.textio's line_records, a Parquet row), and the driver checks the output against them."""
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -214,7 +215,7 @@ def read_task_rows(
             texts = batch.column(0).to_pylist()
             ids = batch.column(1).to_pylist() if has_id else [None] * len(texts)
             for text, id_ in zip(texts, ids):
-                if id_ is not None and not _valid_id(id_):
+                if id_ is not None and not valid_id(id_):
                     out.append(
                         (
                             file_no,

@@ -19,20 +19,19 @@ import io
 import json
 import logging
 import os
-import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from seqship.pipeline.data.registry import DataError
-from seqship.runtime.bulk import json_kind
+from seqship.runtime.jsonio import json_kind
+from seqship.runtime.textio import MAX_LINE_BYTES, decode_utf8, lone_surrogate, table_reader
+from seqship.runtime.textio import split_lines as lines
 
 log = logging.getLogger(__name__)
 
-# Python's csv module stops at 128 KiB a field. Real texts (a whole review, an article) can be larger;
-# a field larger than this is almost always a quote left open that swallowed the rest of the file.
-CSV_FIELD_LIMIT = 64 << 20
+CSV_FIELD_LIMIT = MAX_LINE_BYTES  # a table field, at most, as bulk scoring reads one (see runtime.textio)
 
 # The version of how files are read into rows: part of the data stage's inputs, so a run read by earlier
 # rules is read again (2: duplicate column names refused; label folders skip hidden files, read .TXT, strip
@@ -92,21 +91,12 @@ def decode(path: Path) -> str:
     except OSError as e:
         raise DataError(f"{path}: cannot read it ({e.strerror or e}); check that it exists and is readable") from None
     try:
-        return raw.decode("utf-8-sig")
+        return decode_utf8(raw)
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise DataError(
             f"{path}, line {line}: bytes that are not UTF-8 ({e.reason}); re-save the file as UTF-8"
         ) from None
-
-
-def lines(text: str) -> list[str]:
-    """The text's lines, split on "\\n" only (a final "\\r" dropped); a file with "\\r" line ends and no
-    "\\n" at all (classic Mac) is split on "\\r"."""
-    # str.splitlines() also breaks on U+0085 and U+2028, which occur inside real texts.
-    if "\n" not in text and "\r" in text.rstrip("\r"):
-        return text.split("\r")
-    return [line.rstrip("\r") for line in text.split("\n")]
 
 
 def label_files_in(folder: Path) -> list[Path]:
@@ -168,14 +158,10 @@ def _label(value: str, where: str, issues: RowIssues) -> str | None:
     return nfc
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
 def _no_lone_surrogate(value: str, field: str, where: str) -> None:
     """JSON's \\ud800-style escapes can spell half a character, which is not text (and cannot be written as UTF-8)."""
-    found = _SURROGATE.search(value)  # a regex: this runs on every text of a JSONL file
-    if found is not None:
-        bad = found.group()
+    bad = lone_surrogate(value)
+    if bad is not None:
         raise DataError(
             f"{where}: the {field} field holds a lone surrogate (\\u{ord(bad):04x}, half of a UTF-16 pair), "
             "not text; fix the escape (a character beyond U+FFFF is written as two \\u escapes) or drop the row"
@@ -264,11 +250,7 @@ def read_csv(path: Path, text_column: str, label_column: str, issues: RowIssues 
     """(text, label) rows from a CSV or TSV file with a header; a broken quote or an oversized field is a DataError."""
     issues = issues if issues is not None else RowIssues()
     tsv = path.suffix.lower() == ".tsv"
-    # TSV files in the wild carry stray quotes inside texts: read them without CSV quoting. CSV is read
-    # strictly, so that a quote out of place is an error on its line, not a text that silently swallows lines.
-    dialect = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if tsv else {"delimiter": ",", "strict": True}
-    csv.field_size_limit(CSV_FIELD_LIMIT)  # process-wide in the csv module: set on every read, so it is always this
-    reader = csv.reader(io.StringIO(decode(path), newline=""), **dialect)
+    reader = table_reader(io.StringIO(decode(path), newline=""), "tsv" if tsv else "csv", CSV_FIELD_LIMIT)
     rows: list[tuple[str, str]] = []
     start = 1  # the line where the record being read begins (a quoted field may span several lines)
     try:
