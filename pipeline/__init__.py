@@ -28,6 +28,6 @@ def pin_blas_for_reproducibility() -> bool:
         os.environ["MKL_CBWR"] = "AVX2" if avx2 else "COMPATIBLE"
     # OpenMP threads that wait for a core they do not get spin by default: with one busy process beside
     # it, 2-thread training on 2 cores ran 3.3x slower (31x in an earlier measurement); passive waiting
-    # made it 0.9x (README, "Training on a busy machine"). Read when libgomp loads, like MKL_CBWR.
+    # made it 0.9x (pipeline/bench/README.md, "Training on a busy machine"). Read when libgomp loads, like MKL_CBWR.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return True

@@ -194,7 +194,7 @@ def class_weights(y: np.ndarray, num_labels: int, kind: str) -> np.ndarray | Non
 def default_threads() -> int:
     """Training threads when --threads is not given: 1.
 
-    Measured on 2 cores (README, "Training on a busy machine"): these models are small, so a second
+    Measured on 2 cores (pipeline/bench/README.md, "Training on a busy machine"): these models are small, so a second
     thread buys little when the machine is idle, and costs many times over when another process holds
     a core, because OpenMP's threads wait at every step for the one that is not running.
     """

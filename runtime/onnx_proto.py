@@ -4,7 +4,7 @@ It answers two questions before onnxruntime ever sees a model: what `metadata_pr
 tokenizer hash a seqship model was exported with), and whether any tensor, anywhere in the model, points
 at external data (a file outside model.onnx that the bundle's manifest never hashed).
 
-The same reader, message for message, is runtime/js/src/onnx_proto.js; tests/test_onnx_proto.py holds
+The same reader, message for message, is runtime/js/src/onnx_proto.js; tests/runtime/test_onnx_proto.py holds
 the two to identical answers (and identical error messages) on the same files.
 
 Field numbers, from onnx/onnx.proto (proto2, as onnxruntime compiles it):

@@ -48,7 +48,7 @@ def invoke(*args, env=None):
 def tiny_run(tmp_path_factory, data_dir):
     """`pipeline run all --json` on the real names data with a tiny model; returns (artifacts_dir, summary)."""
     artifacts = tmp_path_factory.mktemp("artifacts")
-    # --no-baseline: the linear baseline on all of names takes ~45 s; tests/test_baseline.py runs it on a subset
+    # --no-baseline: the linear baseline on all of names takes ~45 s; tests/pipeline/test_baseline.py runs it on a subset
     result = invoke(
         "run",
         "all",

@@ -120,7 +120,7 @@ REGISTRY: dict[str, Dataset] = {
         # A cosine schedule over 10 epochs: validation macro-F1 0.882 against 0.876 for the plateau schedule, test
         # 0.9007 / 0.8864 against 0.8973 / 0.8827, in 98 s against 172 s (`python -m seqship.pipeline.experiments.sweep --dataset waimai`).
         # Then E=128, H=256 over three seeds: validation 0.8839 ± 0.0035 against 0.8781 ± 0.0031, test 0.9057 / 0.8927
-        # against 0.8987 / 0.8846 (means), in 4.5 minutes (README, "Three seeds").
+        # against 0.8987 / 0.8846 (means), in 4.5 minutes (pipeline/experiments/README.md, "Three seeds").
         train_defaults=(
             ("max_length", 128),
             ("pooling", "max"),

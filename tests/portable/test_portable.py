@@ -28,7 +28,7 @@ N_TEXTS = 1000
 TYPED = 20
 # Tolerances per runtime, |a - b| <= atol + rtol * |eager|. onnxruntime-node/-web and libtorch are
 # held to the gate's 1e-5. WebAssembly runs the same graph with its own SIMD kernels; measured max
-# |diff| on this model was below 1e-5 as well, so it gets no looser bound (see the README).
+# |diff| on this model was below 1e-5 as well, so it gets no looser bound (see docs/portable.md).
 TOL = {"python": 1e-5, "node": 1e-5, "browser": 1e-5, "cpp": 1e-5}
 
 
