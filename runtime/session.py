@@ -38,7 +38,11 @@ def resolve_providers(providers: str | Sequence[str] | None = "auto") -> list[st
             raise ProviderError(f"providers must be a non-empty list of names, got {providers!r}")
     missing = [p for p in wanted if p not in available]
     if missing:
-        hint = " (install onnxruntime-gpu in place of onnxruntime, see docs/pipeline.md, "Installing")" if CUDA in missing else ""
+        hint = (
+            " (onnxruntime-gpu must replace onnxruntime: pip uninstall -y onnxruntime && pip install onnxruntime-gpu)"
+            if CUDA in missing
+            else ""
+        )
         raise ProviderError(
             f"execution provider(s) {missing} not available in this onnxruntime{hint}; available: {available}"
         )
