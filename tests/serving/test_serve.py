@@ -400,7 +400,9 @@ def test_metrics_count_requests_errors_latency_and_batch_sizes(server):
 
 
 def _batcher(local, **limits):
-    from seqship.runtime.serve.app import Batcher, Limits, Metrics, Served
+    from seqship.runtime.serve.batching import Batcher
+    from seqship.runtime.serve.metrics import Metrics
+    from seqship.runtime.serve.protocol import Limits, Served
 
     metrics = Metrics()
     served = Served("names", Path("."), local)
@@ -445,7 +447,7 @@ def test_a_request_larger_than_max_batch_is_a_batch_of_its_own(local, surnames):
 
 
 def test_a_full_queue_and_a_timeout_are_503s_and_a_timed_out_request_is_not_scored(local, surnames):
-    from seqship.runtime.serve.app import HTTPError
+    from seqship.runtime.serve.protocol import HTTPError
 
     batcher, metrics = _batcher(local, max_queue_texts=4, timeout_s=0.05)
 

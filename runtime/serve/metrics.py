@@ -1,0 +1,131 @@
+"""Prometheus metrics, and the ASGI middleware that records them for every HTTP request.
+
+prometheus_client loads when a server builds its `Metrics`, never on import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from seqship.runtime.serve.protocol import CLIENT_CLOSED, dumps
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    """Prometheus metrics in a registry of the server's own (two servers in one process do not mix)."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+
+        self.registry = r = CollectorRegistry()
+        ProcessCollector(registry=r)
+        self.requests = Counter(
+            "seqship_requests", "HTTP requests answered, by endpoint and status code.", ["endpoint", "code"], registry=r
+        )
+        self.errors = Counter(
+            "seqship_request_errors",
+            "Requests answered with a status of 400 or more.",
+            ["endpoint", "code"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "seqship_request_duration_seconds",
+            "Time from request to the end of its answer.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.texts = Counter(
+            "seqship_texts", "Texts answered, by model and outcome (scored or error).", ["model", "outcome"], registry=r
+        )
+        self.batch_texts = Histogram(
+            "seqship_batch_texts",
+            "Texts per scored batch (dynamic batching).",
+            ["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "seqship_batch_duration_seconds", "Time to score one batch.", ["model"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.queue = Gauge("seqship_queue_texts", "Texts waiting to be batched.", ["model"], registry=r)
+        self.rejected = Counter(
+            "seqship_rejected", "Requests refused because the queue was full.", ["model"], registry=r
+        )
+        self.in_flight = Gauge("seqship_requests_in_flight", "Requests accepted and not yet answered.", registry=r)
+
+
+def endpoint_of(path: str) -> str:
+    """A bounded label for a request path (never the raw path: that would let callers mint label values)."""
+    if path.startswith("/v2/models/"):
+        tail = path.rstrip("/").rsplit("/", 1)[-1]
+        return {"infer": "infer", "ready": "model_ready"}.get(tail, "model_metadata")
+    return {
+        "/v2/health/live": "live",
+        "/v2/health/ready": "ready",
+        "/v2": "server_metadata",
+        "/predict": "predict",
+        "/metrics": "metrics",
+        "/": "index",
+    }.get(path.rstrip("/") or "/", "other")
+
+
+class Accounting:
+    """ASGI middleware: counts, times and labels every HTTP request, and keeps the tally the drain reports.
+
+    A request whose handler is cancelled before it answered (the drain timed out, or a second signal forced
+    the exit) is answered here with 503 and Retry-After, and counted as cut off.
+    """
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+        self.accepted = self.answered = self.cut_off = 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        self.accepted += 1
+        self.metrics.in_flight.inc()
+        started, endpoint, status = time.perf_counter(), endpoint_of(scope["path"]), [0]
+
+        async def counted_send(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                self.answered += 1
+                code = str(status[0])
+                self.metrics.requests.labels(endpoint, code).inc()
+                if status[0] >= 400 and status[0] != CLIENT_CLOSED:
+                    self.metrics.errors.labels(endpoint, code).inc()
+                self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+
+        try:
+            await self.app(scope, receive, counted_send)
+        except asyncio.CancelledError:
+            if status[0]:
+                raise
+            self.cut_off += 1
+            body = dumps(
+                {
+                    "error": "the server stopped before this request was answered (it was draining and "
+                    "--drain-timeout-s ran out, or a second signal forced the exit); retry it"
+                }
+            )
+            await counted_send(
+                {
+                    "type": "http.response.start",
+                    "status": 503,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        (b"retry-after", b"1"),
+                        (b"connection", b"close"),
+                    ],
+                }
+            )
+            await counted_send({"type": "http.response.body", "body": body})
+        finally:
+            self.metrics.in_flight.dec()

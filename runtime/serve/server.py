@@ -1,0 +1,225 @@
+"""The server's life: bundles loaded and verified, the socket bound, Uvicorn run, signals turned into a drain.
+
+Uvicorn (the `serve` extra) loads when `serve` runs, never on import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from seqship.runtime.errors import SeqshipError
+from seqship.runtime.predictor import Predictor
+from seqship.runtime.serve.app import build_app
+from seqship.runtime.serve.metrics import Metrics
+from seqship.runtime.serve.protocol import Limits, Served
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a model name: one URL path segment, no escaping
+
+
+class ServeError(SeqshipError):
+    """A server that cannot start: a bad --bundle, a name used twice, a port in use."""
+
+
+def parse_bundle_option(value: str) -> tuple[str | None, Path]:
+    """`DIR` or `NAME=DIR` (a name is letters, digits, `_`, `.`, `-`; a path with `=` in it: use NAME=DIR)."""
+    name, sep, path = value.partition("=")
+    if sep and NAME.fullmatch(name):
+        return name, Path(path)
+    return None, Path(value)
+
+
+def model_name(bundle: Path, predictor: Predictor) -> str:
+    """The manifest's run name when it is a valid model name, else the folder above `bundle/`, else 'model'."""
+    candidates = [
+        predictor.bundle.manifest.get("name") if predictor.bundle else None,
+        bundle.resolve().parent.name if bundle.name == "bundle" else bundle.resolve().name,
+    ]
+    for c in candidates:
+        if isinstance(c, str) and NAME.fullmatch(c):
+            return c
+    return "model"
+
+
+def load_models(bundles: list[str], expect_sha256: list[str], providers, unicode_mismatch: str) -> dict[str, Served]:
+    """Load and verify every --bundle (Predictor.load's checks) before anything listens."""
+    if expect_sha256 and len(expect_sha256) != len(bundles):
+        raise ServeError(
+            f"{len(expect_sha256)} --expect-sha256 for {len(bundles)} --bundle: give one per bundle, "
+            "in the same order (or none)"
+        )
+    models: dict[str, Served] = {}
+    for i, value in enumerate(bundles):
+        name, path = parse_bundle_option(value)
+        if not (path / "manifest.json").exists():
+            raise ServeError(
+                f"--bundle {value}: {path} holds no manifest.json; pass a bundle folder "
+                "(a run's bundle/), optionally as NAME=DIR"
+            )
+        predictor = Predictor.load(
+            path,
+            providers=providers,
+            intra_op_num_threads=1,
+            expected_sha256=expect_sha256[i] if expect_sha256 else None,
+            unicode_mismatch=unicode_mismatch,
+        )
+        name = name or model_name(path, predictor)
+        if name in models:
+            raise ServeError(
+                f"two bundles are named {name!r} ({models[name].path} and {path}); "
+                f"name them: --bundle a={models[name].path} --bundle b={path}"
+            )
+        models[name] = Served(name, path, predictor)
+    return models
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening-ready socket on host:port (port 0: any free one)."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as e:
+        raise ServeError(f"--host {host!r}: cannot be resolved ({e.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        raise ServeError(
+            f"cannot listen on {host}:{port}: {e.strerror}; pick another --port (0: any free one)"
+        ) from None
+    return sock
+
+
+def serve(
+    models: dict[str, Served],
+    host: str,
+    port: int,
+    limits: Limits,
+    *,
+    access_log: bool = False,
+    on_ready: Callable[[str], None] = print,
+    verbose: bool = False,
+) -> dict:
+    """Serve until SIGTERM or SIGINT, then drain; returns the tally (accepted, answered, cut_off, ...).
+
+    Meant to end the process: SIGINT and SIGTERM are left ignored when it returns."""
+    import uvicorn
+
+    metrics = Metrics()
+    state = {"draining": False}
+    app = build_app(models, limits, metrics, state)
+    sock = bind(host, port)
+    bound = sock.getsockname()
+    shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+    url = f"http://{shown}:{bound[1]}"
+
+    class Server(uvicorn.Server):
+        """Uvicorn's server, plus: the application learns it drains (readiness 503), --drain-delay-s keeps
+        accepting for a while first, a connection that has not sent its first request's headers within
+        --timeout-s is closed, and a drain ends in exit 0 (uvicorn itself re-raises the signal once it has
+        shut down, which would end the process with 143)."""
+
+        def __init__(self, config):
+            super().__init__(config)
+            self.opened: dict = {}  # connection -> when it was first seen
+
+        def handle_exit(self, sig, frame):
+            first = not state["draining"]
+            if first:
+                state["draining"] = True
+                state["drain_started"] = time.monotonic()
+                in_flight = app.accepted - app.answered
+
+                def announce():  # not from inside the signal handler: it may have interrupted a write to stderr
+                    delay = f"; accepting for {limits.drain_delay_s:g} s more" if limits.drain_delay_s else ""
+                    print(
+                        f"{signal.Signals(sig).name}: draining ({in_flight} requests in flight{delay})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    if limits.drain_delay_s:
+                        asyncio.get_running_loop().call_later(limits.drain_delay_s, setattr, self, "should_exit", True)
+
+                try:
+                    asyncio.get_running_loop().call_soon_threadsafe(announce)
+                except RuntimeError:  # before the event loop runs
+                    pass
+                else:
+                    if limits.drain_delay_s:
+                        return
+            super().handle_exit(sig, frame)
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            for s in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(s, self.handle_exit)
+            try:
+                yield
+            finally:  # the process is ending: a late signal must not turn a clean drain into exit 143 (SIG_IGN:
+                for s in (signal.SIGINT, signal.SIGTERM):  # a Python handler is reset when the interpreter exits)
+                    signal.signal(s, signal.SIG_IGN)
+
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            if self.started:
+                on_ready(url)
+
+        async def on_tick(self, counter):
+            if counter % 10 == 0:
+                now, live = time.monotonic(), self.server_state.connections
+                for conn in list(live):
+                    first = self.opened.setdefault(conn, now)
+                    # uvicorn closes idle keep-alive connections, never one that has sent no complete request yet
+                    if getattr(conn, "cycle", False) is None and now - first > limits.timeout_s:
+                        transport = getattr(conn, "transport", None)
+                        if transport is not None:
+                            transport.close()
+                for conn in [c for c in self.opened if c not in live]:
+                    del self.opened[conn]
+            return await super().on_tick(counter)
+
+    config = uvicorn.Config(
+        app,
+        access_log=access_log,
+        log_config=None,
+        log_level="info" if verbose else "warning",
+        timeout_graceful_shutdown=limits.drain_timeout_s,
+        lifespan="on",
+        server_header=False,
+        timeout_keep_alive=30,
+    )
+    if access_log:  # after Config, which sets uvicorn's loggers to log_level
+        access = logging.getLogger("uvicorn.access")
+        access.handlers[:] = [logging.StreamHandler(sys.stderr)]
+        access.setLevel(logging.INFO)
+        access.propagate = False
+    server = Server(config)
+    started = time.monotonic()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    drain = time.monotonic() - state["drain_started"] if "drain_started" in state else None
+    return {
+        "accepted": app.accepted,
+        "answered": app.answered,
+        "cut_off": app.cut_off,
+        "connections_cut": len(server.server_state.connections),
+        "seconds": time.monotonic() - started,
+        "drain_seconds": drain,
+    }
