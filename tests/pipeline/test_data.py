@@ -534,7 +534,7 @@ print(locate(DataConfig(dataset="waimai"), cache_dir=sys.argv[1]))
 def leave_a_dead_writers_partial(cache):
     """A cache temporary from a process that then died without cleaning up, as a killed download leaves it."""
     code = (
-        "import sys; from runtime.fsio import temp_dir; p = temp_dir(sys.argv[1], 'waimai'); "
+        "import sys; from seqship.runtime.fsio import temp_dir; p = temp_dir(sys.argv[1], 'waimai'); "
         "(p / 'waimai_10k.csv').write_text('half'); print(p)"
     )
     out = subprocess.run([sys.executable, "-c", code, str(cache)], cwd=REPO, capture_output=True, text=True, check=True)

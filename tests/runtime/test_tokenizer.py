@@ -345,7 +345,7 @@ def test_a_huge_text_costs_its_own_string_and_not_its_tokens():
     """RSS of a fresh process encoding a 200 MB text grows by about the text itself, not by its tokens."""
     code = (
         "import resource, sys\n"
-        "from runtime.tokenizer import Tokenizer, TokenizerSpec\n"
+        "from seqship.runtime.tokenizer import Tokenizer, TokenizerSpec\n"
         "tok = Tokenizer(TokenizerSpec(vocab=('<pad>', '<unk>', 'a', 'b'), max_length=64, type=sys.argv[1]))\n"
         "text = ('ab ' * 70_000_000)\n"  # 210 MB of ASCII (1 byte per code point in CPython)
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"

@@ -369,7 +369,7 @@ def test_without_the_ray_extra_it_says_how_to_install_it(bundle, inputs, tmp_pat
         "        if name.split('.')[0] in ('ray', 'pyarrow'):\n"
         "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "from pipeline.cli import main\n"
+        "from seqship.pipeline.cli import main\n"
         "sys.argv[0] = 'pipeline'\n"
         "main()\n"
     )

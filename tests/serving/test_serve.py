@@ -526,7 +526,7 @@ def test_without_the_serve_extra_serve_says_how_to_install_it(bundle, tmp_path):
         "        if name.split('.')[0] in ('starlette', 'uvicorn', 'prometheus_client'):\n"
         "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "from pipeline.cli import main\n"
+        "from seqship.pipeline.cli import main\n"
         "sys.argv[0] = 'pipeline'\n"
         "main()\n"
     )
