@@ -101,19 +101,29 @@ def _run_python_engine(name: str, model: Path, batches: list[dict], work: Path) 
     return _run(cmd, out, name)
 
 
-def _run_js_engine(name: str, model: Path, batches: list[dict], work: Path) -> dict:
+def js_engine_unavailable(name: str, js_dir: str | os.PathLike | None = None) -> str | None:
+    """Why a JavaScript engine cannot run here, with the command that adds it; None when it can."""
+    js_dir = Path(js_dir) if js_dir is not None else JS_DIR
+    npm_ci = f"npm ci --prefix {'runtime/js' if js_dir == JS_DIR else js_dir} --ignore-scripts"
+    if shutil.which("node") is None:
+        return f"node is not installed: add Node.js 18+ and the engine with `sudo apt-get install -y nodejs npm && {npm_ci}`"
+    package = js_dir / "node_modules" / name
+    if not package.is_dir():
+        return f"{package} is missing: add it with `{npm_ci}`"
+    return None
+
+
+def _run_js_engine(name: str, model: Path, batches: list[dict], work: Path, js_dir: Path | None = None) -> dict:
     backend = {"onnxruntime-node": "node", "onnxruntime-web": "wasm"}[name]
-    package = JS_DIR / "node_modules" / name
-    if shutil.which("node") is None or not package.is_dir():
-        return {
-            "skipped": f"{'node is not installed' if shutil.which('node') is None else f'{package} is missing'}: "
-            "npm ci --prefix runtime/js --ignore-scripts"
-        }
+    why = js_engine_unavailable(name, js_dir)
+    if why is not None:
+        return {"skipped": why}
+    js_dir = js_dir if js_dir is not None else JS_DIR
     inp, out = work / f"{name}.in.json", work / f"{name}.out.json"
     inp.write_text(
         json.dumps({"batches": [{"ids": b["ids"].tolist(), "lengths": b["lengths"].tolist()} for b in batches]})
     )
-    cmd = ["node", str(JS_DIR / "tools" / "engine_run.mjs"), backend, str(model), str(inp), str(out)]
+    cmd = ["node", str(js_dir / "tools" / "engine_run.mjs"), backend, str(model), str(inp), str(out)]
     return _run(cmd, out, name)
 
 
@@ -152,9 +162,12 @@ def engine_gate(
     atol: float,
     rtol: float,
     engines: Sequence[str] | None = None,
+    js_dir: str | os.PathLike | None = None,
 ) -> dict:
     """Run `model` in every engine and compare with `reference`: per engine loads, dynamic shapes,
-    max abs/rel difference, padded == alone, label agreement (outside near ties)."""
+    max abs/rel difference, padded == alone, label agreement (outside near ties). An engine that is not
+    installed is listed under "skipped" with the command that adds it. `js_dir`: the folder whose
+    node_modules holds the JavaScript engines (default: the checkout's runtime/js)."""
     model = Path(model).resolve()  # the engines run in worker processes whose working folder is the checkout
     batches, index = _batches(probes, test_ids, pad_id)
     ref = [reference(b["ids"], b["lengths"]) for b in batches]
@@ -162,8 +175,10 @@ def engine_gate(
     results, skipped = [], []
     with tempfile.TemporaryDirectory(prefix="seqship-engines-") as tmp:
         for name in engines or PYTHON_ENGINES + JS_ENGINES:
-            run = _run_js_engine if name in JS_ENGINES else _run_python_engine
-            got = run(name, model, batches, Path(tmp))
+            if name in JS_ENGINES:
+                got = _run_js_engine(name, model, batches, Path(tmp), Path(js_dir) if js_dir is not None else None)
+            else:
+                got = _run_python_engine(name, model, batches, Path(tmp))
             if "skipped" in got:
                 skipped.append({"engine": name, "reason": got["skipped"]})
                 continue
