@@ -275,7 +275,7 @@ def test_run_baseline_follows_the_run_and_a_refitted_baseline_makes_the_bundle_s
 def test_sweep_with_seeds_trains_each_variant_per_seed_and_reports_mean_and_spread(subset_dir, tmp_path, capsys):
     """The sweep behind the defaults: --seeds N trains every variant with seeds 0..N-1 (cached per seed) and the
     table gives mean ± sd, so a difference smaller than the seeds' spread reads as noise."""
-    from seqship.pipeline import sweep
+    from seqship.pipeline.experiments import sweep
 
     tiny = "epochs=1 embed_dim=8 hidden_dim=16 batch_size=128"
     argv = [
