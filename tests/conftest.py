@@ -73,3 +73,26 @@ def bundle_copy(tiny_run, tmp_path) -> Path:
     dst = tmp_path / "bundle"
     shutil.copytree(summary["bundle"], dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory) -> Path:
+    """seqship's wheel, built from a copy of this tree's three folders (the checkout gets no build/ or egg-info)."""
+    import subprocess
+    import sys
+
+    work = tmp_path_factory.mktemp("wheel")
+    src = work / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, src / name)
+    for pkg in ("pipeline", "exporters", "runtime"):
+        shutil.copytree(
+            REPO / pkg, src / pkg, ignore=shutil.ignore_patterns("node_modules", "build", "__pycache__", "*.egg-info")
+        )
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    cmd = [*pip, "wheel", str(src), "--no-deps", "--no-build-isolation", "-w", str(work / "dist")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (built,) = (work / "dist").glob("seqship-*.whl")
+    return built

@@ -305,7 +305,7 @@ class Demo:
 
     def __init__(self, args, env=None, cwd=None, python_path=None):
         code = (
-            "import sys, runtime, pipeline.cli as c; print('modules', runtime.__file__, c.__file__, flush=True); "
+            "import sys, seqship.runtime as r, seqship.pipeline.cli as c; print('modules', r.__file__, c.__file__, flush=True); "
             "c.main()"
         )
         env = {**{k: v for k, v in os.environ.items() if k != "SEQSHIP_ORT_WEB"}, **(env or {})}
@@ -378,26 +378,10 @@ def test_find_ort_web_takes_a_prefix_a_package_or_a_dist_folder_and_says_what_to
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory):
-    """seqship built as a wheel from a copy of this tree and pip-installed into a bare folder: (wheel, folder)."""
-    work = tmp_path_factory.mktemp("wheel")
-    src = work / "src"
-    src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(REPO / name, src / name)
-    for pkg in ("pipeline", "exporters", "runtime"):
-        shutil.copytree(
-            REPO / pkg, src / pkg, ignore=shutil.ignore_patterns("node_modules", "build", "__pycache__", "*.egg-info")
-        )
+def installed(wheel, tmp_path_factory):
+    """seqship's wheel pip-installed into a bare folder: (wheel, folder)."""
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    out = subprocess.run(
-        [*pip, "wheel", str(src), "--no-deps", "--no-build-isolation", "-w", str(work / "dist")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    (wheel,) = (work / "dist").glob("seqship-*.whl")
+    work = tmp_path_factory.mktemp("installed")
     target = work / "site"
     out = subprocess.run(
         [*pip, "install", "--no-deps", "--target", str(target), str(wheel)], capture_output=True, text=True, timeout=300
@@ -410,10 +394,10 @@ def test_the_wheel_carries_the_demo_page_and_the_browser_javascript(installed):
     wheel, _ = installed
     names = set(zipfile.ZipFile(wheel).namelist())
     wanted = {
-        "runtime/js/package.json",
-        "runtime/js/web/index.html",
-        "runtime/js/web/app.js",
-        *(f"runtime/js/src/{p.name}" for p in (JS / "src").glob("*.js")),
+        "seqship/runtime/js/package.json",
+        "seqship/runtime/js/web/index.html",
+        "seqship/runtime/js/web/app.js",
+        *(f"seqship/runtime/js/src/{p.name}" for p in (JS / "src").glob("*.js")),
     }
     assert wanted <= names, wanted - names
     assert not [n for n in names if "node_modules" in n or "/cpp/" in n]
@@ -432,10 +416,10 @@ def test_the_demo_runs_from_an_installed_wheel_outside_the_checkout(installed, b
         modules, port = demo.serving()
         assert all(Path(m).is_relative_to(site) for m in modules), modules  # not the checkout's code
         for url, file in [
-            ("/", site / "runtime/js/web/index.html"),
-            ("/app.js", site / "runtime/js/web/app.js"),
-            ("/js/browser.js", site / "runtime/js/src/browser.js"),
-            ("/js/predictor.js", site / "runtime/js/src/predictor.js"),
+            ("/", site / "seqship/runtime/js/web/index.html"),
+            ("/app.js", site / "seqship/runtime/js/web/app.js"),
+            ("/js/browser.js", site / "seqship/runtime/js/src/browser.js"),
+            ("/js/predictor.js", site / "seqship/runtime/js/src/predictor.js"),
             ("/ort/ort.min.js", ORT_PACKAGE / "dist" / "ort.min.js"),
             ("/bundle/manifest.json", bundle / "manifest.json"),
             ("/bundle/model.onnx", bundle / "model.onnx"),
