@@ -102,7 +102,8 @@ def errors_handled(command):
             raise fail(SeqshipError(hint), as_json) from None
         except MemoryError:
             raise fail(
-                SeqshipError("out of memory: score or train in smaller parts (see the README's bounds)"), as_json
+                SeqshipError("out of memory: score or train in smaller parts (see the guarantees in the README)"),
+                as_json,
             ) from None
         except OSError as e:
             from seqship.runtime.fsio import describe_os_error
@@ -470,7 +471,7 @@ THREADS_OPTION = click.option(
     "--threads",
     type=click.IntRange(1),
     default=None,
-    help="Training threads [default: 1, which degrades least when other programs share the cores; see the README].",
+    help="Training threads [default: 1, which degrades least when other programs share the cores; see pipeline/bench/README.md].",
 )
 CV_OPTION = click.option(
     "--cv",
@@ -1445,7 +1446,10 @@ def datasets(as_json: bool) -> None:
 
 @cli.command(context_settings=CONTEXT)
 @click.option(
-    "--run", "do_run", is_flag=True, help="Run each dataset's default config end to end first (long: see the README)."
+    "--run",
+    "do_run",
+    is_flag=True,
+    help="Run each dataset's default config end to end first (long: see pipeline/experiments/README.md).",
 )
 @click.option(
     "--datasets",
@@ -1472,7 +1476,7 @@ def datasets(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @errors_handled
 def results(do_run: bool, names: str, data_dir, artifacts_dir, force: bool, as_json: bool) -> None:
-    """The README's results table: accuracy, macro-F1, train time, parity and bundle size per dataset.
+    """Accuracy, macro-F1, train time, parity and bundle size per dataset (as in pipeline/experiments/README.md).
 
     \b
     Example (every dataset's default config, about an hour on 2 CPU cores):

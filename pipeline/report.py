@@ -368,7 +368,7 @@ def build_report(run) -> str:
             "The model is at or above the baseline on both."
             if not below
             else f"<b>The model is below the baseline on {' and '.join(below)}</b>: on this data the linear model "
-            "serves users better; see the README's results and sweep sections for what was tried."
+            "serves users better; see pipeline/experiments/README.md in seqship's repository for what was tried."
         )
         recall = [
             [

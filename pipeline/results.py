@@ -1,4 +1,4 @@
-"""The README's results table: each registry dataset's default config, run end to end, one row each.
+"""The results table of pipeline/experiments/README.md: each registry dataset's default config, run end to end, one row each.
 
 `pipeline results --run` runs `pipeline run all` for every dataset (with --cv K where the task is
 reported as a k-fold mean, e.g. mr) and prints the table; without --run it only reads existing runs.
@@ -72,7 +72,7 @@ def _time(s: float) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    """The README's results table for these rows."""
+    """The results table (pipeline/experiments/README.md) for these rows."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
         if "cv" in r and REGISTRY[r["dataset"]].cv_folds:

@@ -78,7 +78,6 @@ EXPORT_SUMMARY = "export.json"
 PARITY = "parity.json"
 # cv/
 CV_RESULTS = "cv.json"
-FAULT_PAUSE_ENV = "SEQSHIP_FAULT_PAUSE"
 
 
 class StageError(SeqshipError):
@@ -326,18 +325,6 @@ def run_lock(run: Run) -> Iterator[None]:
         f.close()
 
 
-def _fault_pause(stage: str) -> None:
-    """Fault injection for tests: SEQSHIP_FAULT_PAUSE=<stage> holds that stage for 60 s with its outputs
-    complete but not yet in place -- the worst moment to be killed.
-
-    TODO(remove): a test hook in a production path. Only tests/serving/test_faults.py still sets it; once it
-    starts its processes with tests.pipeline.faults.held_at(stage) (which patches the child instead),
-    delete this function, its call and FAULT_PAUSE_ENV."""
-    if os.environ.get(FAULT_PAUSE_ENV) == stage:
-        log.warning("%s=%s: pausing before the %s stage commits", FAULT_PAUSE_ENV, stage, stage)
-        time.sleep(60)
-
-
 def run_stage(run: Run, stage: str, inputs: dict, produce: Callable[[Path], dict], force: bool = False) -> StageResult:
     """Run `produce(tmp_dir)` unless a record with the same inputs and intact outputs exists.
 
@@ -363,7 +350,6 @@ def run_stage(run: Run, stage: str, inputs: dict, produce: Callable[[Path], dict
                     replace_dir(tmp, run.failed_dir(stage))
                 raise
             outputs = {p.name: file_entry(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-            _fault_pause(stage)
             # From here the old record no longer describes what is in the folder: remove it first, so a
             # crash between the two renames leaves "no stage" (re-run), never a record of other files.
             run.record_path(stage).unlink(missing_ok=True)

@@ -188,7 +188,7 @@ def bench_texts(bundle_dir: Path, texts_path: Path | None = None) -> list[str]:
 def run_bench(
     bundle_dir: Path, texts: Sequence[str], cfg: BenchConfig, progress: Callable[[str], None] = lambda s: None
 ) -> dict:
-    """Measure every figure; returns the JSON-ready result (see README "Performance")."""
+    """Measure every figure; returns the JSON-ready result (see pipeline/bench/README.md)."""
     import torch
 
     bundle = open_bundle(bundle_dir)

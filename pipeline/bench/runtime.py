@@ -25,7 +25,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """How much to measure; the defaults are what the README's figures use."""
+    """How much to measure; the defaults are what pipeline/bench/README.md's figures use."""
 
     threads: int = 2  # intra-op threads for every contender (torch.set_num_threads, onnxruntime, BLAS)
     latency_texts: int = 300  # texts timed one at a time, per repeat

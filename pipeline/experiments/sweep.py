@@ -48,7 +48,7 @@ SWEEPS: dict[str, list[str]] = {
         f"{PLATEAU} class_weight=sqrt num_layers=2 dropout=0.3",
     ],
     # waimai: the default is E=128, H=256 with a cosine schedule over 10 epochs (chosen over three seeds:
-    # README, "Three seeds"); the rows after it keep the earlier size, E=64, H=128 (WAIMAI_64), and before
+    # pipeline/experiments/README.md, "Three seeds"); the rows after it keep the earlier size, E=64, H=128 (WAIMAI_64), and before
     # that the plateau schedule.
     "waimai": [
         "",

@@ -109,7 +109,7 @@ def test_without_scikit_learn_run_all_still_ships_and_run_baseline_says_how_to_i
         "sys.meta_path.insert(0, Block())\n"
         "_find = importlib.util.find_spec\n"
         "importlib.util.find_spec = lambda n, *a: None if n.split('.')[0] == 'sklearn' else _find(n, *a)\n"
-        "from pipeline.cli import main\n"
+        "from seqship.pipeline.cli import main\n"
         "sys.argv[0] = 'pipeline'\n"
         "main()\n"
     )

@@ -10,22 +10,41 @@ import pytest
 
 from tests.conftest import TINY, invoke
 
-COMMANDS = [
-    [],
-    ["run"],
-    ["run", "all"],
-    ["run", "data"],
-    ["run", "train"],
-    ["run", "export"],
-    ["run", "verify"],
-    ["run", "package"],
-    ["predict"],
-    ["verify"],
-    ["bench"],
-    ["demo"],
-    ["inspect"],
-    ["datasets"],
-]
+
+def every_command() -> list[list[str]]:
+    """Every command and subcommand of `pipeline`, found by walking the click group (none can be forgotten)."""
+    from seqship.pipeline.cli import cli
+
+    found = []
+
+    def walk(path, cmd):
+        found.append(path)
+        for name in sorted(getattr(cmd, "commands", {})):
+            walk([*path, name], cmd.commands[name])
+
+    walk([], cli)
+    return found
+
+
+COMMANDS = every_command()
+
+
+def test_the_command_walk_finds_every_command_users_run():
+    names = {" ".join(c) for c in COMMANDS}
+    expected = {"run all", "run data", "run train", "run baseline", "run export", "run verify", "run package"}
+    expected |= {
+        "run cv",
+        "run report",
+        "predict",
+        "verify",
+        "bench",
+        "serve",
+        "demo",
+        "inspect",
+        "datasets",
+        "results",
+    }
+    assert expected <= names, expected - names
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "pipeline")
@@ -113,7 +132,7 @@ def test_predict_prints_json_lines_in_input_order_and_flags_bad_lines(tiny_run):
 
 def test_predict_reads_stdin_and_runs_without_torch(tiny_run):
     # The console entry point in a fresh process, with torch made unimportable: the base install suffices.
-    code = "import sys; sys.modules['torch'] = None; from pipeline.cli import main; sys.argv = ['pipeline'] + sys.argv[1:]; main()"
+    code = "import sys; sys.modules['torch'] = None; from seqship.pipeline.cli import main; sys.argv = ['pipeline'] + sys.argv[1:]; main()"
     out = subprocess.run(
         [sys.executable, "-c", code, "predict", "--bundle", tiny_run[1]["bundle"]],
         input="Nguyen\nKowalski\n",

@@ -18,7 +18,7 @@ import pytest
 
 from seqship.runtime import fsio
 from tests.conftest import REPO, TINY, invoke
-from tests.pipeline.faults import held_at
+from tests.faults import held_at
 
 PIPELINE = [sys.executable, "-m", "seqship.pipeline.cli"]
 

@@ -105,7 +105,7 @@ def test_without_matplotlib_the_report_still_renders_every_table(tiny_run, tmp_p
         "import sys\nsys.modules['matplotlib'] = None  # import fails\n"
     )
     env = dict(os.environ, PYTHONPATH=f"{tmp_path / 'block'}{os.pathsep}{REPO}")
-    code = "from pipeline.report import write_report; from pipeline.stages import Run; import sys; print(write_report(Run(sys.argv[1], 'tiny')))"
+    code = "from seqship.pipeline.report import write_report; from seqship.pipeline.stages import Run; import sys; print(write_report(Run(sys.argv[1], 'tiny')))"
     done = subprocess.run([sys.executable, "-c", code, str(copy)], env=env, capture_output=True, text=True, check=True)
     report = Path(done.stdout.strip())
     assert report == (copy / "tiny" / "report.html").resolve()

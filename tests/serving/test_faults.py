@@ -1,7 +1,6 @@
 """Faults in the pipeline: killed runs, corrupted intermediates and hand-edited bundles never yield a wrong bundle."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -15,16 +14,13 @@ import pytest
 from seqship.pipeline.train import TrainError, load_trained
 from seqship.runtime import Predictor
 from tests.conftest import TINY, invoke
+from tests.faults import held_at
 
 
-def start(args, env_extra=None):
-    env = dict(os.environ, **(env_extra or {}))
-    return subprocess.Popen(
-        [sys.executable, "-m", "seqship.pipeline.cli", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
+def start(args, held_before: str | None = None):
+    """`pipeline ARGS` in a child; held (60 s) before the stage `held_before` commits its outputs."""
+    cmd = held_at(held_before) if held_before else [sys.executable, "-m", "seqship.pipeline.cli"]
+    return subprocess.Popen([*cmd, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def kill_when(proc, condition, what, timeout=180):
@@ -70,7 +66,7 @@ def test_runs_killed_in_train_export_and_package_leave_no_bundle_and_resume(data
 
     # 3. killed while packaging, at the worst moment: every bundle file written, not yet renamed into place
     kill_when(
-        start(args, {"SEQSHIP_FAULT_PAUSE": "package"}),
+        start(args, held_before="package"),
         lambda: any(run.glob(".bundle.*.partial/manifest.json")),
         "package paused",
     )
@@ -86,7 +82,7 @@ def test_runs_killed_in_train_export_and_package_leave_no_bundle_and_resume(data
 
     # 5. replacing an existing bundle: killed before the new one is in place, the old one stays whole
     kill_when(
-        start([*args, "--atol", "2e-5"], {"SEQSHIP_FAULT_PAUSE": "package"}),
+        start([*args, "--atol", "2e-5"], held_before="package"),
         lambda: any(run.glob(".bundle.*.partial/manifest.json")),
         "the second package paused",
     )

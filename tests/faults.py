@@ -1,4 +1,4 @@
-"""Faults tests cause from outside the code they test: a real `pipeline` process, held at a chosen moment
+"""Faults the tests cause from outside the code they test: a real `pipeline` process, held at a chosen moment
 by patching it in that process (production code has no hook for this)."""
 
 from __future__ import annotations
