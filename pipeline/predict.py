@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from seqship.runtime.errors import InputError, ModelOutputError, SeqshipError
+from seqship.runtime.textio import decode_utf8
 
 Write = Callable[[str], None]  # receives output text, each JSON line with its newline
 
@@ -59,7 +60,7 @@ def decode_lines(data: bytes) -> Texts:
     texts, undecodable = [], {}
     for i, raw in enumerate(lines):
         try:
-            texts.append(raw.decode("utf-8-sig" if i == 0 else "utf-8"))
+            texts.append(decode_utf8(raw, at_start=i == 0))
         except UnicodeDecodeError as e:
             undecodable[i] = f"line {i + 1}: not UTF-8 ({e.reason} at byte {e.start}); send UTF-8 text"
             texts.append("")

@@ -23,6 +23,9 @@ from seqship.pipeline.distributed import broadcast as dist_broadcast
 from seqship.pipeline.distributed import world as dist_world
 from seqship.pipeline.metrics import classification_metrics
 from seqship.pipeline.model import CELLS, MAX_PAIR_BUCKETS, POOLINGS, ModelConfig, TextClassifier, without_neutral
+
+# train/'s file names (the run folder's layout is defined once, in pipeline.runs)
+from seqship.pipeline.runs import HISTORY, LABELS, METRICS, MODEL_CONFIG, TOKENIZER, WEIGHTS
 from seqship.runtime.errors import SeqshipError
 from seqship.runtime.tokenizer import (
     MAX_LENGTH,
@@ -39,12 +42,6 @@ from seqship.runtime.tokenizer import TYPES as TOKENIZER_KINDS
 
 log = logging.getLogger(__name__)
 
-WEIGHTS = "weights.pt"
-MODEL_CONFIG = "model_config.json"
-TOKENIZER = "tokenizer.json"
-LABELS = "labels.json"
-METRICS = "metrics.json"
-HISTORY = "history.json"
 CLASS_WEIGHTS = ("none", "balanced", "sqrt")  # TrainConfig.class_weight
 LR_SCHEDULES = ("plateau", "cosine")  # TrainConfig.lr_schedule
 MAX_PAIR_WEIGHTS = 2**26  # pair table entries (float32: 256 MiB); the ONNX file must stay under protobuf's 2 GiB

@@ -49,6 +49,7 @@ from seqship.pipeline.data.registry import (
     Download,
 )
 from seqship.pipeline.data.splits import clean, fingerprint, kfold, split
+from seqship.pipeline.runs import DATA_SUMMARY, SPLIT_SUFFIX
 from seqship.runtime.bundle import sha256_file
 
 __all__ = [
@@ -179,7 +180,7 @@ def prepare(cfg: DataConfig, source: Path, out_dir: Path) -> dict:
         raise DataError(f"{source}: only one label ({labels[0]!r}); a classifier needs at least two")
     splits = split(kept, cfg, fixed_test)
     for name, part in splits.items():
-        with open(out_dir / f"{name}.jsonl", "w", encoding="utf-8") as f:
+        with open(out_dir / f"{name}{SPLIT_SUFFIX}", "w", encoding="utf-8") as f:
             for text, label in part:
                 f.write(json.dumps({"text": text, "label": label}, ensure_ascii=False) + "\n")
     seen_in = {name: {t for t, _ in part} for name, part in splits.items()}
@@ -196,7 +197,7 @@ def prepare(cfg: DataConfig, source: Path, out_dir: Path) -> dict:
         "fingerprint": fingerprint(splits),
         "source_files": source_digest(files),
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out_dir / DATA_SUMMARY).write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     log.info(
         "data: %d rows read, %d kept (%d duplicates, %d empty, %d junk, %d invalid removed); split %s",
         counts["rows_read"],
@@ -212,7 +213,7 @@ def prepare(cfg: DataConfig, source: Path, out_dir: Path) -> dict:
 
 def read_split(data_dir: Path, name: str) -> list[tuple[str, str]]:
     """(text, label) rows of one split written by `prepare`."""
-    path = Path(data_dir) / f"{name}.jsonl"
+    path = Path(data_dir) / f"{name}{SPLIT_SUFFIX}"
     try:
         with open(path, encoding="utf-8") as f:
             return [(d["text"], d["label"]) for d in map(json.loads, f)]
