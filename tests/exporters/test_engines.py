@@ -56,6 +56,7 @@ def gate_inputs(tiny_run):
     return bundle / "model.onnx", ids, probes, tok.spec.pad_id
 
 
+@pytest.mark.slow
 def test_the_gate_fails_every_engine_that_disagrees_with_the_reference(gate_inputs):
     model, ids, probes, pad = gate_inputs
     onnxrt = OnnxModel(model, providers="cpu").run

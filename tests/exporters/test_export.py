@@ -34,6 +34,7 @@ def dims(model, i):
     return [d.dim_param or d.dim_value for d in model.graph.input[i].type.tensor_type.shape.dim]
 
 
+@pytest.mark.slow
 def test_two_exports_in_one_process_both_keep_symbolic_dims(tmp_path, exported):
     # torch 2.13/2.14: a second GRU/LSTM export in one process raises or pins the seq axis unless the
     # exporter's stale dispatch cache is cleared. `exported` was the first export in this module.
@@ -161,6 +162,7 @@ def test_canary_pack_padded_sequence_still_does_not_export_with_dynamo():
         ("lstm", False, 2, "last+max", 65537, 20000),
     ],
 )
+@pytest.mark.slow
 def test_fused_export_needs_no_sequence_lens_and_matches_eager_in_every_engine(
     tmp_path, cell, bidirectional, layers, pooling, pair_buckets, vocab
 ):
@@ -229,6 +231,7 @@ def test_fused_export_needs_no_sequence_lens_and_matches_eager_in_every_engine(
     assert gate["passed"], format_engines(gate)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])
 def test_every_architecture_runs_batches_in_every_python_engine(tmp_path, cell):
     """Every direction x depth x pooling of a cell loads in each in-process engine and gives eager's logits

@@ -104,6 +104,7 @@ print(hashlib.sha256((out / "weights.pt").read_bytes()).hexdigest())
 """
 
 
+@pytest.mark.slow
 def test_training_is_reproducible_bit_for_bit_across_processes(data_dir, tmp_path):
     # Two processes with the same seed trained different weights (test macro-F1 0.4735 vs 0.4777 on
     # the default run) until training required deterministic algorithms, switched oneDNN off and pinned

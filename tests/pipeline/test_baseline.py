@@ -51,6 +51,7 @@ def run_with_baseline(tmp_path_factory, subset_dir):
     return artifacts, json.loads(result.stdout)
 
 
+@pytest.mark.slow
 def test_run_all_fits_the_baseline_and_every_output_compares_the_model_with_it(run_with_baseline):
     artifacts, out = run_with_baseline
     run = artifacts / "names"
@@ -95,6 +96,7 @@ def test_run_all_fits_the_baseline_and_every_output_compares_the_model_with_it(r
     assert word.exit_code == 0 and json.loads(word.stdout)["baseline"]["features"].startswith("TF-IDF word 1-2-grams")
 
 
+@pytest.mark.slow
 def test_without_scikit_learn_run_all_still_ships_and_run_baseline_says_how_to_install_it(tiny_run, data_dir, tmp_path):
     import shutil
 
@@ -191,6 +193,7 @@ def test_cosine_schedule_warms_up_over_the_first_epoch_and_decays_to_zero_at_the
     assert bad.exit_code == 2 and "--lr-schedule" in bad.output
 
 
+@pytest.mark.slow
 def test_a_baseline_that_cannot_be_fitted_warns_in_run_all_and_is_a_clear_error_alone(tmp_path):
     # One distinct CJK character per text: word features exist, but no character n-gram is in two texts.
     rows = [f"{chr(0x4E00 + i)},{'ab'[i % 2]}" for i in range(40)]
@@ -226,6 +229,7 @@ def test_a_baseline_that_cannot_be_fitted_warns_in_run_all_and_is_a_clear_error_
     )
 
 
+@pytest.mark.slow
 def test_run_baseline_follows_the_run_and_a_refitted_baseline_makes_the_bundle_stale(data_dir, tmp_path):
     rows = [
         f"{name},{lang}"
@@ -314,6 +318,7 @@ def test_sweep_with_seeds_trains_each_variant_per_seed_and_reports_mean_and_spre
     assert not (tmp_path / "other").exists()
 
 
+@pytest.mark.slow
 def test_pair_buckets_train_a_token_pair_embedding_that_every_engine_and_the_predictor_reproduce(subset_dir, tmp_path):
     """--pair-buckets N: char-bigram features hashed inside the graph (two per-token int64 tables), so the bundle's
     tokenizer is unchanged; the exports must still pass parity in every engine, and a text scores the same

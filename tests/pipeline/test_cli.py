@@ -69,6 +69,7 @@ def test_run_all_json_summary_has_bundle_metrics_and_parity(tiny_run):
     assert summary["parity"]["passed"] and summary["parity"]["test_set_label_agreement"] == 1.0
 
 
+@pytest.mark.slow
 def test_a_second_run_all_reuses_every_stage_and_force_redoes_them(tiny_run, data_dir, tmp_path):
     shutil.copytree(tiny_run[0] / "tiny", tmp_path / "tiny")  # a copy: other tests read the shared run
     artifacts = tmp_path
@@ -165,6 +166,7 @@ def test_dataset_defaults_apply_unless_an_option_overrides_them():
 
 # GRU (the default, with last pooling) is the session's tiny_run; test_export checks every cell x direction x
 # layers x pooling in every engine. Here: the other two cells and the non-default options, through the CLI.
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "variant",
     [

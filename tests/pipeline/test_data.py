@@ -178,6 +178,7 @@ def published_source(name, data_dir, tamper=None):
     return buf.getvalue()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_download_verifies_stores_and_reads_like_the_local_copy(name, data_dir, tmp_path, monkeypatch):
     # The real download path (urllib, archive reading, checksums, atomic move), fed the published layout

@@ -9,11 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import TINY
 
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_two_processes_train_a_model_as_good_as_one_process_and_it_passes_the_parity_gate(tiny_run, data_dir, tmp_path):
     """The same config and global batch size as the tiny run, on 2 processes: each rank takes half of every
     batch. Only rank 0 writes; the bundle it packages passed the parity gate (verify); its test accuracy is

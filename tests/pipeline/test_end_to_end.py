@@ -2,10 +2,13 @@
 
 import json
 
+import pytest
+
 from seqship.runtime import Predictor
 from tests.conftest import invoke
 
 
+@pytest.mark.slow
 def test_default_config_on_names_trains_to_0_80_and_ships_a_verified_bundle(data_dir, tmp_path):
     result = invoke("run", "all", "--data-dir", str(data_dir), "--artifacts-dir", str(tmp_path), "--json")
     assert result.exit_code == 0, result.output

@@ -115,6 +115,7 @@ def test_without_matplotlib_the_report_still_renders_every_table(tiny_run, tmp_p
     assert len(seen["notes"]) == 1 and "matplotlib is not installed" in seen["notes"][0]
 
 
+@pytest.mark.slow
 def test_cross_validation_folds_cover_the_data_and_appear_in_the_report(data_dir, tmp_path):
     result = invoke(
         "run",
@@ -187,6 +188,7 @@ def test_kfold_folds_are_disjoint_grouped_stratified_and_cover_every_row():
     assert kfold(rows, 4, seed=0) == folds and kfold(rows, 4, seed=1) != folds
 
 
+@pytest.mark.slow
 def test_labels_and_texts_from_user_data_are_shown_as_text_never_run(data_dir, tmp_path):
     names = (data_dir / "names" / "Japanese.txt").read_text().split()[:60] + (
         data_dir / "names" / "Russian.txt"
@@ -313,6 +315,7 @@ def tags(page: str) -> list[tuple[str, dict]]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n_labels", [40, 60])  # under the confusion-matrix cap of 50 labels, and over it
 def test_many_long_hostile_labels_scroll_inside_tables_and_are_never_markup(data_dir, tmp_path, n_labels):
     from seqship.pipeline.metrics import MATRIX_MAX_LABELS

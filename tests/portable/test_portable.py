@@ -158,6 +158,7 @@ def check(name, logits, probe_logits, job, report):
         np.testing.assert_allclose(np.asarray(p, dtype=np.float32), r, atol=TOL[name], rtol=TOL[name])
 
 
+@pytest.mark.slow
 def test_python_node_browser_and_cpp_agree_with_eager_pytorch(job, node_out, browser_out, cpp_out):
     report = {}
     predictor = Predictor.load(job["bundle"], providers="cpu")
@@ -241,6 +242,7 @@ def test_demo_server_follows_symlinked_folders_but_never_leaves_them(job, tmp_pa
         server.server_close()
 
 
+@pytest.mark.slow
 def test_the_cpp_tool_refuses_a_line_it_cannot_read_whole(job, cpp_out):
     """A malformed line was once scored as its readable prefix ('31 12 x 5' as '31 12'), exit 0: each of
     these is an error naming the line and field, exit 1, with nothing on stdout."""
@@ -285,6 +287,7 @@ def test_the_cpp_tool_refuses_a_line_it_cannot_read_whole(job, cpp_out):
         assert out.returncode == code and "terminate" not in out.stderr, out.stderr
 
 
+@pytest.mark.slow
 def test_the_cpp_tool_checks_the_bundle_before_libtorch_reads_model_pt(job, cpp_out):
     """As the Python and Node predictors do: model.pt's size and sha256 against the manifest beside it, and
     the manifest's digest against SEQSHIP_EXPECT_SHA256 when set; nothing is scored otherwise."""

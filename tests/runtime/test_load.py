@@ -23,6 +23,7 @@ def real_texts(tiny_run):
     return [json.loads(line)["text"] for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_one_predictor_shared_by_8_threads_gives_the_single_threaded_results(tiny_run, real_texts):
     # batch_size=4 with calls of up to 12 texts: most calls go through the shared worker pool too.
     predictor = Predictor.load(tiny_run[1]["bundle"], providers="cpu", batch_size=4, intra_op_num_threads=2)
@@ -104,6 +105,7 @@ def peak_rss_kb(bundle, src, dst) -> int:
     return int(out.stderr.rsplit("PEAK_KB", 1)[1].split()[0])
 
 
+@pytest.mark.slow
 def test_bulk_memory_does_not_grow_with_the_input(tiny_run, real_texts, tmp_path):
     bundle = tiny_run[1]["bundle"]
     small, big = tmp_path / "small.txt", tmp_path / "big.txt"

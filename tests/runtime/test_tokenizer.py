@@ -213,6 +213,7 @@ class _Node:
         self.proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kind, norm, lower", [("char", "NFC", False), ("word", "NFKC", True), ("word", "NFC", False), ("char", "NFD", True)]
 )

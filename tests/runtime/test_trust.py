@@ -160,6 +160,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_every_consumer_refuses_the_same_tampered_bundles(bundle_copy, served, tmp_path, case):
     tamper, error, words = CASES[case]

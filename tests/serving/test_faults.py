@@ -37,6 +37,7 @@ def kill_when(proc, condition, what, timeout=180):
     pytest.fail(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow
 def test_runs_killed_in_train_export_and_package_leave_no_bundle_and_resume(data_dir, tmp_path):
     run = tmp_path / "k"
     args = [
@@ -92,6 +93,7 @@ def test_runs_killed_in_train_export_and_package_leave_no_bundle_and_resume(data
     assert Predictor.load(run / "bundle", providers="cpu").bundle.manifest["parity"]["atol"] == 2e-5
 
 
+@pytest.mark.slow
 def test_a_truncated_checkpoint_is_detected_and_retrained(tiny_run, data_dir, tmp_path):
     shutil.copytree(tiny_run[0] / "tiny", tmp_path / "tiny")
     weights = tmp_path / "tiny" / "train" / "weights.pt"

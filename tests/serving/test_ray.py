@@ -109,6 +109,7 @@ def assert_same_as_local(rows: list[dict], local: dict, parquet_ids: bool = Fals
             assert r["id"] == (str(want["id"]) if parquet_ids else want["id"])
 
 
+@pytest.mark.slow
 def test_predict_engine_ray_on_a_local_ray_gives_local_scoring_answers_row_for_row(bundle, inputs, tmp_path):
     out = tmp_path / "scored"
     p = subprocess.run(
@@ -255,6 +256,7 @@ def cluster():
         c.shutdown()
 
 
+@pytest.mark.slow
 def test_a_node_that_dies_mid_job_loses_no_row_and_repeats_none(cluster, bundle, inputs, tmp_path):
     """Each of the two CPU nodes runs one scoring actor; one node is removed while the job runs (with it,
     its actor and the blocks in its object store), and a replacement joins. Ray restarts the actor and
@@ -308,6 +310,7 @@ def test_a_node_that_dies_mid_job_loses_no_row_and_repeats_none(cluster, bundle,
     assert (s.rows_in, s.rows_out, s.scored, s.errors) == (rows, rows, rows, 0)
 
 
+@pytest.mark.slow
 def test_parquet_parts_on_a_cluster_address_hold_the_same_answers(cluster, bundle, inputs, tmp_path):
     c, _ = cluster
     out = tmp_path / "scored"

@@ -547,6 +547,7 @@ def hey() -> str:
     return path
 
 
+@pytest.mark.slow
 def test_64_connections_for_20_seconds_every_request_answered_without_error(server, tmp_path):
     body = tmp_path / "body.json"
     body.write_bytes(infer_body(["Nguyen", "Schmidt"]))
@@ -672,6 +673,7 @@ def _read_to_close(sock: socket.socket) -> bytes:
     return got
 
 
+@pytest.mark.slow
 def test_slow_silent_and_vanishing_clients_are_closed_and_never_counted_as_server_errors(bundle):
     s = Server("--bundle", f"m={bundle}", "--timeout-s", "1")
     try:
