@@ -96,3 +96,14 @@ def wheel(tmp_path_factory) -> Path:
     assert out.returncode == 0, out.stderr[-3000:]
     (built,) = (work / "dist").glob("seqship-*.whl")
     return built
+
+
+def two_label_csv(data_dir: Path, path: Path, langs=("Greek", "Polish"), per_label: int = 150) -> Path:
+    """A small real table (text,label) of two languages' surnames: a run of seconds."""
+    rows = [
+        f"{name},{lang}"
+        for lang in langs
+        for name in (data_dir / "names" / f"{lang}.txt").read_text(encoding="utf-8").splitlines()[:per_label]
+    ]
+    path.write_text("text,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    return path

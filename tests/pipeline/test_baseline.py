@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY, invoke
+from tests.conftest import TINY, invoke, two_label_csv
 
 REPO = Path(__file__).resolve().parents[2]
 SUBSET = {"English": 1500, "German": 724, "Dutch": 297, "Irish": 232, "Scottish": 100, "Portuguese": 74}
@@ -231,12 +231,7 @@ def test_a_baseline_that_cannot_be_fitted_warns_in_run_all_and_is_a_clear_error_
 
 @pytest.mark.slow
 def test_run_baseline_follows_the_run_and_a_refitted_baseline_makes_the_bundle_stale(data_dir, tmp_path):
-    rows = [
-        f"{name},{lang}"
-        for lang in ("Greek", "Polish")
-        for name in (data_dir / "names" / f"{lang}.txt").read_text(encoding="utf-8").splitlines()[:150]
-    ]
-    (tmp_path / "two.csv").write_text("text,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    two_label_csv(data_dir, tmp_path / "two.csv")
     common = ["--artifacts-dir", str(tmp_path), "--run-name", "two"]
     first = invoke("run", "all", "--data", str(tmp_path / "two.csv"), *common, *TINY, "--seed", "2", "--json")
     assert first.exit_code == 0, first.output

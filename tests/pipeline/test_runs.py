@@ -20,7 +20,7 @@ from seqship.pipeline.stages import (
     stage_baseline,
 )
 from seqship.runtime.errors import SeqshipError
-from tests.conftest import TINY
+from tests.conftest import TINY, two_label_csv
 
 
 def test_the_layout_is_the_folders_and_files_users_see(tiny_run):
@@ -70,12 +70,7 @@ def test_a_run_or_artifacts_folder_given_as_the_bundle_names_the_bundle(tiny_run
 
 
 def test_the_card_baseline_is_current_until_another_baseline_is_fitted(data_dir, tmp_path):
-    rows = [
-        f"{name},{lang}"
-        for lang in ("Greek", "Polish")
-        for name in (data_dir / "names" / f"{lang}.txt").read_text(encoding="utf-8").splitlines()[:150]
-    ]
-    (tmp_path / "two.csv").write_text("text,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    two_label_csv(data_dir, tmp_path / "two.csv")
     run = Run(tmp_path / "art", "two")
     opts = dict(zip(TINY[::2], map(int, TINY[1::2])))
     cfg = train_config({k.lstrip("-").replace("-", "_"): v for k, v in opts.items()} | {"seed": 2})
