@@ -177,6 +177,48 @@ def common_options(f):
     return f
 
 
+PIN_ENV = "SEQSHIP_EXPECT_SHA256"
+
+
+def pin_option(many: bool = False):
+    """--expect-sha256 [env SEQSHIP_EXPECT_SHA256], the same in every command that loads a bundle."""
+    if many:
+        help_ = (
+            "Refuse to start unless each bundle's digest (sha256 of manifest.json, as `pipeline inspect` prints) "
+            f"is this: one per --bundle, in the same order [env {PIN_ENV}: the digests separated by spaces, "
+            "one per --bundle in order]."
+        )
+    else:
+        help_ = (
+            "Refuse the bundle unless its digest (sha256 of manifest.json, as `pipeline inspect` prints) is "
+            f"this [env {PIN_ENV}]."
+        )
+    return click.option("--expect-sha256", "expect_sha256", multiple=many, envvar=PIN_ENV, help=help_)
+
+
+def trusted_digests(given, bundles: int = 1) -> list[str | None]:
+    """The digest to pin each of `bundles` bundles to, from --expect-sha256 or SEQSHIP_EXPECT_SHA256 (the
+    option wins; the variable holds the same thing: one digest per bundle, in order, separated by spaces).
+    Checked before any bundle file is read; no pin at all: [None] * bundles."""
+    from seqship.runtime.bundle import check_pin
+
+    ctx = click.get_current_context(silent=True)
+    source = ctx.get_parameter_source("expect_sha256") if ctx is not None else None
+    where = PIN_ENV if source is click.core.ParameterSource.ENVIRONMENT else "--expect-sha256"
+    values = [given] if isinstance(given, str) else list(given or ())
+    values = [part for v in values for part in (v.split() if where == PIN_ENV else [v])]
+    if not values:
+        if os.environ.get(PIN_ENV) is not None and not os.environ[PIN_ENV].strip():
+            # click reads an empty variable as unset: refuse it rather than silently not pinning
+            raise click.UsageError(f"{PIN_ENV} is set but empty: unset it, or set it to the bundle digest you trust")
+        return [None] * bundles
+    if len(values) != bundles:
+        raise click.UsageError(
+            f"{where} gives {len(values)} digest(s) for {bundles} bundle(s): give one per --bundle, in the same order"
+        )
+    return [check_pin(v) for v in values]  # a malformed pin: BundleError naming it
+
+
 def data_options(f):
     """Options that choose and read the data."""
     f = click.option(
@@ -756,13 +798,7 @@ def run_package_cmd(**opts) -> None:
     show_default=True,
     help="--input CSV/TSV column or JSONL key copied into each output line as 'id', when present.",
 )
-@click.option(
-    "--expect-sha256",
-    "expect_sha256",
-    default=None,
-    envvar="SEQSHIP_EXPECT_SHA256",
-    help="Refuse the bundle unless its digest (sha256 of manifest.json, as `pipeline inspect` prints) is this [env SEQSHIP_EXPECT_SHA256].",
-)
+@pin_option()
 @click.option(
     "--unicode-mismatch",
     type=click.Choice(["refuse", "warn"]),
@@ -831,7 +867,7 @@ def predict(
       cut -f1 names.tsv | pipeline predict --bundle artifacts/names/bundle
       pipeline predict --bundle artifacts/names/bundle --input texts/ --output scored/ --engine ray --workers 2
     """
-    _check_pin_env(expect_sha256)  # usage errors first, before any file is read
+    expect_sha256 = trusted_digests(expect_sha256)[0]  # usage errors first, before any file is read
     if engine == "ray":
         return _predict_ray(
             bundle_dir,
@@ -961,14 +997,6 @@ def _predict_ray(
         )
 
 
-def _check_pin_env(given) -> None:
-    """An empty SEQSHIP_EXPECT_SHA256 reads as unset to click: refuse it rather than silently not pinning."""
-    if given is None and os.environ.get("SEQSHIP_EXPECT_SHA256", None) == "":
-        raise click.UsageError(
-            "SEQSHIP_EXPECT_SHA256 is set but empty: unset it, or set it to the bundle digest you trust"
-        )
-
-
 def _predict_file(
     predictor, input_path: Path, output_path: Path | None, fmt: str, top_k: int, text_column: str, id_column: str
 ):
@@ -1006,13 +1034,7 @@ def _predict_file(
     help="Real texts (one per line, UTF-8) to compare text-in -> label-out as well as the probes.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
-@click.option(
-    "--expect-sha256",
-    "expect_sha256",
-    default=None,
-    envvar="SEQSHIP_EXPECT_SHA256",
-    help="Refuse the bundle unless its digest (sha256 of manifest.json) is this [env SEQSHIP_EXPECT_SHA256].",
-)
+@pin_option()
 @verify_options
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the random probe inputs.")
 @errors_handled
@@ -1034,7 +1056,7 @@ def verify(bundle_dir: Path, texts_path: Path | None, as_json: bool, expect_sha2
     from seqship.pipeline.runs import require_bundle
     from seqship.pipeline.verify import verify_bundle
 
-    _check_pin_env(expect_sha256)
+    expect_sha256 = trusted_digests(expect_sha256)[0]
 
     def work():
         texts = read_texts(texts_path) if texts_path is not None else None
@@ -1082,8 +1104,11 @@ def verify(bundle_dir: Path, texts_path: Path | None, as_json: bool, expect_sha2
     help="Fresh processes per cold-start figure.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pin_option()
 @errors_handled
-def bench(bundle_dir, texts_path, threads, repeats, latency_texts, bulk_texts, cold_repeats, as_json) -> None:
+def bench(
+    bundle_dir, texts_path, threads, repeats, latency_texts, bulk_texts, cold_repeats, as_json, expect_sha256
+) -> None:
     """Measure the bundle's predictor against eager PyTorch, TorchScript and plain onnxruntime.
 
     One-text latency (p50/p99), bulk throughput, cold start (wall time and peak RSS of a fresh
@@ -1098,7 +1123,12 @@ def bench(bundle_dir, texts_path, threads, repeats, latency_texts, bulk_texts, c
     from seqship.pipeline.bench import BenchConfig, bench_texts, format_report, run_bench
     from seqship.pipeline.runs import require_bundle
 
+    from seqship.runtime.bundle import read_pinned_manifest
+
+    pin = trusted_digests(expect_sha256)[0]
+
     def work():
+        read_pinned_manifest(require_bundle(Path(bundle_dir)), pin)  # not the pinned bundle: refused first
         texts = bench_texts(bundle_dir, texts_path)
         cfg = BenchConfig(
             threads=threads,
@@ -1112,6 +1142,7 @@ def bench(bundle_dir, texts_path, threads, repeats, latency_texts, bulk_texts, c
             texts,
             cfg,
             progress=lambda msg: None if as_json else click.echo(msg + " ...", err=True),
+            expected_sha256=pin,
         )
 
     result = work()
@@ -1138,8 +1169,9 @@ def bench(bundle_dir, texts_path, threads, repeats, latency_texts, bulk_texts, c
     help="onnxruntime-web: the npm --prefix it was installed into, its package folder or its dist/ "
     "[env SEQSHIP_ORT_WEB; default: the checkout's runtime/js/node_modules, else ~/.cache/seqship/ort-web].",
 )
+@pin_option()
 @errors_handled
-def demo(bundle_dir: Path, host: str, port: int, ort_web: Path | None) -> None:
+def demo(bundle_dir: Path, host: str, port: int, ort_web: Path | None, expect_sha256) -> None:
     """Serve a page that runs the bundle in your browser (onnxruntime-web, WebAssembly).
 
     Type a text and see the top-3 labels as bars, updated as you type. The server only serves static
@@ -1155,8 +1187,9 @@ def demo(bundle_dir: Path, host: str, port: int, ort_web: Path | None) -> None:
     from seqship.pipeline.runs import require_bundle
     from seqship.runtime.demo import make_server
 
+    pin = trusted_digests(expect_sha256)[0]
     try:
-        server = make_server(require_bundle(bundle_dir), host, port, ort_web=ort_web)
+        server = make_server(require_bundle(bundle_dir), host, port, ort_web=ort_web, expected_sha256=pin)
     except (SeqshipError, OSError) as e:
         raise click.ClickException(str(e)) from None
     if not server.loopback_only:
@@ -1253,12 +1286,7 @@ def demo(bundle_dir: Path, host: str, port: int, ort_web: Path | None) -> None:
     envvar="SEQSHIP_PROVIDERS",
     help="auto, cpu, cuda, or a comma-separated list of onnxruntime providers [env SEQSHIP_PROVIDERS].",
 )
-@click.option(
-    "--expect-sha256",
-    "expect_sha256",
-    multiple=True,
-    help="Refuse to start unless the bundle's digest is this; one per --bundle, in the same order.",
-)
+@pin_option(many=True)
 @click.option(
     "--unicode-mismatch",
     type=click.Choice(["refuse", "warn"]),
@@ -1302,13 +1330,11 @@ def serve(
       curl -s localhost:8000/predict -d '{"texts": ["Nguyen"], "top_k": 3}'
     """
     from seqship.pipeline.predict import parse_providers
-    from seqship.runtime.bundle import check_pin
     from seqship.runtime.serve import Limits, load_models
     from seqship.runtime.serve import serve as run_server
 
-    for value in expect_sha256:  # a malformed pin is refused before any bundle is read
-        check_pin(value)
-    models = load_models(list(bundles), list(expect_sha256), parse_providers(providers), unicode_mismatch)
+    pins = trusted_digests(expect_sha256, len(bundles))  # before any bundle is read
+    models = load_models(list(bundles), pins, parse_providers(providers), unicode_mismatch)
     limits = Limits(
         max_batch=max_batch,
         max_delay_ms=max_delay_ms,
@@ -1362,14 +1388,18 @@ def serve(
 @cli.command(context_settings=CONTEXT)
 @click.argument("bundle_dir", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
+@pin_option()
 @errors_handled
-def inspect(bundle_dir: Path, as_json: bool) -> None:
+def inspect(bundle_dir: Path, as_json: bool, expect_sha256) -> None:
     """Check a bundle (every file against its manifest, and Predictor.load's checks) and describe it."""
     from seqship.pipeline.runs import require_bundle
     from seqship.runtime import Predictor
 
+    pin = trusted_digests(expect_sha256)[0]
     # "verified" means what an application's load checks, not only the hashes
-    b = Predictor.load(require_bundle(bundle_dir, "pipeline inspect "), providers="cpu", unicode_mismatch="warn").bundle
+    b = Predictor.load(
+        require_bundle(bundle_dir, "pipeline inspect "), providers="cpu", unicode_mismatch="warn", expected_sha256=pin
+    ).bundle
     if as_json:
         click.echo(
             json.dumps(

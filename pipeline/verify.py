@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -13,7 +16,15 @@ import torch
 from seqship.exporters.parity import Backend, check_test_set, make_probes, run_gate
 from seqship.exporters.portability import engine_gate
 from seqship.pipeline.train import load_trained
-from seqship.runtime.bundle import MODEL_ONNX, MODEL_TORCHSCRIPT, sha256_file
+from seqship.runtime.bundle import (
+    MODEL_ONNX,
+    MODEL_TORCHSCRIPT,
+    TOKENIZER,
+    Bundle,
+    read_pinned_manifest,
+    safe_member,
+    sha256_file,
+)
 from seqship.runtime.errors import BundleError
 from seqship.runtime.predictor import Predictor
 from seqship.runtime.session import CUDA, OnnxModel
@@ -89,16 +100,25 @@ def _ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return out
 
 
+def read_hashed(path: Path, size: int) -> bytes:
+    """A bundle file's bytes, read once (at most size + 1 of them: a longer file fails its sha256 anyway).
+    Everything verify runs, unpickles or hands to another engine comes from these bytes."""
+    with open(path, "rb") as f:
+        return f.read(size + 1)
+
+
 def verify_bundle(
     bundle_dir: Path, cfg, texts: Sequence[str] | None = None, expected_sha256: str | None = None
 ) -> dict:
     """Parity of a shipped bundle: its model.onnx against its own model.pt (TorchScript), which the gate
-    proved equal to eager PyTorch when the bundle was made. File integrity is reported, not assumed."""
-    from seqship.runtime.bundle import MODEL_ONNX, MODEL_TORCHSCRIPT, TOKENIZER, read_manifest, safe_member
-    from seqship.runtime.tokenizer import Tokenizer
+    proved equal to eager PyTorch when the bundle was made. File integrity is reported, not assumed.
 
-    manifest = read_manifest(bundle_dir)
-    integrity = []
+    Each file is read once and hashed; TorchScript, onnxruntime, the tokenizer and the other engines get
+    those bytes (the engines, in their own processes, a private copy of them), never the file opened again.
+    A pin (expected_sha256) that the manifest does not match is a BundleError before anything else is read."""
+    root = Path(bundle_dir)
+    manifest, digest = read_pinned_manifest(root, expected_sha256)
+    integrity, data = [], {}
     if MODEL_TORCHSCRIPT not in manifest["files"]:  # the reference must be a file the manifest hashes
         integrity.append(
             {
@@ -108,16 +128,21 @@ def verify_bundle(
             }
         )
     for name, entry in manifest["files"].items():
-        path = safe_member(Path(bundle_dir), name)
+        path = safe_member(root, name)
         problem = None
         if not path.is_file():
             problem = "missing"
-        elif sha256_file(path) != entry.get("sha256"):
-            problem = "sha256 differs from the manifest (altered after packaging)"
+        else:
+            content = read_hashed(path, entry["bytes"])
+            if hashlib.sha256(content).hexdigest() != entry["sha256"]:
+                problem = "sha256 differs from the manifest (altered after packaging)"
+            else:
+                data[name] = content
         integrity.append({"file": name, "passed": problem is None, **({"problem": problem} if problem else {})})
+    predictor = None
     if all(i["passed"] for i in integrity):
-        try:  # exactly what an application's Predictor.load checks (metadata, external data, pin, Unicode, finite)
-            Predictor.load(bundle_dir, providers="cpu", expected_sha256=expected_sha256)
+        try:  # exactly what an application's Predictor.load checks (metadata, external data, Unicode, finite)
+            predictor = Predictor.from_bundle(Bundle(root, manifest, digest, data), providers="cpu")
         except Exception as e:  # a SeqshipError names the problem; anything else is still a failure to load
             integrity.append(
                 {
@@ -126,10 +151,10 @@ def verify_bundle(
                     "problem": f"Predictor.load refuses it: {type(e).__name__}: {str(e)[:400]}",
                 }
             )
-    if all(i["passed"] for i in integrity):
+    if predictor is not None:
         from seqship.runtime.tokenizer import UNICODE_VERSION, unassigned_ranges, version_tuple
 
-        spec = Tokenizer.from_file(safe_member(Path(bundle_dir), TOKENIZER), unicode_mismatch="warn").spec
+        spec = predictor.tokenizer.spec
         if (
             version_tuple(spec.unicode_version) == version_tuple(UNICODE_VERSION)
             and spec.unassigned != unassigned_ranges()
@@ -155,18 +180,19 @@ def verify_bundle(
             "passed": False,
             "reference": "none: the bundle failed its integrity checks, so nothing in it was run",
         }
-    onnx_path, ts_path = Path(bundle_dir) / MODEL_ONNX, Path(bundle_dir) / MODEL_TORCHSCRIPT
-    tokenizer = Tokenizer.from_file(Path(bundle_dir) / TOKENIZER)
+    ts_path = root / MODEL_TORCHSCRIPT
+    tokenizer = predictor.tokenizer
     try:
-        reference = torch_backend(torch.jit.load(str(ts_path), map_location="cpu"))
+        reference = torch_backend(torch.jit.load(io.BytesIO(data[MODEL_TORCHSCRIPT]), map_location="cpu"))
     except Exception as e:  # torch's own error types for a damaged archive
         raise BundleError(
             f"{ts_path}: TorchScript cannot load it ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
         ) from None
-    backends: dict[str, Backend] = {"onnxruntime:CPUExecutionProvider": OnnxModel(onnx_path, providers="cpu").run}
+    onnx_bytes = data[MODEL_ONNX]
+    backends: dict[str, Backend] = {"onnxruntime:CPUExecutionProvider": OnnxModel(onnx_bytes, providers="cpu").run}
     skipped = []
     if CUDA in ort.get_available_providers():
-        backends[f"onnxruntime:{CUDA}"] = OnnxModel(onnx_path, providers="cuda").run
+        backends[f"onnxruntime:{CUDA}"] = OnnxModel(onnx_bytes, providers="cuda").run
     else:
         skipped.append(
             {"backend": f"onnxruntime:{CUDA}", "reason": f"onnxruntime offers only {ort.get_available_providers()}"}
@@ -186,11 +212,15 @@ def verify_bundle(
     report["skipped"] = skipped
     report["integrity"] = integrity
     if texts:
-        predictor = Predictor(onnx_path, tokenizer, manifest["labels"], providers="cpu")
         report["test_set"] = check_test_set(reference, predictor, list(texts), cfg.atol, cfg.rtol)
-    report["engines"] = engine_gate(
-        onnx_path, reference, probes, _ids(tokenizer, texts or []), spec.pad_id, cfg.atol, cfg.rtol
-    )
+    # The other engines run in their own processes, from a file: a copy of the hashed bytes in a folder
+    # only this user can write, not the bundle's model.onnx (which may have changed since it was hashed).
+    with tempfile.TemporaryDirectory(prefix="seqship-verify-") as tmp:
+        copy = Path(tmp) / MODEL_ONNX
+        copy.write_bytes(onnx_bytes)
+        report["engines"] = engine_gate(
+            copy, reference, probes, _ids(tokenizer, texts or []), spec.pad_id, cfg.atol, cfg.rtol
+        )
     report["passed"] = (
         report["passed"]
         and all(i["passed"] for i in integrity)

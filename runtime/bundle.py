@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -26,15 +27,35 @@ MODEL_CARD = "README.md"
 REQUIRED_FILES = (MODEL_ONNX, TOKENIZER)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 MAX_MANIFEST = 16 << 20
+# The limits every bundle JSON reader applies (this one, runtime/js/src/json.js, runtime/cpp/bundle_check.h),
+# so that a document is read the same way, or refused, in every language: arrays and objects nested at
+# most this deep, integers JavaScript reads exactly, and no number that overflows a double.
+MAX_JSON_DEPTH = 512
+MAX_JSON_INTEGER = 2**53 - 1
 
 
 def strict_json(text: str):
-    """json.loads that refuses what other languages' parsers refuse: NaN, Infinity, -Infinity."""
+    """json.loads that refuses what other languages' parsers refuse or read differently: NaN, Infinity,
+    -Infinity, a number beyond a double, an integer beyond +-(2**53 - 1), nesting deeper than MAX_JSON_DEPTH."""
 
     def refuse(token: str):
         raise ValueError(f"{token} is not JSON")
 
-    return json.loads(text, parse_constant=refuse)
+    value = json.loads(text, parse_constant=refuse)
+    todo = [(value, 1)]
+    while todo:
+        v, depth = todo.pop()
+        if isinstance(v, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError(f"arrays and objects nested deeper than {MAX_JSON_DEPTH}")
+            todo.extend((child, depth + 1) for child in (v.values() if isinstance(v, dict) else v))
+        elif isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_JSON_INTEGER:
+            raise ValueError(
+                f"the integer {str(v)[:40]} is outside +-{MAX_JSON_INTEGER} (what JavaScript reads exactly)"
+            )
+        elif isinstance(v, float) and not math.isfinite(v):
+            raise ValueError("a number too large for a double")
+    return value
 
 
 REBUILD = "rebuild it with this seqship: `pipeline run export --force`, then `pipeline run all`"
@@ -111,14 +132,22 @@ def read_manifest(root: str | os.PathLike) -> dict:
     return _read_manifest(Path(root))[0]
 
 
-def _read_manifest(root: Path) -> tuple[dict, bytes]:
+def read_pinned_manifest(root: str | os.PathLike, expected_sha256: str | None = None) -> tuple[dict, str]:
+    """manifest.json, read once: its digest is compared with expected_sha256 (when given) before it is
+    parsed, then it is validated. Returns (manifest, digest)."""
+    pin = check_pin(expected_sha256) if expected_sha256 is not None else None
+    manifest, raw = _read_manifest(Path(root), pin)
+    return manifest, hashlib.sha256(raw).hexdigest()
+
+
+def _read_manifest(root: Path, pin: str | None = None) -> tuple[dict, bytes]:
     if not root.is_dir():
         if root.exists():  # a file given where the folder is wanted: name the folder it sits in
             raise BundleError(
                 f"{root}: a file, not a bundle folder; pass the folder that holds {MANIFEST} (perhaps {root.parent})"
             )
         raise BundleError(f"{root}: bundle folder not found; pass the folder that holds {MANIFEST}")
-    mpath = root / MANIFEST
+    mpath = safe_member(root, MANIFEST)  # a link out of the folder is refused, as for every listed file
     if not mpath.is_file():  # follows a symlink: a FIFO or a device is not a file
         what = "not a regular file" if mpath.exists() else "missing"
         raise BundleError(f"{mpath}: {what}; this folder is not a seqship bundle")
@@ -126,6 +155,12 @@ def _read_manifest(root: Path) -> tuple[dict, bytes]:
         raw = f.read(MAX_MANIFEST + 1)
     if len(raw) > MAX_MANIFEST:
         raise BundleError(f"{mpath}: manifest.json is larger than 16 MiB; not a seqship manifest")
+    digest = hashlib.sha256(raw).hexdigest()
+    if pin is not None and digest != pin:
+        raise BundleError(
+            f"{mpath}: bundle digest {digest} is not the trusted {pin}; this is not the bundle you pinned "
+            "(or it was re-packaged): get the bundle again from its source, or pin the new digest knowingly"
+        )
     try:
         manifest = strict_json(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
@@ -177,21 +212,15 @@ def _read_manifest(root: Path) -> tuple[dict, bytes]:
     return manifest, raw
 
 
-def open_bundle(root: str | os.PathLike, expected_sha256: str | None = None) -> Bundle:
+def open_bundle(root: str | os.PathLike, expected_sha256: str | None = None, keep: tuple[str, ...] = ()) -> Bundle:
     """Check a bundle completely (manifest, every file's path, size and sha256) and return it.
 
     expected_sha256: the bundle digest you trust (sha256 of manifest.json); anything else is refused.
-    The required files' bytes are read once, hashed, and kept: callers run those very bytes.
+    The bytes of the required files and of the listed files named in `keep` are read once, hashed, and
+    kept in Bundle.data: callers run (or unpickle) those very bytes, never the file opened again.
     """
     root = Path(root)
-    pin = check_pin(expected_sha256) if expected_sha256 is not None else None
-    manifest, raw = _read_manifest(root)
-    digest = hashlib.sha256(raw).hexdigest()
-    if pin is not None and digest != pin:
-        raise BundleError(
-            f"{root / MANIFEST}: bundle digest {digest} is not the trusted {pin}; this is not the bundle you pinned "
-            "(or it was re-packaged): get the bundle again from its source, or pin the new digest knowingly"
-        )
+    manifest, digest = read_pinned_manifest(root, expected_sha256)
     data = {}
     for name, entry in manifest["files"].items():
         path = safe_member(root, name)
@@ -204,7 +233,7 @@ def open_bundle(root: str | os.PathLike, expected_sha256: str | None = None) -> 
                 f"{path}: {size} bytes, the manifest says {entry['bytes']} (truncated or replaced); "
                 "copy the bundle again"
             )
-        if name in REQUIRED_FILES:
+        if name in REQUIRED_FILES or name in keep:
             with open(path, "rb") as f:
                 content = f.read(entry["bytes"] + 1)
             file_digest = hashlib.sha256(content).hexdigest()

@@ -130,9 +130,13 @@ def browser_modules(src: Path = JS_ROOT / "src", entry: str = "browser.js") -> l
     return sorted(seen)
 
 
-def routes(bundle_dir: str | os.PathLike, ort_web: str | os.PathLike | None = None) -> dict[str, Path]:
-    """Every URL path the demo serves -> the file served there; anything else is 404."""
-    predictor = Predictor.load(bundle_dir, providers="cpu")  # refuse to serve a bundle an application would refuse
+def routes(
+    bundle_dir: str | os.PathLike, ort_web: str | os.PathLike | None = None, expected_sha256: str | None = None
+) -> dict[str, Path]:
+    """Every URL path the demo serves -> the file served there; anything else is 404. expected_sha256: the
+    bundle digest to insist on, as Predictor.load takes it."""
+    # refuse to serve a bundle an application would refuse
+    predictor = Predictor.load(bundle_dir, providers="cpu", expected_sha256=expected_sha256)
     dist = find_ort_web(ort_web)
     table = {
         "/": JS_ROOT / "web" / "index.html",
@@ -329,6 +333,7 @@ def make_server(
     port: int = 8000,
     ort_web: str | os.PathLike | None = None,
     idle_timeout: float | None = None,
+    expected_sha256: str | None = None,
 ) -> DemoServer:
     """A server for the demo page and the bundle; call serve_forever() (port 0 picks a free one)."""
-    return DemoServer(host, port, routes(bundle_dir, ort_web), idle_timeout)
+    return DemoServer(host, port, routes(bundle_dir, ort_web, expected_sha256), idle_timeout)

@@ -12,7 +12,7 @@ from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from seqship.runtime.bundle import MODEL_ONNX, TOKENIZER, open_bundle
+from seqship.runtime.bundle import MODEL_ONNX, TOKENIZER, Bundle, open_bundle
 from seqship.runtime.errors import BundleError, InputError, ModelOutputError, TokenizerError
 from seqship.runtime.onnx_proto import read_model_info
 from seqship.runtime.session import CPU, OnnxModel, resolve_providers
@@ -121,7 +121,21 @@ class Predictor:
         model.onnx records in its metadata (required) against manifest.json and tokenizer.json; no
         external data; the tokenizer's Unicode version (see runtime.tokenizer); finite logits.
         """
-        bundle = open_bundle(bundle_dir, expected_sha256)
+        return cls.from_bundle(
+            open_bundle(bundle_dir, expected_sha256), providers, unicode_mismatch=unicode_mismatch, **kwargs
+        )
+
+    @classmethod
+    def from_bundle(
+        cls,
+        bundle: Bundle,
+        providers: str | Sequence[str] | None = "auto",
+        *,
+        unicode_mismatch: str = "refuse",
+        **kwargs,
+    ) -> Predictor:
+        """Predictor.load's checks and session on a bundle whose files open_bundle (or a caller that read and
+        hashed them as it does) has verified: built from bundle.data, the bytes that were hashed."""
         model_bytes, tok_bytes = bundle.data[MODEL_ONNX], bundle.data[TOKENIZER]
         info = read_model_info(model_bytes)
         if info.external:

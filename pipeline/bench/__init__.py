@@ -16,6 +16,7 @@ speed), runtime (the onnxruntime side of this one, in a process without torch).
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -51,14 +52,19 @@ TARGETS = {
 }
 
 
-def eager_from_bundle(bundle) -> torch.nn.Module:
-    """The eager model rebuilt from the bundle alone: config from the manifest, weights from model.pt."""
+def scripted_from_bundle(bundle) -> torch.jit.ScriptModule:
+    """model.pt from the bytes open_bundle hashed (keep=(MODEL_TORCHSCRIPT,)), never the file opened again."""
     import torch
 
+    return torch.jit.load(io.BytesIO(bundle.data[MODEL_TORCHSCRIPT]), map_location="cpu")
+
+
+def eager_from_bundle(bundle) -> torch.nn.Module:
+    """The eager model rebuilt from the bundle alone: config from the manifest, weights from model.pt."""
     from seqship.pipeline.model import ModelConfig, TextClassifier
 
     model = TextClassifier(ModelConfig(**bundle.manifest["model"]))
-    scripted = torch.jit.load(str(bundle.path(MODEL_TORCHSCRIPT)), map_location="cpu")
+    scripted = scripted_from_bundle(bundle)
     model.load_state_dict(scripted.state_dict(), strict=True)
     return model.eval()
 
@@ -90,7 +96,9 @@ def agreement(reference: np.ndarray, outputs: dict[str, np.ndarray], atol: float
 COLD_PREDICTOR = """
 import sys, time
 from seqship.runtime import Predictor
-p = Predictor.load(sys.argv[1], providers="cpu", intra_op_num_threads=int(sys.argv[3]))
+p = Predictor.load(
+    sys.argv[1], providers="cpu", intra_op_num_threads=int(sys.argv[3]), expected_sha256=sys.argv[4] or None
+)
 label = p.predict([sys.argv[2]])[0].label
 """
 COLD_TORCH = """
@@ -106,7 +114,7 @@ with torch.inference_mode():
 PEAK_RSS = '\nprint("PEAK_KB", next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1])\n'
 
 
-def _cold(script: str, bundle_dir: Path, text: str, cfg: BenchConfig) -> dict:
+def _cold(script: str, bundle_dir: Path, text: str, cfg: BenchConfig, pin: str | None = None) -> dict:
     env = dict(
         os.environ,
         OMP_NUM_THREADS=str(cfg.threads),
@@ -117,7 +125,7 @@ def _cold(script: str, bundle_dir: Path, text: str, cfg: BenchConfig) -> dict:
     for _ in range(cfg.cold_repeats):
         t0 = time.perf_counter()
         out = subprocess.run(
-            [sys.executable, "-c", script + PEAK_RSS, str(bundle_dir), text, str(cfg.threads)],
+            [sys.executable, "-c", script + PEAK_RSS, str(bundle_dir), text, str(cfg.threads), pin or ""],
             capture_output=True,
             text=True,
             env=env,
@@ -186,13 +194,21 @@ def bench_texts(bundle_dir: Path, texts_path: Path | None = None) -> list[str]:
 
 
 def run_bench(
-    bundle_dir: Path, texts: Sequence[str], cfg: BenchConfig, progress: Callable[[str], None] = lambda s: None
+    bundle_dir: Path,
+    texts: Sequence[str],
+    cfg: BenchConfig,
+    progress: Callable[[str], None] = lambda s: None,
+    expected_sha256: str | None = None,
 ) -> dict:
-    """Measure every figure; returns the JSON-ready result (see pipeline/bench/README.md)."""
+    """Measure every figure; returns the JSON-ready result (see pipeline/bench/README.md). expected_sha256:
+    the bundle digest to insist on, in this process and in every process the benchmark starts."""
     import torch
 
-    bundle = open_bundle(bundle_dir)
-    tok = Tokenizer.from_file(bundle.path(TOKENIZER))
+    from seqship.runtime.tokenizer import TokenizerSpec
+
+    bundle = open_bundle(bundle_dir, expected_sha256, keep=(MODEL_TORCHSCRIPT,))
+    spec = TokenizerSpec.from_json(bundle.data[TOKENIZER].decode("utf-8"), source=str(bundle.path(TOKENIZER)))
+    tok = Tokenizer(spec)
     texts, one, bulk, batches, check = workload(texts, tok, cfg)
 
     progress("onnxruntime and the predictor, in a process without torch")
@@ -213,6 +229,7 @@ def run_bench(
                 str(tmp / "cfg.json"),
                 "--out",
                 str(tmp),
+                *(["--expect-sha256", expected_sha256] if expected_sha256 else []),
             ],
             capture_output=True,
             text=True,
@@ -226,7 +243,7 @@ def run_bench(
     progress("eager PyTorch and TorchScript")
     torch.set_num_threads(cfg.threads)
     eager = eager_from_bundle(bundle)
-    scripted = torch.jit.load(str(bundle.path(MODEL_TORCHSCRIPT)), map_location="cpu")
+    scripted = scripted_from_bundle(bundle)
 
     def torch_run(model, a, b):
         with torch.inference_mode():
@@ -261,7 +278,7 @@ def run_bench(
     }
     progress("cold start, fresh processes")
     cold = {
-        "predictor": _cold(COLD_PREDICTOR, bundle.root, one[0], cfg),
+        "predictor": _cold(COLD_PREDICTOR, bundle.root, one[0], cfg, expected_sha256),
         "pytorch": _cold(COLD_TORCH, bundle.root, one[0], cfg),
     }
     progress("matrix-product peak")

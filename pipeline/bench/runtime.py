@@ -87,16 +87,22 @@ def workload(texts: Sequence[str], tok, cfg: BenchConfig):
     return texts, one, bulk, batches, check
 
 
-def measure_onnx(bundle_dir: Path, texts: Sequence[str], cfg: BenchConfig, out_dir: Path) -> dict:
+def measure_onnx(
+    bundle_dir: Path, texts: Sequence[str], cfg: BenchConfig, out_dir: Path, expected_sha256: str | None = None
+) -> dict:
     """Latency and bulk figures for plain onnxruntime and the Predictor; check outputs saved as .npy."""
     import onnxruntime as ort
 
+    from seqship.runtime.bundle import MODEL_ONNX
     from seqship.runtime.predictor import Predictor
 
-    predictor = Predictor.load(bundle_dir, providers="cpu", intra_op_num_threads=cfg.threads)
+    predictor = Predictor.load(
+        bundle_dir, providers="cpu", intra_op_num_threads=cfg.threads, expected_sha256=expected_sha256
+    )
     so = ort.SessionOptions()
     so.intra_op_num_threads = cfg.threads
-    session = ort.InferenceSession(str(predictor.bundle.path("model.onnx")), so, providers=["CPUExecutionProvider"])
+    # the bytes the predictor verified, not the file opened again
+    session = ort.InferenceSession(predictor.bundle.data[MODEL_ONNX], so, providers=["CPUExecutionProvider"])
     texts, one, bulk, batches, check = workload(texts, predictor.tokenizer, cfg)
     one_ids = [predictor.tokenizer.encode_batch([t])[:2] for t in one]
     n_check = sum(len(b[1]) for b in check)
@@ -135,12 +141,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--texts-json", type=Path, required=True, help="A JSON list of the texts to time.")
     ap.add_argument("--config", type=Path, required=True, help="The BenchConfig, as JSON.")
     ap.add_argument("--out", type=Path, required=True, help="Folder for result.json and the outputs (.npy).")
+    ap.add_argument("--expect-sha256", default=None, help="The bundle digest to insist on (as `pipeline bench`'s).")
     args = ap.parse_args(argv)
     result = measure_onnx(
         args.bundle,
         json.loads(args.texts_json.read_text()),
         BenchConfig(**json.loads(args.config.read_text())),
         args.out,
+        args.expect_sha256,
     )
     (args.out / RESULT).write_text(json.dumps(result))
 
