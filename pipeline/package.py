@@ -177,6 +177,13 @@ def md(text, line_start: bool = False) -> str:
     return "".join(_HTML.get(c, c) for c in escaped)
 
 
+def wheel_version(m: dict) -> str:
+    """The seqship version that made the bundle (its predictor loads it), as it appears in the wheel's file name."""
+    version = str(m.get("versions", {}).get("seqship") or __version__)
+    # a manifest is data: anything but a plain version string would break the command it is pasted into
+    return version if re.fullmatch(r"[0-9A-Za-z.+!_]+", version) else __version__
+
+
 def model_card(m: dict) -> str:
     """The bundle's README.md: what it predicts, from what data, how well, how exactly, how to load it."""
     met, par, sig = m["metrics"], m["parity"], m["signature"]
@@ -242,7 +249,12 @@ batches (labels compared outside near ties, where the reference's top two logits
 confusions, versions).
 
 ## Load it
-Python, with only numpy and onnxruntime:
+Python, with only numpy and onnxruntime: install seqship's predictor without PyTorch or the training code.
+seqship is not on PyPI; from its wheel (`pip wheel . --no-deps -w dist/` in a checkout builds it):
+```bash
+pip install seqship-{wheel_version(m)}-py3-none-any.whl
+```
+or from a checkout of seqship {wheel_version(m)}: `pip install .` in its root. Then:
 ```python
 from seqship.runtime import Predictor
 p = Predictor.load("path/to/this/folder")

@@ -8,6 +8,8 @@ import html
 import json
 import re
 
+import pytest
+
 from seqship.pipeline.package import md, model_card
 
 HOSTILE = [
@@ -109,3 +111,36 @@ def test_the_manifest_carries_the_compact_confusions_never_the_matrix(tiny_run):
     assert len(metrics["test"]["confusion_matrix"]) == len(
         manifest["labels"]
     )  # few labels: the run keeps the whole matrix
+
+
+def test_the_card_says_how_to_install_the_predictor_before_it_imports_it(tiny_run):
+    """ "Load it": the runtime-only install (seqship is not on PyPI: its wheel, or `pip install .` in a checkout),
+    then the import; the wheel's name carries the version that made the bundle."""
+    from seqship.pipeline import __version__
+
+    artifacts, _ = tiny_run
+    card = (artifacts / "tiny" / "bundle" / "README.md").read_text(encoding="utf-8")
+    load = card.split("## Load it", 1)[1].split("\n## ", 1)[0]
+    wheel_cmd = f"pip install seqship-{__version__}-py3-none-any.whl"
+    assert f"```bash\n{wheel_cmd}\n```" in load
+    assert "`pip install .`" in load and "not on PyPI" in load
+    assert load.index(wheel_cmd) < load.index("`pip install .`") < load.index("from seqship.runtime import Predictor")
+    assert "torch" not in load.split("from seqship.runtime import Predictor")[0].replace("without PyTorch", "")
+
+
+def test_a_manifest_version_that_is_not_a_plain_version_never_reaches_the_pip_command(tiny_run):
+    from seqship.pipeline import __version__
+
+    m = manifest_with(tiny_run, ["a", "b"], "n", "s", "note", "r")
+    for hostile in ("1.0; rm -rf ~", "1.0\n```\n# h", "", None):
+        m["versions"]["seqship"] = hostile
+        assert f"pip install seqship-{__version__}-py3-none-any.whl\n" in model_card(m)
+    m["versions"]["seqship"] = "0.2.0rc1+cpu"
+    assert "pip install seqship-0.2.0rc1+cpu-py3-none-any.whl\n" in model_card(m)
+
+
+@pytest.mark.slow
+def test_the_wheel_the_card_names_is_the_wheel_seqship_builds(tiny_run, wheel):
+    artifacts, _ = tiny_run
+    card = (artifacts / "tiny" / "bundle" / "README.md").read_text(encoding="utf-8")
+    assert f"pip install {wheel.name}\n" in card
