@@ -8,18 +8,23 @@ training code (a test imports it with torch made unimportable).
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from seqship.runtime.errors import InputError, ModelOutputError, SeqshipError
-from seqship.runtime.textio import decode_utf8
+from seqship.runtime.fsio import read_capped
+from seqship.runtime.textio import decode_utf8, is_blank, raw_lines, refuse_binary, split_lines
+
+log = logging.getLogger(__name__)
 
 Write = Callable[[str], None]  # receives output text, each JSON line with its newline
 
-MAX_TEXTS_FILE = 256 * 1024 * 1024  # --texts files of `verify` and `bench` are read whole
+MAX_TEXTS_FILE = 256 * 1024 * 1024  # --texts files of `verify` and `bench` are read whole, at most this much
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,14 @@ class Texts:
 
     texts: list[str]
     undecodable: dict[int, str]
+    # each text's index in the output: its line number - 1 for stdin (blank lines are skipped, and leave a
+    # gap), its place among the arguments for arguments [default: 0, 1, 2...]
+    indexes: list[int] = field(default_factory=list)
+    skipped: int = 0  # blank lines: no text, no output line
+
+    def index(self, i: int) -> int:
+        """The output index of the i-th text."""
+        return self.indexes[i] if self.indexes else i
 
 
 def parse_providers(value: str) -> str | list[str]:
@@ -52,27 +65,37 @@ def decode_arguments(args: Sequence[str]) -> Texts:
 
 
 def decode_lines(data: bytes) -> Texts:
-    """One text per line of UTF-8 bytes (stdin): CRLF or LF, a BOM at the start dropped, the final newline
-    (and blank lines after it) not a text; a line that is not UTF-8 gets an error, the rest is scored."""
-    lines = [line.rstrip(b"\r") for line in data.split(b"\n")]
-    while lines and lines[-1].strip() == b"":
-        lines.pop()
-    texts, undecodable = [], {}
-    for i, raw in enumerate(lines):
+    """One text per line of UTF-8 bytes (stdin), lines ending as runtime.textio says ("\\r\\n", "\\n" or a
+    lone "\\r"), a BOM at the start dropped; a blank line is skipped and counted (its line keeps its
+    index: see `Texts.indexes`); a line that is not UTF-8 gets an error, the rest is scored. Bytes that are
+    not text at all (NUL bytes, a Parquet or zip file...) are an InputError."""
+    refuse_binary("stdin", data[:8192], "one-text-per-line", InputError)
+    texts, undecodable, indexes, skipped = [], {}, [], 0
+    for n, (_, raw) in enumerate(raw_lines(io.BytesIO(data))):
         try:
-            texts.append(decode_utf8(raw, at_start=i == 0))
+            text = decode_utf8(raw, at_start=n == 0)
         except UnicodeDecodeError as e:
-            undecodable[i] = f"line {i + 1}: not UTF-8 ({e.reason} at byte {e.start}); send UTF-8 text"
-            texts.append("")
-    return Texts(texts, undecodable)
+            undecodable[len(texts)] = f"line {n + 1}: not UTF-8 ({e.reason} at byte {e.start}); send UTF-8 text"
+            text = ""
+        else:
+            if is_blank(text):
+                skipped += 1
+                continue
+        texts.append(text)
+        indexes.append(n)
+    if skipped:
+        log.warning("skipped %d blank line(s) on stdin: no text to score (index is the line number - 1)", skipped)
+    return Texts(texts, undecodable, indexes, skipped)
 
 
 def read_texts(path: Path) -> list[str]:
-    """Non-blank lines of a UTF-8 file, or a SeqshipError naming the file and the fix."""
+    """Non-blank lines of a UTF-8 file (lines end as runtime.textio says), or a SeqshipError naming the file
+    and the fix. At most MAX_TEXTS_FILE bytes are read, counted as they are read: /dev/zero, a FIFO or a
+    /proc file says its size is 0."""
     try:
-        if path.stat().st_size > MAX_TEXTS_FILE:
-            raise SeqshipError(f"{path}: over {MAX_TEXTS_FILE >> 20} MiB; pass a sample of texts")
-        return [t for t in path.read_text(encoding="utf-8").split("\n") if t.strip()]
+        raw = read_capped(path, MAX_TEXTS_FILE, "pass a sample of texts")
+        refuse_binary(path, raw[:8192], "one-text-per-line", SeqshipError)
+        return [t for t in split_lines(decode_utf8(raw)) if not is_blank(t)]
     except (OSError, UnicodeDecodeError) as e:
         raise SeqshipError(f"{path}: cannot be read as UTF-8 text ({str(e)[:120]}); pass one text per line") from None
 
@@ -107,11 +130,11 @@ def result_lines(predictor, texts: Texts, top_k: int = 1) -> Iterable[tuple[dict
     """(JSON-ready line, whether it is an error) per text, in input order: the index, the text, and the
     labels or the reason it could not be scored."""
     for i, result in enumerate(predictor.predict(texts.texts, top_k=top_k, errors="return")):
-        text = texts.texts[i]
+        text, index = texts.texts[i], texts.index(i)
         if i in texts.undecodable or isinstance(result, (InputError, ModelOutputError)):
-            yield {"index": i, "text": text, "error": texts.undecodable.get(i) or str(result)}, True
+            yield {"index": index, "text": text, "error": texts.undecodable.get(i) or str(result)}, True
         else:
-            yield {"index": i, "text": text, **result.to_dict()}, False
+            yield {"index": index, "text": text, **result.to_dict()}, False
 
 
 def write_results(predictor, texts: Texts, write: Write, top_k: int = 1) -> int:
@@ -139,11 +162,18 @@ def score_file(
     from seqship.runtime.bulk import score_file as bulk_score_file
 
     if output_path is not None:
-        return bulk_score_file(predictor, input_path, output_path, on_progress=on_progress, **options)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "out.jsonl"
-        stats = bulk_score_file(predictor, input_path, out, **options)
-        with open(out, encoding="utf-8") as f:
-            for line in f:
-                write(line)
+        stats = bulk_score_file(predictor, input_path, output_path, on_progress=on_progress, **options)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "out.jsonl"
+            stats = bulk_score_file(predictor, input_path, out, **options)
+            with open(out, encoding="utf-8") as f:
+                for line in f:
+                    write(line)
+    if stats.skipped:
+        log.warning(
+            "skipped %d blank line(s) in %s: no text to score (each output line's index still leads to its line)",
+            stats.skipped,
+            input_path,
+        )
     return stats

@@ -1,94 +1,154 @@
 """Bulk scoring of a file: streamed in chunks (memory does not grow with the input), written atomically.
 
 Input formats: `lines` (one text per line), `jsonl` (a JSON string, or an object with the text under
-`text_column` and optionally an id under `id_column`), `csv` / `tsv` (a header row naming the columns).
-Every input row gets exactly one output line, in input order, with its `index` (0-based row number),
-its `id` when the input has one, and either the prediction or an `error`. A row that cannot be read
+`text_column` and optionally an id under `id_column`), `csv` / `tsv` (a header row naming the columns),
+`parquet` (the `text_column` and `id_column` columns; needs pyarrow, as the Ray engine does). Lines end as
+runtime.textio says ("\\r\\n", "\\n" or a lone "\\r"); a blank line is skipped and counted (`skipped`),
+as training skips it. A file whose bytes are not text in its format (Parquet, zip, gzip, PDF, NUL bytes...)
+is refused by name, never scored.
+
+Every other input row gets exactly one output line, in input order, with its `index` and its `id` when
+the input has one, and either the prediction or an `error`. `index` is the row's 0-based place in the
+input: for `lines` and `jsonl` its line (line number - 1; a skipped blank line leaves a gap, so the index
+always leads back to the line), for `csv` / `tsv` its record after the header (a blank line is no record,
+a quoted text may span lines), for `parquet` its row. A row that cannot be read
 (not UTF-8, not JSON, JSON nested too deeply, a number too large, no text, longer than
 `max_line_bytes`) gets an error line; it never stops the run. Memory is bounded by `chunk_size` rows of
 at most `max_line_bytes` each, whatever the file's size or its longest line.
+
+Output: JSON lines; or, for an output named .csv or .tsv, a table of that format with the columns
+`OUTPUT_COLUMNS` describes (never JSON lines under a table's name).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Iterator
 
 from seqship.runtime.errors import InputError, ModelOutputError, SeqshipError
-from seqship.runtime.fsio import atomic_write, sweep_partials
+from seqship.runtime.fsio import atomic_write, refuse_same_file, sweep_partials
 from seqship.runtime.jsonio import json_kind, json_line, json_text  # noqa: F401 (imported from here too)
 from seqship.runtime.predictor import Predictor
 from seqship.runtime.textio import (
     MAX_LINE_BYTES,
+    SNIFF_BYTES,
+    TABLE_DIALECTS,
     escaping_decoder,
     line_records,
     not_utf8,
+    raw_lines,
+    refuse_binary,
     table_reader,
+    valid_id,
 )
 
-FORMATS = ("auto", "jsonl", "lines", "csv", "tsv")
+# A Parquet id column's types: scalars, copied to the output as they are.
+PARQUET_ID_TYPES = (
+    "string",
+    "large_string",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float",
+    "double",
+    "bool",
+)
+PARQUET_BATCH_ROWS = 4096
+
+FORMATS = ("auto", "jsonl", "lines", "csv", "tsv", "parquet")
+FORMAT_NAMES = {"lines": "one-text-per-line", "jsonl": "JSON lines", "csv": "CSV", "tsv": "TSV"}
+SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
+# A table output's columns: the row's index, the input's id and text columns (under their own names; the id
+# column when the input can carry one), the top label and its score, the top k as JSON (when --top-k > 1),
+# whether the text was truncated, and the error of a row that could not be scored (empty otherwise).
+OUTPUT_COLUMNS = ("index", "<id column>", "<text column>", "label", "score", "top_k", "truncated", "error")
 
 
 @dataclass
 class BulkStats:
     """What a bulk run did."""
 
-    texts: int = 0  # rows read (blank lines included: each input row gets one output line)
+    texts: int = 0  # rows given an output line (scored + errors)
     scored: int = 0
     errors: int = 0  # rows answered with {"error": ...}
+    skipped: int = 0  # blank lines: no text, no output line (as training skips them)
 
 
 def resolve_format(path: Path, fmt: str) -> str:
-    """`auto` becomes jsonl for .jsonl/.ndjson, csv for .csv, tsv for .tsv, else lines."""
+    """`auto` becomes jsonl for .jsonl/.ndjson, csv for .csv, tsv for .tsv, parquet for .parquet, else lines."""
     if fmt not in FORMATS:
         raise InputError(f"format must be one of {FORMATS}, got {fmt!r}")
     if fmt != "auto":
         return fmt
-    return {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv"}.get(path.suffix.lower(), "lines")
+    return SUFFIX_FORMATS.get(path.suffix.lower(), "lines")
+
+
+def output_format(path: Path) -> str:
+    """The output's format, from its name: a table for .csv/.tsv, else JSON lines."""
+    return {".csv": "csv", ".tsv": "tsv"}.get(Path(path).suffix.lower(), "jsonl")
+
+
+def _open_text(path: Path, fmt: str) -> IO[bytes]:
+    """The file opened for reading, refused when its first bytes say it is not text in `fmt` (an InputError
+    naming the file and the format). The bytes are peeked at, not read: a pipe (/dev/stdin) loses none."""
+    f = open(path, "rb", buffering=max(SNIFF_BYTES, io.DEFAULT_BUFFER_SIZE))
+    try:
+        refuse_binary(path, f.peek(SNIFF_BYTES)[:SNIFF_BYTES], FORMAT_NAMES[fmt], InputError)
+    except BaseException:
+        f.close()
+        raise
+    return f
 
 
 def _line_records(
     path: Path, fmt: str, text_column: str, id_column: str | None, max_bytes: int
 ) -> Iterator[tuple[int, dict]]:
-    with open(path, "rb") as f:
-        yield from line_records(f, fmt, text_column, id_column, max_bytes)
+    with _open_text(path, fmt) as f:
+        for n, (pos, rec) in enumerate(line_records(f, fmt, text_column, id_column, max_bytes)):
+            rec["index"] = n  # the line's number - 1, blank lines counted: the index leads back to the line
+            yield pos, rec
 
 
 class _LineReader:
-    """Decoded lines of a binary file, for the csv module; a line over max_bytes is an InputError
-    (a table row cannot be skipped alone: a quoted field may span lines)."""
+    """Decoded lines of a binary file (with their line ends, as the csv module wants them), for the csv
+    module; a line over max_bytes is an InputError (a table row cannot be skipped alone: a quoted field may
+    span lines)."""
 
     def __init__(self, f: IO[bytes], path: Path, max_bytes: int):
-        self.f, self.path, self.max_bytes, self.line, self.pos = f, path, max_bytes, 0, 0
+        self.path, self.max_bytes, self.line, self.pos = path, max_bytes, 0, 0
+        self.lines = raw_lines(f, max_bytes, keep_ends=True)
         self.decoder = escaping_decoder()  # a row holding bytes that are not UTF-8 gets an error line
 
     def __iter__(self):
         return self
 
     def __next__(self) -> str:
-        raw = self.f.readline(self.max_bytes + 1)
-        if not raw:
-            raise StopIteration
+        self.pos, raw = next(self.lines)
         self.line += 1
-        self.pos += len(raw)
-        if len(raw) > self.max_bytes and not raw.endswith(b"\n"):
+        if raw is None:
             raise InputError(
                 f"{self.path}: line {self.line} is longer than {self.max_bytes:,} bytes; shorten it, "
                 "or score the file as --format lines (one text per line)"
             )
-        # final on the file's last line (no newline): a UTF-8 sequence cut short there is decoded (as lone
+        # final on the file's last line (no line end): a UTF-8 sequence cut short there is decoded (as lone
         # surrogates, so its row gets an error line), never held back unseen
-        return self.decoder.decode(raw, final=not raw.endswith(b"\n"))
+        return self.decoder.decode(raw, final=not raw.endswith((b"\n", b"\r")))
 
 
 def _table_records(
     path: Path, fmt: str, text_column: str, id_column: str | None, max_bytes: int, require_id: bool = False
 ) -> Iterator[tuple[int, dict]]:
     field_limit = max(csv.field_size_limit(), max_bytes)
-    with open(path, "rb") as f:
+    with _open_text(path, fmt) as f:
         lines = _LineReader(f, path, max_bytes)
         reader = table_reader(lines, fmt, field_limit)  # as the training data reader reads a table
         try:
@@ -127,10 +187,13 @@ def _table_records(
                 ) from None
             if not row:  # a blank line is no row, as the training reader reads a table
                 row_no -= 1
+                yield lines.pos, {"blank": True}
                 continue
             has_id = i is not None and i < len(row)
             bad_id = has_id and not_utf8(row[i])
-            rec: dict = {"id": row[i]} if has_id and not bad_id else {}
+            rec: dict = {"index": row_no - 1}
+            if has_id and not bad_id:
+                rec["id"] = row[i]
             if t >= len(row):
                 rec["error"] = f"row {row_no}: has {len(row)} fields, no {text_column!r} column"
             elif bad_id or not_utf8(row[t]):
@@ -143,6 +206,12 @@ def _table_records(
             yield lines.pos, rec
 
 
+def _parquet_records(path: Path, text_column: str, id_column: str | None) -> Iterator[tuple[int, dict]]:
+    for n, rec in parquet_records(path, text_column, id_column):
+        rec["index"] = n
+        yield 0, rec
+
+
 def records(
     path: Path,
     fmt: str = "auto",
@@ -152,12 +221,44 @@ def records(
     max_line_bytes: int = MAX_LINE_BYTES,
     require_id: bool = False,
 ) -> Iterator[tuple[int, dict]]:
-    """(bytes read so far, record) per input row; a record has 'text' or 'error', and maybe 'id'.
+    """(bytes read so far, record) per input row; a record has 'index' and 'text' or 'error', and maybe 'id';
+    or is {"blank": True} for a blank line (no index: see the module docstring).
     require_id: a table whose header lacks id_column is an InputError (rows of JSON lines may each lack it)."""
     fmt = resolve_format(path, fmt)
     if fmt in ("csv", "tsv"):
         return _table_records(path, fmt, text_column, id_column, max_line_bytes, require_id)
+    if fmt == "parquet":
+        return _parquet_records(path, text_column, id_column)
     return _line_records(path, fmt, text_column, id_column, max_line_bytes)
+
+
+class _TableOut:
+    """Output rows as CSV or TSV (see OUTPUT_COLUMNS)."""
+
+    def __init__(self, out: IO[str], fmt: str, text_column: str, id_column: str | None, top_k: int):
+        self.writer = csv.writer(out, lineterminator="\n", **TABLE_DIALECTS[fmt] | {"quoting": csv.QUOTE_MINIMAL})
+        self.fmt, self.top_k = fmt, top_k
+        self.columns = ["index"] + ([id_column] if id_column else []) + [text_column, "label", "score"]
+        self.columns += (["top_k"] if top_k > 1 else []) + ["truncated", "error"]
+        self.id_column, self.text_column = id_column, text_column
+        self.writer.writerow(self.columns)
+
+    def write(self, rec: dict) -> None:
+        values = {"index": rec["index"], self.text_column: rec.get("text", "")}
+        if self.id_column:
+            values[self.id_column] = "" if rec.get("id") is None else _cell(rec["id"])
+        if "error" in rec:
+            values["error"] = rec["error"]
+        else:
+            values |= {"label": rec["label"], "score": rec["score"], "truncated": rec["truncated"]}
+            if self.top_k > 1:
+                values["top_k"] = json_text(rec["top_k"], separators=(",", ":"))
+        self.writer.writerow([values.get(c, "") for c in self.columns])
+
+
+def _cell(value) -> str:
+    """An id as a table cell: a string as it is, a number or boolean as JSON writes it."""
+    return value if isinstance(value, str) else json_text(value)
 
 
 def score_file(
@@ -174,11 +275,13 @@ def score_file(
     max_line_bytes: int = MAX_LINE_BYTES,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> BulkStats:
-    """Score every row of input_path into output_path (JSON lines, same order, one per input row).
+    """Score every row of input_path into output_path (JSON lines, or a table for a .csv/.tsv name; same
+    order, one line per input row but blank lines).
 
     Rows that cannot be scored get {"index", "error"} and do not stop the run. The output is written
     atomically (runtime.fsio.atomic_write): a killed run never leaves a half-written file under the
-    final name; a FIFO or /dev/stdout is streamed into. on_progress(bytes_read, rows_done).
+    final name; a FIFO or /dev/stdout is streamed into. The output is never the input, by any name
+    (a symlink, a hard link, `./x`). on_progress(bytes_read, rows_done).
     """
     src, dst = Path(input_path), Path(output_path)
     fmt = resolve_format(src, fmt)
@@ -186,35 +289,58 @@ def score_file(
         raise InputError(f"top_k must be a positive integer, got {top_k!r}")
     if not src.exists() or src.is_dir():
         raise SeqshipError(f"{src}: input file not found")
-    if dst.exists() and os.path.samefile(src, dst):
-        raise SeqshipError(f"{dst}: the output must not overwrite the input")
+    refuse_same_file(src, dst)
+    out_fmt = output_format(dst)
     sweep_partials(dst.parent if str(dst.parent) else Path("."))  # what a killed run left beside the output
     stats = BulkStats()
     rows = records(
         src, fmt, text_column=text_column, id_column=id_column, max_line_bytes=max_line_bytes, require_id=require_id
     )
+    rows = _peek(rows)  # the first row read before the output is opened: a refused input leaves no output
     with atomic_write(dst, "w") as out:
+        table = None
+        if out_fmt != "jsonl":
+            has_id = fmt != "lines" and id_column is not None
+            table = _TableOut(out, out_fmt, text_column, id_column if has_id else None, top_k)
         chunk: list[dict] = []
         pos = 0
         for pos, rec in rows:
-            rec["index"] = stats.texts
+            if rec.pop("blank", False):
+                stats.skipped += 1
+                continue
             stats.texts += 1
             chunk.append(rec)
             if len(chunk) >= chunk_size:
-                _flush(predictor, chunk, out, top_k, stats)
+                _flush(predictor, chunk, out, top_k, stats, table)
                 if on_progress:
                     on_progress(pos, stats.texts)
-        _flush(predictor, chunk, out, top_k, stats)
+        _flush(predictor, chunk, out, top_k, stats, table)
         if on_progress:
             on_progress(pos, stats.texts)
     return stats
 
 
-def _flush(predictor: Predictor, chunk: list[dict], out, top_k: int, stats: BulkStats) -> None:
-    # Chunks are contiguous, so the chunk's first index makes error messages name the input row's index.
-    first = chunk[0]["index"] if chunk else 0
-    texts = [r["text"] if "error" not in r else "" for r in chunk]
-    results = predictor.predict(texts, top_k=top_k, errors="return", first_index=first) if chunk else []
+def _peek(rows: Iterator) -> Iterator:
+    """The same rows, the first one read now (so that an input refused on sight fails before any output)."""
+    first = next(rows, None)
+
+    def all_rows():
+        if first is not None:
+            yield first
+            yield from rows
+
+    return all_rows()
+
+
+def _flush(predictor: Predictor, chunk: list[dict], out, top_k: int, stats: BulkStats, table=None) -> None:
+    # Error messages name each row by its index (first_index, per run of consecutive indexes).
+    results: list = []
+    start = 0
+    for i in range(1, len(chunk) + 1):
+        if i == len(chunk) or chunk[i]["index"] != chunk[i - 1]["index"] + 1:
+            texts = [r["text"] if "error" not in r else "" for r in chunk[start:i]]
+            results += predictor.predict(texts, top_k=top_k, errors="return", first_index=chunk[start]["index"])
+            start = i
     for rec, res in zip(chunk, results):
         if "error" in rec:
             continue
@@ -223,10 +349,79 @@ def _flush(predictor: Predictor, chunk: list[dict], out, top_k: int, stats: Bulk
         else:
             rec.update(res.to_dict())
     for rec in chunk:
-        rec.pop("text", None)
         if "error" in rec:
             stats.errors += 1
         else:
             stats.scored += 1
+        if table is not None:
+            table.write(rec)
+            continue
+        rec.pop("text", None)
         out.write(json_line({"index": rec.pop("index"), **rec}))
     chunk.clear()
+
+
+# --- Parquet (pyarrow, imported when a Parquet file is read: the `ray` extra installs it) -------------
+
+
+def _pyarrow_parquet(path):
+    try:
+        import pyarrow.parquet as pq
+    except ModuleNotFoundError:
+        raise InputError(
+            f"{path}: reading Parquet needs pyarrow, which is not installed; pip install 'seqship[ray]' "
+            "(or pyarrow alone), or convert the file to JSON lines or CSV"
+        ) from None
+    return pq
+
+
+def check_parquet(path, text_column: str, id_column: str | None) -> None:
+    """The text column must exist and hold strings; an id column, when present, scalars (an InputError)."""
+    pq = _pyarrow_parquet(path)
+    import pyarrow as pa
+
+    try:
+        schema = pq.read_schema(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a file that is not Parquet
+        raise InputError(f"{path}: not a readable Parquet file ({str(e)[:160]})") from None
+    if text_column not in schema.names:
+        raise InputError(f"{path}: no column {text_column!r} (columns: {schema.names[:20]}); pass --text-column NAME")
+    kind = schema.field(text_column).type
+    if pa.types.is_dictionary(kind):  # e.g. a pandas categorical: read as its strings
+        kind = kind.value_type
+    kind = str(kind)
+    if kind not in ("string", "large_string"):
+        raise InputError(f"{path}: column {text_column!r} holds {kind}, not strings; cast it to string")
+    if id_column in schema.names and str(schema.field(id_column).type) not in PARQUET_ID_TYPES:
+        raise InputError(
+            f"{path}: id column {id_column!r} holds {schema.field(id_column).type}; "
+            "ids must be strings, integers, floats or booleans (cast it, or pass another --id-column)"
+        )
+
+
+def parquet_records(
+    path, text_column: str, id_column: str | None, row_groups: list[int] | None = None, first_row: int = 0
+) -> Iterator[tuple[int, dict]]:
+    """(row number, record) per row of a Parquet file (or of its `row_groups`, whose first row is
+    `first_row`), checked first (`check_parquet`); a record has 'text' or 'error', and maybe 'id'."""
+    check_parquet(path, text_column, id_column)
+    pq = _pyarrow_parquet(path)
+    pf = pq.ParquetFile(path)
+    has_id = id_column is not None and id_column in pf.schema_arrow.names
+    columns = [text_column] + ([id_column] if has_id else [])
+    n = first_row
+    for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns, row_groups=row_groups):
+        texts = batch.column(0).to_pylist()
+        ids = batch.column(1).to_pylist() if has_id else [None] * len(texts)
+        for text, id_ in zip(texts, ids):
+            rec: dict = {}
+            if id_ is not None and not valid_id(id_):
+                rec["error"] = f"row {n + 1}: {id_column!r} is not finite; ids must be strings or finite numbers"
+            elif text is None:
+                rec = {"id": id_, "error": f"row {n + 1}: {text_column!r} is null"}
+            else:
+                rec = {"id": id_, "text": text}
+            if rec.get("id", 0) is None:
+                del rec["id"]
+            yield n, rec
+            n += 1

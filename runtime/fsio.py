@@ -41,6 +41,43 @@ class FileSafetyError(SeqshipError):
     """A path cannot be written safely (not a regular file, a read-only folder, a full disk)."""
 
 
+class FileTooLargeError(SeqshipError):
+    """A file holds more bytes than seqship reads of it (counted while reading: a device, a FIFO or a
+    /proc file says its size is 0)."""
+
+
+_READ_CHUNK = 1 << 20
+
+
+def read_capped(path: str | os.PathLike, max_bytes: int, hint: str = "") -> bytes:
+    """A whole file's bytes, when it holds at most max_bytes; a FileTooLargeError naming it (and `hint`,
+    what to do) as soon as more than that has been read. Never trusts st_size, and never asks for more
+    memory than max_bytes plus one chunk (`/dev/zero`, an endless FIFO). OSError as open() raises it."""
+    chunks, size = [], 0
+    with open(path, "rb") as f:
+        while chunk := f.read(min(_READ_CHUNK, max_bytes + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > max_bytes:
+                shown = f"{max_bytes >> 20} MiB" if max_bytes >= 1 << 20 else f"{max_bytes:,} bytes"
+                raise FileTooLargeError(f"{path}: more than {shown}, the most seqship reads of it{hint and '; '}{hint}")
+    return b"".join(chunks)
+
+
+def refuse_same_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """A FileSafetyError when writing `dst` would replace or write into the file `src` is, by any name: the
+    same path spelled otherwise (`./x`, `a/../x`), a symlink to it, a hard link, /dev/stdout redirected to it."""
+    try:
+        same = os.path.samefile(src, dst)
+    except OSError:  # dst does not exist (yet), or cannot be looked at: it is not src
+        return
+    if same:
+        raise FileSafetyError(
+            f"{dst}: this is the input file {src} (under another name, or a link to it); writing there "
+            "would destroy the input: give another --output"
+        )
+
+
 def _host() -> str:
     return "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:32] or "host"
 

@@ -30,33 +30,35 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from seqship.runtime import __version__
+from seqship.runtime.bundle import MAX_MANIFEST
 from seqship.runtime.errors import InputError, ModelOutputError, SeqshipError
-from seqship.runtime.fsio import describe_os_error, replace_dir, sweep_partials, temp_dir, write_json_atomic
+from seqship.runtime.fsio import (
+    FileTooLargeError,
+    describe_os_error,
+    read_capped,
+    replace_dir,
+    sweep_partials,
+    temp_dir,
+    write_json_atomic,
+)
 from seqship.runtime.jsonio import json_line, json_text
-from seqship.runtime.textio import line_records, valid_id
+from seqship.runtime.textio import (
+    SNIFF_BYTES,
+    count_line_ends,
+    last_line_end,
+    line_records,
+    refuse_binary,
+)
 
 log = logging.getLogger(__name__)
 
 # Input files in a folder, by suffix; others are refused (never silently skipped).
 SUFFIXES = {".txt": "lines", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+SUFFIX_NAMES = {"lines": "one-text-per-line (.txt)", "jsonl": "JSON lines"}
 OUTPUT_FORMATS = ("jsonl", "parquet")
 SUMMARY = "summary.json"
 BLOCK_ROWS = 4096  # rows per block a read task emits
-ID_TYPES = (
-    "string",
-    "large_string",
-    "int8",
-    "int16",
-    "int32",
-    "int64",
-    "uint8",
-    "uint16",
-    "uint32",
-    "uint64",
-    "float",
-    "double",
-    "bool",
-)
+MAX_SUMMARY_BYTES = 16 << 20  # a summary.json is read to tell a previous output folder, at most this much
 
 
 class RayJobError(SeqshipError):
@@ -78,8 +80,9 @@ class RaySummary:
     files: list = field(default_factory=list)
     output_format: str = "jsonl"
     parts: list = field(default_factory=list)
-    rows_in: int = 0
-    rows_out: int = 0
+    rows_in: int = 0  # every line (or Parquet row) of the input, blank lines included
+    rows_out: int = 0  # rows written: rows_in less the blank lines skipped
+    skipped: int = 0  # blank lines: no text, no output row (as training and local scoring skip them)
     scored: int = 0
     errors: int = 0
     seconds: dict = field(default_factory=dict)
@@ -133,50 +136,41 @@ def plan_file(
                 tasks.append((start, g + 1, first, rows))
                 start, first, rows = g + 1, first + rows, 0
         return tasks
+    # Line ends as runtime.textio's readers split them: "\r\n", "\n" or a lone "\r". A "\r" that ends one
+    # block and a "\n" that starts the next are one line end, and a task never ends between the two.
     tasks, start, first, lines, pos, last = [], 0, 0, 0, 0, b"\n"
     with open(path, "rb") as f:
+        refuse_binary(path, f.read(SNIFF_BYTES), SUFFIX_NAMES[fmt], InputError)
+        f.seek(0)
         while block := f.read(1 << 16):
-            n = block.count(b"\n")
-            lines += n
+            pair = last == b"\r" and block.startswith(b"\n")  # counted once, with the block before
+            lines += count_line_ends(block) - pair
             pos += len(block)
+            cut = last_line_end(block)
+            if cut and (lines - first >= rows_per_task or pos - start >= bytes_per_task):
+                at = pos - len(block) + cut
+                whole = lines - count_line_ends(block[cut:])  # lines that end at or before the cut
+                tasks.append((start, at, first, whole - first))
+                start, first = at, whole
             last = block[-1:]
-            if n and (lines - first >= rows_per_task or pos - start >= bytes_per_task):
-                cut = pos - len(block) + block.rfind(b"\n") + 1  # just after this block's last newline
-                tasks.append((start, cut, first, lines - first))
-                start, first = cut, lines
-    lines += last != b"\n"  # a last line without a newline is a row too
+    lines += last not in (b"\n", b"\r")  # a last line without a line end is a row too
     if lines > first:
         tasks.append((start, pos, first, lines - first))
     return tasks
 
 
-def check_parquet(path: Path, text_column: str, id_column: str | None) -> None:
-    """The text column must exist and hold strings; an id column, when present, scalars."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        schema = pq.read_schema(path)
-    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a file that is not Parquet
-        raise InputError(f"{path}: not a readable Parquet file ({str(e)[:160]})") from None
-    if text_column not in schema.names:
-        raise InputError(f"{path}: no column {text_column!r} (columns: {schema.names[:20]}); pass --text-column NAME")
-    kind = schema.field(text_column).type
-    if pa.types.is_dictionary(kind):  # e.g. a pandas categorical: read as its strings
-        kind = kind.value_type
-    kind = str(kind)
-    if kind not in ("string", "large_string"):
-        raise InputError(f"{path}: column {text_column!r} holds {kind}, not strings; cast it to string")
-    if id_column in schema.names and str(schema.field(id_column).type) not in ID_TYPES:
-        raise InputError(
-            f"{path}: id column {id_column!r} holds {schema.field(id_column).type}; "
-            "ids must be strings, integers, floats or booleans (cast it, or pass another --id-column)"
-        )
-
-
 # The text travels as UTF-8 bytes with lone surrogates kept ("surrogatepass"): a Python str may hold one (a
 # JSON "\ud800" escape), which Arrow's strings refuse and which local scoring scores like any other text.
-ROW_SCHEMA_FIELDS = (("file", "int32"), ("row", "int64"), ("id", "string"), ("text", "binary"), ("error", "string"))
+# A blank line travels as a row too (blank: true), so that the driver sees every line of the plan arrive
+# exactly once; it is counted as skipped and gets no output row.
+ROW_SCHEMA_FIELDS = (
+    ("file", "int32"),
+    ("row", "int64"),
+    ("id", "string"),
+    ("text", "binary"),
+    ("error", "string"),
+    ("blank", "bool_"),
+)
 
 
 def _row_table(rows: list[tuple]):
@@ -205,52 +199,25 @@ def read_task_rows(
     path = os.fsdecode(path)
     out: list[tuple] = []
     if fmt == "parquet":
-        import pyarrow.parquet as pq
+        from seqship.runtime.bulk import parquet_records
 
-        pf = pq.ParquetFile(path)
-        has_id = id_column is not None and id_column in pf.schema_arrow.names
-        columns = [text_column] + ([id_column] if has_id else [])
-        n = first_row
-        for batch in pf.iter_batches(batch_size=BLOCK_ROWS, columns=columns, row_groups=list(range(start, end))):
-            texts = batch.column(0).to_pylist()
-            ids = batch.column(1).to_pylist() if has_id else [None] * len(texts)
-            for text, id_ in zip(texts, ids):
-                if id_ is not None and not valid_id(id_):
-                    out.append(
-                        (
-                            file_no,
-                            n,
-                            None,
-                            None,
-                            f"row {n + 1}: {id_column!r} is not finite; ids must be strings or finite numbers",
-                        )
-                    )
-                elif text is None:
-                    out.append(
-                        (
-                            file_no,
-                            n,
-                            None if id_ is None else json_text(id_),
-                            None,
-                            f"row {n + 1}: {text_column!r} is null",
-                        )
-                    )
-                else:
-                    out.append((file_no, n, None if id_ is None else json_text(id_), text, None))
-                n += 1
+        recs = parquet_records(path, text_column, id_column, list(range(start, end)), first_row)
+    else:
+        f = open(path, "rb")  # closed below, when this generator ends or is closed
+        f.seek(start)
+        lines = itertools.islice(line_records(f, fmt, text_column, id_column, first_line=first_row + 1), rows)
+        recs = ((n, rec) for n, (_pos, rec) in enumerate(lines, first_row))
+    try:
+        for n, rec in recs:
+            id_json = json_text(rec["id"]) if "id" in rec else None
+            text = rec.get("text") if "error" not in rec else None
+            out.append((file_no, n, id_json, text, rec.get("error"), rec.get("blank", False)))
             if len(out) >= BLOCK_ROWS:
                 yield _row_table(out)
                 out = []
-    else:
-        with open(path, "rb") as f:
-            f.seek(start)
-            recs = itertools.islice(line_records(f, fmt, text_column, id_column, first_line=first_row + 1), rows)
-            for n, (_pos, rec) in enumerate(recs, first_row):
-                id_json = json_text(rec["id"]) if "id" in rec else None
-                out.append((file_no, n, id_json, rec.get("text") if "error" not in rec else None, rec.get("error")))
-                if len(out) >= BLOCK_ROWS:
-                    yield _row_table(out)
-                    out = []
+    finally:
+        if fmt != "parquet":
+            f.close()
     if out:
         yield _row_table(out)
 
@@ -266,8 +233,10 @@ def _read_batch(batch, text_column: str, id_column: str | None) -> Iterator:
 
 def bundle_bytes(bundle_dir: Path, manifest: dict) -> dict[str, bytes]:
     """The bundle's files (manifest.json and every file it lists), to ship to the actors."""
-    names = ["manifest.json"] + sorted(manifest.get("files", {}))
-    return {name: (Path(bundle_dir) / name).read_bytes() for name in names}
+    files = manifest.get("files", {})
+    sizes = {"manifest.json": MAX_MANIFEST} | {name: int(files[name].get("bytes", 0)) for name in files}
+    # each file read no further than the manifest says it is (Predictor.load then checks every byte)
+    return {name: read_capped(Path(bundle_dir) / name, size) for name, size in sorted(sizes.items())}
 
 
 class BundleScorer:
@@ -314,6 +283,8 @@ class BundleScorer:
         import pyarrow as pa
 
         texts = ["" if t is None else t.decode("utf-8", "surrogatepass") for t in batch["text"].to_pylist()]
+        blank = batch["blank"].to_pylist()
+        texts = ["." if b else t for t, b in zip(texts, blank)]  # a blank line is not scored: its result is dropped
         upstream = batch["error"].to_pylist()
         files, rows = batch["file"].to_pylist(), batch["row"].to_pylist()
         results: list = []
@@ -335,7 +306,7 @@ class BundleScorer:
         )
         error = list(upstream)
         for i, res in enumerate(results):
-            if error[i] is not None:
+            if error[i] is not None or blank[i]:
                 continue
             if isinstance(res, (InputError, ModelOutputError)):
                 error[i] = str(res)
@@ -363,6 +334,9 @@ class BundleScorer:
             ids = batch["id"].to_pylist()
             lines = []
             for i in range(n):
+                if blank[i]:
+                    lines.append("")
+                    continue
                 line = {"file": self.file_names[files[i]], "index": rows[i]}
                 if ids[i] is not None:
                     line["id"] = json.loads(ids[i])
@@ -376,6 +350,7 @@ class BundleScorer:
                     "file": batch["file"],
                     "row": batch["row"],
                     "error": pa.array(error, pa.string()),
+                    "blank": batch["blank"],
                     "line": pa.array(lines, pa.string()),
                 }
             )
@@ -392,6 +367,7 @@ class BundleScorer:
                 "truncated": pa.array(cols["truncated"], pa.bool_()),
                 "provider": pa.array(cols["provider"], pa.string()),
                 "error": pa.array(cols["error"], pa.string()),
+                "blank": batch["blank"],
             }
         )
 
@@ -467,7 +443,7 @@ class _Parts:
 
         file_names = pa.array([self.files[i] for i in table.column("file").to_pylist()], pa.string())
         ids = pa.array([_id_text(v) for v in table.column("id").to_pylist()], pa.string())
-        out = table.drop_columns(["file", "row", "id"])
+        out = table.drop_columns(["file", "row", "id", "blank"])
         out = out.add_column(0, "file", file_names).add_column(1, "index", table.column("row")).add_column(2, "id", ids)
         if self._writer is None:
             self._writer = pq.ParquetWriter(self.folder / self.parts[-1]["name"], out.schema)
@@ -492,12 +468,12 @@ def is_ray_output(folder: Path) -> bool:
     """Whether a folder is a previous ray job's output, and nothing else: its summary.json says so, and it
     holds only that summary and the part files it lists. Only such a folder is replaced."""
     try:
-        summary = json.loads((folder / SUMMARY).read_text(encoding="utf-8"))
+        summary = json.loads(read_capped(folder / SUMMARY, MAX_SUMMARY_BYTES))
         if not isinstance(summary, dict) or summary.get("engine") != "ray":
             return False
         parts = {p["name"] for p in summary["parts"]}
         entries = list(folder.iterdir())
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, FileTooLargeError):
         return False
     # Regular files only: a subfolder or a link that merely carries a part's name is the user's, not ours.
     return all((p.name in parts or p.name == SUMMARY) and p.is_file() and not p.is_symlink() for p in entries)
@@ -621,6 +597,8 @@ def score_with_ray(
     src_resolved = src.resolve()
     if dst.resolve() == src_resolved or src_resolved in dst.resolve().parents or dst.resolve() in src_resolved.parents:
         raise InputError(f"{dst}: the output folder must not be the input, or hold it, or be inside it")
+    from seqship.runtime.bulk import check_parquet
+
     for p, fmt in files:
         if fmt == "parquet":
             check_parquet(p, text_column, id_column)
@@ -676,6 +654,7 @@ def score_with_ray(
 
     ray = start_ray(ray_address, workers)
     import pyarrow as pa
+    import pyarrow.compute as pc
     from ray.data import DataContext
 
     ctx, ray_log = DataContext.get_current(), logging.getLogger("ray.data")
@@ -749,17 +728,25 @@ def score_with_ray(
                         "hold every input row exactly once, so none was written"
                     )
                 expect_row += 1
+            blank = table.column("blank")
+            skipped = pc.sum(blank).as_py() or 0
+            if skipped:  # blank lines: seen arrive, counted, not written
+                table = table.filter(pc.invert(blank))
             parts.write(table)
             ok = table.column("error").null_count
+            summary.skipped += skipped
             summary.rows_out += table.num_rows
             summary.scored += ok
             summary.errors += table.num_rows - ok
             if on_progress:
-                on_progress(summary.rows_out, rows_in)
+                on_progress(summary.rows_out + summary.skipped, rows_in)
         parts.close()
         log.debug("ray data stats:\n%s", ds.stats())
-        if summary.rows_out != rows_in:
-            raise RayJobError(f"{summary.rows_out} rows came back for {rows_in} input rows: nothing was written")
+        if summary.rows_out + summary.skipped != rows_in:
+            raise RayJobError(
+                f"{summary.rows_out} rows and {summary.skipped} blank lines came back for {rows_in} input rows: "
+                "nothing was written"
+            )
         done = time.perf_counter()
         summary.parts = parts.parts
         summary.seconds = {

@@ -1,7 +1,13 @@
 """Line, UTF-8 and table rules shared by every reader: training data (`pipeline.data`), local bulk scoring
 (`runtime.bulk`) and Ray (`runtime.ray`), so that a file reads the same wherever it is read.
 
-- a line ends at "\\n"; "\\r" before it is dropped (a CRLF file reads as an LF one);
+- a line ends at "\\r\\n", "\\n" or a lone "\\r", and at nothing else (U+2028, U+2029 and U+0085 occur inside
+  real texts); a terminator at the end of the file ends the last line, it does not start an empty one
+  (tests/line_endings.py holds the cases, which the Node and C++ readers are tested on too);
+- a blank line (empty, or only whitespace) is no text: every reader skips it and counts it, and line
+  numbers still count it, so that a text is found by its line number;
+- a file that is not text (NUL bytes, or the signature of Parquet, zip, gzip, PDF...) is refused by name
+  (`binary_kind`), never scored or trained on as lines;
 - text is UTF-8, and a BOM is dropped at the start of a file only (elsewhere U+FEFF is text);
 - CSV is read strictly (a quote out of place is an error, never a field that silently swallows the
   following rows); TSV without quoting (TSV files in the wild carry stray quotes inside texts);
@@ -42,33 +48,125 @@ def decode_utf8(raw: bytes, at_start: bool = True) -> str:
     return raw.decode("utf-8-sig" if at_start else "utf-8")
 
 
+_LINE_END = re.compile(r"\r\n|\r|\n")
+_LINE_END_BYTES = re.compile(rb"\r\n|\r|\n")
+_READ_BLOCK = 1 << 16
+
+# What a file that is not text starts with: (signature, what it is). Checked on the first bytes of a file
+# that is read as lines, JSON lines or a table, so that its bytes are never scored or trained on as text.
+SIGNATURES = (
+    (b"PAR1", "a Parquet file"),
+    (b"PK\x03\x04", "a zip archive (or .xlsx, .docx, .jar...)"),
+    (b"PK\x05\x06", "an empty zip archive"),
+    (b"\x1f\x8b", "a gzip-compressed file"),
+    (b"BZh", "a bzip2-compressed file"),
+    (b"\xfd7zXZ\x00", "an xz-compressed file"),
+    (b"\x28\xb5\x2f\xfd", "a zstd-compressed file"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-zip archive"),
+    (b"%PDF-", "a PDF document"),
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an old Office document (.xls, .doc)"),
+    (b"SQLite format 3\x00", "an SQLite database"),
+    (b"\x7fELF", "an executable"),
+    (b"ARROW1", "an Arrow file"),
+    (b"\x93NUMPY", "a NumPy array"),
+)
+SNIFF_BYTES = 8192  # how much of a file's start `binary_kind` looks at
+
+
+def binary_kind(head: bytes) -> str | None:
+    """What a file that starts with `head` is, when it is not text ("a Parquet file", "UTF-16 text"...), or None.
+    NUL bytes are not text (UTF-16 and UTF-32 files are full of them; seqship reads UTF-8)."""
+    for sig, what in SIGNATURES:
+        if head.startswith(sig):
+            return what
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "UTF-16 or UTF-32 text (a byte order mark says so)"
+    if b"\x00" in head[:SNIFF_BYTES]:
+        return "not text (it holds NUL bytes: a binary file, or UTF-16 text)"
+    return None
+
+
+def refuse_binary(path, head: bytes, fmt: str, error=ValueError) -> None:
+    """Raise `error` naming the file and the format it was to be read as, when `head` is not text."""
+    what = binary_kind(head)
+    if what is None:
+        return
+    hint = "re-encode it as UTF-8 text" if "UTF-16" in what else "give a UTF-8 text file"
+    if what == "a Parquet file":
+        hint = "name it .parquet (read with pyarrow), or give a UTF-8 text file"
+    raise error(f"{path}: {what}, not {fmt} text; {hint}")
+
+
+def is_blank(line: str) -> bool:
+    """A blank line (empty, or only whitespace): skipped and counted by every reader, never a text."""
+    return not line.strip()
+
+
 def split_lines(text: str) -> list[str]:
-    """The text's lines, split on "\\n" only (a final "\\r" dropped); a file with "\\r" line ends and no
-    "\\n" at all (classic Mac) is split on "\\r"."""
-    # str.splitlines() also breaks on U+0085 and U+2028, which occur inside real texts.
-    if "\n" not in text and "\r" in text.rstrip("\r"):
-        return text.split("\r")
-    return [line.rstrip("\r") for line in text.split("\n")]
+    """The text's lines: each ends at "\\r\\n", "\\n" or a lone "\\r" (see the module docstring); a
+    terminator at the very end does not start an empty line. Blank lines are kept (line numbers count them)."""
+    # str.splitlines() also breaks on U+0085, U+2028 and more, which occur inside real texts.
+    lines = _LINE_END.split(text)
+    if lines[-1] == "":
+        lines.pop()
+    return lines
 
 
-def raw_lines(f: IO[bytes], max_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes | None]]:
-    """(bytes read so far, line without its end) per line of a binary file from where it stands, or None for a
-    line over max_bytes, whose rest is skipped without being held in memory."""
-    pos = 0  # counted, not f.tell(): a pipe (--input /dev/stdin) cannot tell
+def count_line_ends(block: bytes) -> int:
+    """Line ends in a block of bytes: "\\r\\n" counts once (a pair cut between two blocks is the caller's)."""
+    return block.count(b"\n") + block.count(b"\r") - block.count(b"\r\n")
+
+
+def last_line_end(block: bytes) -> int:
+    """The offset just after the last line end in `block` that is certainly whole, or 0: a "\\r" as the
+    block's last byte may be the first half of a "\\r\\n", so a cut never falls there."""
+    body = block[:-1] if block.endswith(b"\r") else block
+    return max(body.rfind(b"\n"), body.rfind(b"\r")) + 1
+
+
+def raw_lines(
+    f: IO[bytes], max_bytes: int = MAX_LINE_BYTES, keep_ends: bool = False
+) -> Iterator[tuple[int, bytes | None]]:
+    """(bytes read so far, line) per line of a binary file from where it stands, or None for a line over
+    max_bytes, whose rest is skipped without being held in memory. Lines end as `split_lines` says; the
+    line comes without its end, or with it (keep_ends: a CSV reader needs it inside a quoted field).
+    Memory: one read block plus one line."""
+    total = 0  # bytes read from f: counted, not f.tell(), as a pipe (--input /dev/stdin) cannot tell
+    buf, i, eof = b"", 0, False  # the block being split, where the current line starts in it
+    pending: list[bytes] = []  # the start of the current line, from earlier blocks
+    size, over = 0, False
     while True:
-        raw = f.readline(max_bytes + 1)
-        if not raw:
-            return
-        pos += len(raw)
-        if len(raw) > max_bytes and not raw.endswith(b"\n"):
-            while True:  # skip to the end of this line, a block at a time
-                block = f.readline(_SKIP_BLOCK)
-                pos += len(block)
-                if not block or block.endswith(b"\n"):
-                    break
-            yield pos, None
+        m = _LINE_END_BYTES.search(buf, i)
+        # a "\r" as the block's last byte is a line end, or the first half of one: the next byte says which
+        if m is not None and (eof or m.end() < len(buf) or buf[m.start()] != 13 or m.end() - m.start() == 2):
+            j, end = m.span()
+            piece = buf[i:j]
+            if over or size + len(piece) > max_bytes:
+                line = None
+            else:
+                line = b"".join([*pending, piece, buf[j:end]] if keep_ends else [*pending, piece])
+            yield total - (len(buf) - end), line
+            pending, size, over, i = [], 0, False, end
             continue
-        yield pos, raw.rstrip(b"\n").rstrip(b"\r")
+        k = len(buf) if m is None else m.start()
+        piece = buf[i:k]
+        if piece and not over:
+            size += len(piece)
+            if size > max_bytes:
+                over, pending = True, []
+            else:
+                pending.append(piece)
+        if eof:
+            if pending or over:  # a last line without a line end
+                yield total, None if over else b"".join(pending)
+            return
+        more = f.read(_READ_BLOCK)
+        total += len(more)
+        eof = not more
+        buf, i = buf[k:] + more, 0  # buf[k:] is empty, or the one "\r" whose meaning the next byte gives
 
 
 def escaping_decoder() -> codecs.IncrementalDecoder:
@@ -133,7 +231,8 @@ def line_records(
 ) -> Iterator[tuple[int, dict]]:
     """(bytes read so far, record) per line of a binary file of `lines` or `jsonl`, from where it stands;
     `first_line` is the number of the line there (a part of a larger file: errors name the file's line).
-    A record has 'text' or 'error', and maybe 'id'; a line that cannot be read gets an error, never stops."""
+    A record has 'text' or 'error', and maybe 'id'; a line that cannot be read gets an error, never stops;
+    a blank line gets {"blank": True} (the caller skips it, and counts it). Every record is one line."""
     for n, (pos, raw) in enumerate(raw_lines(f, max_bytes), first_line):
         if raw is None:
             yield pos, {"error": f"line {n}: longer than {max_bytes:,} bytes; split it or shorten it"}
@@ -142,6 +241,12 @@ def line_records(
             line = decode_utf8(raw, at_start=n == 1)
         except UnicodeDecodeError as e:
             yield pos, {"error": f"line {n}: not UTF-8 ({e.reason} at byte {e.start}); re-encode the file as UTF-8"}
+            continue
+        if is_blank(line):
+            yield pos, {"blank": True}
+            continue
+        if "\x00" in line:
+            yield pos, {"error": f"line {n}: holds a NUL byte, which is not text; is the file binary?"}
             continue
         if fmt == "lines":
             yield pos, {"text": line}

@@ -5,7 +5,9 @@ The spec is data (`tokenizer.json`), so any language can reproduce the ids:
 1. the text must be a string (anything else is an error);
 2. Unicode-normalise it with `normalization` (NFC by default; `null` means none);
 3. lower-case it with full Unicode lower-casing when `lowercase` is true;
-4. strip leading and trailing whitespace (the code points listed in `WHITESPACE`);
+4. strip leading and trailing whitespace (the code points listed in `WHITESPACE`), and byte order marks
+   (U+FEFF) at the start, in any mix with the whitespace there: a leading BOM is never meaningful, and the
+   data stage drops it too, so a text read from a file that opens with one gets the ids training saw;
 5. split it into tokens:
    - `char`: one token per Unicode code point (not per UTF-16 unit);
    - `word`: maximal runs of word characters (general category L*, M*, N* or Pc) are tokens, every
@@ -42,6 +44,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from seqship.runtime.errors import InputError, TokenizerError
+from seqship.runtime.fsio import FileTooLargeError, read_capped
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,7 @@ FORMAT = "seqship.tokenizer"
 FORMAT_VERSION = 2  # 2: unicode_version and unassigned recorded
 UNICODE_VERSION = unicodedata.unidata_version  # this runtime's Unicode character database
 UNICODE_POLICIES = ("refuse", "warn")
+MAX_SPEC_BYTES = 256 << 20  # a tokenizer.json read from a path, at most (a bundle's is read as the manifest says)
 MAX_LENGTH = 1_000_000  # tokens kept per text, at most: a bound on what one text can cost
 _RANGES = re.compile(r"[0-9A-F]{4,6}-[0-9A-F]{4,6}( [0-9A-F]{4,6}-[0-9A-F]{4,6})*")
 TYPES = ("char", "word")
@@ -234,12 +238,17 @@ def _is_word_char(ch: str) -> bool:
 
 
 def normalize(text: str, spec: TokenizerSpec) -> str:
-    """Steps 2-4 of the spec: Unicode normalisation, optional lower-casing, whitespace strip."""
+    """Steps 2-4 of the spec: Unicode normalisation, optional lower-casing, whitespace (and leading BOM) strip."""
     if spec.normalization and not text.isascii():  # every normalisation form leaves ASCII unchanged
         text = unicodedata.normalize(spec.normalization, text)
     if spec.lowercase:
         text = text.lower()
-    return text.strip()  # str.strip() removes exactly WHITESPACE (a test holds the two equal)
+    text = text.strip()  # str.strip() removes exactly WHITESPACE (a test holds the two equal)
+    return text.lstrip(_LEADING) if text.startswith(BOM) else text
+
+
+BOM = "\ufeff"
+_LEADING = "".join(sorted(WHITESPACE)) + BOM  # what step 4 strips at a text's start
 
 
 def split_tokens(text: str, kind: str) -> list[str]:
@@ -349,7 +358,7 @@ def stream_tokens(text: str, spec: TokenizerSpec, limit: int, piece: int = PIECE
         for ch in part:
             space = ch in WHITESPACE
             if not started:
-                if space:
+                if space or ch == BOM:
                     continue
                 started = True
             if spec.type == "char":
@@ -420,8 +429,11 @@ class Tokenizer:
     @classmethod
     def from_file(cls, path, unicode_mismatch: str = "refuse") -> Tokenizer:
         """A tokenizer from a tokenizer.json file."""
-        with open(path, encoding="utf-8") as f:
-            return cls(TokenizerSpec.from_json(f.read(), source=str(path)), unicode_mismatch)
+        try:
+            text = read_capped(path, MAX_SPEC_BYTES, "a tokenizer.json is a few MB at most").decode("utf-8")
+        except (FileTooLargeError, UnicodeDecodeError) as e:
+            raise TokenizerError(f"{path}: not a tokenizer spec ({str(e)[:160]})") from None
+        return cls(TokenizerSpec.from_json(text, source=str(path)), unicode_mismatch)
 
     def _unicode_check(self, text: str, index: int) -> None:
         """Refuse a text holding a code point that either Unicode version does not know (see module doc)."""

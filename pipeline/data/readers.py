@@ -25,8 +25,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seqship.pipeline.data.registry import DataError
+from seqship.runtime.fsio import FileTooLargeError, read_capped
 from seqship.runtime.jsonio import json_kind
-from seqship.runtime.textio import MAX_LINE_BYTES, decode_utf8, lone_surrogate, table_reader
+from seqship.runtime.textio import (
+    MAX_LINE_BYTES,
+    SNIFF_BYTES,
+    decode_utf8,
+    lone_surrogate,
+    refuse_binary,
+    split_lines,
+    table_reader,
+)
 from seqship.runtime.textio import split_lines as lines
 
 log = logging.getLogger(__name__)
@@ -35,8 +44,10 @@ CSV_FIELD_LIMIT = MAX_LINE_BYTES  # a table field, at most, as bulk scoring read
 
 # The version of how files are read into rows: part of the data stage's inputs, so a run read by earlier
 # rules is read again (2: duplicate column names refused; label folders skip hidden files, read .TXT, strip
-# and NFC file-name labels, split CR-only files; JSONL lone surrogates refused).
-READER_VERSION = 2
+# and NFC file-name labels, split CR-only files; JSONL lone surrogates refused. 3: a lone CR ends a line in
+# every file, as in bulk scoring; binary files refused; a file's bytes are capped).
+READER_VERSION = 3
+MAX_DATA_FILE = 2 << 30  # bytes read of one data file, at most (counted: a FIFO or a device says its size is 0)
 
 DROP_REASONS = {
     "label_missing": "no label field",
@@ -87,13 +98,21 @@ class RowIssues:
 def decode(path: Path) -> str:
     """The file's text as UTF-8 (a BOM is dropped); a DataError naming the line of the first bad byte."""
     try:
-        raw = path.read_bytes()
+        raw = read_capped(path, MAX_DATA_FILE, "split it into several files, or sample it")
     except OSError as e:
         raise DataError(f"{path}: cannot read it ({e.strerror or e}); check that it exists and is readable") from None
+    except FileTooLargeError as e:
+        raise DataError(str(e)) from None
+    refuse_binary(
+        path,
+        raw[:SNIFF_BYTES],
+        {".csv": "CSV", ".tsv": "TSV", ".jsonl": "JSON lines"}.get(path.suffix.lower(), "one-text-per-line"),
+        DataError,
+    )
     try:
         return decode_utf8(raw)
     except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
+        line = len(split_lines(raw[: e.start].decode("utf-8", "replace") + "x"))
         raise DataError(
             f"{path}, line {line}: bytes that are not UTF-8 ({e.reason}); re-save the file as UTF-8"
         ) from None

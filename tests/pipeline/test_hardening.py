@@ -274,7 +274,7 @@ def test_a_line_of_hundreds_of_megabytes_costs_bounded_memory(tiny_run, tmp_path
         (["predict", "--bundle", "{artifacts}", "Nguyen"], ["did you mean --bundle"]),
         (["inspect", "{run}"], ["did you mean pipeline inspect ", "/bundle?"]),
         (["bench", "--bundle", "{bundle}", "--texts", "/nonexistent.txt"], ["/nonexistent.txt"]),
-        (["verify", "--bundle", "{bundle}", "--texts", "{binary}"], ["cannot be read as UTF-8"]),
+        (["verify", "--bundle", "{bundle}", "--texts", "{binary}"], ["bin.txt: UTF-16 or UTF-32 text", "UTF-8"]),
         (["run", "train", "--artifacts-dir", "{tmp}", "--run-name", "none"], ["run `pipeline run data` first"]),
         (["run", "all", "--data", "{csv_no_label}", "--artifacts-dir", "{tmp}"], ["label"]),
         (["run", "all", "--data-dir", "/nonexistent", "--artifacts-dir", "{tmp}"], ["/nonexistent"]),
@@ -448,11 +448,13 @@ def test_a_table_row_that_is_not_utf8_gets_an_error_line_and_the_rest_is_scored(
     assert_one_error_line(code, out, err, "the header row is not UTF-8", "re-encode")
 
 
-def test_a_trailing_blank_line_on_stdin_is_not_a_text(tiny_run):
+def test_a_blank_line_on_stdin_is_not_a_text(tiny_run):
     code, out, err = cli("predict", "--bundle", tiny_run[1]["bundle"], stdin="Nguyen\nSchmidt\n\n\n")
     assert code == 0 and len(out.splitlines()) == 2, err
-    code, out, err = cli("predict", "--bundle", tiny_run[1]["bundle"], stdin="Nguyen\n\nSchmidt\n")
-    assert code == 1 and len(out.splitlines()) == 3  # a blank line between texts is a row, with its error
+    code, out, err = cli("predict", "--bundle", tiny_run[1]["bundle"], stdin="Nguyen\n\n \t\nSchmidt\n")
+    # skipped and counted, as training skips it; each row's index is its line number - 1
+    assert code == 0 and [json.loads(line)["index"] for line in out.splitlines()] == [0, 3], err
+    assert "skipped 2 blank line(s)" in err
 
 
 def test_predict_names_the_provider_that_really_runs(tiny_run):

@@ -27,9 +27,10 @@ def test_arguments_are_read_as_utf8_bytes_and_a_non_utf8_one_is_an_error_at_its_
     assert list(texts.undecodable) == [1] and "argument 2: not UTF-8" in texts.undecodable[1]
 
 
-def test_stdin_lines_drop_the_bom_crlf_and_the_final_newline_and_keep_every_index():
-    texts = predict.decode_lines(b"\xef\xbb\xbfNguyen\r\nSch\xffmidt\n\nRossi\n\n  \n")
-    assert texts.texts == ["Nguyen", "", "", "Rossi"]  # a blank line inside is a text (scored as an error)
+def test_stdin_lines_drop_the_bom_crlf_and_blank_lines_and_keep_each_lines_index():
+    texts = predict.decode_lines(b"\xef\xbb\xbfNguyen\r\nSch\xffmidt\n\nRossi\rKim\n\n  \n")
+    assert texts.texts == ["Nguyen", "", "Rossi", "Kim"]  # a blank line is skipped (and counted), as in training
+    assert texts.indexes == [0, 1, 3, 4] and texts.skipped == 3  # the index is the line number - 1
     assert list(texts.undecodable) == [1] and texts.undecodable[1].startswith("line 2: not UTF-8")
     assert predict.decode_lines(b"").texts == []
 
@@ -40,8 +41,8 @@ def test_each_text_is_written_as_one_json_line_in_order_and_errors_are_counted(p
     errors = predict.write_results(predictor, texts, lines.append, top_k=2)
     rows = [json.loads(line) for line in lines]
     assert all(line.endswith("\n") and line.count("\n") == 1 for line in lines)
-    assert [r["index"] for r in rows] == [0, 1, 2, 3] and errors == 2
-    assert "not UTF-8" in rows[1]["error"] and "error" in rows[2]
+    assert [r["index"] for r in rows] == [0, 1, 3] and errors == 1  # the blank line 3 is skipped
+    assert "not UTF-8" in rows[1]["error"] and "error" not in rows[2]
     assert (
         rows[0]["text"] == "Nguyen" and len(rows[0]["top_k"]) == 2 and rows[0]["label"] == rows[0]["top_k"][0]["label"]
     )
@@ -74,8 +75,11 @@ def test_texts_files_are_read_as_non_blank_utf8_lines(tmp_path):
     f = tmp_path / "t.txt"
     f.write_bytes("Nguyen\n\n  \nMüller\n".encode())
     assert predict.read_texts(f) == ["Nguyen", "Müller"]
-    f.write_bytes(b"\xff\xfe")
+    f.write_bytes(b"Nguyen\n\xff bad\n")
     with pytest.raises(SeqshipError, match="cannot be read as UTF-8"):
+        predict.read_texts(f)
+    f.write_bytes(b"\xff\xfeN\x00g\x00")
+    with pytest.raises(SeqshipError, match="UTF-16 or UTF-32 text .*re-encode it as UTF-8"):
         predict.read_texts(f)
     assert predict.parse_providers("CUDA") == "cuda"
     assert predict.parse_providers("CUDAExecutionProvider, CPUExecutionProvider") == [

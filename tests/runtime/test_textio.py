@@ -29,6 +29,7 @@ from seqship.runtime.textio import (
     table_reader,
     valid_id,
 )
+from tests.line_endings import CASES, non_blank
 
 RUNTIME = Path(__file__).resolve().parents[2] / "runtime"
 
@@ -90,13 +91,53 @@ def test_training_data_is_read_with_onnxruntime_and_the_predictor_unimportable(d
 # --- lines ---------------------------------------------------------------------------------------
 
 
-def test_a_line_ends_at_newline_only_never_at_u0085_or_u2028(imdb):
+def test_a_line_never_ends_at_u0085_or_u2028(imdb):
     text = decode_utf8(imdb)
     assert "\u0085" in text
     got = split_lines(text)
-    assert len(got) == imdb.count(b"\n") + 1 and got[-1] == ""  # a final newline ends the last line
+    assert len(got) == imdb.count(b"\n")  # a final newline ends the last line, it starts no empty one
     assert any("\u0085" in line for line in got)  # the line holding it stays one line
-    assert texts(imdb) == got[:-1]  # bulk and Ray read the same lines as training does
+    assert texts(imdb) == got  # bulk and Ray read the same lines as training does
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_every_reader_splits_the_shared_cases_as_the_rule_says(case):
+    """tests/line_endings.py: the cases the Node and C++ readers are tested on too."""
+    name, raw, expected = case
+    assert split_lines(decode_utf8(raw)) == expected  # training data
+    got = [(pos, line) for pos, line in raw_lines(io.BytesIO(raw))]  # bulk, stdin and Ray
+    assert [decode_utf8(line, at_start=n == 0) for n, (_, line) in enumerate(got)] == expected
+    assert [pos for pos, _ in got][-1:] == ([len(raw)] if expected else [])  # every byte accounted for
+    with_ends = [line for _, line in raw_lines(io.BytesIO(raw), keep_ends=True)]
+    assert b"".join(with_ends) == raw  # what the CSV reader gets: nothing lost or added
+    blank = [rec.get("blank", False) for _, rec in line_records(io.BytesIO(raw), "lines", "text", "id")]
+    assert blank == [not line.strip() for line in expected]
+    assert [(n, t) for n, (t, b) in enumerate(zip(texts(raw), blank), 1) if not b] == non_blank(expected)
+
+
+class Trickle(io.RawIOBase):
+    """A pipe's reads: a few bytes at a time, so that a line end falls across every possible read."""
+
+    def __init__(self, data: bytes, step: int):
+        self.data, self.at, self.step = data, 0, step
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        piece = self.data[self.at : self.at + min(len(b), self.step)]
+        b[: len(piece)] = piece
+        self.at += len(piece)
+        return len(piece)
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 5])
+def test_a_line_end_split_across_reads_is_one_line_end(step):
+    for name, raw, expected in CASES:
+        if len(raw) > 1000:
+            continue
+        got = [line for _, line in raw_lines(Trickle(raw, step), max_bytes=1 << 20)]
+        assert [decode_utf8(line, at_start=n == 0) for n, line in enumerate(got)] == expected, name
 
 
 def test_crlf_files_read_as_lf_files_in_every_reader(imdb):
@@ -173,7 +214,7 @@ def test_tsv_keeps_stray_quotes_as_text(imdb):
     text = decode_utf8(imdb)
     rows = list(table_reader(io.StringIO(text, newline=""), "tsv", MAX_LINE_BYTES))
     assert len(rows) == imdb.count(b"\n") and all(len(r) == 2 for r in rows)
-    assert [r[0] for r in rows] == [line.split("\t")[0] for line in split_lines(text)[:-1]]
+    assert [r[0] for r in rows] == [line.split("\t")[0] for line in split_lines(text)]
     assert sum(r[0].count('"') for r in rows) == imdb.count(b'"')
 
 

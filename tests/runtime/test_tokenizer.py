@@ -39,6 +39,34 @@ def test_whitespace_table_matches_python_isspace_everywhere():
     assert normalize("\u200bx\ufeff", spec) == "\u200bx\ufeff"  # zero-width space and BOM are not whitespace
 
 
+BOM_TEXTS = ["\ufeffNguyen", "\ufeff\ufeff Nguyen", " \ufeff\tNguyen", "\ufeff\u3000\ufeffNguyen  "]
+
+
+@pytest.mark.parametrize("kind", ["char", "word"])
+def test_a_leading_bom_is_stripped_as_whitespace_is_and_nothing_else_changes(kind):
+    """The data stage drops a leading U+FEFF; the tokenizer must too, or the served model sees a token
+    training never did. A BOM anywhere else is text, as before."""
+    tok = make(["Nguyen", "a\ufeffb"], type=kind, max_length=40)
+    for text in BOM_TEXTS:
+        assert tok.encode(text) == tok.encode("Nguyen"), repr(text)
+        assert stream_tokens(text, tok.spec, 40, piece=1) == (tok.tokens("Nguyen"), False)
+    assert tok.encode("a\ufeffb") != tok.encode("ab")  # inside a text: kept
+    assert tok.tokens("Nguyen\ufeff")[-1] == "\ufeff" or kind == "word"  # at the end: kept (char tokens)
+    with pytest.raises(InputError, match="empty after normalisation"):
+        tok.encode("\ufeff \ufeff")
+
+
+def test_node_strips_a_leading_bom_as_python_does(tmp_path_factory):
+    tok, path = _spec_file(tmp_path_factory, type="char", normalization="NFC", lowercase=False)
+    node = _Node(path)
+    try:
+        for text in [*BOM_TEXTS, "a\ufeffb", "ab\ufeff", "\ufeffé"]:
+            assert node(text)["ids"] == tok.encode(text)[0], repr(text)
+        assert node("\ufeff ")["error"]["name"] == "InputError"
+    finally:
+        node.close()
+
+
 def test_spec_round_trips_through_json_with_a_stable_hash():
     tok = make(["Nguyen", "Schmidt", "Škoda"], max_length=12)
     again = TokenizerSpec.from_json(tok.spec.to_json())
@@ -179,7 +207,8 @@ _SCRIPTS = [
     (0x1D400, 0x1D4FF),
 ]
 _ALPHABET = st.one_of(
-    *[st.characters(min_codepoint=a, max_codepoint=b, exclude_categories=("Cs",)) for a, b in _SCRIPTS]
+    *[st.characters(min_codepoint=a, max_codepoint=b, exclude_categories=("Cs",)) for a, b in _SCRIPTS],
+    st.just("\ufeff"),  # a byte order mark, stripped at the start (step 4)
 )
 
 
@@ -314,6 +343,7 @@ _TRICKY = [
     "\u0958",
     "\u1e9b",
     "\u0130",
+    "\ufeff",
 ]
 
 

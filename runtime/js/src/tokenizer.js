@@ -42,7 +42,8 @@ function isAscii(text) {
 function strip(chars) {
   let start = 0;
   let end = chars.length;
-  while (start < end && WHITESPACE.has(chars[start])) start++;
+  // step 4: a byte order mark (U+FEFF) at the start, in any mix with whitespace, is stripped too
+  while (start < end && (WHITESPACE.has(chars[start]) || chars[start] === "\ufeff")) start++;
   while (end > start && WHITESPACE.has(chars[end - 1])) end--;
   return chars.slice(start, end);
 }
