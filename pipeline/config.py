@@ -39,10 +39,14 @@ def run_name(run_name: str | None, data_path: str | os.PathLike | None, dataset:
 
 
 def open_run(artifacts_dir: str | os.PathLike | None, name: str | None, data_path=None, dataset: str | None = None):
-    """The Run for these options (its folder is not created until a stage writes)."""
-    from seqship.pipeline.runs import Run
+    """The Run for these options (its folder is not created until a stage writes); a run folder that is, holds
+    or lies inside the --data it would read is refused."""
+    from seqship.pipeline.runs import Run, refuse_overlap
 
-    return Run(artifacts_dir or default_artifacts_dir(), run_name(name, data_path, dataset))
+    run = Run(artifacts_dir or default_artifacts_dir(), run_name(name, data_path, dataset))
+    if data_path:
+        refuse_overlap(run.root, data_path)
+    return run
 
 
 def data_config(

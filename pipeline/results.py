@@ -100,18 +100,20 @@ def run_dataset(run: Run, dataset: str, data_dir: str | None, force: bool = Fals
     from seqship.pipeline.config import train_config
     from seqship.pipeline.data import DataConfig
     from seqship.pipeline.report import write_report
+    from seqship.pipeline.runs import run_lock
     from seqship.pipeline.stages import VerifyConfig, run_all
 
-    run_all(
-        run,
-        DataConfig(dataset=dataset),
-        train_config({"seed": 0}, dataset),
-        VerifyConfig(),
-        data_dir,
-        force,
-        cv_folds=REGISTRY[dataset].cv_folds,
-    )
-    write_report(run)
+    with run_lock(run):  # the report too: written only into the run folder the stages were claimed in
+        run_all(
+            run,
+            DataConfig(dataset=dataset),
+            train_config({"seed": 0}, dataset),
+            VerifyConfig(),
+            data_dir,
+            force,
+            cv_folds=REGISTRY[dataset].cv_folds,
+        )
+        write_report(run)
 
 
 def results(

@@ -7,6 +7,11 @@ and evidence a failure wants kept (a failing parity report) goes to `failed/<sta
 
 One process at a time works on a run: `run_lock` holds an exclusive lock on `<run>/.lock` for the
 whole command (every stage of `run all`), and a second process is refused with a clear error.
+
+seqship never deletes or replaces what it did not create. One rule says what is seqship's: a run folder is
+a folder holding the marker `.seqship-run` (written when seqship creates the folder, or first uses an empty
+one), and inside it the layout below. `run_lock` refuses a non-empty folder without the marker before it
+writes anything there, and `refuse_overlap` a run folder that is, holds or sits inside the data it reads.
 """
 
 from __future__ import annotations
@@ -26,7 +31,15 @@ from typing import Callable, Iterator
 from seqship.pipeline import __version__
 from seqship.runtime.bundle import MANIFEST, file_entry
 from seqship.runtime.errors import SeqshipError
-from seqship.runtime.fsio import FileSafetyError, replace_dir, sweep_partials, temp_dir, write_json_atomic
+from seqship.runtime.fsio import (
+    PARTIAL,
+    FileSafetyError,
+    replace_dir,
+    sweep_partials,
+    temp_dir,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +72,7 @@ STAGE_DIRS = {  # stage -> its folder under the run
 RECORDS_DIR = "stages"  # <run>/stages/<stage>.json: each stage's record
 FAILED_DIR = "failed"  # <run>/failed/<stage folder>/: evidence of a failed stage
 LOCK_FILE = ".lock"
+RUN_MARKER = ".seqship-run"  # what makes a folder a run folder (see `claim_run_folder`)
 REPORT_FILE = "report.html"
 SWEEP_FILE = "sweep.json"  # pipeline.experiments.sweep's rows, in its sweep-<dataset> run
 # data/ (pipeline.data.prepare): one JSON-lines file per split, and the summary
@@ -82,6 +96,10 @@ CV_RESULTS = "cv.json"
 
 class StageError(SeqshipError):
     """A stage cannot run: an earlier stage is missing, or its outputs were altered."""
+
+
+class ForeignFolderError(StageError):
+    """An output path is, holds or lies inside something seqship did not create (the user's data, files)."""
 
 
 @dataclass
@@ -262,6 +280,75 @@ def require_bundle(path: str | os.PathLike, option: str = "--bundle ") -> Path:
     return path
 
 
+def is_run_folder(root: str | os.PathLike) -> bool:
+    """Whether `root` is a seqship run folder: it holds the marker, or (a run made before the marker) a
+    stage record in stages/."""
+    root = Path(root)
+    if (root / RUN_MARKER).is_file():
+        return True
+    for stage in STAGE_DIRS:  # runs from before the marker: a record that names its own stage
+        try:
+            record = json.loads((root / RECORDS_DIR / f"{stage}.json").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+            continue
+        if isinstance(record, dict) and record.get("stage") == stage and "inputs_digest" in record:
+            return True
+    return False
+
+
+def _empty(root: Path) -> bool:
+    """Nothing in `root` but what an interrupted seqship command may leave (its lock, its temporaries)."""
+    return all(p.name == LOCK_FILE or (p.name.startswith(".") and p.name.endswith(PARTIAL)) for p in root.iterdir())
+
+
+def claim_run_folder(root: str | os.PathLike, option: str = "--run-name or --artifacts-dir") -> bool:
+    """Make sure seqship may write in the run folder `root`: create it (with the marker), or mark an empty
+    one, or accept a run folder; refuse anything else, naming it and `option` (how to choose another).
+    Returns True when the folder was created now."""
+    root = Path(root)
+    try:
+        if root.is_symlink() or root.exists():
+            if not root.is_dir():
+                raise ForeignFolderError(f"{root} is not a folder: it cannot be a run folder; choose another {option}")
+            if not is_run_folder(root) and not _empty(root):
+                raise ForeignFolderError(
+                    f"{root} holds files seqship did not write (it has no {RUN_MARKER}, so it is not a seqship run "
+                    f"folder): refusing to write stages into it, as they would replace its folders; "
+                    f"choose another {option}"
+                )
+            created = False
+        else:
+            root.mkdir(parents=True)
+            created = True
+        if not (root / RUN_MARKER).is_file():
+            write_text_atomic(
+                root / RUN_MARKER,
+                "A seqship run folder: seqship writes and replaces the stage folders here (pipeline/runs.py).\n",
+            )
+    except OSError as e:
+        from seqship.runtime.fsio import describe_os_error
+
+        raise FileSafetyError(describe_os_error(root, e, "write the run folder")) from None
+    return created
+
+
+def _within(a: Path, b: Path) -> bool:
+    """Whether `a` is `b` or lies inside it (both resolved)."""
+    return a == b or b in a.parents
+
+
+def refuse_overlap(root: str | os.PathLike, data: str | os.PathLike, what: str = "--data") -> None:
+    """Refuse a run folder that is the data `what` names, holds it, or lies inside it (through links and any
+    spelling of either path): the stages would replace the data, or be read as data next time."""
+    folder, source = Path(os.path.realpath(root)), Path(os.path.realpath(data))
+    if _within(source, folder) or _within(folder, source):
+        how = "is" if folder == source else "holds" if _within(source, folder) else "lies inside"
+        raise ForeignFolderError(
+            f"the run folder {root} {how} the input data ({what} {data}): its stages would replace or mix with the "
+            "data; choose another --artifacts-dir or --run-name, outside the data"
+        )
+
+
 def digest(obj) -> str:
     """sha256 of a JSON-able object's canonical form."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
@@ -292,9 +379,8 @@ def run_lock(run: Run) -> Iterator[None]:
             with _held_guard:
                 _held[run.root] -= 1
         return
-    created = not run.root.exists()
+    created = claim_run_folder(run.root)
     try:
-        run.root.mkdir(parents=True, exist_ok=True)
         f = open(run.lock_path, "a+")
     except OSError as e:
         from seqship.runtime.fsio import describe_os_error
@@ -317,8 +403,9 @@ def run_lock(run: Run) -> Iterator[None]:
         finally:
             with _held_guard:
                 del _held[run.root]
-            if created and [p.name for p in run.root.iterdir()] == [LOCK_FILE]:  # a command that wrote nothing
+            if created and {p.name for p in run.root.iterdir()} <= {LOCK_FILE, RUN_MARKER}:  # it wrote nothing
                 run.lock_path.unlink()
+                (run.root / RUN_MARKER).unlink(missing_ok=True)
                 run.root.rmdir()
             fcntl.flock(f, fcntl.LOCK_UN)
     finally:

@@ -27,6 +27,7 @@ from seqship.pipeline.runs import (  # noqa: F401 (Run, StageError, StageResult 
     Run,
     StageError,
     StageResult,
+    refuse_overlap,
     run_lock,
     run_stage,
 )
@@ -57,7 +58,6 @@ class VerifyConfig:
 # --- the stages -------------------------------------------------------------------------------------
 
 
-@locked
 def stage_data(
     run: Run, cfg: DataConfig, data_dir: str | None = None, cache_dir: str | None = None, force: bool = False
 ) -> StageResult:
@@ -65,22 +65,25 @@ def stage_data(
     from seqship.pipeline.data import readers
 
     source = locate(cfg, data_dir, cache_dir)
-    inputs = {
-        "config": asdict(cfg),
-        "source_files": source_digest(source_files(cfg, source)),
-        "readers": readers.READER_VERSION,
-    }
-    return run_stage(run, "data", inputs, lambda out: prepare(cfg, source, out), force)
+    # before the lock creates or marks the run folder: never one inside the data, nor one holding it
+    refuse_overlap(run.root, source, "--data" if cfg.data is not None else f"dataset {cfg.dataset!r}")
+    with run_lock(run):
+        inputs = {
+            "config": asdict(cfg),
+            "source_files": source_digest(source_files(cfg, source)),
+            "readers": readers.READER_VERSION,
+        }
+        return run_stage(run, "data", inputs, lambda out: prepare(cfg, source, out), force)
 
 
 @locked
 def stage_train(run: Run, cfg, force: bool = False, progress=None, threads: int | None = None) -> StageResult:
     """Train on the data stage's splits; keep the best validation checkpoint; test metrics."""
     from seqship.pipeline.distributed import broadcast, world
-    from seqship.pipeline.train import config_inputs, train  # torch is imported only by the stages that need it
+    from seqship.pipeline.train import TRAIN_VERSION, config_inputs, train  # torch: only in the stages that need it
 
     data = run.require("data", "train")
-    inputs = {"config": config_inputs(cfg), "data": data["outputs"]}
+    inputs = {"config": config_inputs(cfg), "data": data["outputs"], "code": TRAIN_VERSION}
     distributed = world()[1] > 1
 
     def produce(out: Path) -> dict:
@@ -132,12 +135,12 @@ def stage_cv(run: Run, cfg, folds: int, force: bool = False, threads: int | None
     exactly as the data stage splits. Only metrics and histories are kept, never the fold models.
     """
     from seqship.pipeline.data import DataConfig, kfold, split
-    from seqship.pipeline.train import config_inputs, train
+    from seqship.pipeline.train import TRAIN_VERSION, config_inputs, train
 
     data = run.require("data", "cv")
     summary = data["summary"]
     refuse_cv_with_fixed_test(run)
-    inputs = {"config": config_inputs(cfg), "folds": folds, "data": data["outputs"]}
+    inputs = {"config": config_inputs(cfg), "folds": folds, "data": data["outputs"], "code": TRAIN_VERSION}
 
     def produce(out: Path) -> dict:
         rows = [row for name in SPLITS for row in read_split(run.dir("data"), name)]

@@ -45,6 +45,11 @@ log = logging.getLogger(__name__)
 CLASS_WEIGHTS = ("none", "balanced", "sqrt")  # TrainConfig.class_weight
 LR_SCHEDULES = ("plateau", "cosine")  # TrainConfig.lr_schedule
 MAX_PAIR_WEIGHTS = 2**26  # pair table entries (float32: 256 MiB); the ONNX file must stay under protobuf's 2 GiB
+# The version of what training computes from the same data and config: one of the train (and cv) stage's
+# inputs, so that a run trained by earlier code is trained again. Bump it with any change here or in
+# pipeline/model.py that changes the weights or metrics trained from the same data, config and seed (the
+# model, the loss, the optimiser or its schedule, the vocabulary, batching, early stopping, the metrics).
+TRAIN_VERSION = 1
 
 Progress = Callable[[str, dict], None]  # (event, fields): "epoch_start", "step", "epoch_end"
 

@@ -128,9 +128,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def sweep(args) -> int:
     from seqship.pipeline.config import default_artifacts_dir, train_config
-    from seqship.pipeline.data import REGISTRY, DataConfig, read_split
-    from seqship.pipeline.runs import METRICS, SPLITS, SWEEP_FILE, Run
-    from seqship.pipeline.stages import stage_baseline, stage_data
+    from seqship.pipeline.data import REGISTRY, DataConfig
+    from seqship.pipeline.runs import Run, run_lock
+    from seqship.pipeline.stages import stage_data
     from seqship.pipeline.train import TrainError
 
     if args.dataset not in REGISTRY:
@@ -148,7 +148,18 @@ def sweep(args) -> int:
         except TrainError as e:  # its messages name the CLI's flags: --hidden-dim for hidden_dim
             raise SystemExit(f"error: --variant {text!r}: {e}") from None
     run = Run(args.artifacts_dir or default_artifacts_dir(), f"sweep-{args.dataset}")
-    stage_data(run, DataConfig(dataset=args.dataset), args.data_dir)
+    stage_data(run, DataConfig(dataset=args.dataset), args.data_dir)  # claims the run folder (pipeline.runs)
+    with run_lock(run):  # the variant folders and sweep.json go only into that run folder, one sweep at a time
+        return sweep_variants(args, run, default, variants, configs)
+
+
+def sweep_variants(args, run, default, variants: list[str], configs: list) -> int:
+    """Fit the baseline, train (or read back) each variant, write sweep.json and print the table."""
+    from seqship.pipeline.data import read_split
+    from seqship.pipeline.runs import METRICS, SPLITS, SWEEP_FILE
+    from seqship.pipeline.stages import stage_baseline
+    from seqship.runtime.fsio import write_text_atomic
+
     data_outputs = run.record("data")["outputs"]  # a variant trained on another split is not reused
     labels = run.record("data")["summary"]["labels"]
     splits = [read_split(run.dir("data"), s) for s in SPLITS]
@@ -186,7 +197,7 @@ def sweep(args) -> int:
                 "recall": [{lab: round(v["recall"], 3) for lab, v in m["test"]["per_class"].items()} for m in runs],
             }
         )
-    (run.root / SWEEP_FILE).write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_text_atomic(run.root / SWEEP_FILE, json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
     if args.seeds > 1:  # above the table, not in its header row: a 7th header cell would unmake the table
         print(
             f"Mean ± sample standard deviation over seeds 0-{args.seeds - 1} (the baseline is one fit: its C is picked on validation).\n"
@@ -210,11 +221,11 @@ def spread(values: list[float]) -> str:
 
 def train_variant(root: Path, cfg, text: str, splits, labels, data_outputs, threads) -> dict:
     """The variant's metrics: trained into its own folder, or read back when that config on this split was trained."""
-    from seqship.pipeline.train import METRICS, config_inputs, train
+    from seqship.pipeline.train import METRICS, TRAIN_VERSION, config_inputs, train
 
     key = config_inputs(cfg)  # as the train stage records it: a new option at its neutral default keeps the cache
     folder = root / f"variant-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]}"
-    stored, made_from = folder / "config.json", {"config": key, "data": data_outputs}
+    stored, made_from = folder / "config.json", {"config": key, "data": data_outputs, "code": TRAIN_VERSION}
     if stored.is_file() and json.loads(stored.read_text()) == made_from and (folder / METRICS).is_file():
         m = json.loads((folder / METRICS).read_text())
     else:

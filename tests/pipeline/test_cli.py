@@ -229,6 +229,29 @@ def test_a_run_exported_by_an_earlier_graph_is_exported_again(tiny_run, tmp_path
     assert export_skipped()
 
 
+@pytest.mark.slow
+def test_a_run_trained_by_earlier_training_code_is_trained_again(tiny_run, tmp_path, monkeypatch):
+    # The train stage's inputs name the training code's version: after an upgrade that changes what
+    # training computes (pipeline.train.TRAIN_VERSION bumped), the model is trained again, not reused.
+    from seqship.pipeline import train
+
+    shutil.copytree(tiny_run[0] / "tiny", tmp_path / "tiny")
+    common = ["--artifacts-dir", str(tmp_path), "--run-name", "tiny", "--json", *TINY]
+
+    def train_skipped() -> bool:
+        result = invoke("run", "train", *common)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)["stages"][0]["skipped"]
+
+    assert train_skipped()  # same code: reused
+    monkeypatch.setattr(train, "TRAIN_VERSION", train.TRAIN_VERSION + 1)
+    assert not train_skipped()  # another version of training: trained again
+    assert train_skipped()
+    assert (
+        json.loads((tmp_path / "tiny" / "stages" / "train.json").read_text())["inputs"]["code"] == train.TRAIN_VERSION
+    )
+
+
 def test_a_run_read_by_earlier_reader_rules_is_read_again(tiny_run, data_dir, tmp_path, monkeypatch):
     # A file the current readers refuse (or read otherwise) is never trained on from a data stage kept from
     # an earlier seqship: the readers' version is one of the data stage's inputs.
