@@ -124,6 +124,41 @@ def _confusion_section(labels: list[str], test: dict, plot: str) -> str:
     )
 
 
+def _engines_section(parity: dict) -> str:
+    """Every engine the gate ran the same model.onnx in (as verify/parity.json records them, the model card's
+    list), and those it could not run, with the reason."""
+    e = html.escape
+    gate = parity.get("engines") or {}
+    rows = []
+    for g in gate.get("engines", []):
+        lab = g.get("labels") or {}
+        why = g.get("error") or "; ".join(g.get("problems") or [])
+        rows.append(
+            [
+                g.get("engine"),
+                g.get("version") or "",
+                g.get("settings") or "",
+                ("verified" if g.get("passed") else "FAILED") + (f": {why}" if why and not g.get("passed") else ""),
+                "-" if g.get("max_abs") is None else f"{g['max_abs']:.2e}",
+                "-" if lab.get("agreement_outside_near_ties") is None else f"{lab['agreement_outside_near_ties']:.2%}",
+                "-" if lab.get("near_ties") is None else lab["near_ties"],
+            ]
+        )
+    table = (
+        _table(
+            ["engine", "version", "settings", "result", "max |diff|", "label agreement", "near ties"], rows, "engines"
+        )
+        if rows
+        else "<p>(none recorded)</p>"
+    )
+    skipped = "".join(f"<li>{e(str(s.get('engine')))}: {e(str(s.get('reason')))}</li>" for s in gate.get("skipped", []))
+    return (
+        "<h3>The same model.onnx in every engine</h3>\n<p>Run on the probes and the whole test set in padded batches, "
+        "against eager PyTorch (labels compared outside near ties, where the reference's top two logits are within "
+        "twice the tolerance).</p>\n" + table + (f"\n<p>Not checked:</p><ul>{skipped}</ul>" if skipped else "")
+    )
+
+
 def _tick_labels(labels: list[str]) -> list[str]:
     """Labels as the plots show them: as they are when the default font draws every character, else #index."""
     try:
@@ -432,6 +467,7 @@ validation macro-F1, as the model's checkpoint is. {verdict}</p>
 <p>Whole test set through the runtime predictor ({e(str(ts.get("provider")))}): {ts["texts"]} texts, label agreement
 {ts["label_agreement"]:.2%}, max |diff| {ts["logits"].get("max_abs", 0):.2e}.</p>
 {f"<p>Skipped:</p><ul>{skipped}</ul>" if skipped else ""}
+{_engines_section(parity)}
 </section>"""
         )
     if cv is not None:

@@ -4,6 +4,7 @@ Like the portable-runtime tests this never skips: Node, playwright-core and Chro
 install.sh, and a missing one fails with the command that installs it.
 """
 
+import html
 import json
 import os
 import shutil
@@ -76,6 +77,12 @@ def check_tables(seen: dict, run: Path) -> None:
     assert [[int(c) for c in row[1:]] for row in confusion["cells"]] == metrics["test"]["confusion_matrix"]
     parity = table(s["parity"], "parity")
     assert parity["rows"] >= 8 and all(row[3] == "yes" for row in parity["cells"])
+    # every engine the gate ran the same model.onnx in, as verify/parity.json records it (not only the two above)
+    gate = json.loads((run / "verify" / "parity.json").read_text())["engines"]
+    engines = table(s["parity"], "engines")
+    assert engines["header"][:4] == ["engine", "version", "settings", "result"]
+    assert [row[:2] for row in engines["cells"]] == [[g["engine"], g["version"]] for g in gate["engines"]]
+    assert all(row[3] == "verified" for row in engines["cells"]) and len(engines["cells"]) >= 2
 
 
 def test_run_all_writes_a_report_beside_the_bundle_with_plots_and_tables(tiny_run, tmp_path):
@@ -113,6 +120,39 @@ def test_without_matplotlib_the_report_still_renders_every_table(tiny_run, tmp_p
     check_tables(seen, copy / "tiny")
     assert all(sec["images"] == [] for sec in seen["sections"])
     assert len(seen["notes"]) == 1 and "matplotlib is not installed" in seen["notes"][0]
+
+
+def test_the_report_lists_every_engine_of_the_tiny_run_as_the_model_card_does(tiny_run):
+    # report.html showed TorchScript and onnxruntime only; the card lists every engine the gate ran
+    run = tiny_run[0] / "tiny"
+    page = (run / "report.html").read_text(encoding="utf-8")
+    card = (run / "bundle" / "README.md").read_text(encoding="utf-8")
+    gate = json.loads((run / "verify" / "parity.json").read_text())["engines"]
+    assert {"onnxruntime", "onnx.reference"} <= {g["engine"] for g in gate["engines"]}
+    for g in gate["engines"]:
+        assert f"<tr><td>{html.escape(g['engine'])}</td><td>{html.escape(g['version'])}</td>" in page, g["engine"]
+        assert f"| {g['engine']} | {g['version']} | verified |" in card.replace("\\", "")
+    for s in gate["skipped"]:
+        assert f"<li>{html.escape(s['engine'])}: {html.escape(s['reason'])}</li>" in page
+
+
+@pytest.mark.slow
+def test_engines_the_gate_could_not_run_are_listed_with_the_reason(tiny_run, tmp_path):
+    # without node on PATH the JavaScript engines are skipped by the gate: the report says so, and why
+    shutil.copytree(tiny_run[0] / "tiny", tmp_path / "tiny", ignore=shutil.ignore_patterns(".lock"))
+    common = ["--artifacts-dir", str(tmp_path), "--run-name", "tiny", "--json"]
+    done = invoke("run", "verify", "--force", *common, env={"PATH": str(Path(sys.executable).parent)})
+    assert done.exit_code == 0, done.output
+    assert invoke("run", "report", *common).exit_code == 0
+    page = (tmp_path / "tiny" / "report.html").read_text(encoding="utf-8")
+    gate = json.loads((tmp_path / "tiny" / "verify" / "parity.json").read_text())["engines"]
+    assert {s["engine"] for s in gate["skipped"]} >= {"onnxruntime-node", "onnxruntime-web"}
+    listed = page[page.index("<p>Not checked:</p>") :]
+    for s in gate["skipped"]:
+        assert f"<li>{html.escape(s['engine'])}: {html.escape(s['reason'])}</li>" in listed
+        assert "node is not installed" in s["reason"] or s["engine"] not in ("onnxruntime-node", "onnxruntime-web")
+    for g in gate["engines"]:  # the engines that did run are still in the table
+        assert f"<tr><td>{html.escape(g['engine'])}</td>" in page
 
 
 @pytest.mark.slow
