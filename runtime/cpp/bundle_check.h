@@ -4,11 +4,15 @@
 // same checks to the files they run (see docs/portable.md, "The trust model, in every consumer").
 // Standard library only: a SHA-256 (FIPS 180-4) and a small JSON reader (RFC 8259) that reads a manifest as
 // the Python and Node runtimes' parsers do: a duplicate key keeps the last value, a lone \u surrogate is
-// accepted (here as U+FFFD; no field this tool reads can hold one), nesting deeper than 512 is refused (as in Node).
+// accepted (here as U+FFFD; no field this tool reads can hold one). The limits of every bundle JSON reader
+// (runtime/bundle.py, runtime/js/src/json.js, this one): arrays and objects nested at most 512 deep, integers
+// within +-(2^53 - 1) (what JavaScript reads exactly), no number that overflows a double.
 #pragma once
 
 #include <cctype>
+#include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -17,6 +21,9 @@
 #include <vector>
 
 namespace seqship {
+
+constexpr int MAX_JSON_DEPTH = 512;
+constexpr long long MAX_JSON_INTEGER = 9007199254740991LL;  // 2^53 - 1
 
 struct BundleError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -155,12 +162,14 @@ class JsonReader {
       }
     }
   }
+  // depth: the arrays and objects that enclose this value
   Json value(int depth) {
-    if (depth > 512) fail("nesting deeper than 512");
     space();
     if (i_ >= s_.size()) fail("the end of the text");
     Json v;
     const char c = s_[i_];
+    if ((c == '{' || c == '[') && depth >= MAX_JSON_DEPTH)
+      fail("arrays and objects nested deeper than " + std::to_string(MAX_JSON_DEPTH));
     if (c == '{') {
       v.kind = Json::Object;
       ++i_;
@@ -206,16 +215,29 @@ class JsonReader {
     };
     if (i_ < s_.size() && s_[i_] == '-') ++i_;
     if (!digit()) fail("an unexpected character");
+    const size_t int_start = i_;
     if (s_[i_] == '0') ++i_;
     else digits();
-    if (i_ < s_.size() && s_[i_] == '.') { ++i_; digits(); }
+    const size_t int_digits = i_ - int_start;
+    bool integer = true;
+    if (i_ < s_.size() && s_[i_] == '.') { ++i_; digits(); integer = false; }
     if (i_ < s_.size() && (s_[i_] == 'e' || s_[i_] == 'E')) {
       ++i_;
       if (i_ < s_.size() && (s_[i_] == '+' || s_[i_] == '-')) ++i_;
       digits();
+      integer = false;
     }
     v.kind = Json::Number;
     v.text = s_.substr(start, i_ - start);
+    if (integer && (int_digits > 16 || std::stoll(s_.substr(int_start, int_digits)) > MAX_JSON_INTEGER)) {
+      i_ = start;
+      fail("the integer " + v.text.substr(0, 40) + " is outside +-" + std::to_string(MAX_JSON_INTEGER) +
+           " (what JavaScript reads exactly)");
+    }
+    if (!integer && !std::isfinite(std::strtod(v.text.c_str(), nullptr))) {
+      i_ = start;
+      fail("a number too large for a double");
+    }
     return v;
   }
 };

@@ -14,6 +14,7 @@
 #include <torch/script.h>
 
 #include "bundle_check.h"
+#include "lines.h"
 
 #include <cerrno>
 #include <cstdio>
@@ -72,6 +73,16 @@ int main(int argc, char** argv) {
   std::filesystem::path model_path(argv[1]);
   std::error_code ec;
   if (std::filesystem::is_directory(model_path, ec)) model_path /= "model.pt";  // the bundle folder itself
+  if (model_path.filename() != "model.pt") {  // model.onnx, or any other file: not what this tool runs
+    const auto ext = model_path.extension().string();
+    const bool onnx = ext == ".onnx" || ext == ".ONNX";
+    std::cerr << "usage: " << model_path.string() << (onnx ? " is an ONNX model; " : " is not a bundle's model.pt; ")
+              << "seqship_predict runs the bundle's TorchScript model, model.pt (libtorch): give "
+              << (model_path.parent_path().empty() ? std::filesystem::path("model.pt") : model_path.parent_path() / "model.pt").string()
+              << " or the bundle folder" << (onnx ? " (model.onnx runs in onnxruntime: `pipeline predict`, or the Node predictor)" : "")
+              << "\n";
+    return 2;
+  }
   const auto folder = model_path.parent_path().empty() ? std::filesystem::path(".") : model_path.parent_path();
   const auto manifest_path = folder / "manifest.json";
   // As Python and Node refuse them: a bundle file that is a link leading out of the bundle folder
@@ -137,15 +148,8 @@ int main(int argc, char** argv) {
     std::cerr << "error: cannot read " << argv[2] << " (a file of token ids, one text per line)\n";
     return 1;
   }
-  // Lines end in \n, \r\n or \r alone: a carriage return never joins two texts into one
-  std::vector<std::string> lines;
-  for (size_t start = 0, i = 0; i <= input.size(); ++i) {
-    if (i == input.size() || input[i] == '\n' || input[i] == '\r') {
-      if (i < input.size() || i > start) lines.push_back(input.substr(start, i - start));
-      if (i + 1 < input.size() && input[i] == '\r' && input[i + 1] == '\n') ++i;
-      start = i + 1;
-    }
-  }
+  // Lines end in \n, \r\n or \r alone (lines.h): a carriage return never joins two texts into one
+  const std::vector<std::string> lines = seqship::split_lines(input);
   std::vector<std::vector<int64_t>> rows;
   size_t width = 0;
   for (size_t n = 1; n <= lines.size(); ++n) {

@@ -14,16 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from seqship.exporters.parity import make_probes
 from seqship.pipeline.train import load_trained
 from seqship.pipeline.verify import torch_backend
 from seqship.runtime import Predictor
+from tests.cpp_tool import seqship_predict
 
 REPO = Path(__file__).resolve().parents[2]
 JS = REPO / "runtime" / "js"
-CPP = REPO / "runtime" / "cpp"
 N_TEXTS = 1000
 TYPED = 20
 # Tolerances per runtime, |a - b| <= atol + rtol * |eager|. onnxruntime-node/-web and libtorch are
@@ -110,16 +109,7 @@ def browser_out(job):
 
 @pytest.fixture(scope="module")
 def cpp_out(job):
-    for tool in ("cmake", "c++"):
-        if shutil.which(tool) is None:
-            pytest.fail(
-                f"{tool} not found: install a C++ toolchain and CMake (apt-get install -y build-essential cmake)"
-            )
-    build = job["work"] / "cpp-build"
-    prefix = torch.utils.cmake_prefix_path
-    run(["cmake", "-S", str(CPP), "-B", str(build), f"-DCMAKE_PREFIX_PATH={prefix}"])
-    run(["cmake", "--build", str(build), "-j2"])
-    exe = build / "seqship_predict"
+    exe = seqship_predict()
     model = Path(job["bundle"]) / "model.pt"
 
     def score(rows, name):
@@ -329,7 +319,7 @@ def test_the_cpp_tool_checks_the_bundle_before_libtorch_reads_model_pt(job, cpp_
         ('{"format": "x", "format": "seqship.bundle", "format_version": 02}', "a missing ',' or '}'"),
         ('{"format": "seqship.bundle", "format": "x"}', "not a seqship bundle manifest"),  # the last wins
         ('{"format": "seqship.bundle", "format_version": 2, "files": {}}', "does not list model.pt"),
-        ("[" * 600, "nesting deeper than 512"),
+        ("[" * 600, "nested deeper than 512"),
     ):
         (bundle / "manifest.json").write_text(manifest)
         out = score()
@@ -371,3 +361,31 @@ def test_the_cpp_tool_checks_the_bundle_before_libtorch_reads_model_pt(job, cpp_
         text=True,
     )
     assert piped.returncode == 0 and len(piped.stdout.split()) == len(job["labels"]), piped.stderr
+
+
+@pytest.mark.slow
+def test_the_cpp_tool_given_model_onnx_says_it_takes_model_pt(job, cpp_out, tmp_path):
+    """It once said model.onnx was "truncated or replaced": any file but a bundle's model.pt is a usage
+    error that names model.pt, before a byte of it is read."""
+    bundle = Path(job["bundle"])
+    ids = tmp_path / "ids.txt"
+    ids.write_text(" ".join(map(str, job["ids"][0])) + "\n")
+    (tmp_path / "renamed.pt").write_bytes((bundle / "model.pt").read_bytes())
+    for given, words in (
+        (bundle / "model.onnx", "is an ONNX model"),
+        (tmp_path / "renamed.pt", "is not a bundle's model.pt"),
+        (bundle / "tokenizer.json", "is not a bundle's model.pt"),
+        (bundle / "manifest.json", "is not a bundle's model.pt"),
+    ):
+        out = subprocess.run(
+            [str(cpp_out["exe"]), str(given), str(ids), str(job["pad"])], capture_output=True, text=True
+        )
+        assert (out.returncode, out.stdout) == (2, ""), (given, out.stderr)
+        assert words in out.stderr and str(given.parent / "model.pt") in out.stderr, out.stderr
+        assert "truncated or replaced" not in out.stderr and "terminate" not in out.stderr
+    # the bundle's model.pt, spelled in other ways, still runs
+    for spelling in (bundle / "model.pt", bundle / ".." / bundle.name / "model.pt", bundle, Path(str(bundle) + "/")):
+        out = subprocess.run(
+            [str(cpp_out["exe"]), str(spelling), str(ids), str(job["pad"])], capture_output=True, text=True
+        )
+        assert out.returncode == 0, (spelling, out.stderr)

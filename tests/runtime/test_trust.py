@@ -359,3 +359,96 @@ def test_top_k_out_of_range_is_an_input_error_in_python_and_node(bundle_copy, tm
         timeout=60,
     )
     assert json.loads(out.stdout) == ["InputError"] * 4, out.stderr
+
+
+# --- one rule for links and JSON limits, the same verdict from Python, Node and C++ ------------------------
+
+
+def cpp_load(bundle: Path, pad_id: int) -> dict:
+    """The C++ tool on the bundle's model.pt: {"ok", "message"} (its stderr)."""
+    from tests.cpp_tool import seqship_predict
+
+    ids = bundle.parent / "ids.txt"
+    ids.write_text("5 6 7\n")
+    out = subprocess.run(
+        [str(seqship_predict()), str(bundle / "model.pt"), str(ids), str(pad_id)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return {"ok": out.returncode == 0, "message": out.stderr}
+
+
+def manifest_note(raw: str):
+    """Put `raw` (JSON text, written as is) into the manifest as an extra member."""
+
+    def tamper(bundle: Path, outside: Path) -> None:
+        text = (bundle / "manifest.json").read_text()
+        (bundle / "manifest.json").write_text(text.replace("{", '{"note": ' + raw + ", ", 1))
+
+    return tamper
+
+
+def nested(depth: int) -> str:
+    """Arrays nested so that, inside the manifest object, `depth` arrays and objects enclose the innermost."""
+    return "[" * (depth - 1) + "]" * (depth - 1)
+
+
+def link_out(name: str):
+    def tamper(bundle: Path, outside: Path) -> None:
+        (outside / name).write_bytes((bundle / name).read_bytes())
+        (bundle / name).unlink()
+        (bundle / name).symlink_to(outside / name)
+
+    return tamper
+
+
+def link_within(name: str):
+    def tamper(bundle: Path, outside: Path) -> None:
+        (bundle / "sub").mkdir(exist_ok=True)
+        (bundle / name).rename(bundle / "sub" / name)
+        (bundle / name).symlink_to(Path("sub") / name)
+
+    return tamper
+
+
+# case -> (how to tamper, whether every consumer loads it, words all their messages share)
+LIMITS = {
+    "manifest.json a link out of the bundle": (link_out("manifest.json"), False, "outside the bundle folder"),
+    "model.pt a link out of the bundle": (link_out("model.pt"), False, "outside the bundle folder"),
+    "manifest.json a link within the bundle": (link_within("manifest.json"), True, None),
+    "model.pt a link within the bundle": (link_within("model.pt"), True, None),
+    "512 levels of nesting": (manifest_note(nested(512)), True, None),
+    "513 levels of nesting": (manifest_note(nested(513)), False, "nested deeper than 512"),
+    "5000 levels of nesting": (manifest_note(nested(5000)), False, "JSON"),
+    "integer 2**53 - 1": (manifest_note(str(2**53 - 1)), True, None),
+    "integer -(2**53 - 1)": (manifest_note(str(-(2**53 - 1))), True, None),
+    "integer 2**53": (manifest_note(str(2**53)), False, "is outside +-9007199254740991"),
+    "integer -(2**53)": (manifest_note(str(-(2**53))), False, "is outside +-9007199254740991"),
+    "integer of 400 digits": (manifest_note("9" * 400), False, "is outside +-9007199254740991"),
+    "number 1e400": (manifest_note("1e400"), False, "too large for a double"),
+    "number -1.5e308": (manifest_note("-1.5e308"), True, None),
+    "number 1e-400": (manifest_note("1e-400"), True, None),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(LIMITS))
+def test_python_node_and_cpp_give_the_same_verdict_on_links_and_json_limits(bundle_copy, tmp_path, case):
+    tamper, loads, words = LIMITS[case]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    pad_id = json.loads((bundle_copy / "tokenizer.json").read_text())["pad_id"]
+    tamper(bundle_copy, outside)
+    try:
+        Predictor.load(bundle_copy, providers="cpu")
+        python = {"ok": True, "message": ""}
+    except BundleError as e:
+        python = {"ok": False, "message": str(e)}
+    node = node_load(bundle_copy)
+    node = {"ok": node["ok"], "message": node.get("error", {}).get("message", "")}
+    cpp = cpp_load(bundle_copy, pad_id)
+    for consumer, got in (("Python", python), ("Node", node), ("C++", cpp)):
+        assert got["ok"] == loads, (consumer, case, got)
+        if not loads:
+            assert words in got["message"], (consumer, case, got)

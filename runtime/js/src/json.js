@@ -10,6 +10,11 @@ export class JsonSyntaxError extends Error {
   }
 }
 
+// The limits every bundle JSON reader applies (runtime/bundle.py, runtime/cpp/bundle_check.h, this one), so
+// that a document is read the same way, or refused, in every language: arrays and objects nested at most
+// this deep, integers within what a double holds exactly, no number that overflows a double.
+export const MAX_JSON_DEPTH = 512;
+
 const WS = new Set([0x20, 0x09, 0x0a, 0x0d]);
 const ESCAPES = { 0x22: '"', 0x5c: "\\", 0x2f: "/", 0x62: "\b", 0x66: "\f", 0x6e: "\n", 0x72: "\r", 0x74: "\t" };
 const NUMBER = /-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?/y;
@@ -62,11 +67,12 @@ export function parseJson(text) {
     }
   }
 
+  // depth: the arrays and objects that enclose this value
   function value(depth) {
-    if (depth > 512) fail("nesting too deep");
     skip();
     const c = text.charCodeAt(i);
     if (c === 0x22) return { v: string(), int: false };
+    if ((c === 0x7b || c === 0x5b) && depth >= MAX_JSON_DEPTH) fail(`arrays and objects nested deeper than ${MAX_JSON_DEPTH}`);
     if (c === 0x7b) {
       i++;
       const obj = {};
@@ -122,8 +128,14 @@ export function parseJson(text) {
     NUMBER.lastIndex = i;
     const m = NUMBER.exec(text);
     if (!m) fail("unexpected character");
+    const v = Number(m[0]);
+    const int = m[1] === undefined && m[2] === undefined;
+    if (int && !Number.isSafeInteger(v)) {
+      fail(`the integer ${m[0].slice(0, 40)} is outside +-${Number.MAX_SAFE_INTEGER} (what JavaScript reads exactly)`);
+    }
+    if (!Number.isFinite(v)) fail("a number too large for a double");
     i += m[0].length;
-    return { v: Number(m[0]), int: m[1] === undefined && m[2] === undefined };
+    return { v, int };
   }
 
   const top = value(0);

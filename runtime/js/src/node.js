@@ -9,6 +9,7 @@ import * as ort from "onnxruntime-node";
 import { BundleError, buildPredictor, checkDigest, checkOptions, checkPin, parseManifest, Predictor } from "./predictor.js";
 
 export { BundleError, InputError, ModelOutputError, TokenizerError } from "./errors.js";
+export { LineSplitter, readLines, splitLines } from "./lines.js";
 export { Predictor } from "./predictor.js";
 export { Tokenizer } from "./tokenizer.js";
 
@@ -152,6 +153,16 @@ export async function load(dir, options = {}) {
     if (!(await stat(realRoot)).isDirectory()) throw new Error("not a folder");
   } catch {
     throw new BundleError(`${root}: bundle folder not found; pass the folder that holds manifest.json`);
+  }
+  // a manifest that is a link out of the folder is refused, as every listed file is (and as Python and C++ do)
+  let realManifest;
+  try {
+    realManifest = await realpath(manifestPath);
+  } catch {
+    realManifest = manifestPath; // missing: readManifest says so
+  }
+  if (realManifest !== manifestPath && !realManifest.startsWith(realRoot + path.sep)) {
+    throw new BundleError(`${manifestPath}: resolves to ${realManifest}, outside the bundle folder (a symlink?); refusing to load it`);
   }
   const manifestBytes = await readManifest(manifestPath);
   const digest = sha256(manifestBytes);

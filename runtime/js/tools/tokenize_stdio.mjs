@@ -2,13 +2,14 @@
 // input line, written (and flushed) before the next line is read.
 // usage: node tools/tokenize_stdio.mjs TOKENIZER_JSON [--unicode-mismatch refuse|warn]
 //   stdin:  {"text": ...} per line (optionally "index": n, the text's index in messages; default: the
-//           0-based number of the input line)
+//           0-based number of the input line; lines end as every seqship reader's do, src/lines.js,
+//           and a blank line is skipped but counted)
 //   stdout: {"ids": [...], "truncated": bool} or {"error": {"name", "message", "index"}} per line
 // A tokenizer.json that does not load: one line {"error": {"name": "TokenizerError", "message", "index": null}}
 // and exit code 1, before any input is read. Bad arguments: exit code 2. A line that is not JSON or has
 // no "text": {"error": {"name": "ToolError", ...}} (a bug in the caller).
 import { readFile } from "node:fs/promises";
-import { createInterface } from "node:readline";
+import { readLines } from "../src/lines.js";
 import { Tokenizer } from "../src/tokenizer.js";
 
 const USAGE = "usage: node tools/tokenize_stdio.mjs TOKENIZER_JSON [--unicode-mismatch refuse|warn]\n";
@@ -41,9 +42,9 @@ try {
 }
 
 let n = 0;
-for await (const line of createInterface({ input: process.stdin, crlfDelay: Infinity })) {
-  if (line === "") continue;
+for await (const line of readLines(process.stdin)) {
   const lineNo = n++;
+  if (line.trim() === "") continue;
   let job;
   try {
     job = JSON.parse(line);
