@@ -538,10 +538,11 @@ code {{ font-size: 0.85rem; }}
 
 def write_report(run) -> Path:
     """Write <run>/report.html atomically and return its path."""
-    page = build_report(run)
-    path = run.report_path
+    from seqship.pipeline.runs import refuse_link
     from seqship.runtime.fsio import write_text_atomic
 
+    page = build_report(run)
+    path = refuse_link(run.report_path)
     write_text_atomic(path, page)
     log.debug("report: %s", path)
     return path

@@ -332,6 +332,17 @@ def claim_run_folder(root: str | os.PathLike, option: str = "--run-name or --art
     return created
 
 
+def refuse_link(path: str | os.PathLike) -> Path:
+    """`path`, a file seqship writes in a run folder, unless a link is there: writing would replace the file it
+    points at, which seqship did not create."""
+    path = Path(path)
+    if path.is_symlink():
+        raise ForeignFolderError(
+            f"{path} is a link (to {os.readlink(path)}): refusing to replace what it points at; remove the link"
+        )
+    return path
+
+
 def _within(a: Path, b: Path) -> bool:
     """Whether `a` is `b` or lies inside it (both resolved)."""
     return a == b or b in a.parents
@@ -423,6 +434,7 @@ def run_stage(run: Run, stage: str, inputs: dict, produce: Callable[[Path], dict
     folder = run.dir(stage)
     key = digest(inputs)
     with run_lock(run):
+        refuse_link(run.record_path(stage))
         record = run.record(stage)
         if not force and record and record.get("inputs_digest") == key and run.intact(stage, record):
             log.info("%s: inputs unchanged, reusing %s (use --force to redo)", stage, folder)

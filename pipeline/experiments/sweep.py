@@ -156,7 +156,7 @@ def sweep(args) -> int:
 def sweep_variants(args, run, default, variants: list[str], configs: list) -> int:
     """Fit the baseline, train (or read back) each variant, write sweep.json and print the table."""
     from seqship.pipeline.data import read_split
-    from seqship.pipeline.runs import METRICS, SPLITS, SWEEP_FILE
+    from seqship.pipeline.runs import METRICS, SPLITS, SWEEP_FILE, refuse_link
     from seqship.pipeline.stages import stage_baseline
     from seqship.runtime.fsio import write_text_atomic
 
@@ -197,7 +197,7 @@ def sweep_variants(args, run, default, variants: list[str], configs: list) -> in
                 "recall": [{lab: round(v["recall"], 3) for lab, v in m["test"]["per_class"].items()} for m in runs],
             }
         )
-    write_text_atomic(run.root / SWEEP_FILE, json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
+    write_text_atomic(refuse_link(run.root / SWEEP_FILE), json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
     if args.seeds > 1:  # above the table, not in its header row: a 7th header cell would unmake the table
         print(
             f"Mean ± sample standard deviation over seeds 0-{args.seeds - 1} (the baseline is one fit: its C is picked on validation).\n"

@@ -179,3 +179,17 @@ def test_results_and_the_sweep_refuse_a_folder_that_is_not_a_run(data_dir, tmp_p
     err = capsys.readouterr().err
     assert code == 1 and str(tmp_path / "sweep-names") in err and RUN_MARKER in err, err
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("link", ["report.html", "stages/export.json"])
+def test_a_link_where_the_run_writes_a_file_is_refused_and_its_target_kept(tiny_run, tmp_path, link):
+    # an atomic write follows a link and replaces its target: a file elsewhere, which seqship did not create
+    shutil.copytree(tiny_run[0] / "tiny", tmp_path / "art" / "tiny", ignore=shutil.ignore_patterns(".lock"))
+    mine = tmp_path / "mine.txt"
+    mine.write_text("my own file\n", encoding="utf-8")
+    (tmp_path / "art" / "tiny" / link).unlink()
+    (tmp_path / "art" / "tiny" / link).symlink_to(mine)
+    common = ["--artifacts-dir", str(tmp_path / "art"), "--run-name", "tiny"]
+    result = invoke("run", "report" if link == "report.html" else "export", *common)
+    assert result.exit_code == 1 and "is a link" in result.output and link in result.output, result.output
+    assert mine.read_text() == "my own file\n"
