@@ -210,23 +210,24 @@ def test_a_stage_made_from_an_older_upstream_is_not_used(tiny_run, data_dir, tmp
     assert result.exit_code == 1 and "made from an earlier data stage" in result.output
 
 
+def reused(stage: str, *args) -> bool:
+    """Whether `pipeline run <stage> ARGS --json` reused the stage (its inputs unchanged) rather than ran it."""
+    result = invoke("run", stage, *args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)["stages"][0]["skipped"]
+
+
 def test_a_run_exported_by_an_earlier_graph_is_exported_again(tiny_run, tmp_path, monkeypatch):
     # The export stage's inputs name the graph's version: after an upgrade that changes the graph (a fix for
     # an engine), `run all` re-exports and re-verifies instead of reusing a model.onnx of the old graph.
     from seqship.exporters import recurrent
 
     shutil.copytree(tiny_run[0] / "tiny", tmp_path / "tiny")
-    common = ["--artifacts-dir", str(tmp_path), "--run-name", "tiny", "--json"]
-
-    def export_skipped() -> bool:
-        result = invoke("run", "export", *common)
-        assert result.exit_code == 0, result.output
-        return json.loads(result.stdout)["stages"][0]["skipped"]
-
-    assert export_skipped()  # same graph: reused
+    common = ["--artifacts-dir", str(tmp_path), "--run-name", "tiny"]
+    assert reused("export", *common)  # same graph: reused
     monkeypatch.setattr(recurrent, "GRAPH_VERSION", recurrent.GRAPH_VERSION + 1)
-    assert not export_skipped()  # another graph: exported again
-    assert export_skipped()
+    assert not reused("export", *common)  # another graph: exported again
+    assert reused("export", *common)
 
 
 @pytest.mark.slow
@@ -236,20 +237,13 @@ def test_a_run_trained_by_earlier_training_code_is_trained_again(tiny_run, tmp_p
     from seqship.pipeline import train
 
     shutil.copytree(tiny_run[0] / "tiny", tmp_path / "tiny")
-    common = ["--artifacts-dir", str(tmp_path), "--run-name", "tiny", "--json", *TINY]
-
-    def train_skipped() -> bool:
-        result = invoke("run", "train", *common)
-        assert result.exit_code == 0, result.output
-        return json.loads(result.stdout)["stages"][0]["skipped"]
-
-    assert train_skipped()  # same code: reused
+    common = ["--artifacts-dir", str(tmp_path), "--run-name", "tiny", *TINY]
+    assert reused("train", *common)  # same code: reused
     monkeypatch.setattr(train, "TRAIN_VERSION", train.TRAIN_VERSION + 1)
-    assert not train_skipped()  # another version of training: trained again
-    assert train_skipped()
-    assert (
-        json.loads((tmp_path / "tiny" / "stages" / "train.json").read_text())["inputs"]["code"] == train.TRAIN_VERSION
-    )
+    assert not reused("train", *common)  # another version of training: trained again
+    assert reused("train", *common)
+    record = json.loads((tmp_path / "tiny" / "stages" / "train.json").read_text())
+    assert record["inputs"]["code"] == train.TRAIN_VERSION
 
 
 def test_a_run_read_by_earlier_reader_rules_is_read_again(tiny_run, data_dir, tmp_path, monkeypatch):
@@ -258,19 +252,13 @@ def test_a_run_read_by_earlier_reader_rules_is_read_again(tiny_run, data_dir, tm
     from seqship.pipeline.data import readers
 
     shutil.copytree(tiny_run[0] / "tiny", tmp_path / "tiny")
-    common = ["--data-dir", str(data_dir), "--artifacts-dir", str(tmp_path), "--run-name", "tiny", "--json"]
-
-    def data_skipped() -> bool:
-        result = invoke("run", "data", *common)
-        assert result.exit_code == 0, result.output
-        return json.loads(result.stdout)["stages"][0]["skipped"]
-
-    assert data_skipped()
+    common = ["--artifacts-dir", str(tmp_path), "--run-name", "tiny"]
+    assert reused("data", "--data-dir", str(data_dir), *common)
     monkeypatch.setattr(readers, "READER_VERSION", readers.READER_VERSION + 1)
-    assert not data_skipped() and data_skipped()
+    assert not reused("data", "--data-dir", str(data_dir), *common)
+    assert reused("data", "--data-dir", str(data_dir), *common)
     # the same rows, so the trained model is still current: nothing downstream is redone
-    result = invoke("run", "train", "--artifacts-dir", str(tmp_path), "--run-name", "tiny", "--json", *TINY)
-    assert result.exit_code == 0 and json.loads(result.stdout)["stages"][0]["skipped"], result.output
+    assert reused("train", *common, *TINY)
 
 
 def test_results_table_reads_each_runs_records(tiny_run, tmp_path):
