@@ -1,6 +1,6 @@
 """Run a model.onnx in one engine, in a process of its own (the gate survives an engine that aborts).
 
-usage: python -m exporters.engine_worker ENGINE MODEL.onnx INPUT.json OUTPUT.npz
+usage: python -m seqship.exporters.engine_worker ENGINE MODEL.onnx INPUT.json OUTPUT.npz
   INPUT: {"batches": [{"ids": [[...]], "lengths": [...]}, ...]}
   OUTPUT: b0, b1, ... (logits per batch) and meta (JSON: version, settings, batches; or skipped / error)
 All batches run in one loaded model, so passing them proves the graph's axes are really dynamic there.

@@ -1,6 +1,6 @@
 """The multi-engine parity gate: the same model.onnx, run in every ONNX engine found, against PyTorch.
 
-Each engine runs in its own process (`python -m exporters.engine_worker`, or Node for onnxruntime-node
+Each engine runs in its own process (`python -m seqship.exporters.engine_worker`, or Node for onnxruntime-node
 and onnxruntime-web's WebAssembly build): an engine that crashes (tract aborts the process on some
 inputs) is reported as a failure instead of taking the gate down with it. Every engine gets the same
 batches: the gate's probes (T=1, a long row, a ragged padded batch, real texts), each ragged row alone

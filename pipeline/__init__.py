@@ -1,5 +1,10 @@
 """seqship's stages and the `pipeline` command: data -> train -> export -> verify -> package."""
 
+if __name__ != "seqship.pipeline":  # the checkout's folder imported under its bare name, from the repository root
+    raise ImportError(
+        f"seqship's code imports as seqship.pipeline, not {__name__} (one namespace: `from seqship.pipeline import ...`)"
+    )
+
 import os
 import sys
 

@@ -314,7 +314,7 @@ def train(
     if "MKL_CBWR" not in os.environ:
         log.warning(
             "MKL_CBWR is not set: this training may not be bit-reproducible across processes "
-            "(call pipeline.pin_blas_for_reproducibility() before importing torch; `pipeline run` does)"
+            "(call seqship.pipeline.pin_blas_for_reproducibility() before importing torch; `pipeline run` does)"
         )
     was_deterministic, was_mkldnn = torch.are_deterministic_algorithms_enabled(), torch.backends.mkldnn.enabled
     was_threads = torch.get_num_threads()

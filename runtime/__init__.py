@@ -10,6 +10,11 @@ data by) and `__version__` need neither numpy nor onnxruntime.
 
 from __future__ import annotations
 
+if __name__ != "seqship.runtime":  # the checkout's folder imported under its bare name, from the repository root
+    raise ImportError(
+        f"seqship's code imports as seqship.runtime, not {__name__} (one namespace: `from seqship.runtime import ...`)"
+    )
+
 import importlib
 from importlib import metadata
 from typing import TYPE_CHECKING

@@ -114,3 +114,13 @@ def test_runtime_loads_a_bundle_and_predicts_with_the_build_side_unimportable(ti
     res = run_blocked(BUILD_SIDE, summary["bundle"])
     assert len(res["labels"]) == 2 and res["provider"] == "CPUExecutionProvider"
     assert res["loaded"] == [] and res["build_side"] == []
+
+
+def test_the_checkouts_folders_do_not_import_under_their_bare_names():
+    # From the repository root, `runtime/` would import as a second copy of the code (its errors are other
+    # classes than seqship.runtime's): the old names fail there too, saying the one that works.
+    for side in ("runtime", "pipeline", "exporters"):
+        out = subprocess.run(
+            [sys.executable, "-c", f"import {side}"], cwd=RUNTIME.parent, capture_output=True, text=True
+        )
+        assert out.returncode != 0 and f"imports as seqship.{side}, not {side}" in out.stderr, out.stderr
