@@ -1258,6 +1258,14 @@ def demo(bundle_dir: Path, host: str, port: int, ort_web: Path | None, expect_sh
     help="Texts waiting per model before requests are refused with 503 and Retry-After.",
 )
 @click.option(
+    "--max-buffered-bytes",
+    type=click.IntRange(2048),
+    default=None,
+    show_default="8 x --max-body-bytes",
+    help="Bytes of request bodies (as received, and inflated) held by all requests in flight together; "
+    "beyond it: 503 with Retry-After.",
+)
+@click.option(
     "--timeout-s",
     type=click.FloatRange(0.1),
     default=30.0,
@@ -1306,6 +1314,7 @@ def serve(
     max_texts,
     max_body_bytes,
     max_queue_texts,
+    max_buffered_bytes,
     timeout_s,
     drain_timeout_s,
     drain_delay_s,
@@ -1334,7 +1343,6 @@ def serve(
     from seqship.runtime.serve import serve as run_server
 
     pins = trusted_digests(expect_sha256, len(bundles))  # before any bundle is read
-    models = load_models(list(bundles), pins, parse_providers(providers), unicode_mismatch)
     limits = Limits(
         max_batch=max_batch,
         max_delay_ms=max_delay_ms,
@@ -1345,7 +1353,10 @@ def serve(
         timeout_s=timeout_s,
         drain_timeout_s=drain_timeout_s,
         drain_delay_s=drain_delay_s,
+        max_buffered_bytes=max_buffered_bytes,
     )
+    limits.validate()  # so are options that cannot work together
+    models = load_models(list(bundles), pins, parse_providers(providers), unicode_mismatch)
     for name, m in models.items():
         click.echo(
             f"model {name}: {m.path} (bundle sha256 {m.predictor.digest}, {len(m.predictor.labels)} labels, "

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
-import zlib
 
 from seqship.runtime import __version__
 from seqship.runtime.errors import InputError, ModelOutputError
 from seqship.runtime.serve.batching import Batcher
+from seqship.runtime.serve.bodies import Budget, Hold, inflate
 from seqship.runtime.serve.metrics import Accounting, Metrics
 from seqship.runtime.serve.protocol import (
     CLIENT_CLOSED,
@@ -33,28 +34,34 @@ from seqship.runtime.serve.protocol import (
 
 log = logging.getLogger(__name__)
 
-MAX_GZIP_MEMBERS = 16  # each member costs a copy of the rest of the body: bounded, so a body of empty members is cheap
+OFF_LOOP_BYTES = 1 << 16  # a body larger than this is inflated and parsed on a worker thread, not the event loop
 
 
-def inflate(body: bytes, encoding: str, limit: int) -> bytes:
-    """A gzip (every member, as RFC 1952 allows, up to 16) or deflate (zlib) body, refused past `limit` bytes inflated."""
-    out, data = bytearray(), body
-    for _ in range(MAX_GZIP_MEMBERS):
-        d = zlib.decompressobj(31 if encoding == "gzip" else 15)
-        try:
-            out += d.decompress(data, limit + 1 - len(out))
-        except zlib.error as e:
-            raise HTTPError(400, f"the body is not valid {encoding} ({e})") from None
-        if len(out) > limit or d.unconsumed_tail:
-            raise HTTPError(413, f"the body inflates past {limit} bytes (--max-body-bytes)")
-        if not d.eof:
-            raise HTTPError(400, f"the {encoding} body is truncated")
-        data = d.unused_data
-        if not data:
-            return bytes(out)
-        if encoding != "gzip":
-            raise HTTPError(400, f"{len(data)} bytes follow the end of the {encoding} body")
-    raise HTTPError(400, f"the gzip body has more than {MAX_GZIP_MEMBERS} members; compress it as one")
+async def off_loop(size: int, fn, *args):
+    """fn(*args): on the event loop for a small body, else on a worker thread (protocol.check_json_values works
+    in steps, between which the event loop gets the GIL)."""
+    if size <= OFF_LOOP_BYTES:
+        return fn(*args)
+    return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args))
+
+
+def close_when_draining(app, state: dict):
+    """ASGI middleware: once the server drains, every answer carries `Connection: close`, so a keep-alive client
+    reconnects (elsewhere) after its answer instead of sending its next request into a closing connection."""
+
+    async def wrapped(scope, receive, send):
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+
+        async def closing_send(message):
+            if message["type"] == "http.response.start" and state["draining"]:
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        return await app(scope, receive, closing_send)
+
+    return wrapped
 
 
 def build_app(models: dict[str, Served], limits: Limits, metrics: Metrics, state: dict):
@@ -72,31 +79,44 @@ def build_app(models: dict[str, Served], limits: Limits, metrics: Metrics, state
     def error(status: int, message: str, headers: dict | None = None):
         return answer(dumps({"error": message}), status, headers)
 
+    budget = Budget(limits.max_buffered_bytes)
+    metrics.buffered.set_function(lambda: budget.held)
+
     def model_or_404(request) -> Served:
         return find_model(models, request.path_params["name"], request.path_params.get("version"))
 
-    async def body_of(request) -> bytes:
+    async def body_of(request, hold: Hold) -> bytearray:
+        """The whole body, inflated, its bytes taken from the budget: all a declared Content-Length at once
+        (503 before a byte is read when the budget is spent), a chunked body as it arrives."""
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
+        declared = int(length) if length is not None and length.isdigit() else None
+        if declared is not None and declared > limits.max_body_bytes:
             raise HTTPError(
                 413,
-                f"the body is {int(length)} bytes; the limit is {limits.max_body_bytes} "
+                f"the body is {declared} bytes; the limit is {limits.max_body_bytes} "
                 "(--max-body-bytes): send fewer or shorter texts",
             )
+        if declared:
+            hold.take(declared)
 
         async def read():
-            chunks, size = [], 0
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limits.max_body_bytes:  # the rest of the body is not read: close the connection after
-                    raise HTTPError(
-                        413,
-                        f"the body is over {limits.max_body_bytes} bytes (--max-body-bytes): "
-                        "send fewer or shorter texts",
-                        {"Connection": "close"},
-                    )
-                chunks.append(chunk)
-            return b"".join(chunks)
+            body = bytearray()  # one buffer, grown in place: no list of chunks, no joined copy
+            try:
+                async for chunk in request.stream():
+                    if len(body) + len(chunk) > limits.max_body_bytes:  # the rest is not read: the connection closes
+                        raise HTTPError(
+                            413,
+                            f"the body is over {limits.max_body_bytes} bytes (--max-body-bytes): "
+                            "send fewer or shorter texts",
+                            {"Connection": "close"},
+                        )
+                    if declared is None:
+                        hold.take(len(chunk))
+                    body += chunk
+            except BaseException:  # a client gone, a timeout: the exception keeps this frame (in a cycle through
+                del body[:]  # wait_for's task, until the garbage collector runs), so the bytes are let go here
+                raise
+            return body
 
         try:
             body = await asyncio.wait_for(read(), limits.timeout_s)
@@ -108,7 +128,10 @@ def build_app(models: dict[str, Served], limits: Limits, metrics: Metrics, state
             raise HTTPError(CLIENT_CLOSED, "the client closed the connection before sending the whole body") from None
         encoding = request.headers.get("content-encoding", "identity").strip().lower()
         if encoding in ("gzip", "deflate"):
-            body = inflate(body, encoding, limits.max_body_bytes)
+            # what it inflates to is not known yet: on a worker thread, always
+            body = await asyncio.get_running_loop().run_in_executor(
+                None, inflate, body, encoding, limits.max_body_bytes, hold
+            )
         elif encoding != "identity":
             raise HTTPError(415, f"Content-Encoding {encoding[:40]!r} is not supported; send identity, gzip or deflate")
         return body
@@ -135,11 +158,12 @@ def build_app(models: dict[str, Served], limits: Limits, metrics: Metrics, state
 
     async def infer(request):
         served = model_or_404(request)
-        body = await body_of(request)
-        req = parse_infer(
-            body, request.headers.get("inference-header-content-length"), len(served.predictor.labels), limits
-        )
-        results = await score(served, req.texts, req.scoring_k, req.errors)
+        with budget.hold() as hold:  # the body, then its texts, are held until the answer
+            body = await body_of(request, hold)
+            header_length = request.headers.get("inference-header-content-length")
+            req = await off_loop(len(body), parse_infer, body, header_length, len(served.predictor.labels), limits)
+            del body
+            results = await score(served, req.texts, req.scoring_k, req.errors)
         content, headers = infer_response(served, req, results)
         return answer(
             content,
@@ -170,9 +194,12 @@ def build_app(models: dict[str, Served], limits: Limits, metrics: Metrics, state
         return results
 
     async def predict(request):
-        req = parse_predict(await body_of(request), models, limits)
+        with budget.hold() as hold:
+            body = await body_of(request, hold)
+            req = await off_loop(len(body), parse_predict, body, models, limits)
+            del body
+            results = await score(models[req.model], req.texts, req.top_k, "return")
         served = models[req.model]
-        results = await score(served, req.texts, req.top_k, "return")
         return answer(predict_response(served, results))
 
     async def index(request):
@@ -253,4 +280,4 @@ def build_app(models: dict[str, Served], limits: Limits, metrics: Metrics, state
         exception_handlers={HTTPError: on_http_error, StarletteHTTPException: on_starlette_error, Exception: on_bug},
     )
     app.router.redirect_slashes = False  # a 307 built from the Host header helps no client of this protocol
-    return Accounting(app, metrics)
+    return Accounting(close_when_draining(app, state), metrics)

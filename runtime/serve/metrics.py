@@ -55,6 +55,11 @@ class Metrics:
             "seqship_rejected", "Requests refused because the queue was full.", ["model"], registry=r
         )
         self.in_flight = Gauge("seqship_requests_in_flight", "Requests accepted and not yet answered.", registry=r)
+        self.buffered = Gauge(
+            "seqship_buffered_body_bytes",
+            "Bytes of request bodies held by the requests in flight (--max-buffered-bytes bounds them).",
+            registry=r,
+        )
 
 
 def endpoint_of(path: str) -> str:

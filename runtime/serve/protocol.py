@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from seqship.runtime import __version__
-from seqship.runtime.errors import InputError
+from seqship.runtime.errors import InputError, SeqshipError
 from seqship.runtime.jsonio import json_kind, json_text
 from seqship.runtime.predictor import Predictor
 
@@ -43,6 +44,13 @@ class HTTPError(Exception):
         self.status, self.message, self.headers = status, message, headers or {}
 
 
+class LimitsError(SeqshipError):
+    """Options of `pipeline serve` that cannot work together: the server would refuse requests it was made for."""
+
+
+JSON_OVERHEAD = 1024  # JSON values a request may hold besides its texts: names, shape, parameters, outputs
+
+
 @dataclass
 class Limits:
     """The server's bounds; every one is a CLI option of `pipeline serve`."""
@@ -56,6 +64,38 @@ class Limits:
     timeout_s: float = 30.0  # to receive a body, and for its texts to be scored
     drain_timeout_s: float = 30.0  # after SIGTERM, how long accepted requests get before they are cut off
     drain_delay_s: float = 0.0  # after SIGTERM, how long to keep accepting (readiness 503) before the listener closes
+    # bytes of request bodies (as received, and inflated) held by every request in flight together; beyond it:
+    # 503 with Retry-After. None: 8 x max_body_bytes
+    max_buffered_bytes: int | None = None
+
+    def __post_init__(self):
+        if self.max_buffered_bytes is None:
+            self.max_buffered_bytes = 8 * self.max_body_bytes
+
+    @property
+    def max_json_values(self) -> int:
+        """JSON values a request may hold: two per text (a [N, 1] tensor nests each one), and the rest."""
+        return 2 * self.max_texts + JSON_OVERHEAD
+
+    def validate(self) -> None:
+        """Refuse bounds under which an idle server could not answer a lone request it was made for."""
+        if self.max_delay_ms / 1000 >= self.timeout_s:
+            raise LimitsError(
+                f"--max-delay-ms {self.max_delay_ms:g} is not shorter than --timeout-s {self.timeout_s:g}: a lone "
+                "request would wait for company until it timed out (503); lower --max-delay-ms or raise --timeout-s"
+            )
+        if self.max_texts > self.max_queue_texts:
+            raise LimitsError(
+                f"--max-texts {self.max_texts} is more than --max-queue-texts {self.max_queue_texts}: a request "
+                "that size would be refused (503) whenever another one waits; lower --max-texts or raise "
+                "--max-queue-texts"
+            )
+        if self.max_buffered_bytes < 2 * self.max_body_bytes:
+            raise LimitsError(
+                f"--max-buffered-bytes {self.max_buffered_bytes} is less than twice --max-body-bytes "
+                f"{self.max_body_bytes}: a compressed body of the largest size is held together with what it "
+                f"inflates to; raise --max-buffered-bytes to {2 * self.max_body_bytes} or lower --max-body-bytes"
+            )
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -130,7 +170,47 @@ class InferRequest:
         return max([self.top_k] + [k for _, _, k in self.outputs])
 
 
-def _json(body: bytes, what: str):
+_STRING_TAIL = re.compile(rb'[^"\\]*+(?:\\.[^"\\]*+)*+')  # a JSON string's bytes up to its closing quote
+SCAN_STEP = 1 << 18  # bytes per C call of the scan: on a worker thread, the event loop gets the GIL between steps
+
+
+def check_json_values(body: bytes, limits: Limits, what: str) -> None:
+    """Refuse (413) JSON of more than limits.max_json_values values before one of them is built.
+
+    json.loads builds every value at C speed without letting go of the GIL: 8 MiB of `[],` (an 8 KB gzip body)
+    held the event loop for seconds. A value is the root or follows a comma or an opening bracket, so those
+    counted outside strings bound the values: linear time, in C calls of at most SCAN_STEP bytes, and a Python
+    step per string (refused past the limit too)."""
+    limit, n, pos, values, strings = limits.max_json_values, len(body), 0, 1, 0
+    too_many = HTTPError(
+        413,
+        f"{what} holds more than {limit} JSON values, more than a request of at most {limits.max_texts} "
+        "texts (--max-texts) needs: split the request",
+    )
+    while pos < n:
+        end = min(n, pos + SCAN_STEP)
+        quote = body.find(b'"', pos, end)
+        stop = end if quote < 0 else quote
+        values += body.count(b",", pos, stop) + body.count(b"[", pos, stop) + body.count(b"{", pos, stop)
+        if values > limit:
+            raise too_many
+        if quote < 0:
+            pos = end
+            continue
+        strings += 1
+        if strings > limit:
+            raise too_many
+        pos = quote + 1
+        while pos < n:  # inside the string, to its closing quote
+            after = _STRING_TAIL.match(body, pos, min(n, pos + SCAN_STEP)).end()
+            if after < n and body[after] == 0x22:  # the closing '"'
+                pos = after + 1
+                break
+            pos = after if after > pos else n  # the step's end; or a lone backslash that ends the body: not JSON
+
+
+def _json(body: bytes, what: str, limits: Limits):
+    check_json_values(body, limits, what)
     try:
         return json.loads(body.decode("utf-8-sig"))  # decoded here: json.loads would take UTF-16 and UTF-32 too
     except UnicodeDecodeError as e:
@@ -197,7 +277,7 @@ def parse_infer(body: bytes, header_length: str | None, num_labels: int, limits:
         head, binary = body[:hl], memoryview(body)[hl:]
     else:
         head, binary = body, memoryview(b"")
-    req = _json(head, "the request body" if header_length is None else "the request's JSON header")
+    req = _json(head, "the request body" if header_length is None else "the request's JSON header", limits)
     if not isinstance(req, dict):
         raise HTTPError(400, "the request must be a JSON object with an 'inputs' list")
     params = req.get("parameters", {})
@@ -308,7 +388,7 @@ class PredictRequest:
 
 def parse_predict(body: bytes, models: dict[str, Served], limits: Limits) -> PredictRequest:
     """Read `{"texts": [...], "top_k": K, "model": NAME}`; raises HTTPError naming what is wrong."""
-    req = _json(body, "the request body")
+    req = _json(body, "the request body", limits)
     if not isinstance(req, dict) or not isinstance(req.get("texts"), list):
         raise HTTPError(400, 'send {"texts": ["...", ...]} (optionally "top_k": K and "model": NAME)')
     name = req.get("model")

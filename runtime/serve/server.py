@@ -24,6 +24,7 @@ from seqship.runtime.serve.metrics import Metrics
 from seqship.runtime.serve.protocol import Limits, Served
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a model name: one URL path segment, no escaping
+IDLE_GRACE_S = 2.0  # after the listener closes, how long an idle keep-alive connection may still send a request
 
 
 class ServeError(SeqshipError):
@@ -82,6 +83,20 @@ def load_models(bundles: list[str], expect_sha256: list[str], providers, unicode
     return models
 
 
+def keep_large_buffers_apart() -> None:
+    """Make glibc give every allocation of 128 KiB or more (a request body) its own mapping, returned to the
+    system when the body is freed. By default glibc raises that threshold to the size of the first such block
+    freed, after which 8 MiB bodies fragment the heap and a server keeps the memory of the largest burst it
+    saw. Setting the threshold (to its usual start, 128 KiB) turns the raising off. Other C libraries: nothing."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(-3, 128 << 10)  # M_MMAP_THRESHOLD
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening-ready socket on host:port (port 0: any free one)."""
     try:
@@ -102,6 +117,15 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def idle(conn) -> bool:
+    """Whether a uvicorn connection is open with no request in progress (a keep-alive one between requests)."""
+    cycle = getattr(conn, "cycle", False)
+    transport = getattr(conn, "transport", None)
+    return (cycle is None or getattr(cycle, "response_complete", False)) and not (
+        transport is None or transport.is_closing()
+    )
+
+
 def serve(
     models: dict[str, Served],
     host: str,
@@ -117,6 +141,8 @@ def serve(
     Meant to end the process: SIGINT and SIGTERM are left ignored when it returns."""
     import uvicorn
 
+    limits.validate()
+    keep_large_buffers_apart()
     metrics = Metrics()
     state = {"draining": False}
     app = build_app(models, limits, metrics, state)
@@ -126,10 +152,12 @@ def serve(
     url = f"http://{shown}:{bound[1]}"
 
     class Server(uvicorn.Server):
-        """Uvicorn's server, plus: the application learns it drains (readiness 503), --drain-delay-s keeps
-        accepting for a while first, a connection that has not sent its first request's headers within
-        --timeout-s is closed, and a drain ends in exit 0 (uvicorn itself re-raises the signal once it has
-        shut down, which would end the process with 143)."""
+        """Uvicorn's server, plus: the application learns it drains (readiness 503, `Connection: close` on
+        every answer), --drain-delay-s keeps accepting for a while first, the listener closes without
+        resetting a connection the kernel had already completed, an idle keep-alive connection gets
+        IDLE_GRACE_S to send one more request before it is closed, a connection that has not sent its first
+        request's headers within --timeout-s is closed, and a drain ends in exit 0 (uvicorn itself re-raises
+        the signal once it has shut down, which would end the process with 143)."""
 
         def __init__(self, config):
             super().__init__(config)
@@ -178,6 +206,34 @@ def serve(
             await super().startup(sockets)
             if self.started:
                 on_ready(url)
+
+        async def shutdown(self, sockets=None):
+            # Closing a listening socket resets the connections in its accept queue, which their clients see
+            # as a reset, not a refusal: take them in first (nothing awaits between the last accept and the
+            # close), then answer them like every other connection.
+            pending = []
+            with contextlib.suppress(OSError):
+                sock.setblocking(False)
+                while True:
+                    pending.append(sock.accept()[0])
+            for server in self.servers:
+                server.close()
+            sock.close()
+            loop = asyncio.get_running_loop()
+            for conn in pending:
+                await loop.connect_accepted_socket(self.new_protocol, conn)
+            # uvicorn closes idle keep-alive connections at once, and a request their client sent meanwhile
+            # fails with EOF or a reset: each first gets a grace to send one (answered with Connection: close)
+            grace_end = time.monotonic() + min(IDLE_GRACE_S, limits.drain_timeout_s)
+            while time.monotonic() < grace_end and any(map(idle, self.server_state.connections)):
+                await asyncio.sleep(0.02)
+            await super().shutdown(sockets)
+
+        def new_protocol(self):
+            """A protocol for a connection accepted here rather than by the asyncio server (as uvicorn builds it)."""
+            return self.config.http_protocol_class(
+                config=self.config, server_state=self.server_state, app_state=self.lifespan.state
+            )
 
         async def on_tick(self, counter):
             if counter % 10 == 0:

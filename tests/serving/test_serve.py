@@ -253,7 +253,8 @@ BAD_REQUESTS = [  # (method, path, body, headers, status, what the error says)
     ("POST", "/v2/models/names/infer", b"[1, 2]", {}, 400, "JSON object"),
     ("POST", "/v2/models/names/infer", b'{"inputs": "Nguyen"}', {}, 400, "'inputs' must be a list"),
     ("POST", "/v2/models/names/infer", b"\xff\xfe{}", {}, 400, "not UTF-8"),
-    ("POST", "/v2/models/names/infer", b"[" * 60_000, {}, 400, "nests too deeply"),
+    ("POST", "/v2/models/names/infer", b"[" * 1100, {}, 400, "nests too deeply"),
+    ("POST", "/v2/models/names/infer", b"[" * 60_000, {}, 413, "more than 1152 JSON values"),
     ("POST", "/v2/models/names/infer", OK.replace(b'"BYTES"', b'"FP32"'), {}, 400, "datatype 'FP32'"),
     ("POST", "/v2/models/names/infer", OK.replace(b"[1]", b"[1, 3]"), {}, 400, "shape [1, 3]"),
     ("POST", "/v2/models/names/infer", OK.replace(b"[1]", b"[2]"), {}, 400, "shape says 2 texts, 'data' holds 1"),
@@ -713,7 +714,18 @@ def test_drain_delay_keeps_answering_with_readiness_503_until_the_listener_close
 def test_a_drain_cut_short_answers_503_with_retry_after_and_exits_1(bundle, surnames):
     """30 requests wait in a batch that waits 60 s for company; a 0.2 s drain cannot score them: each gets a JSON
     503 with Retry-After (never uvicorn's plain 500), and the exit code says the drain was cut short."""
-    s = Server("--bundle", f"m={bundle}", "--max-batch", "4096", "--max-delay-ms", "60000", "--drain-timeout-s", "0.2")
+    s = Server(
+        "--bundle",
+        f"m={bundle}",
+        "--max-batch",
+        "4096",
+        "--max-delay-ms",
+        "60000",
+        "--timeout-s",
+        "120",
+        "--drain-timeout-s",
+        "0.2",
+    )
     body = infer_body(surnames[:100])
     answers, lock = [], threading.Lock()
 
