@@ -589,14 +589,18 @@ def score_with_ray(
         raise InputError(
             f"{dst}: exists and is not a folder (or is a symlink); --output names a folder with the ray engine"
         )
+    # by what the paths are, not how they are spelled: `./in/`, `in/../in`, a symlinked folder on the way
+    src_resolved, dst_resolved = src.resolve(), dst.resolve()
+    if dst_resolved == src_resolved or src_resolved in dst_resolved.parents or dst_resolved in src_resolved.parents:
+        raise InputError(
+            f"{dst}: the output folder must not be the input, or hold it, or be inside it (it is replaced "
+            "whole when the job ends); give a folder beside the input"
+        )
     if dst.is_dir() and any(dst.iterdir()) and not is_ray_output(dst):
         raise InputError(
             f"{dst}: a folder that holds other files; give a new or empty folder "
             "(only a previous `--engine ray` output folder is replaced)"
         )
-    src_resolved = src.resolve()
-    if dst.resolve() == src_resolved or src_resolved in dst.resolve().parents or dst.resolve() in src_resolved.parents:
-        raise InputError(f"{dst}: the output folder must not be the input, or hold it, or be inside it")
     from seqship.runtime.bulk import check_parquet
 
     for p, fmt in files:
