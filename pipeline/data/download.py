@@ -181,9 +181,22 @@ def verify(payload: bytes, dl: Download, url: str) -> dict[str, bytes]:
     return files
 
 
+def refuse_unless_ours(target: Path) -> None:
+    """A DataError unless <cache>/<name> is absent or a download seqship made (it holds our record): the cache
+    may point at a folder of the user's, and a folder we did not create is never replaced."""
+    if not os.path.lexists(target):
+        return
+    if target.is_symlink() or not target.is_dir() or not (target / DOWNLOAD_RECORD).is_file():
+        raise DataError(
+            f"download cache: {target} exists and is not a download seqship made (it has no {DOWNLOAD_RECORD}); "
+            f"seqship never replaces what it did not create: move it away, or set {CACHE_DIR_ENV} to another folder"
+        )
+
+
 def install(files: dict[str, bytes], record: dict, cache: Path, name: str) -> Path:
     """Write verified files and their record into a temporary folder, then put it at <cache>/<name> whole."""
     target = cache / name
+    refuse_unless_ours(target)
     try:
         tmp = temp_dir(cache, name)
     except FileSafetyError as e:
@@ -220,6 +233,7 @@ def download_dataset(ds: Dataset, cache: Path) -> Path:
         if cached(target, dl):  # another process finished this download while we waited for the lock
             log.info("using %s, downloaded meanwhile by another process", target)
             return target
+        refuse_unless_ours(target)  # before the download, not after it
         for stale in sweep_partials(cache):  # only temporaries whose writer is certainly dead
             log.info("removed %s, left by a download that was killed", stale)
         url = os.environ.get(dl.env_var(ds.name)) or dl.url

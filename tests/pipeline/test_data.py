@@ -231,6 +231,35 @@ def test_a_download_that_fails_its_checksum_is_refused_and_leaves_nothing(name, 
         download_dataset(ds, tmp_path / "cache")
 
 
+@pytest.mark.parametrize("kind", ["folder", "file", "link"])
+def test_a_cache_entry_seqship_did_not_make_is_never_replaced(kind, data_dir, tmp_path, monkeypatch):
+    # --cache-dir (or SEQSHIP_CACHE_DIR) pointed at a folder of the user's that holds names/: the download
+    # must not replace it (it used to, whole), whatever the entry is.
+    monkeypatch.delenv("SEQSHIP_DATA_DIR", raising=False)
+    source = tmp_path / "source"
+    source.write_bytes(published_source("names", data_dir))
+    monkeypatch.setenv(REGISTRY["names"].download.env_var("names"), source.as_uri())
+    cache, mine = tmp_path / "cache", tmp_path / "mine"
+    cache.mkdir(), mine.mkdir()
+    (mine / "notes.txt").write_text("mine\n")
+    entry = cache / "names"
+    if kind == "folder":
+        entry.mkdir()
+        (entry / "notes.txt").write_text("mine\n")
+    elif kind == "file":
+        entry.write_text("mine\n")
+    else:
+        entry.symlink_to(mine, target_is_directory=True)
+    with pytest.raises(DataError, match="is not a download seqship made .* move it away, or set SEQSHIP_CACHE_DIR"):
+        locate(DataConfig(dataset="names"), cache_dir=str(cache))
+    assert (mine / "notes.txt").read_text() == "mine\n"
+    assert (
+        entry.is_symlink()
+        if kind == "link"
+        else (entry / "notes.txt" if kind == "folder" else entry).read_text() == "mine\n"
+    )
+
+
 def test_sst2_download_is_refused_unless_it_is_the_published_glue_archive(data_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("SEQSHIP_DATA_DIR", raising=False)
     source = tmp_path / "SST-2.zip"
