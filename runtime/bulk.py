@@ -43,26 +43,7 @@ from seqship.runtime.textio import (
     raw_lines,
     refuse_binary,
     table_reader,
-    valid_id,
 )
-
-# A Parquet id column's types: scalars, copied to the output as they are.
-PARQUET_ID_TYPES = (
-    "string",
-    "large_string",
-    "int8",
-    "int16",
-    "int32",
-    "int64",
-    "uint8",
-    "uint16",
-    "uint32",
-    "uint64",
-    "float",
-    "double",
-    "bool",
-)
-PARQUET_BATCH_ROWS = 4096
 
 FORMATS = ("auto", "jsonl", "lines", "csv", "tsv", "parquet")
 FORMAT_NAMES = {"lines": "one-text-per-line", "jsonl": "JSON lines", "csv": "CSV", "tsv": "TSV"}
@@ -207,6 +188,8 @@ def _table_records(
 
 
 def _parquet_records(path: Path, text_column: str, id_column: str | None) -> Iterator[tuple[int, dict]]:
+    from seqship.runtime.ray import parquet_records  # pyarrow, the `ray` extra's, read as the Ray engine reads it
+
     for n, rec in parquet_records(path, text_column, id_column):
         rec["index"] = n
         yield 0, rec
@@ -359,69 +342,3 @@ def _flush(predictor: Predictor, chunk: list[dict], out, top_k: int, stats: Bulk
         rec.pop("text", None)
         out.write(json_line({"index": rec.pop("index"), **rec}))
     chunk.clear()
-
-
-# --- Parquet (pyarrow, imported when a Parquet file is read: the `ray` extra installs it) -------------
-
-
-def _pyarrow_parquet(path):
-    try:
-        import pyarrow.parquet as pq
-    except ModuleNotFoundError:
-        raise InputError(
-            f"{path}: reading Parquet needs pyarrow, which is not installed; pip install 'seqship[ray]' "
-            "(or pyarrow alone), or convert the file to JSON lines or CSV"
-        ) from None
-    return pq
-
-
-def check_parquet(path, text_column: str, id_column: str | None) -> None:
-    """The text column must exist and hold strings; an id column, when present, scalars (an InputError)."""
-    pq = _pyarrow_parquet(path)
-    import pyarrow as pa
-
-    try:
-        schema = pq.read_schema(path)
-    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a file that is not Parquet
-        raise InputError(f"{path}: not a readable Parquet file ({str(e)[:160]})") from None
-    if text_column not in schema.names:
-        raise InputError(f"{path}: no column {text_column!r} (columns: {schema.names[:20]}); pass --text-column NAME")
-    kind = schema.field(text_column).type
-    if pa.types.is_dictionary(kind):  # e.g. a pandas categorical: read as its strings
-        kind = kind.value_type
-    kind = str(kind)
-    if kind not in ("string", "large_string"):
-        raise InputError(f"{path}: column {text_column!r} holds {kind}, not strings; cast it to string")
-    if id_column in schema.names and str(schema.field(id_column).type) not in PARQUET_ID_TYPES:
-        raise InputError(
-            f"{path}: id column {id_column!r} holds {schema.field(id_column).type}; "
-            "ids must be strings, integers, floats or booleans (cast it, or pass another --id-column)"
-        )
-
-
-def parquet_records(
-    path, text_column: str, id_column: str | None, row_groups: list[int] | None = None, first_row: int = 0
-) -> Iterator[tuple[int, dict]]:
-    """(row number, record) per row of a Parquet file (or of its `row_groups`, whose first row is
-    `first_row`), checked first (`check_parquet`); a record has 'text' or 'error', and maybe 'id'."""
-    check_parquet(path, text_column, id_column)
-    pq = _pyarrow_parquet(path)
-    pf = pq.ParquetFile(path)
-    has_id = id_column is not None and id_column in pf.schema_arrow.names
-    columns = [text_column] + ([id_column] if has_id else [])
-    n = first_row
-    for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns, row_groups=row_groups):
-        texts = batch.column(0).to_pylist()
-        ids = batch.column(1).to_pylist() if has_id else [None] * len(texts)
-        for text, id_ in zip(texts, ids):
-            rec: dict = {}
-            if id_ is not None and not valid_id(id_):
-                rec["error"] = f"row {n + 1}: {id_column!r} is not finite; ids must be strings or finite numbers"
-            elif text is None:
-                rec = {"id": id_, "error": f"row {n + 1}: {text_column!r} is null"}
-            else:
-                rec = {"id": id_, "text": text}
-            if rec.get("id", 0) is None:
-                del rec["id"]
-            yield n, rec
-            n += 1

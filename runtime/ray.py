@@ -48,6 +48,7 @@ from seqship.runtime.textio import (
     last_line_end,
     line_records,
     refuse_binary,
+    valid_id,
 )
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,23 @@ SUFFIXES = {".txt": "lines", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": 
 SUFFIX_NAMES = {"lines": "one-text-per-line (.txt)", "jsonl": "JSON lines"}
 OUTPUT_FORMATS = ("jsonl", "parquet")
 SUMMARY = "summary.json"
-BLOCK_ROWS = 4096  # rows per block a read task emits
+BLOCK_ROWS = 4096  # rows per block a read task emits (and rows per batch read of a Parquet file)
+# A Parquet id column's types: scalars, copied to the output as they are.
+ID_TYPES = (
+    "string",
+    "large_string",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float",
+    "double",
+    "bool",
+)
 MAX_SUMMARY_BYTES = 16 << 20  # a summary.json is read to tell a previous output folder, at most this much
 
 
@@ -159,6 +176,72 @@ def plan_file(
     return tasks
 
 
+# --- Parquet (pyarrow, imported when a Parquet file is read: the `ray` extra installs it) -------------
+
+
+def _pyarrow_parquet(path):
+    try:
+        import pyarrow.parquet as pq
+    except ModuleNotFoundError:
+        raise InputError(
+            f"{path}: reading Parquet needs pyarrow, which is not installed; pip install 'seqship[ray]' "
+            "(or pyarrow alone), or convert the file to JSON lines or CSV"
+        ) from None
+    return pq
+
+
+def check_parquet(path, text_column: str, id_column: str | None) -> None:
+    """The text column must exist and hold strings; an id column, when present, scalars (an InputError)."""
+    pq = _pyarrow_parquet(path)
+    import pyarrow as pa
+
+    try:
+        schema = pq.read_schema(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a file that is not Parquet
+        raise InputError(f"{path}: not a readable Parquet file ({str(e)[:160]})") from None
+    if text_column not in schema.names:
+        raise InputError(f"{path}: no column {text_column!r} (columns: {schema.names[:20]}); pass --text-column NAME")
+    kind = schema.field(text_column).type
+    if pa.types.is_dictionary(kind):  # e.g. a pandas categorical: read as its strings
+        kind = kind.value_type
+    kind = str(kind)
+    if kind not in ("string", "large_string"):
+        raise InputError(f"{path}: column {text_column!r} holds {kind}, not strings; cast it to string")
+    if id_column in schema.names and str(schema.field(id_column).type) not in ID_TYPES:
+        raise InputError(
+            f"{path}: id column {id_column!r} holds {schema.field(id_column).type}; "
+            "ids must be strings, integers, floats or booleans (cast it, or pass another --id-column)"
+        )
+
+
+def parquet_records(
+    path, text_column: str, id_column: str | None, row_groups: list[int] | None = None, first_row: int = 0
+) -> Iterator[tuple[int, dict]]:
+    """(row number, record) per row of a Parquet file (or of its `row_groups`, whose first row is
+    `first_row`), checked first (`check_parquet`); a record has 'text' or 'error', and maybe 'id'."""
+    check_parquet(path, text_column, id_column)
+    pq = _pyarrow_parquet(path)
+    pf = pq.ParquetFile(path)
+    has_id = id_column is not None and id_column in pf.schema_arrow.names
+    columns = [text_column] + ([id_column] if has_id else [])
+    n = first_row
+    for batch in pf.iter_batches(batch_size=BLOCK_ROWS, columns=columns, row_groups=row_groups):
+        texts = batch.column(0).to_pylist()
+        ids = batch.column(1).to_pylist() if has_id else [None] * len(texts)
+        for text, id_ in zip(texts, ids):
+            rec: dict = {}
+            if id_ is not None and not valid_id(id_):
+                rec["error"] = f"row {n + 1}: {id_column!r} is not finite; ids must be strings or finite numbers"
+            elif text is None:
+                rec = {"id": id_, "error": f"row {n + 1}: {text_column!r} is null"}
+            else:
+                rec = {"id": id_, "text": text}
+            if rec.get("id", 0) is None:
+                del rec["id"]
+            yield n, rec
+            n += 1
+
+
 # The text travels as UTF-8 bytes with lone surrogates kept ("surrogatepass"): a Python str may hold one (a
 # JSON "\ud800" escape), which Arrow's strings refuse and which local scoring scores like any other text.
 # A blank line travels as a row too (blank: true), so that the driver sees every line of the plan arrive
@@ -199,8 +282,6 @@ def read_task_rows(
     path = os.fsdecode(path)
     out: list[tuple] = []
     if fmt == "parquet":
-        from seqship.runtime.bulk import parquet_records
-
         recs = parquet_records(path, text_column, id_column, list(range(start, end)), first_row)
     else:
         f = open(path, "rb")  # closed below, when this generator ends or is closed
@@ -601,8 +682,6 @@ def score_with_ray(
             f"{dst}: a folder that holds other files; give a new or empty folder "
             "(only a previous `--engine ray` output folder is replaced)"
         )
-    from seqship.runtime.bulk import check_parquet
-
     for p, fmt in files:
         if fmt == "parquet":
             check_parquet(p, text_column, id_column)
