@@ -778,7 +778,8 @@ def run_package_cmd(**opts) -> None:
     "output_path",
     type=click.Path(),
     default=None,
-    help="With --input: write JSON lines here, atomically; a FIFO or /dev/stdout is streamed into [default: stdout]. "
+    help="With --input: write JSON lines here (a .csv/.tsv name: a table of index, id, text, label, score...), "
+    "atomically; never the input file; a FIFO or /dev/stdout is streamed into [default: stdout]. "
     "With --engine ray: a folder of part files and summary.json, which appears only when whole.",
 )
 @click.option(
@@ -787,7 +788,8 @@ def run_package_cmd(**opts) -> None:
     type=click.Choice(["auto", "jsonl", "lines", "csv", "tsv"]),
     default="auto",
     show_default=True,
-    help="--input format; auto: jsonl for .jsonl/.ndjson, csv for .csv, tsv for .tsv, else one text per line.",
+    help="--input format; auto: jsonl for .jsonl/.ndjson, csv for .csv, tsv for .tsv, Parquet for .parquet "
+    "(pyarrow), else one text per line. Lines end at CRLF, LF or CR; blank lines are skipped.",
 )
 @click.option(
     "--text-column", default="text", show_default=True, help="--input CSV/TSV column or JSONL key holding the text."
