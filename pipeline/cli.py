@@ -60,6 +60,9 @@ def fail(error: Exception, as_json: bool, **extra) -> click.ClickException:
                 default=str,
             )
         )
+    from seqship.pipeline.distributed import record_error
+
+    record_error(error)  # under torchrun, its failure report shows this line too
     return click.ClickException(str(error))
 
 
@@ -114,7 +117,7 @@ def errors_handled(command):
 
             lost = describe_failure(e)
             if lost is not None:
-                raise fail(SeqshipError(lost), as_json) from None
+                raise fail(lost, as_json) from None
             raise _internal(e, as_json) from None
 
     return wrapper
@@ -513,7 +516,15 @@ THREADS_OPTION = click.option(
     "--threads",
     type=click.IntRange(1),
     default=None,
-    help="Training threads [default: 1, which degrades least when other programs share the cores; see pipeline/bench/README.md].",
+    help="Threads for training and the linear baseline [default: 1, which degrades least when other programs share the cores; see pipeline/bench/README.md].",
+)
+RENDEZVOUS_OPTION = click.option(
+    "--rendezvous-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    envvar="SEQSHIP_RENDEZVOUS_TIMEOUT",
+    help="Under torchrun (or WORLD_SIZE > 1 in the environment): seconds to wait for every process to join "
+    "[env SEQSHIP_RENDEZVOUS_TIMEOUT; default: 120].",
 )
 CV_OPTION = click.option(
     "--cv",
@@ -531,6 +542,7 @@ CV_OPTION = click.option(
 @verify_options
 @CV_OPTION
 @THREADS_OPTION
+@RENDEZVOUS_OPTION
 @click.option(
     "--baseline/--no-baseline",
     default=True,
@@ -584,7 +596,7 @@ def _follower(opts: dict) -> bool:
 
     if opts.get("cv_folds") and distributed.launched():
         raise click.UsageError("--cv does not run under torchrun: cross-validate in one process (`pipeline run cv`)")
-    return distributed.dispatch_rank(opts.get("device"), opts.get("threads"))
+    return distributed.dispatch_rank(opts.get("device"), opts.get("threads"), opts.get("rendezvous_timeout"))
 
 
 def _write_report(r, as_json: bool, strict: bool = False) -> Path | None:
@@ -658,6 +670,7 @@ def run_data_cmd(**opts) -> None:
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Training seed.")
 @train_options
 @THREADS_OPTION
+@RENDEZVOUS_OPTION
 @errors_handled
 def run_train_cmd(**opts) -> None:
     """Train on the data stage's splits; keep the checkpoint with the best validation macro-F1."""
@@ -683,6 +696,7 @@ def run_train_cmd(**opts) -> None:
     help="Features: char n-grams (char) or word + char n-grams (word) [default: the run's model's tokenizer].",
 )
 @click.option("--lowercase/--keep-case", default=None, help="[default: as the run's model]")
+@THREADS_OPTION
 @errors_handled
 def run_baseline_cmd(**opts) -> None:
     """Fit the linear baseline (TF-IDF n-grams + logistic regression; C and class weighting picked on
@@ -695,7 +709,7 @@ def run_baseline_cmd(**opts) -> None:
     opts.setdefault("dataset", "names")
     r = _run(opts)
     opts = baseline_options(r, opts)  # read text as the run's model does, unless told otherwise
-    result = stage_baseline(r, _train_cfg(opts, r), opts["force"])
+    result = stage_baseline(r, _train_cfg(opts, r), opts["force"], threads=opts["threads"])
     if card_baseline_outdated(r):
         log.warning(
             "the bundle's card compares the model with another baseline than this one: run `pipeline run "

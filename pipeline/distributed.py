@@ -12,21 +12,41 @@ them, is shared out across the ranks; the loss is scaled so that the averaged gr
 batch's, as one process would compute it. Validation runs on rank 0, and its numbers are broadcast, so
 early stopping and the learning-rate schedule decide the same on every rank. Only rank 0 writes (the
 stage outputs, the bundle, the report); the other ranks exit when training ends.
+
+Nothing waits in silence: before joining, each rank says where it joins, as which rank, and which
+environment variables sent it there (a scheduler may set WORLD_SIZE and friends in every container,
+torchrun or not); joining takes at most `--rendezvous-timeout` seconds (env SEQSHIP_RENDEZVOUS_TIMEOUT,
+default 120), then it is a one-line error. Under torchrun, a rank's `Error: ...` line is also written to
+torchrun's error file, so torchrun's failure report shows it instead of a pointer to its docs.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import sys
+import time
 from datetime import timedelta
 
 from seqship.runtime.errors import SeqshipError
 
 log = logging.getLogger(__name__)
 
+RENDEZVOUS_ENV = "SEQSHIP_RENDEZVOUS_TIMEOUT"
+RENDEZVOUS_TIMEOUT_S = 120.0  # torchrun starts every rank at once; a scheduler's containers may start apart
+# Once joined, a rank may wait long for another: rank 0 runs the data stage (a large dataset is slow to
+# read) while the others wait for its splits.
+COLLECTIVE_TIMEOUT = timedelta(minutes=60)
+LAUNCH_VARS = ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT")
+
 
 class DistributedError(SeqshipError):
     """This process cannot join, or lost, the torchrun job it belongs to."""
+
+
+class PeerFailed(DistributedError):
+    """A collective failed because another rank of the job failed or vanished: a consequence, not the cause."""
 
 
 def launched() -> bool:
@@ -39,9 +59,31 @@ def launched() -> bool:
     return int(value) > 1
 
 
-def init_from_env(device: str | None = "cpu") -> bool:
+def under_torchrun() -> bool:
+    """Whether torchrun (torch.distributed.elastic) started this process: it sets TORCHELASTIC_RUN_ID."""
+    return bool(os.environ.get("TORCHELASTIC_RUN_ID"))
+
+
+def _launch_env() -> str:
+    """The variables that make this a rank of a job, as `NAME=value` (what to unset to run alone)."""
+    return ", ".join(f"{k}={os.environ[k]}" for k in LAUNCH_VARS if k in os.environ)
+
+
+def rendezvous_seconds(given: float | None) -> float:
+    """How long joining may take: `given` (--rendezvous-timeout, which click also reads from
+    SEQSHIP_RENDEZVOUS_TIMEOUT), else 120 s."""
+    seconds = RENDEZVOUS_TIMEOUT_S if given is None else given
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < math.inf:
+        raise DistributedError(
+            f"--rendezvous-timeout ({RENDEZVOUS_ENV}) must be a number of seconds above 0, got {seconds!r}"
+        )
+    return float(seconds)
+
+
+def init_from_env(device: str | None = "cpu", rendezvous_timeout: float | None = None) -> bool:
     """Join the process group torchrun describes (env://); True when there is one. gloo on CPU, nccl when
-    training on CUDA (device "cuda", or "auto" with a GPU)."""
+    training on CUDA (device "cuda", or "auto" with a GPU). Joining waits at most `rendezvous_timeout`
+    seconds (default 120) for every rank, and says first what it waits for."""
     if not launched():
         return False
     import torch
@@ -49,6 +91,24 @@ def init_from_env(device: str | None = "cpu") -> bool:
 
     if dist.is_initialized():
         return True
+    seconds = rendezvous_seconds(rendezvous_timeout)
+    size = int(os.environ["WORLD_SIZE"])
+    origin = "torchrun" if under_torchrun() else "the environment, not torchrun"
+    missing = [k for k in LAUNCH_VARS if not os.environ.get(k)]
+    if missing:
+        raise DistributedError(
+            f"cannot join a process group: {_launch_env()} is set ({origin}) but not {', '.join(missing)}; "
+            f"launch with torchrun (`torchrun --nproc-per-node {size} -m seqship.pipeline.cli run all ...`), "
+            "or unset WORLD_SIZE to run in one process"
+        )
+    for name, limit in (("RANK", size), ("MASTER_PORT", 65536)):
+        value = os.environ[name].strip()
+        if not value.isdigit() or int(value) >= limit:
+            raise DistributedError(
+                f"{name}={os.environ[name]!r} is not a {'rank below WORLD_SIZE' if name == 'RANK' else 'port number'} "
+                f"({_launch_env()}, set by {origin}): launch with torchrun, or unset WORLD_SIZE to run in one process"
+            )
+    rank, where = os.environ["RANK"].strip(), f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT'].strip()}"
     cuda = device in ("cuda", "auto") and torch.cuda.is_available()
     backend = "nccl" if cuda else "gloo"
     if cuda:
@@ -59,19 +119,77 @@ def init_from_env(device: str | None = "cpu") -> bool:
                 "pass --nproc-per-node at most the GPU count, or --device cpu"
             )
         torch.cuda.set_device(local)
+    # torchrun's ranks start together, so this is routine there; anywhere else a stray WORLD_SIZE may be why
+    # the command waits at all, so it is a warning, shown even with -q
+    (log.info if under_torchrun() else log.warning)(
+        "distributed: joining the process group at %s as rank %s of %d (%s, set by %s); waiting up to %g s "
+        "for all %d processes (--rendezvous-timeout or %s waits longer; unset WORLD_SIZE to run in one process)",
+        where,
+        rank,
+        size,
+        _launch_env(),
+        origin,
+        seconds,
+        size,
+        RENDEZVOUS_ENV,
+    )
+    joining = timedelta(seconds=seconds)
+    set_pg_timeout = getattr(dist.distributed_c10d, "_set_pg_timeout", None)
     try:
-        # Rank 0 runs the data stage (and may be slow to read a large dataset) before the others hear from it.
-        dist.init_process_group(backend=backend, timeout=timedelta(minutes=60))
+        with NativeStderrAside() as native:
+            # The store (TCPStore: rank 0 or torchrun's agent hosts it) bounds connecting and waiting for the
+            # others; the group's own timeout bounds its first exchange, and is raised once everyone is in.
+            store, rank_, size_ = next(dist.rendezvous("env://", timeout=joining))
+            dist.init_process_group(
+                backend,
+                store=dist.PrefixStore("default_pg", store),  # as init_process_group prefixes a store it makes
+                rank=rank_,
+                world_size=size_,
+                timeout=joining if set_pg_timeout else COLLECTIVE_TIMEOUT,
+            )
     except (ValueError, RuntimeError) as e:
+        log.debug("torch's own log while joining:\n%s", native.text)
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise DistributedError(
-            f"cannot join the torchrun process group ({str(e).splitlines()[0][:200]}): launch with "
-            "torchrun, or unset WORLD_SIZE"
+            f"rank {rank} of {size}: the process group at {where} was not joined within {seconds:g} s "
+            f"({detail}). {_launch_env()} come from {origin}: start every rank of the job (torchrun does), "
+            f"or unset WORLD_SIZE to run in one process; --rendezvous-timeout (env {RENDEZVOUS_ENV}) waits longer"
         ) from None
+    if native.text:
+        sys.stderr.write(native.text)  # joined after all: what torch logged meanwhile is shown as it would have been
+    store.set_timeout(COLLECTIVE_TIMEOUT)
+    if set_pg_timeout:
+        set_pg_timeout(COLLECTIVE_TIMEOUT)
     log.info("distributed: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
     return True
 
 
-def dispatch_rank(device: str | None = "cpu", threads: int | None = None) -> bool:
+class NativeStderrAside:
+    """Native code's writes to stderr (file descriptor 2) go to a temporary file while inside; `.text` has
+    them afterwards. torch's C++ store logs each failed connection attempt with dozens of stack frames,
+    which would bury the one line that says what is wrong."""
+
+    def __enter__(self):
+        import tempfile
+
+        self.text = ""
+        sys.stderr.flush()
+        self._file = tempfile.TemporaryFile()
+        self._saved = os.dup(2)
+        os.dup2(self._file.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._file.seek(0)
+        self.text = self._file.read(1 << 20).decode("utf-8", "replace")
+        self._file.close()
+
+
+def dispatch_rank(
+    device: str | None = "cpu", threads: int | None = None, rendezvous_timeout: float | None = None
+) -> bool:
     """Under torchrun: join the process group (left again at exit). Rank 0 goes on as the run (False); any
     other rank trains its share of each batch with rank 0's splits and config, then is done (True). Outside
     torchrun: False, and nothing is joined."""
@@ -79,7 +197,7 @@ def dispatch_rank(device: str | None = "cpu", threads: int | None = None) -> boo
 
     if not launched():
         return False
-    init_from_env(device or "cpu")
+    init_from_env(device or "cpu", rendezvous_timeout)
     atexit.register(shutdown)
     rank, size = world()
     if rank == 0:
@@ -88,12 +206,18 @@ def dispatch_rank(device: str | None = "cpu", threads: int | None = None) -> boo
     from seqship.pipeline.stages import follow_training
 
     logging.getLogger("seqship").setLevel(logging.WARNING)  # rank 0 reports; the others say only what goes wrong
-    follow_training(threads)
+    if not follow_training(threads):
+        log.warning(
+            "rank %d: nothing was trained on %d processes: rank 0 reused the run's train stage (its data and "
+            "options are unchanged); pass --force, or another --run-name, to train data-parallel",
+            rank,
+            size,
+        )
     return True
 
 
-def describe_failure(e: BaseException) -> str | None:
-    """For an error that a collective raised because another rank of the job failed or vanished: a line
+def describe_failure(e: BaseException) -> PeerFailed | None:
+    """For an error that a collective raised because another rank of the job failed or vanished: an error
     that says so (torchrun's report names the rank that failed first); else None."""
     try:
         if not launched() or not isinstance(e, RuntimeError):
@@ -105,11 +229,32 @@ def describe_failure(e: BaseException) -> str | None:
         s in text for s in ("Connection closed by peer", "Connection reset by peer", "gloo", "NCCL", "Broken pipe")
     ):
         rank = os.environ.get("RANK", "?")
-        return (
+        return PeerFailed(
             f"rank {rank}: another process of this torchrun job failed or was stopped ({text.splitlines()[0][:160]}); "
             "the first failure is in torchrun's report and that rank's own error above"
         )
     return None
+
+
+def record_error(error: BaseException) -> None:
+    """Under torchrun: put this rank's one-line error where torchrun's failure report shows it (the file
+    named by TORCHELASTIC_ERROR_FILE, in the format torch's own @record writes), so that the report names
+    seqship's error rather than pointing at PyTorch's docs. Elsewhere, nothing."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    from seqship.runtime.fsio import write_json_atomic
+
+    line = f"Error: {error}"
+    # torchrun names as root cause the failure with the earliest whole-second timestamp; a rank that failed
+    # only because another did counts one second later, so that a tie goes to the rank that failed first
+    stamp = int(time.time()) + (1 if isinstance(error, PeerFailed) else 0)
+    try:
+        write_json_atomic(
+            path, {"message": {"message": line, "extraInfo": {"py_callstack": line, "timestamp": str(stamp)}}}
+        )
+    except OSError as e:  # the error itself is already on stderr; the report then points at PyTorch's docs
+        log.debug("torchrun's error file %s was not written: %s", path, e)
 
 
 def world() -> tuple[int, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,21 +16,22 @@ from conftest import TINY
 REPO = Path(__file__).resolve().parents[2]
 
 
+def torchrun_cmd() -> list[str]:
+    """torchrun from this interpreter's environment, 2 processes on this machine, running `pipeline`."""
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    return [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "seqship.pipeline.cli"]
+
+
 @pytest.mark.slow
 def test_two_processes_train_a_model_as_good_as_one_process_and_it_passes_the_parity_gate(tiny_run, data_dir, tmp_path):
     """The same config and global batch size as the tiny run, on 2 processes: each rank takes half of every
     batch. Only rank 0 writes; the bundle it packages passed the parity gate (verify); its test accuracy is
     within 1.5 points of the single-process run's."""
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     artifacts = tmp_path / "artifacts"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.run(
         [
-            torchrun,
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            "-m",
-            "seqship.pipeline.cli",
+            *torchrun_cmd(),
             "run",
             "all",
             "--data-dir",
@@ -46,7 +48,7 @@ def test_two_processes_train_a_model_as_good_as_one_process_and_it_passes_the_pa
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env=env,
     )
     assert p.returncode == 0, p.stderr[-3000:]
     out = json.loads(p.stdout)  # one JSON document: rank 1 printed nothing
@@ -59,12 +61,105 @@ def test_two_processes_train_a_model_as_good_as_one_process_and_it_passes_the_pa
     assert sorted(x.name for x in (artifacts / "ddp").iterdir() if not x.name.startswith(".")) == sorted(
         x.name for x in Path(tiny_run[0], "tiny").iterdir() if not x.name.startswith(".")
     )
+    # The same command again: every stage is current, so nothing is trained, and a rank says so and how to train
+    again = subprocess.run(p.args, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "nothing was trained on 2 processes" in again.stderr and "--force, or another --run-name" in again.stderr
+
+
+@pytest.mark.slow
+def test_under_torchrun_a_rank_s_one_line_error_is_torchrun_s_root_cause_not_a_pointer_to_its_docs(tmp_path):
+    """A domain error on rank 0 (no data folder): its `Error: ...` line is on stderr, and torchrun's own report
+    (the last lines it prints) names it as the root cause, through torchrun's error file."""
+    missing = tmp_path / "no-such-data"
+    p = subprocess.run(
+        [*torchrun_cmd(), "run", "all", "--data-dir", str(missing), "--artifacts-dir", str(tmp_path / "a"), *TINY],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    error = f"Error: dataset 'names': {missing / 'names'} does not exist"
+    assert p.returncode == 1 and error in p.stderr, p.stderr[-3000:]
+    root = p.stderr.rsplit("Root Cause (first observed failure):", 1)[-1]
+    assert f"traceback : {error}" in root and "rank      : 0" in root, p.stderr[-3000:]
+    assert "To enable traceback see" not in p.stderr and "a bug in seqship" not in p.stderr
+    # the other rank failed only because rank 0 did: its report line says so, and it is not the root cause
+    assert "rank 1: another process of this torchrun job failed" not in root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stray_env(**extra) -> dict:
+    """This environment as a scheduler's container may have it: a rank of a job, without torchrun."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("TORCHELASTIC") and k != "SEQSHIP_RENDEZVOUS_TIMEOUT"
+    }
+    return {**env, "WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), **extra}
+
+
+def pipeline(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    # generous: the point is that it returns at all (it used to wait 60 minutes), not how fast
+    return subprocess.run(
+        [sys.executable, "-m", "seqship.pipeline.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_a_job_environment_without_the_other_ranks_says_what_it_waits_for_and_gives_up_with_a_clear_error(
+    rank, tmp_path, data_dir
+):
+    """WORLD_SIZE=2 RANK MASTER_ADDR MASTER_PORT (set by a scheduler, no torchrun, nobody on the port): the command
+    says at once where it joins, as which rank, and which variables sent it there; after --rendezvous-timeout
+    seconds it fails with one line that says what to do. Rank 0 hosts the store and waits for the others;
+    rank 1 finds nothing listening."""
+    env = stray_env(RANK=rank)
+    where = f"127.0.0.1:{env['MASTER_PORT']}"
+    art = tmp_path / "art"
+    p = pipeline(
+        ["run", "all", "--data-dir", str(data_dir), "--artifacts-dir", str(art), "--rendezvous-timeout", "2"], env
+    )
+    assert p.returncode == 1, p.stderr
+    first = p.stderr.splitlines()[0]
+    assert f"joining the process group at {where} as rank {rank} of 2" in first, p.stderr
+    for var in ("WORLD_SIZE=2", f"RANK={rank}", "MASTER_ADDR=127.0.0.1", f"MASTER_PORT={env['MASTER_PORT']}"):
+        assert var in first
+    assert "not torchrun" in first and "waiting up to 2 s" in first
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"Error: rank {rank} of 2: the process group at {where} was not joined within 2 s"), p.stderr
+    assert "unset WORLD_SIZE" in last and "--rendezvous-timeout" in last
+    assert "Exception raised from" not in p.stderr and "frame #" not in p.stderr  # torch's C++ log is set aside
+    assert len(p.stderr.strip().splitlines()) == 2, p.stderr
+    assert not (art / "names").exists()  # nothing was read or written before joining
+
+
+def test_the_rendezvous_timeout_comes_from_the_environment_too_and_a_bad_one_is_a_usage_error(tmp_path):
+    art = ["--artifacts-dir", str(tmp_path)]
+    p = pipeline(["-q", "run", "train", *art, "--json"], stray_env(SEQSHIP_RENDEZVOUS_TIMEOUT="1.5"))
+    assert p.returncode == 1 and "not joined within 1.5 s" in p.stderr, p.stderr
+    assert json.loads(p.stdout)["error_type"] == "DistributedError"
+    assert "joining the process group" in p.stderr  # a warning outside torchrun: shown even with -q
+    for bad in (["--rendezvous-timeout", "0"], ["--rendezvous-timeout", "-3"], ["--rendezvous-timeout", "soon"]):
+        q = pipeline(["run", "all", *art, *bad], stray_env())
+        assert q.returncode == 2 and "--rendezvous-timeout" in q.stderr, q.stderr
+    q = pipeline(["run", "all", *art], stray_env(SEQSHIP_RENDEZVOUS_TIMEOUT="later"))
+    assert q.returncode == 2 and "--rendezvous-timeout" in q.stderr, q.stderr
 
 
 def test_a_stray_or_bad_world_size_is_a_clear_error_not_a_bug_report(tmp_path):
     for value, message in (
         ("abc", "WORLD_SIZE='abc' is not a number"),
-        ("2", "cannot join the torchrun process group"),
+        ("2", "cannot join a process group: WORLD_SIZE=2 is set (the environment, not torchrun) but not RANK"),
     ):
         env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK")}
         p = subprocess.run(
@@ -76,3 +171,15 @@ def test_a_stray_or_bad_world_size_is_a_clear_error_not_a_bug_report(tmp_path):
             env={**env, "WORLD_SIZE": value},
         )
         assert p.returncode == 1 and message in p.stderr and "bug in seqship" not in p.stderr, p.stderr
+
+    base = stray_env()
+    for name, value, message in (
+        ("RANK", "2", "RANK='2' is not a rank below WORLD_SIZE"),
+        ("RANK", "-1", "RANK='-1' is not a rank below WORLD_SIZE"),
+        ("RANK", "zero", "RANK='zero' is not a rank below WORLD_SIZE"),
+        ("MASTER_PORT", "99999", "MASTER_PORT='99999' is not a port number"),
+        ("MASTER_ADDR", "", "but not MASTER_ADDR"),
+    ):
+        p = pipeline(["run", "all", "--artifacts-dir", str(tmp_path)], {**base, name: value})
+        assert p.returncode == 1 and message in p.stderr and "unset WORLD_SIZE" in p.stderr, p.stderr
+        assert "bug in seqship" not in p.stderr
