@@ -112,8 +112,38 @@ def fit_baseline(
     test_rows: Sequence[tuple[str, str]],
     labels: Sequence[str],
     cfg: BaselineConfig,
+    threads: int | None = None,
 ) -> dict:
-    """Fit on train, pick C and class weighting on validation macro-F1, score test once: the metrics."""
+    """Fit on train, pick C and class weighting on validation macro-F1, score test once: the metrics.
+
+    threads: the BLAS and OpenMP threads of every fit (default 1, as training's: see `baseline_threads`);
+    recorded in the metrics with what each thread pool really had."""
+    from threadpoolctl import threadpool_info, threadpool_limits  # a dependency of scikit-learn
+
+    threads = baseline_threads(threads)
+    with threadpool_limits(limits=threads):
+        pools: dict[str, int] = {}
+        for pool in threadpool_info():
+            pools[pool["user_api"]] = max(pools.get(pool["user_api"], 0), pool["num_threads"])
+        return _fit(train_rows, val_rows, test_rows, labels, cfg) | {"threads": threads, "thread_pools": pools}
+
+
+def baseline_threads(threads: int | None) -> int:
+    """The baseline's threads: --threads, else 1, as training's (pipeline.train.default_threads).
+
+    liblinear's vector operations go through BLAS, on vectors as long as the feature count: too little
+    work to share, and OpenBLAS's threads (one per core by default) wait for a core they do not get when
+    other programs run: one fit on names took 45-53 s on 2 busy cores, and 3 s with one BLAS thread.
+    """
+    if threads is None:
+        return 1
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise BaselineError(f"--threads must be an integer >= 1, got {threads!r}")
+    return threads
+
+
+def _fit(train_rows, val_rows, test_rows, labels, cfg: BaselineConfig) -> dict:
+    """fit_baseline's work, inside its thread limits."""
     from sklearn import __version__ as sklearn_version
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
@@ -143,39 +173,59 @@ def fit_baseline(
     x_val = vec.transform([t for t, _ in val_rows])
     grid = []
     best = None
-    for weight in cfg.class_weights:
-        for c in cfg.c_grid:
-            t0 = time.perf_counter()
-            # A fresh fit per C: a warm start from the previous C's solution (lbfgs) was measured to stop at
-            # once on names (C=32 "converged" at C=8's weights), which would make the grid a lie.
-            # One-vs-rest with liblinear: on shopping-cats (50k texts, 410k char n-grams, 10 labels) a
-            # multinomial lbfgs fit took 166-254 s per C against 27-44 s, for the same validation accuracy
-            # (0.8989 and 0.8978 at C=32). With two labels it is one binary logistic regression.
-            clf = OneVsRestClassifier(
-                LogisticRegression(
-                    C=c,
-                    class_weight=None if weight == "none" else weight,
-                    solver="liblinear",
-                    max_iter=1000,
-                    random_state=cfg.seed,
-                )
-            )
-            clf.fit(x_train, y["train"])
-            # classes the training split lacks are never predicted: map the classifier's columns back to labels
-            pred = clf.classes_[clf.predict_proba(x_val).argmax(1)]
-            val = classification_metrics(y["val"], pred, labels)
-            grid.append(
-                {
-                    "C": c,
-                    "class_weight": weight,
-                    "val_accuracy": val["accuracy"],
-                    "val_macro_f1": val["macro_f1"],
-                    "seconds": round(time.perf_counter() - t0, 2),
-                }
-            )
-            log.debug("baseline C=%g class_weight=%s: val macro-F1 %.4f", c, weight, val["macro_f1"])
-            if best is None or val["macro_f1"] > best[0]:
-                best = (val["macro_f1"], c, weight, clf, val)
+    candidates = [(w, c) for w in cfg.class_weights for c in cfg.c_grid]
+    log.info(
+        "baseline: %s on %d training texts (%d features, %.1f s); picking C and class weight from %d fits",
+        cfg.describe(),
+        len(train_rows),
+        x_train.shape[1],
+        time.perf_counter() - started,
+        len(candidates),
+    )
+    for n, (weight, c) in enumerate(candidates, 1):
+        t0 = time.perf_counter()
+        # A fresh fit per C: a warm start from the previous C's solution (lbfgs) was measured to stop at
+        # once on names (C=32 "converged" at C=8's weights), which would make the grid a lie.
+        # One-vs-rest with liblinear: on shopping-cats (50k texts, 410k char n-grams, 10 labels) a
+        # multinomial lbfgs fit took 166-254 s per C against 27-44 s, for the same validation accuracy
+        # (0.8989 and 0.8978 at C=32). With two labels it is one binary logistic regression.
+        clf = OneVsRestClassifier(
+            LogisticRegression(
+                C=c,
+                class_weight=None if weight == "none" else weight,
+                solver="liblinear",
+                max_iter=1000,
+                random_state=cfg.seed,
+            ),
+            # one fit at a time: liblinear's random generator is one per process (sklearn's newrand.h),
+            # so fits on threads side by side would draw from it in turn and stop being reproducible
+            n_jobs=1,
+        )
+        clf.fit(x_train, y["train"])
+        # classes the training split lacks are never predicted: map the classifier's columns back to labels
+        pred = clf.classes_[clf.predict_proba(x_val).argmax(1)]
+        val = classification_metrics(y["val"], pred, labels)
+        grid.append(
+            {
+                "C": c,
+                "class_weight": weight,
+                "val_accuracy": val["accuracy"],
+                "val_macro_f1": val["macro_f1"],
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
+        )
+        log.info(
+            "baseline %d/%d: C=%g, class weight %s: validation macro-F1 %.4f, accuracy %.4f (%.1f s)",
+            n,
+            len(candidates),
+            c,
+            weight,
+            val["macro_f1"],
+            val["accuracy"],
+            grid[-1]["seconds"],
+        )
+        if best is None or val["macro_f1"] > best[0]:
+            best = (val["macro_f1"], c, weight, clf, val)
     _, c, weight, clf, val = best
     x_test = vec.transform([t for t, _ in test_rows])
     test = classification_metrics(y["test"], clf.classes_[clf.predict_proba(x_test).argmax(1)], labels)

@@ -210,7 +210,7 @@ def baseline_available() -> bool:
 
 
 @locked
-def stage_baseline(run: Run, train_cfg, force: bool = False) -> StageResult:
+def stage_baseline(run: Run, train_cfg, force: bool = False, threads: int | None = None) -> StageResult:
     """The linear baseline (pipeline.baseline) on the data stage's splits, with features for the model's
     tokenizer: what the recurrent model is compared with in the report, the card and `pipeline results`."""
     if not baseline_available():
@@ -226,7 +226,8 @@ def stage_baseline(run: Run, train_cfg, force: bool = False) -> StageResult:
     inputs = {"config": asdict(cfg), "sklearn": sklearn.__version__, "data": data["outputs"]}
 
     def produce(out: Path) -> dict:
-        metrics = fit_baseline(train_rows, read_split(d, "val"), read_split(d, "test"), data["summary"]["labels"], cfg)
+        labels = data["summary"]["labels"]
+        metrics = fit_baseline(train_rows, read_split(d, "val"), read_split(d, "test"), labels, cfg, threads=threads)
         (out / METRICS).write_text(json.dumps(metrics, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         return {
             "test_accuracy": metrics["test"]["accuracy"],
@@ -410,13 +411,13 @@ def _kept_baseline(run: Run) -> str:
     return "the model is not compared with a baseline"
 
 
-def optional_baseline(run: Run, train_cfg, force: bool) -> StageResult | None:
+def optional_baseline(run: Run, train_cfg, force: bool, threads: int | None = None) -> StageResult | None:
     """The baseline stage inside `run all`: it is a comparison, not part of the model, so data it cannot be
     fitted on (BaselineError) is a warning and the model still ships."""
     from seqship.pipeline.baseline import BaselineError
 
     try:
-        return stage_baseline(run, train_cfg, force=force)
+        return stage_baseline(run, train_cfg, force=force, threads=threads)
     except BaselineError as e:
         if run.record("baseline") is not None and run.current("baseline") is None:
             # one fitted on earlier data would be reported as stale, with advice that cannot work: drop it
@@ -449,7 +450,7 @@ def run_all(
         lambda: stage_package(run, force=force),
     ]
     if baseline and baseline_available():  # before package: the model card compares the model with it
-        steps.insert(2, lambda: optional_baseline(run, train_cfg, force))
+        steps.insert(2, lambda: optional_baseline(run, train_cfg, force, threads))
     elif baseline:
         steps.insert(
             2, lambda: log.warning("%s; %s (the other stages run as before)", BASELINE_EXTRA, _kept_baseline(run))

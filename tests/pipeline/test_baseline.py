@@ -4,6 +4,7 @@ the names data: six languages, skewed as the full set is (English 1,500 names, P
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -269,6 +270,55 @@ def test_run_baseline_follows_the_run_and_a_refitted_baseline_makes_the_bundle_s
     assert json.loads(kept.stdout)["baseline"]["test_accuracy"] == metrics["test"]["accuracy"]
     manifest = json.loads((tmp_path / "two" / "bundle" / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["baseline"]["features"].startswith("TF-IDF char")
+
+
+def baseline_progress(stderr: str) -> list[str]:
+    """The baseline's line per candidate fit, as `pipeline run` logs them."""
+    return re.findall(
+        r"^baseline \d/8: C=[\d.]+, class weight \w+: validation macro-F1 [\d.]+, accuracy [\d.]+ \([\d.]+ s\)$",
+        stderr,
+        re.M,
+    )
+
+
+def test_run_baseline_fits_on_the_threads_it_is_given_and_says_how_each_candidate_did(subset_dir, tmp_path):
+    """--threads reaches the fit as it reaches training: BLAS and OpenMP (liblinear's vector operations) get
+    that many threads (default 1, as training: a BLAS thread per core, on a busy machine, made one fit 15x
+    slower), recorded in baseline/metrics.json; each of the 8 candidate fits logs its C, class weight,
+    validation score and seconds, so a long fit is never silent."""
+    common = ["--artifacts-dir", str(tmp_path), "--run-name", "n"]
+    assert invoke("run", "data", "--dataset", "names", "--data-dir", str(subset_dir), *common).exit_code == 0
+    path = tmp_path / "n" / "baseline" / "metrics.json"
+    for given, expected in ((None, 1), ("1", 1), ("2", 2)):
+        result = invoke("run", "baseline", *common, "--force", *(["--threads", given] if given else []))
+        assert result.exit_code == 0, result.output
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+        assert metrics["threads"] == expected
+        # what each thread pool (numpy's and scipy's OpenBLAS, sklearn's OpenMP) really had during the fit
+        assert metrics["thread_pools"] and set(metrics["thread_pools"]) <= {"blas", "openmp"}
+        assert all(1 <= n <= expected for n in metrics["thread_pools"].values()), metrics["thread_pools"]
+        if expected == 1:
+            assert set(metrics["thread_pools"].values()) == {1}
+        lines = baseline_progress(result.stderr)
+        assert len(lines) == 8 and len({line.split(":")[1] for line in lines}) == 8, result.stderr
+        assert "picking C and class weight from 8 fits" in result.stderr
+        for line, fit in zip(lines, metrics["grid"]):  # the lines say what the grid in metrics.json holds
+            assert f"C={fit['C']:g}, class weight {fit['class_weight']}:" in line
+            assert line.endswith(
+                f"macro-F1 {fit['val_macro_f1']:.4f}, accuracy {fit['val_accuracy']:.4f} ({fit['seconds']:.1f} s)"
+            )
+    for bad in ("0", "-1", "two"):
+        assert invoke("run", "baseline", *common, "--threads", bad).exit_code == 2  # usage error, before any work
+
+
+@pytest.mark.slow
+def test_run_all_gives_its_threads_to_the_baseline_as_to_training(subset_dir, tmp_path):
+    args = ["--dataset", "names", "--data-dir", str(subset_dir), "--artifacts-dir", str(tmp_path), "--run-name", "n"]
+    result = invoke("run", "all", *args, *TINY, "--epochs", "1", "--threads", "2")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "n" / "baseline" / "metrics.json").read_text(encoding="utf-8"))["threads"] == 2
+    assert json.loads((tmp_path / "n" / "train" / "metrics.json").read_text(encoding="utf-8"))["threads"] == 2
+    assert len(baseline_progress(result.stderr)) == 8, result.stderr
 
 
 def test_sweep_with_seeds_trains_each_variant_per_seed_and_reports_mean_and_spread(subset_dir, tmp_path, capsys):
