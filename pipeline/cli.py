@@ -939,7 +939,7 @@ def predict(
     elif sys.stdin is None or getattr(sys.stdin, "buffer", None) is None:
         raise click.UsageError("no texts: give TEXT arguments, --input FILE, or texts on stdin")
     else:
-        batch = scoring.decode_lines(sys.stdin.buffer.read())
+        batch = scoring.read_stdin(sys.stdin.buffer)
     errors = scoring.write_results(predictor, batch, functools.partial(click.echo, nl=False), top_k)
     if errors:
         raise click.ClickException(f"{errors} of {len(batch.texts)} texts could not be scored")
@@ -1138,7 +1138,6 @@ def bench(
     """
     from seqship.pipeline.bench import BenchConfig, bench_texts, format_report, run_bench
     from seqship.pipeline.runs import require_bundle
-
     from seqship.runtime.bundle import read_pinned_manifest
 
     pin = trusted_digests(expect_sha256)[0]

@@ -14,17 +14,17 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import IO, Callable, Iterable, Sequence
 
 from seqship.runtime.errors import InputError, ModelOutputError, SeqshipError
-from seqship.runtime.fsio import read_capped
+from seqship.runtime.fsio import read_capped, read_stream_capped
 from seqship.runtime.textio import decode_utf8, is_blank, raw_lines, refuse_binary, split_lines
 
 log = logging.getLogger(__name__)
 
 Write = Callable[[str], None]  # receives output text, each JSON line with its newline
 
-MAX_TEXTS_FILE = 256 * 1024 * 1024  # --texts files of `verify` and `bench` are read whole, at most this much
+MAX_TEXTS_FILE = 256 * 1024 * 1024  # stdin and --texts files (verify, bench) are read whole, at most this much
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,12 @@ def decode_arguments(args: Sequence[str]) -> Texts:
             undecodable[i] = f"argument {i + 1}: not UTF-8 ({e.reason} at byte {e.start}); pass UTF-8 text"
             texts[i] = ""
     return Texts(texts, undecodable)
+
+
+def read_stdin(stream: IO[bytes]) -> Texts:
+    """The texts of a binary stream (stdin), read whole but at most MAX_TEXTS_FILE bytes, counted as read."""
+    hint = "for more texts, give --input /dev/stdin (streamed in bounded memory)"
+    return decode_lines(read_stream_capped(stream, MAX_TEXTS_FILE, "stdin", hint))
 
 
 def decode_lines(data: bytes) -> Texts:

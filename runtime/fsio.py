@@ -53,14 +53,19 @@ def read_capped(path: str | os.PathLike, max_bytes: int, hint: str = "") -> byte
     """A whole file's bytes, when it holds at most max_bytes; a FileTooLargeError naming it (and `hint`,
     what to do) as soon as more than that has been read. Never trusts st_size, and never asks for more
     memory than max_bytes plus one chunk (`/dev/zero`, an endless FIFO). OSError as open() raises it."""
-    chunks, size = [], 0
     with open(path, "rb") as f:
-        while chunk := f.read(min(_READ_CHUNK, max_bytes + 1 - size)):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > max_bytes:
-                shown = f"{max_bytes >> 20} MiB" if max_bytes >= 1 << 20 else f"{max_bytes:,} bytes"
-                raise FileTooLargeError(f"{path}: more than {shown}, the most seqship reads of it{hint and '; '}{hint}")
+        return read_stream_capped(f, max_bytes, str(path), hint)
+
+
+def read_stream_capped(stream: IO[bytes], max_bytes: int, name: str, hint: str = "") -> bytes:
+    """All of a binary stream (stdin, a pipe) up to max_bytes, counted as read; else a FileTooLargeError."""
+    chunks, size = [], 0
+    while chunk := stream.read(min(_READ_CHUNK, max_bytes + 1 - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > max_bytes:
+            shown = f"{max_bytes >> 20} MiB" if max_bytes >= 1 << 20 else f"{max_bytes:,} bytes"
+            raise FileTooLargeError(f"{name}: more than {shown}, the most seqship reads of it{hint and '; '}{hint}")
     return b"".join(chunks)
 
 

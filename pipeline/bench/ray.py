@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from seqship.pipeline.predict import read_texts
+
 
 def make_input(path: Path, n: int, data_dir: Path) -> None:
     names = []
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         folder.mkdir()
         src = folder / "texts.txt"
         if args.texts:
-            src.write_bytes(args.texts.read_bytes())
+            src.write_text("\n".join(read_texts(args.texts)) + "\n", encoding="utf-8")
         else:
             make_input(src, args.rows, args.data_dir)
         n = sum(1 for _ in open(src, encoding="utf-8"))

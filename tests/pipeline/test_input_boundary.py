@@ -298,6 +298,14 @@ def test_texts_from_a_device_are_read_no_further_than_the_cap(bundle, command):
     assert p.returncode == 1 and "/dev/zero: more than 256 MiB" in p.stderr, p.stderr[-2000:]
 
 
+def test_stdin_is_read_no_further_than_the_cap(bundle):
+    # `pipeline predict` with texts on stdin read all of it into memory, however much came.
+    with open("/dev/zero", "rb") as zero:
+        p = subprocess.run([*PIPELINE, "predict", "--bundle", bundle], stdin=zero, capture_output=True, timeout=300)
+    err = p.stderr.decode()
+    assert p.returncode == 1 and "stdin: more than 256 MiB" in err and "--input /dev/stdin" in err, err[-2000:]
+
+
 def test_a_fifo_of_texts_is_read_up_to_its_end(bundle, tmp_path):
     fifo = tmp_path / "texts"
     os.mkfifo(fifo)
