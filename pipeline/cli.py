@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -74,7 +75,10 @@ def missing_extra(e: ModuleNotFoundError) -> str | None:
     extra = EXTRAS[top]
     # torch is pinned and installed first only where the extra brings it (see install.sh): a command that
     # needs another extra must not send a runtime-only install off to fetch torch
-    torch_first = "pip install torch==2.13.0 && " if extra == TORCH_EXTRA else ""
+    # (the CPU build: an unpinned or default-index torch is a multi-GB CUDA build)
+    torch_first = (
+        "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu && " if extra == TORCH_EXTRA else ""
+    )
     return (
         f"this command needs {top}, from seqship's `{extra}` extra, which is not installed here: "
         f"from a checkout, `{torch_first}pip install -e '.[{extra}]'` (or `bash install.sh`); "
@@ -94,6 +98,8 @@ def errors_handled(command):
             return command(*args, **kwargs)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except BrokenPipeError:
+            reader_gone()
         except SeqshipError as e:
             from seqship.exporters.errors import ParityError  # no torch needed
 
@@ -175,7 +181,7 @@ def common_options(f):
         type=click.Path(file_okay=False, path_type=Path),
         default=None,
         envvar=ARTIFACTS_ENV,
-        help=f"Where runs are written [env {ARTIFACTS_ENV}; default: the checkout's artifacts/].",
+        help=f"Where runs are written [env {ARTIFACTS_ENV}; default: a checkout's artifacts/, else ./artifacts].",
     )(f)
     return f
 
@@ -1567,9 +1573,22 @@ def results(do_run: bool, names: str, data_dir, artifacts_dir, force: bool, as_j
             click.echo(f"\nnot run yet (use --run): {', '.join(missing)}", err=True)
 
 
+def reader_gone() -> NoReturn:
+    """stdout's reader went away (`pipeline predict ... | head`): stop quietly with SIGPIPE's status, as Unix
+    tools do, instead of an error about a broken pipe (and a second one when Python flushes stdout at exit)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(128 + 13)
+
+
 def main() -> None:
     """Entry point of the `pipeline` command."""
-    cli(prog_name="pipeline")
+    try:
+        try:
+            cli(prog_name="pipeline")
+        finally:
+            sys.stdout.flush()  # here, not at interpreter exit, so that a reader gone by then is caught too
+    except BrokenPipeError:
+        reader_gone()
 
 
 if __name__ == "__main__":

@@ -95,3 +95,23 @@ def test_only_the_train_extras_hint_names_torch(module, extra):
     train = missing_extra(ModuleNotFoundError("No module named 'torch'", name="torch"))
     assert "pip install torch==" in train and "'.[train]'" in train
     assert missing_extra(ModuleNotFoundError("No module named 'nothing'", name="nothing")) is None
+
+
+def test_a_reader_that_goes_away_stops_predict_quietly_with_sigpipes_status(tiny_run):
+    # `pipeline predict ... | head -1`: the reader closes the pipe; that is no error of seqship's to report.
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "seqship.pipeline.cli", "-q", "predict", "--bundle", tiny_run[1]["bundle"]]
+    proc = subprocess.Popen([*cmd, *(f"N{i}" for i in range(3000))], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert json.loads(proc.stdout.readline())["index"] == 0
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "Error" not in err and "Traceback" not in err, err
+
+
+def test_the_train_extras_hint_names_the_cpu_build_and_no_other_hint_names_torch():
+    for module, extra in (("torch", "train"), ("starlette", "serve"), ("ray", "ray"), ("sklearn", "baseline")):
+        hint = missing_extra(ModuleNotFoundError(name=module))
+        assert f".[{extra}]" in hint
+        assert ("torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in hint) == (extra == "train"), hint
