@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 DATA_DIR_ENV = "SEQSHIP_DATA_DIR"
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
-    """A parser whose help is the module's docstring, usage lines and all."""
-    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """A parser whose help is the module's docstring, usage lines and all; its usage names the command as it is
+    run (`python -m seqship.pipeline.bench.serve`, not `serve.py`)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    prog = f"python -m {spec.name}" if spec is not None and spec.name.startswith("seqship.") else None
+    return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def add_bundle(ap: argparse.ArgumentParser) -> None:
