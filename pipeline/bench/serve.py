@@ -66,23 +66,29 @@ def _metric(url: str, name: str) -> float:
     return float(m.group(1)) if m else 0.0
 
 
+def hey_command(url: str, body: Path, seconds: float, connections: int) -> list[str]:
+    """hey's command line: POST the JSON file `body` to `url` on `connections` keep-alive connections for `seconds`."""
+    hey = shutil.which("hey") or "hey"
+    return [
+        hey,
+        "-z",
+        f"{seconds}s",
+        "-c",
+        str(connections),
+        "-m",
+        "POST",
+        "-T",
+        "application/json",
+        "-D",
+        str(body),
+        url,
+    ]
+
+
 def _hey(url: str, body: Path, seconds: float, connections: int) -> dict:
     """Requests/s, p50 and p99 in ms, and the status codes and errors of one hey run (its summary)."""
     p = subprocess.run(
-        [
-            shutil.which("hey") or "hey",
-            "-z",
-            f"{seconds}s",
-            "-c",
-            str(connections),
-            "-m",
-            "POST",
-            "-T",
-            "application/json",
-            "-D",
-            str(body),
-            f"{url}/v2/models/m/infer",
-        ],
+        hey_command(f"{url}/v2/models/m/infer", body, seconds, connections),
         capture_output=True,
         text=True,
         check=True,

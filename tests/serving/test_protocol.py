@@ -279,3 +279,126 @@ def test_a_predict_answer_is_one_line_per_text_by_index(served):
         {"index": 0, **json.loads(json.dumps(want[0].to_dict()))},
         {"index": 1, "error": "text #1 is null"},
     ]
+
+
+# ---------------------------------------------------------------------------------------- bounded work and memory
+
+BIG = Limits()  # the defaults: 1024 texts, so 2 * 1024 + 1024 = 3072 JSON values
+BOMBS = {  # 8 MiB of tiny values: each took json.loads from 0.1 s (empty strings) to 2.9 s (nested lists) to build
+    "lists": b"[],",
+    "nested lists": b"[[]],",
+    "objects": b"{},",
+    "zeros": b"0,",
+    "nulls": b"null,",
+    "empty strings": b'"",',
+    "strings of an escape": b'"\\\\",',
+    "keys": b'{"a":1},',
+}
+
+
+@pytest.mark.parametrize("unit", BOMBS.values(), ids=BOMBS)
+def test_a_body_of_millions_of_tiny_json_values_is_refused_before_one_is_built(unit):
+    from seqship.runtime.serve.protocol import check_json_values
+
+    data = (unit * ((8 << 20) // len(unit)))[:-1]
+    for raw in (body()[:-3] + b"," + data + b"]}]}", b'{"texts": [' + data + b"]}"):
+        with pytest.raises(HTTPError) as e:
+            check_json_values(raw, BIG, "the request body")
+        assert e.value.status == 413 and "more than 3072 JSON values" in e.value.message
+        assert "--max-texts" in e.value.message
+        with pytest.raises(HTTPError, match="more than 3072 JSON values"):
+            parse_infer(raw, None, LABELS, BIG)
+
+
+TRICKY = [  # texts whose commas, brackets, quotes and backslashes are inside strings: never counted as values
+    "a," * 400,
+    "[{" * 300,
+    'say "hi", then [go]' * 20,
+    "ends in a backslash \\",
+    "\\",
+    '\\"',
+    "\\\\\\,[",
+    "Müller, José",
+    "\u2028,\u2029",
+]
+
+
+def test_texts_full_of_commas_brackets_and_escapes_are_read_whole_up_to_max_texts(served):
+    texts = [TRICKY[i % len(TRICKY)] for i in range(BIG.max_texts)]
+    outputs = [{"name": n, "parameters": {"binary_data": False}} for n in DEFAULT_OUTPUTS]
+    params = {"top_k": 2, "errors": "return", "trace": {"spans": list(range(200))}}
+    for raw in (
+        body(texts, outputs=outputs, parameters=params),
+        json.dumps({"inputs": [tensor([[t] for t in texts], [len(texts), 1])]}).encode(),  # [N, 1]: 2 values a text
+        json.dumps({"inputs": [tensor(texts)]}, ensure_ascii=False).encode(),
+        json.dumps({"inputs": [tensor(texts)]}, indent=2).encode(),
+    ):
+        assert parse_infer(raw, None, LABELS, BIG).texts == texts
+    assert parse_predict(json.dumps({"texts": texts}).encode(), {"names": served}, BIG).texts == texts
+
+
+def test_the_count_stops_at_the_limit_whatever_the_json_around_it():
+    from seqship.runtime.serve.protocol import check_json_values
+
+    limits = Limits(max_texts=1)  # 2 + 1024 = 1026 values
+    check_json_values(b"[" + b"0," * 1024 + b"0]", limits, "x")  # 1 + 1025 values: at the limit
+    for raw in (b"[" + b"0," * 1025 + b"0]", b'"' * 2100, b"[" + b'"\\"",' * 1100 + b"0]"):
+        with pytest.raises(HTTPError, match="more than 1026 JSON values"):
+            check_json_values(raw, limits, "x")
+    for raw in (b'["\\', b'"', b'["' + b"\\" * 999, b'"\\"' * 3):  # unfinished strings: left to json.loads (400)
+        check_json_values(raw, limits, "x")
+        with pytest.raises(HTTPError, match="not valid JSON"):
+            parse_infer(raw, None, LABELS, limits)
+
+
+def test_inflating_takes_from_the_budget_and_a_spent_budget_is_a_503_and_every_byte_is_returned():
+    import gzip
+    import zlib
+
+    from seqship.runtime.serve.bodies import Budget, inflate
+
+    budget = Budget(3 << 20)
+    big = gzip.compress(b" " * (2 << 20))
+    with budget.hold() as a:
+        assert inflate(big, "gzip", 4 << 20, a) == b" " * (2 << 20) and budget.held == 2 << 20
+        with budget.hold() as b, pytest.raises(HTTPError) as e:
+            inflate(big, "gzip", 4 << 20, b)
+        assert e.value.status == 503 and e.value.headers["Retry-After"] == "1"
+        assert "the limit is 3145728 (--max-buffered-bytes)" in e.value.message
+        assert budget.held == 2 << 20  # b's share came back when it ended
+    assert budget.held == 0
+    with budget.hold() as c:  # members, deflate, and what was refused before
+        assert inflate(gzip.compress(b"ab") + gzip.compress(b"cd"), "gzip", 10, c) == b"abcd"
+        assert inflate(zlib.compress(b"x" * 5000), "deflate", 5000, c) == b"x" * 5000
+        with pytest.raises(HTTPError, match="inflates past 4999"):
+            inflate(zlib.compress(b"x" * 5000), "deflate", 4999, c)
+        with pytest.raises(HTTPError, match="truncated"):
+            inflate(gzip.compress(b"x" * 5000)[:-9], "gzip", 10**6, c)
+        assert inflate(gzip.compress(b"", mtime=0) * 16, "gzip", 10, c) == b""
+        with pytest.raises(HTTPError, match="more than 16 members"):
+            inflate(gzip.compress(b"", mtime=0) * 17, "gzip", 10, c)
+    assert budget.held == 0
+
+
+IMPOSSIBLE = [  # (limits, the options the error names)
+    ({"max_delay_ms": 30_000, "timeout_s": 30}, ("--max-delay-ms 30000", "--timeout-s 30")),
+    ({"max_delay_ms": 60_000}, ("--max-delay-ms 60000", "--timeout-s 30")),
+    ({"max_texts": 2000, "max_queue_texts": 1999}, ("--max-texts 2000", "--max-queue-texts 1999")),
+    ({"max_body_bytes": 1 << 20, "max_buffered_bytes": (2 << 20) - 1}, ("--max-buffered-bytes", "--max-body-bytes")),
+]
+
+
+@pytest.mark.parametrize("kwargs, named", IMPOSSIBLE, ids=[" ".join(n) for _, n in IMPOSSIBLE])
+def test_limits_that_cannot_answer_a_lone_request_are_refused_naming_both_options(kwargs, named):
+    from seqship.runtime.serve.protocol import LimitsError
+
+    with pytest.raises(LimitsError) as e:
+        Limits(**kwargs).validate()
+    assert all(n in str(e.value) for n in named), str(e.value)
+
+
+def test_limits_at_the_edge_of_possible_are_accepted():
+    Limits().validate()
+    Limits(max_delay_ms=29_999, timeout_s=30, max_texts=8192, max_queue_texts=8192).validate()
+    Limits(max_body_bytes=1 << 20, max_buffered_bytes=2 << 20).validate()
+    assert Limits(max_body_bytes=1 << 20).max_buffered_bytes == 8 << 20

@@ -541,11 +541,13 @@ def test_without_the_serve_extra_serve_says_how_to_install_it(bundle, tmp_path):
     assert p.returncode == 1 and "`serve` extra" in p.stderr and "Traceback" not in p.stderr
 
 
-def hey() -> str:
-    path = shutil.which("hey")
-    if path is None:
+def hey_command(url: str, body: Path, seconds: int, connections: int) -> list[str]:
+    """The benchmark's hey command line; a missing `hey` fails the test with the fix."""
+    from seqship.pipeline.bench.serve import hey_command
+
+    if shutil.which("hey") is None:
         pytest.fail("the load test needs `hey`: apt-get install -y hey (install.sh does)")
-    return path
+    return hey_command(url, body, seconds, connections)
 
 
 @pytest.mark.slow
@@ -560,20 +562,7 @@ def test_64_connections_for_20_seconds_every_request_answered_without_error(serv
 
     before = answered()
     p = subprocess.run(
-        [
-            hey(),
-            "-z",
-            "20s",
-            "-c",
-            "64",
-            "-m",
-            "POST",
-            "-T",
-            "application/json",
-            "-D",
-            str(body),
-            f"{server.url}/v2/models/names/infer",
-        ],
+        hey_command(f"{server.url}/v2/models/names/infer", body, seconds=20, connections=64),
         capture_output=True,
         text=True,
         timeout=120,
@@ -607,9 +596,10 @@ def test_sigterm_under_load_answers_every_accepted_request_and_exits_0(bundle):
                         failures.append(r.status)
             except ConnectionRefusedError:
                 return  # the listener is closed: the drain has begun
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                c.close()  # a keep-alive connection closed by the drain before this request was read
-                c = s.conn()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
+                with lock:  # a keep-alive connection closed under a request: the drain says Connection: close first
+                    failures.append(repr(e))
+                return
 
     threads = [threading.Thread(target=client) for _ in range(16)]
     for t in threads:
@@ -759,3 +749,188 @@ def test_signals_that_keep_coming_while_the_server_exits_never_turn_a_clean_drai
         time.sleep(0.005)
     s.reader.join(timeout=30)
     assert s.proc.returncode == 0, "".join(s.err)
+
+
+# ---------------------------------------------------------------------------------------- bounded time and memory
+
+
+def _metric(server: Server, name: str) -> float:
+    m = re.search(rf"^{name} (\S+)$", request(server, "GET", "/metrics")[2].decode(), re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+@pytest.mark.slow
+def test_gzip_bombs_of_tiny_json_values_are_refused_unparsed_while_health_keeps_answering(bundle):
+    """Three clients send 8 KB gzip bodies that inflate, within the body limit, to millions of tiny JSON values
+    (each took the event loop seconds to parse); each gets a 413 naming the limit (not a shape error: the
+    values were never built), and readiness probes are answered meanwhile."""
+    s = Server("--bundle", f"m={bundle}", "--threads", "1")  # the defaults: 8 MiB bodies, 1024 texts a request
+    head = b'{"inputs":[{"name":"text","datatype":"BYTES","shape":[1],"data":["Nguyen",'
+    bombs = [gzip.compress(head + unit * ((8 << 20) // len(unit) - 40) + b"0]}]}") for unit in (b"[],", b"0,")]
+    bombs.append(gzip.compress(b'{"texts": [' + b'"",' * 2_000_000 + b'""]}'))
+    answers, probes, lock = [], [], threading.Lock()
+
+    def attack(bomb, path):
+        c = s.conn()
+        for _ in range(4):
+            c.request("POST", path, body=bomb, headers={"Content-Encoding": "gzip"})
+            r = c.getresponse()
+            with lock:
+                answers.append((r.status, json.loads(r.read())["error"]))
+
+    try:
+        paths = ["/v2/models/m/infer", "/v2/models/m/infer", "/predict"]
+        threads = [threading.Thread(target=attack, args=a) for a in zip(bombs, paths)]
+        for t in threads:
+            t.start()
+        c = s.conn()
+        while any(t.is_alive() for t in threads):
+            c.request("GET", "/v2/health/ready")
+            r = c.getresponse()
+            probes.append((r.status, r.read()))
+        for t in threads:
+            t.join()
+    finally:
+        assert s.stop()[0] == 0
+    assert all(len(b) < 20_000 for b in bombs)
+    assert len(answers) == 12 and {a[0] for a in answers} == {413}, answers
+    assert all("more than 3072 JSON values" in a[1] and "--max-texts" in a[1] for a in answers), answers
+    assert probes and set(probes) == {(200, b'{"ready":true}')}
+
+
+def test_unfinished_bodies_spend_the_buffer_budget_then_503_and_leaving_returns_it(bundle):
+    """Four connections send half of a 1 MiB body each and stop: with --max-buffered-bytes 4 MiB the budget is
+    spent, so the next body is refused at once (503, Retry-After, naming the option) without a byte of it read;
+    once they disconnect, their bytes are returned and a request is answered again."""
+    s = Server("--bundle", f"m={bundle}", "--max-body-bytes", str(1 << 20), "--max-buffered-bytes", str(4 << 20))
+    head = f"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {1 << 20}\r\n\r\n".encode()
+    try:
+        holders = [_raw(s, head + b" " * (1 << 19)) for _ in range(4)]
+        while _metric(s, "seqship_buffered_body_bytes") < 4 << 20:
+            time.sleep(0.02)
+        status, headers, got = request(s, "POST", "/v2/models/m/infer", OK)
+        assert status == 503 and headers["retry-after"] == "1", got
+        assert "the limit is 4194304 (--max-buffered-bytes)" in json.loads(got)["error"]
+        late = _raw(s, head)  # only its headers: the answer cannot wait for a body
+        assert _read_to_close(late).startswith(b"HTTP/1.1 503")
+        c = s.conn()  # a chunked body is refused as it arrives
+        c.request("POST", "/predict", body=iter([b'{"texts": ["Nguyen"]}']), encode_chunked=True)
+        assert c.getresponse().status == 503
+        assert request(s, "GET", "/v2/health/ready")[0] == 200  # requests without a body are not affected
+        for h in holders:
+            h.close()
+        while _metric(s, "seqship_buffered_body_bytes") > 0:  # each handler sees its client gone on its next read
+            time.sleep(0.02)
+        status, _, got = request(s, "POST", "/v2/models/m/infer", OK)
+        assert status == 200, got
+        for _ in range(3):  # and the budget is whole again: four more fit
+            more = [_raw(s, head + b" " * 100) for _ in range(4)]
+            while _metric(s, "seqship_buffered_body_bytes") < 4 << 20:
+                time.sleep(0.02)
+            for h in more:
+                h.close()
+            while _metric(s, "seqship_buffered_body_bytes") > 0:
+                time.sleep(0.02)
+    finally:
+        code, err = s.stop()
+    assert code == 0 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(
+    "options, named",
+    [
+        (["--max-delay-ms", "60000"], ["--max-delay-ms 60000", "--timeout-s 30"]),
+        (["--max-delay-ms=1000", "--timeout-s=1"], ["--max-delay-ms 1000", "--timeout-s 1"]),
+        (["--max-delay-ms", "2500.5", "--timeout-s", "2.5"], ["--max-delay-ms 2500.5", "--timeout-s 2.5"]),
+        (["--max-queue-texts", "100"], ["--max-texts 1024", "--max-queue-texts 100"]),
+        (["--max-texts", "9000"], ["--max-texts 9000", "--max-queue-texts 8192"]),
+        (["--max-buffered-bytes", str(8 << 20)], [f"--max-buffered-bytes {8 << 20}", f"--max-body-bytes {8 << 20}"]),
+        (
+            ["--max-body-bytes", str(1 << 30), "--max-buffered-bytes", str(1 << 30)],
+            ["less than twice --max-body-bytes", str(2 << 30)],
+        ),
+    ],
+)
+def test_serve_refuses_options_that_cannot_answer_a_lone_request_before_loading_a_bundle(options, named, tmp_path):
+    from tests.conftest import invoke
+
+    result = invoke("serve", "--bundle", str(tmp_path / "no-such-bundle"), "--port", "0", *options)
+    assert result.exit_code == 1 and result.output.startswith("Error: "), result.output
+    assert all(n in result.output for n in named) and "no-such-bundle" not in result.output, result.output
+
+
+def test_a_lone_request_is_answered_by_an_idle_server_at_the_edge_of_the_limits(bundle):
+    """Before, --max-delay-ms 2000 --timeout-s 1 started a server whose every lone request timed out (503)."""
+    s = Server(
+        "--bundle",
+        f"m={bundle}",
+        "--max-delay-ms",
+        "300",
+        "--timeout-s",
+        "1",
+        "--max-texts",
+        "8",
+        "--max-queue-texts",
+        "8",
+    )
+    try:
+        assert request(s, "POST", "/predict", json.dumps({"texts": ["Nguyen"] * 8}))[0] == 200
+    finally:
+        assert s.stop()[0] == 0
+
+
+def test_a_drain_answers_with_connection_close_and_an_idle_keep_alive_connection_may_still_send(bundle):
+    """Keep-alive connections during a drain: each answer says `Connection: close` (the client reconnects, to the
+    next server), and a connection idle when the listener closes still gets its next request answered instead of
+    an EOF or a reset."""
+    s = Server("--bundle", f"m={bundle}", "--drain-delay-s", "600")
+    busy, idle = s.conn(), s.conn()
+    for c in (busy, idle):
+        c.request("POST", "/v2/models/m/infer", body=OK)
+        r = c.getresponse()
+        assert r.status == 200 and r.getheader("connection") is None and r.read()
+    s.send(signal.SIGTERM)
+    while (answer := request(s, "GET", "/v2/health/ready"))[0] == 200:
+        time.sleep(0.02)
+    assert answer[0] == 503 and answer[1]["connection"] == "close"
+    busy.request("POST", "/v2/models/m/infer", body=OK)
+    r = busy.getresponse()
+    assert r.status == 200 and r.getheader("connection") == "close" and r.read()
+    assert busy.sock is None  # http.client closed it, as the answer asked
+    s.send(signal.SIGTERM)  # the delay ends: the listener closes
+    while True:
+        try:
+            request(s, "GET", "/v2/health/live")
+        except ConnectionRefusedError:
+            break
+    idle.request("POST", "/v2/models/m/infer", body=OK)
+    r = idle.getresponse()
+    assert r.status == 200 and r.getheader("connection") == "close" and json.loads(r.read())["outputs"]
+    code, err = s.stop(signal.SIGTERM)
+    assert code == 0 and "Traceback" not in err, err
+
+
+@pytest.mark.slow
+def test_sigterm_under_hey_with_32_keep_alive_connections_refuses_but_never_resets(bundle, tmp_path):
+    """hey keeps 32 keep-alive connections busy; SIGTERM lands mid-load. Every request is answered 200, and the
+    only errors are connections refused once the listener closed: no EOF, no reset."""
+    s = Server("--bundle", f"m={bundle}", "--threads", "2")
+    body = tmp_path / "body.json"
+    body.write_bytes(infer_body(["Nguyen", "Schmidt"]))
+    load = subprocess.Popen(
+        hey_command(f"{s.url}/v2/models/m/infer", body, seconds=8, connections=32),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        while _metric(s, r'seqship_requests_total\{code="200",endpoint="infer"\}') < 500:
+            time.sleep(0.05)
+    finally:
+        code, err = s.stop(signal.SIGTERM)
+        out, _ = load.communicate(timeout=120)
+    assert code == 0 and re.search(r"stopped: (\d+) requests accepted, \1 answered", err), err
+    codes = dict(re.findall(r"\[(\d+)\]\s+(\d+) responses", out))
+    assert list(codes) == ["200"] and int(codes["200"]) >= 500, out
+    errors = re.findall(r"^\s+\[\d+\]\s+(.+)$", out.partition("Error distribution:")[2], re.M)
+    assert all("connect: connection refused" in e for e in errors), errors
