@@ -52,7 +52,7 @@ class PeerFailed(DistributedError):
 def launched() -> bool:
     """Whether this process was started by torchrun (or another launcher) as one of several."""
     value = os.environ.get("WORLD_SIZE", "1") or "1"
-    if not value.strip().isdigit():
+    if not (value.strip().isascii() and value.strip().isdigit()):
         raise DistributedError(
             f"WORLD_SIZE={value!r} is not a number of processes: launch with torchrun, or unset WORLD_SIZE"
         )
@@ -103,7 +103,7 @@ def init_from_env(device: str | None = "cpu", rendezvous_timeout: float | None =
         )
     for name, limit in (("RANK", size), ("MASTER_PORT", 65536)):
         value = os.environ[name].strip()
-        if not value.isdigit() or int(value) >= limit:
+        if not (value.isascii() and value.isdigit()) or int(value) >= limit:
             raise DistributedError(
                 f"{name}={os.environ[name]!r} is not a {'rank below WORLD_SIZE' if name == 'RANK' else 'port number'} "
                 f"({_launch_env()}, set by {origin}): launch with torchrun, or unset WORLD_SIZE to run in one process"
@@ -150,10 +150,15 @@ def init_from_env(device: str | None = "cpu", rendezvous_timeout: float | None =
     except (ValueError, RuntimeError) as e:
         log.debug("torch's own log while joining:\n%s", native.text)
         detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        fix = (
+            "another rank of this torchrun job did not start or stopped before joining (see torchrun's report)"
+            if under_torchrun()
+            else f"{_launch_env()} come from {origin}: start every rank of the job (torchrun does), or unset "
+            "WORLD_SIZE to run in one process"
+        )
         raise DistributedError(
             f"rank {rank} of {size}: the process group at {where} was not joined within {seconds:g} s "
-            f"({detail}). {_launch_env()} come from {origin}: start every rank of the job (torchrun does), "
-            f"or unset WORLD_SIZE to run in one process; --rendezvous-timeout (env {RENDEZVOUS_ENV}) waits longer"
+            f"({detail}). {fix}; --rendezvous-timeout (env {RENDEZVOUS_ENV}) waits longer"
         ) from None
     if native.text:
         sys.stderr.write(native.text)  # joined after all: what torch logged meanwhile is shown as it would have been

@@ -159,6 +159,7 @@ def test_the_rendezvous_timeout_comes_from_the_environment_too_and_a_bad_one_is_
 def test_a_stray_or_bad_world_size_is_a_clear_error_not_a_bug_report(tmp_path):
     for value, message in (
         ("abc", "WORLD_SIZE='abc' is not a number"),
+        ("\u00b2", "WORLD_SIZE='\u00b2' is not a number"),
         ("2", "cannot join a process group: WORLD_SIZE=2 is set (the environment, not torchrun) but not RANK"),
     ):
         env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK")}
@@ -177,6 +178,7 @@ def test_a_stray_or_bad_world_size_is_a_clear_error_not_a_bug_report(tmp_path):
         ("RANK", "2", "RANK='2' is not a rank below WORLD_SIZE"),
         ("RANK", "-1", "RANK='-1' is not a rank below WORLD_SIZE"),
         ("RANK", "zero", "RANK='zero' is not a rank below WORLD_SIZE"),
+        ("RANK", "\u00b2", "RANK='\u00b2' is not a rank below WORLD_SIZE"),  # a digit to str.isdigit, not to int()
         ("MASTER_PORT", "99999", "MASTER_PORT='99999' is not a port number"),
         ("MASTER_ADDR", "", "but not MASTER_ADDR"),
     ):
