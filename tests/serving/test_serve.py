@@ -579,12 +579,13 @@ def test_sigterm_under_load_answers_every_accepted_request_and_exits_0(bundle):
     every request it accepted (its own tally), and the clients must have received exactly that many 200s."""
     s = Server("--bundle", f"m={bundle}", "--max-batch", "16")
     body = infer_body(["Nguyen", "Schmidt", "Rossi"])
-    ok, failures, stop = [0], [], threading.Event()
+    ok, failures, stop, term = [0], [], threading.Event(), threading.Event()
     lock = threading.Lock()
 
     def client():
         c = s.conn()
         while not stop.is_set():
+            fresh = c.sock is None  # this request opens a new connection (the last answer said Connection: close)
             try:
                 c.request("POST", "/v2/models/m/infer", body=body)
                 r = c.getresponse()
@@ -597,6 +598,10 @@ def test_sigterm_under_load_answers_every_accepted_request_and_exits_0(bundle):
             except ConnectionRefusedError:
                 return  # the listener is closed: the drain has begun
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
+                if fresh and term.is_set():
+                    # A connection the kernel completed in the instant between the server's last accept and its
+                    # listener's close is reset by the kernel: never accepted, never counted, as good as refused.
+                    return
                 with lock:  # a keep-alive connection closed under a request: the drain says Connection: close first
                     failures.append(repr(e))
                 return
@@ -606,6 +611,7 @@ def test_sigterm_under_load_answers_every_accepted_request_and_exits_0(bundle):
         t.start()
     while ok[0] < 300 and all(t.is_alive() for t in threads):
         time.sleep(0.05)
+    term.set()
     code, err = s.stop(signal.SIGTERM)
     stop.set()
     for t in threads:
