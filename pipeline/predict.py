@@ -87,6 +87,9 @@ def decode_lines(data: bytes) -> Texts:
             if is_blank(text):
                 skipped += 1
                 continue
+            if "\x00" in text:  # as every file reader says it, past the sniffed start too
+                undecodable[len(texts)] = f"line {n + 1}: holds a NUL byte, which is not text; is the input binary?"
+                text = ""
         texts.append(text)
         indexes.append(n)
     if skipped:

@@ -101,8 +101,9 @@ def refuse_binary(path, head: bytes, fmt: str, error=ValueError) -> None:
 
 
 def is_blank(line: str) -> bool:
-    """A blank line (empty, or only whitespace): skipped and counted by every reader, never a text."""
-    return not line.strip()
+    """A blank line (empty, or only whitespace and byte-order marks, which the tokenizer drops): skipped and
+    counted by every reader, never a text."""
+    return not line.replace("\ufeff", "").strip()
 
 
 def split_lines(text: str) -> list[str]:

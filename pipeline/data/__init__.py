@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -151,7 +152,16 @@ def load_rows(cfg: DataConfig, source: Path, issues: RowIssues | None = None):
 
 
 def source_digest(files: list[Path]) -> dict[str, str]:
-    """sha256 of every source file, by name: the data stage reruns when any of them changes."""
+    """sha256 of every source file, by name: the data stage reruns when any of them changes. A source must be
+    a regular file: the stage reads it twice (to hash, then to read), which a FIFO or a device cannot give
+    alike (/dev/zero never ends, a FIFO is empty the second time)."""
+    for f in files:
+        try:
+            regular = stat.S_ISREG(os.stat(f).st_mode)
+        except OSError as e:
+            raise DataError(f"{f}: cannot be read ({e.strerror})") from None
+        if not regular:
+            raise DataError(f"{f}: not a regular file (a FIFO, device or socket); save the data to a file first")
     return {f.name: sha256_file(f) for f in files}
 
 

@@ -382,3 +382,37 @@ def test_a_ray_output_folder_never_holds_replaces_or_sits_in_its_input(bundle, t
     assert code == 1 and "must not be the input" in err, err
     assert (mine / "notes.txt").read_text() == "keep me" and (data / "a.txt").read_bytes() == b"Nguyen\n"
     assert sorted(p.name for p in data.iterdir()) == ["a.txt"]
+
+
+# --- cases a red-team pass found after the first round ---------------------------------------------------
+
+
+def test_a_line_of_only_byte_order_marks_is_blank_on_stdin_as_in_training(bundle):
+    p = subprocess.run(
+        [*PIPELINE, "predict", "--bundle", bundle],
+        input="Nguyen\n\ufeff\n \ufeff \nRossi\n".encode(),
+        capture_output=True,
+    )
+    assert p.returncode == 0, p.stderr.decode()
+    assert [json.loads(line)["index"] for line in p.stdout.decode().splitlines()] == [0, 3]
+    assert "skipped 2 blank line(s)" in p.stderr.decode()
+
+
+def test_a_nul_byte_past_the_sniffed_start_of_stdin_is_an_error_row_not_a_text(bundle):
+    data = b"Nguyen\n" * 2000 + b"Sch\x00midt\n"
+    p = subprocess.run([*PIPELINE, "predict", "--bundle", bundle], input=data, capture_output=True)
+    rows = [json.loads(line) for line in p.stdout.decode().splitlines()]
+    assert p.returncode == 1 and len(rows) == 2001
+    assert rows[-1]["index"] == 2000 and "NUL byte" in rows[-1]["error"] and "label" not in rows[-1]
+
+
+@pytest.mark.parametrize("source", ["/dev/zero", "fifo"])
+def test_data_that_cannot_be_read_twice_is_refused_before_it_is_hashed(source, tmp_path):
+    # The data stage hashed /dev/zero (or a FIFO fed by `yes`) for ever before reading it.
+    if source == "fifo":
+        source = tmp_path / "fifo"
+        os.mkfifo(source)
+    args = ["run", "data", "--data", str(source), "--artifacts-dir", str(tmp_path / "art"), "--run-name", "r"]
+    p = subprocess.run([*PIPELINE, *args], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and "not a regular file" in p.stderr, p.stderr
+    assert not (tmp_path / "art" / "r").exists()
