@@ -219,7 +219,10 @@ class _TableOut:
     """Output rows as CSV or TSV (see OUTPUT_COLUMNS)."""
 
     def __init__(self, out: IO[str], fmt: str, text_column: str, id_column: str | None, top_k: int):
-        self.writer = csv.writer(out, lineterminator="\n", **TABLE_DIALECTS[fmt] | {"quoting": csv.QUOTE_MINIMAL})
+        if fmt == "tsv":  # one row a line, cells split by tabs (`cut -f`): no quoting, escapes instead
+            self.writer = _TsvWriter(out)
+        else:
+            self.writer = csv.writer(out, lineterminator="\n", **TABLE_DIALECTS[fmt] | {"quoting": csv.QUOTE_MINIMAL})
         self.fmt, self.top_k = fmt, top_k
         self.columns = ["index"] + ([id_column] if id_column else []) + [text_column, "label", "score"]
         self.columns += (["top_k"] if top_k > 1 else []) + ["truncated", "error"]
@@ -237,6 +240,19 @@ class _TableOut:
             if self.top_k > 1:
                 values["top_k"] = json_text(rec["top_k"], separators=(",", ":"))
         self.writer.writerow([values.get(c, "") for c in self.columns])
+
+
+class _TsvWriter:
+    """TSV as `cut`, `awk -F'\\t'` and seqship's own TSV reader read it (no quoting): a tab, line end or
+    backslash inside a cell is written as \\t, \\n, \\r or \\\\ (PostgreSQL's text format), never raw."""
+
+    ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+    def __init__(self, out: IO[str]):
+        self.out = out
+
+    def writerow(self, cells: list) -> None:
+        self.out.write("\t".join(str(c).translate(self.ESCAPES) for c in cells) + "\n")
 
 
 def _cell(value) -> str:

@@ -416,3 +416,17 @@ def test_data_that_cannot_be_read_twice_is_refused_before_it_is_hashed(source, t
     p = subprocess.run([*PIPELINE, *args], capture_output=True, text=True, timeout=120)
     assert p.returncode == 1 and "not a regular file" in p.stderr, p.stderr
     assert not (tmp_path / "art" / "r").exists()
+
+
+def test_tsv_output_keeps_one_row_a_line_when_cells_hold_tabs_line_ends_or_backslashes(bundle, tmp_path):
+    # Quoted cells (CSV's way) broke the rows of a .tsv for `cut` and for seqship's own TSV reader.
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.tsv"
+    rows = [{"text": "Ngu\nyen", "id": "x\ty"}, {"text": "a\\b\r", "id": 1}, {"text": "Rossi", "id": "plain"}]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    p = subprocess.run([*PIPELINE, "predict", "--bundle", bundle, "--input", str(src), "--output", str(out)])
+    assert p.returncode == 0
+    lines = out.read_text(encoding="utf-8").split("\n")
+    assert lines[-1] == "" and len(lines) == 1 + len(rows) + 1  # header, one line a row
+    cells = [line.split("\t") for line in lines[:-1]]
+    assert {len(c) for c in cells} == {len(cells[0])}
+    assert [c[1:3] for c in cells[1:]] == [["x\\ty", "Ngu\\nyen"], ["1", "a\\\\b\\r"], ["plain", "Rossi"]]
