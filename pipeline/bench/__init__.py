@@ -101,13 +101,22 @@ p = Predictor.load(
 )
 label = p.predict([sys.argv[2]])[0].label
 """
+# The PyTorch contender runs the bytes the parent verified (the manifest, pinned, names their sha256): each
+# file is read once, hashed, and loaded from those bytes, never re-opened by path.
 COLD_TORCH = """
-import sys
+import hashlib, io, sys
 import torch
 torch.set_num_threads(int(sys.argv[3]))
-from seqship.runtime.tokenizer import Tokenizer
-m = torch.jit.load(sys.argv[1] + "/MODEL_TORCHSCRIPT", map_location="cpu")
-ids, lengths, _ = Tokenizer.from_file(sys.argv[1] + "/TOKENIZER").encode_batch([sys.argv[2]])
+from seqship.runtime.tokenizer import Tokenizer, TokenizerSpec
+def verified(name, sha256):
+    data = open(sys.argv[1] + "/" + name, "rb").read()
+    if hashlib.sha256(data).hexdigest() != sha256:
+        sys.exit(f"BundleError: {name}: its sha256 no longer matches the verified manifest (changed since)")
+    return data
+model_sha, tok_sha = sys.argv[4].split(",")
+m = torch.jit.load(io.BytesIO(verified("MODEL_TORCHSCRIPT", model_sha)), map_location="cpu")
+tok = Tokenizer(TokenizerSpec.from_json(verified("TOKENIZER", tok_sha).decode("utf-8")))
+ids, lengths, _ = tok.encode_batch([sys.argv[2]])
 with torch.inference_mode():
     label = int(m(torch.from_numpy(ids), torch.from_numpy(lengths)).argmax())
 """.replace("MODEL_TORCHSCRIPT", MODEL_TORCHSCRIPT).replace("TOKENIZER", TOKENIZER)
@@ -132,8 +141,9 @@ def _cold(script: str, bundle_dir: Path, text: str, cfg: BenchConfig, pin: str |
             timeout=300,
         )
         walls.append(time.perf_counter() - t0)
-        if out.returncode != 0:
-            raise RuntimeError(f"cold-start process failed: {out.stderr[-500:]}")
+        if out.returncode != 0:  # its last line says why (a BundleError: the bundle changed since it was verified)
+            why = (out.stderr.strip().splitlines() or ["no output"])[-1]
+            raise SeqshipError(f"bench: a cold-start process failed: {why[:400]}")
         rss.append(int(out.stdout.rsplit("PEAK_KB", 1)[1].split()[0]) / 1024)
     return {"wall_s": statistics.median(walls), "peak_rss_mib": statistics.median(rss)}
 
@@ -277,9 +287,11 @@ def run_bench(
         "predictor": entry("predictor", onnx_side["throughput"]["predictor"]),
     }
     progress("cold start, fresh processes")
+    files = bundle.manifest["files"]
+    torch_files = f"{files[MODEL_TORCHSCRIPT]['sha256']},{files[TOKENIZER]['sha256']}"
     cold = {
         "predictor": _cold(COLD_PREDICTOR, bundle.root, one[0], cfg, expected_sha256),
-        "pytorch": _cold(COLD_TORCH, bundle.root, one[0], cfg),
+        "pytorch": _cold(COLD_TORCH, bundle.root, one[0], cfg, torch_files),
     }
     progress("matrix-product peak")
     peak = matmul_peak(cfg)

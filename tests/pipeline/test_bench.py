@@ -93,3 +93,18 @@ def test_flops_count_real_tokens_only():
     # per token: 2 directions x 2 x 3 gates x H(E + H) = 2*2*3*4*7 = 336; head: 2 x 2H x C = 32
     assert flops_per_text(cfg, 5) == 5 * 336 + 32
     assert flops_per_text(cfg | {"cell": "lstm"}, 1) == 448 + 32
+
+
+def test_the_cold_pytorch_contender_runs_only_the_bytes_the_manifest_verified(bundle_copy):
+    # It loaded model.pt by path after the parent had verified the bundle: a file changed in between was run.
+    from seqship.pipeline.bench import COLD_TORCH, _cold
+    from seqship.pipeline.bench.runtime import BenchConfig
+    from seqship.runtime.errors import SeqshipError
+
+    files = json.loads((bundle_copy / "manifest.json").read_text())["files"]
+    digests = f"{files['model.pt']['sha256']},{files['tokenizer.json']['sha256']}"
+    cfg = BenchConfig(threads=1, cold_repeats=1)
+    assert _cold(COLD_TORCH, bundle_copy, "Nguyen", cfg, digests)["wall_s"] > 0
+    (bundle_copy / "model.pt").write_bytes((bundle_copy / "model.pt").read_bytes() + b"\0")
+    with pytest.raises(SeqshipError, match=r"model.pt: its sha256 no longer matches the verified manifest"):
+        _cold(COLD_TORCH, bundle_copy, "Nguyen", cfg, digests)
