@@ -44,6 +44,11 @@ class HTTPError(Exception):
         self.status, self.message, self.headers = status, message, headers or {}
 
 
+# What --timeout-s must leave after --max-delay-ms for a lone request's batch to be scored (a batch of the
+# default model takes about 1 ms; a large one on a busy machine, tens).
+SCORING_MARGIN_S = 0.1
+
+
 class LimitsError(SeqshipError):
     """Options of `pipeline serve` that cannot work together: the server would refuse requests it was made for."""
 
@@ -79,10 +84,11 @@ class Limits:
 
     def validate(self) -> None:
         """Refuse bounds under which an idle server could not answer a lone request it was made for."""
-        if self.max_delay_ms / 1000 >= self.timeout_s:
+        if self.timeout_s - self.max_delay_ms / 1000 < SCORING_MARGIN_S:
             raise LimitsError(
-                f"--max-delay-ms {self.max_delay_ms:g} is not shorter than --timeout-s {self.timeout_s:g}: a lone "
-                "request would wait for company until it timed out (503); lower --max-delay-ms or raise --timeout-s"
+                f"--max-delay-ms {self.max_delay_ms:g} leaves less than {SCORING_MARGIN_S * 1000:g} ms of --timeout-s "
+                f"{self.timeout_s:g} to score: a lone request would wait for company until it timed out (503); "
+                "lower --max-delay-ms or raise --timeout-s"
             )
         if self.max_texts > self.max_queue_texts:
             raise LimitsError(

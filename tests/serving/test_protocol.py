@@ -383,6 +383,8 @@ def test_inflating_takes_from_the_budget_and_a_spent_budget_is_a_503_and_every_b
 IMPOSSIBLE = [  # (limits, the options the error names)
     ({"max_delay_ms": 30_000, "timeout_s": 30}, ("--max-delay-ms 30000", "--timeout-s 30")),
     ({"max_delay_ms": 60_000}, ("--max-delay-ms 60000", "--timeout-s 30")),
+    ({"max_delay_ms": 99, "timeout_s": 0.1}, ("--max-delay-ms 99", "--timeout-s 0.1")),  # no time left to score
+    ({"max_delay_ms": 29_901, "timeout_s": 30}, ("--max-delay-ms 29901", "--timeout-s 30")),
     ({"max_texts": 2000, "max_queue_texts": 1999}, ("--max-texts 2000", "--max-queue-texts 1999")),
     ({"max_body_bytes": 1 << 20, "max_buffered_bytes": (2 << 20) - 1}, ("--max-buffered-bytes", "--max-body-bytes")),
 ]
@@ -399,6 +401,6 @@ def test_limits_that_cannot_answer_a_lone_request_are_refused_naming_both_option
 
 def test_limits_at_the_edge_of_possible_are_accepted():
     Limits().validate()
-    Limits(max_delay_ms=29_999, timeout_s=30, max_texts=8192, max_queue_texts=8192).validate()
+    Limits(max_delay_ms=29_900, timeout_s=30, max_texts=8192, max_queue_texts=8192).validate()
     Limits(max_body_bytes=1 << 20, max_buffered_bytes=2 << 20).validate()
     assert Limits(max_body_bytes=1 << 20).max_buffered_bytes == 8 << 20
