@@ -45,6 +45,7 @@ import numpy as np
 
 from seqship.runtime.errors import InputError, TokenizerError
 from seqship.runtime.fsio import FileTooLargeError, read_capped
+from seqship.runtime.jsonio import strict_json
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +87,6 @@ WHITESPACE = frozenset(
         0x3000,
     )
 )
-
-
-def _refuse_constant(token: str):
-    raise ValueError(f"{token} is not JSON")
 
 
 @functools.lru_cache(maxsize=1)
@@ -226,7 +223,7 @@ class TokenizerSpec:
     def from_json(cls, text: str, source: str = "tokenizer.json") -> TokenizerSpec:
         """Parse (strictly: no NaN, bounded nesting) and validate a tokenizer.json text."""
         try:
-            d = json.loads(text, parse_constant=_refuse_constant)
+            d = strict_json(text)  # the limits every bundle JSON reader applies, in every language
         except (ValueError, RecursionError) as e:  # JSONDecodeError, NaN/Infinity, a 5,000-digit integer
             raise TokenizerError(f"{source} is not valid JSON: {str(e)[:200]}") from None
         return cls.from_dict(d, source)

@@ -411,3 +411,13 @@ def test_long_texts_of_any_script_are_scored_whole_or_in_pieces_never_refused():
                 kind,
                 norm,
             )
+
+
+@pytest.mark.parametrize(
+    "doc", ['{"x": ' + "[" * 600 + "]" * 600 + "}", '{"pad_id": 9007199254740992}', '{"x": 1e400}']
+)
+def test_tokenizer_json_is_read_by_the_limits_every_bundle_json_reader_applies(doc):
+    # Node and C++ refuse nesting over 512, integers JavaScript cannot hold exactly, numbers beyond a double:
+    # the Python reader of tokenizer.json refuses them too, instead of reading what the others refuse.
+    with pytest.raises(TokenizerError, match="not valid JSON"):
+        TokenizerSpec.from_json(doc)
