@@ -115,6 +115,7 @@ def pipeline(args: list[str], env: dict) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rank", ["0", "1"])
 def test_a_job_environment_without_the_other_ranks_says_what_it_waits_for_and_gives_up_with_a_clear_error(
     rank, tmp_path, data_dir
@@ -156,6 +157,7 @@ def test_the_rendezvous_timeout_comes_from_the_environment_too_and_a_bad_one_is_
     assert q.returncode == 2 and "--rendezvous-timeout" in q.stderr, q.stderr
 
 
+@pytest.mark.slow
 def test_a_stray_or_bad_world_size_is_a_clear_error_not_a_bug_report(tmp_path):
     for value, message in (
         ("abc", "WORLD_SIZE='abc' is not a number"),

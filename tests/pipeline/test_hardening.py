@@ -667,6 +667,7 @@ def test_bulk_ids_must_be_json_scalars_and_output_stays_strict_json(tiny_run, tm
     assert ["error" in r for r in rows] == [True, True, True, False] and rows[3]["id"] == "ok"
 
 
+@pytest.mark.slow
 def test_undecodable_stdin_lines_get_error_rows_in_any_locale(tiny_run):
     for env in (
         {},

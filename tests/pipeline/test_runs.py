@@ -69,6 +69,7 @@ def test_a_run_or_artifacts_folder_given_as_the_bundle_names_the_bundle(tiny_run
     assert require_bundle(artifacts / "nothing") == artifacts / "nothing"  # Predictor.load says what is missing
 
 
+@pytest.mark.slow
 def test_the_card_baseline_is_current_until_another_baseline_is_fitted(data_dir, tmp_path):
     two_label_csv(data_dir, tmp_path / "two.csv")
     run = Run(tmp_path / "art", "two")

@@ -44,6 +44,7 @@ console.log(JSON.stringify(out));
 """
 
 
+@pytest.mark.slow
 def test_node_splits_every_case_as_the_rule_says(case_files):
     script = NODE_SPLIT.replace("LINES", (JS / "src" / "lines.js").as_uri())
     out = subprocess.run(
