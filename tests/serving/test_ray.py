@@ -29,7 +29,8 @@ from seqship.runtime.bulk import score_file  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "seqship.pipeline.cli"]
-REPEATS = 40  # the fault test's input: 100,000 rows, so that the actors are still scoring when the node goes
+REPEATS = 100  # the fault test's input: 250,000 rows, so that the actors are still scoring when the node goes (40 was
+# too few once in six runs: the pool had finished its input before the node went, and no actor was restarted)
 
 
 @pytest.fixture(scope="module")
