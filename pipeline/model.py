@@ -26,7 +26,18 @@ CELLS = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}  # nn.RNN: tanh
 # Options added after runs and bundles were written, at the value that behaves exactly as before they
 # existed: left out of what is recorded (model_config.json, a stage's inputs), so files from an earlier
 # seqship stay current here and files written here stay readable by it.
-NEUTRAL_DEFAULTS = {"pair_buckets": 0}
+NEUTRAL_DEFAULTS = {
+    "pair_buckets": 0,
+    "wide": False,
+    "wide_ngrams": 0,
+    "wide_buckets": 2**18,
+    "wide_tune": False,
+}
+# The wide part's hashed n-gram buckets: below 2**21, so a bucket plus a table entry stays below 2**22 (exact in
+# float32, as OpenVINO computes int64); its n-grams are 1 to at most MAX_WIDE_NGRAMS tokens long.
+MAX_WIDE_BUCKETS = 2**21
+MAX_WIDE_NGRAMS = 8
+WIDE_TABLE_SEED = 0x3DE5
 
 
 def without_neutral(options: dict) -> dict:
@@ -54,6 +65,11 @@ class ModelConfig:
     # as they are (see TextClassifier.pair_bucket). A padded row still equals the row alone: its last real
     # token pairs with padding whatever follows it.
     pair_buckets: int = 0
+    # > 0: a "wide" linear part beside the recurrent one, on the TF-IDF of the text's token n-grams of 1 to
+    # wide_ngrams tokens, hashed into wide_buckets buckets inside the model (see WideLinear); its logits are added
+    # to the head's. 0: none.
+    wide_ngrams: int = 0
+    wide_buckets: int = 2**18
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -70,6 +86,11 @@ class ModelConfig:
             raise ValueError(
                 f"pair_buckets must be from 0 (no pair embedding) to {MAX_PAIR_BUCKETS}, got {self.pair_buckets}"
             )
+
+        if not 0 <= self.wide_ngrams <= MAX_WIDE_NGRAMS:
+            raise ValueError(f"wide_ngrams must be from 0 (no wide part) to {MAX_WIDE_NGRAMS}, got {self.wide_ngrams}")
+        if not 1 <= self.wide_buckets <= MAX_WIDE_BUCKETS:
+            raise ValueError(f"wide_buckets must be from 1 to {MAX_WIDE_BUCKETS}, got {self.wide_buckets}")
 
     def save(self, path: Path) -> None:
         """Write the config as JSON; pair_buckets only when on, so a model without pairs is written as an
@@ -111,6 +132,65 @@ class RecurrentLayer(nn.Module):
         return torch.cat([out_f, out_b], 2) * valid, torch.cat([h_f, h_b], 1)  # (B, T, 2H), (B, 2H)
 
 
+class WideLinear(nn.Module):
+    """The "wide" part: a linear map of the TF-IDF of the text's token n-grams, computed from the ids in the graph.
+
+    The recipe of the linear baseline (sklearn's TfidfVectorizer with sublinear_tf, smooth idf and an L2 norm),
+    on hashed n-grams of the tokenizer's ids: the n-gram of n tokens from position t falls in bucket
+    (sum over k < n of table_k[id at t+k]) + offset_n, modulo the buckets, every partial sum reduced at once, so
+    no value ever reaches 2 * buckets (exact in float32). Counts are per row and per n: an occurrence's count is
+    the number of equal buckets among the row's real n-grams of its length (a T x T comparison; no scatter, no
+    sort, static shapes). Padding is never an n-gram, so a padded row gives what the row gives alone.
+
+    idf is a buffer set when the part is fitted (pipeline.wide); a bucket no training text has gets idf 0, as
+    sklearn drops n-grams it never saw.
+    """
+
+    def __init__(self, vocab_size: int, num_labels: int, ngrams: int, buckets: int, pad_id: int):
+        super().__init__()
+        self.ngrams = ngrams
+        self.buckets = buckets
+        self.pad_id = pad_id
+        g = torch.Generator().manual_seed(WIDE_TABLE_SEED)
+        self.register_buffer("tables", torch.randint(0, buckets, (ngrams, vocab_size), generator=g))
+        self.register_buffer("offsets", torch.randint(0, buckets, (ngrams,), generator=g))
+        self.register_buffer("idf", torch.ones(buckets))
+        self.weight = nn.Parameter(torch.zeros(buckets, num_labels))
+        self.bias = nn.Parameter(torch.zeros(num_labels))
+
+    def terms(self, token_ids: torch.Tensor, valid_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(bucket [B, N, T] int64, value [B, N, T] float32) of each n-gram occurrence: summed per row and bucket,
+        the values are the row's L2-normalised TF-IDF vector (padding and n-grams past a row's end are 0)."""
+        T = token_ids.size(1)
+        fill = torch.full_like(token_ids[:, :1], self.pad_id).expand(-1, self.ngrams - 1)
+        ids = torch.cat([token_ids, fill], 1)  # (B, T + N - 1): every shift below stays T wide
+        real = torch.cat([valid_mask, torch.zeros_like(valid_mask[:, :1]).expand(-1, self.ngrams - 1)], 1)
+        acc = torch.zeros_like(token_ids)
+        ok = valid_mask
+        hashes, oks = [], []
+        for k in range(self.ngrams):
+            acc = acc + self.tables[k][ids[:, k : k + T]]
+            acc = torch.where(acc >= self.buckets, acc - self.buckets, acc)
+            h = acc + self.offsets[k]
+            hashes.append(torch.where(h >= self.buckets, h - self.buckets, h))
+            ok = ok & real[:, k : k + T]  # the n-gram's last token is real
+            oks.append(ok)
+        bucket = torch.stack(hashes, 1)  # (B, N, T)
+        real_f = torch.stack(oks, 1).to(self.idf.dtype)  # (B, N, T)
+        same = (bucket.unsqueeze(3) == bucket.unsqueeze(2)).to(real_f.dtype)  # (B, N, T, T)
+        count = torch.matmul(same, real_f.unsqueeze(3)).squeeze(3).clamp(min=1.0)  # occurrences of each bucket
+        tfidf = (1.0 + torch.log(count)) * self.idf[bucket]
+        share = tfidf / count * real_f  # each of a bucket's occurrences holds 1/count of its value
+        sq = (share * tfidf).sum((1, 2))  # (B,) squared L2 norm of the row's vector
+        norm = torch.where(sq > 0, sq, torch.ones_like(sq)).sqrt()
+        return bucket, share / norm.view(-1, 1, 1)
+
+    def forward(self, token_ids: torch.Tensor, valid_mask: torch.Tensor) -> torch.Tensor:
+        """Logits [B, C] of the linear part."""
+        bucket, value = self.terms(token_ids, valid_mask)
+        return (value.unsqueeze(3) * self.weight[bucket]).sum((1, 2)) + self.bias
+
+
 class TextClassifier(nn.Module):
     """forward(token_ids [B, T] int64, lengths [B] int64) -> logits [B, C] float32."""
 
@@ -142,6 +222,11 @@ class TextClassifier(nn.Module):
             layer.need_y = i < cfg.num_layers - 1 or cfg.pooling != "last"
         features = cfg.hidden_dim * dirs * (2 if cfg.pooling == "last+max" else 1)
         self.head = nn.Linear(features, cfg.num_labels)
+        self.wide = (
+            WideLinear(cfg.vocab_size, cfg.num_labels, cfg.wide_ngrams, cfg.wide_buckets, cfg.pad_id)
+            if cfg.wide_ngrams > 0
+            else None
+        )
 
     def pair_bucket(self, token_ids: torch.Tensor, valid_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) bucket of each (token, next token) pair; the next token of a row's last real token is padding."""
@@ -177,4 +262,8 @@ class TextClassifier(nn.Module):
             lowest = torch.full_like(x, -3.4028234663852886e38)  # float32 min (TorchScript cannot call finfo)
             pooled = torch.where(valid_mask.unsqueeze(2), x, lowest).amax(1)  # (B, D*H)
             h = pooled if self.pooling == "max" else torch.cat([h, pooled], 1)
-        return self.head(self.dropout(h))  # (B, C)
+        logits = self.head(self.dropout(h))  # (B, C)
+        wide = self.wide
+        if wide is not None:
+            logits = logits + wide(token_ids, valid_mask)
+        return logits
