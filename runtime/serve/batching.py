@@ -30,26 +30,38 @@ class Batcher:
     A batch starts once a worker is free: it takes every waiting request that fits in max_batch texts,
     waiting up to max_delay after the oldest one's arrival for more. A request with more texts than
     max_batch is a batch of its own (the Predictor splits it). Each request gets its own results back.
+
+    No task per request or per batch: a request waits on its own future (and one timer for --timeout-s); a
+    callback on the event loop's next turn takes what has queued (every request that arrived in this turn: a
+    lone request on an idle server is a batch of one at once, requests arriving together share a batch) and
+    hands it to a free worker thread, which passes the results back with one call_soon_threadsafe.
     """
 
     def __init__(self, served: Served, limits: Limits, metrics: Metrics):
         self.served, self.limits, self.metrics = served, limits, metrics
         self.pending: deque[_Item] = deque()
         self.waiting = 0  # texts in `pending`
+        self.free = limits.threads  # worker threads not scoring
         self.executor = ThreadPoolExecutor(limits.threads, thread_name_prefix=f"seqship-serve-{served.name}")
-        self._more = asyncio.Event()
-        self._slots = asyncio.Semaphore(limits.threads)
-        self._running: set[asyncio.Task] = set()
-        self._loop_task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by start(): until then, requests only queue
+        self._closed = False
+        self._soon: asyncio.Handle | None = None  # _dispatch on the next turn of the loop
+        self._timer: asyncio.TimerHandle | None = None  # _dispatch when the oldest request has waited max_delay
+        name = served.name  # the metric children, looked up once
+        self._queue = metrics.queue.labels(name)
+        self._rejected = metrics.rejected.labels(name)
+        self._batch_texts = metrics.batch_texts.labels(name)
+        self._batch_seconds = metrics.batch_seconds.labels(name)
 
     def start(self) -> None:
-        """Start the batching loop (on the running event loop)."""
-        self._loop_task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.served.name}")
+        """Start batching (on the running event loop)."""
+        self._loop = asyncio.get_running_loop()
+        self._wake()
 
     async def submit(self, texts: list[str], top_k: int) -> list:
         """Predictions (or InputError / ModelOutputError per text) for `texts`, in order."""
         if self.waiting + len(texts) > self.limits.max_queue_texts and self.waiting:
-            self.metrics.rejected.labels(self.served.name).inc()
+            self._rejected.inc()
             raise HTTPError(
                 503,
                 f"model {self.served.name!r} has {self.waiting} texts waiting (the limit is "
@@ -57,102 +69,109 @@ class Batcher:
                 {"Retry-After": "1"},
             )
         loop = asyncio.get_running_loop()
-        item = _Item(texts, top_k, loop.create_future(), loop.time())
-        self.pending.append(item)
+        future = loop.create_future()
+        self.pending.append(_Item(texts, top_k, future, loop.time()))
         self.waiting += len(texts)
-        self.metrics.queue.labels(self.served.name).set(self.waiting)
-        self._more.set()
+        self._queue.set(self.waiting)
+        self._wake(full=self.waiting >= self.limits.max_batch)
+        timer = loop.call_later(self.limits.timeout_s, self._expire, future)
         try:
-            return await asyncio.wait_for(asyncio.shield(item.future), self.limits.timeout_s)
-        except asyncio.CancelledError:  # the drain was cut short: what is still queued is not scored
-            item.future.cancel()
-            raise
-        except asyncio.TimeoutError:
-            item.future.cancel()  # still queued: it is dropped; already scoring: its result is discarded
-            raise HTTPError(
-                503,
-                f"not scored within {self.limits.timeout_s:g} s (the server is overloaded); "
-                "retry later or send fewer texts",
-                {"Retry-After": "1"},
-            ) from None
+            return await future  # cancelled (the drain was cut short): so is the future, and it is not scored
+        finally:
+            timer.cancel()
 
-    async def _loop(self) -> None:
-        while True:
-            await self._slots.acquire()
-            try:
-                batch = await self._collect()
-            except asyncio.CancelledError:
-                self._slots.release()
-                raise
-            task = asyncio.get_running_loop().create_task(self._score(batch))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+    def _expire(self, future: asyncio.Future) -> None:
+        if not future.done():  # still queued: it is dropped; already scoring: its result is discarded
+            future.set_exception(
+                HTTPError(
+                    503,
+                    f"not scored within {self.limits.timeout_s:g} s (the server is overloaded); "
+                    "retry later or send fewer texts",
+                    {"Retry-After": "1"},
+                )
+            )
 
-    async def _collect(self) -> list[_Item]:
-        loop = asyncio.get_running_loop()
-        while True:
-            while not self.pending:
-                self._more.clear()
-                await self._more.wait()
-            deadline = self.pending[0].arrival + self.limits.max_delay_ms / 1000
-            while self.waiting < self.limits.max_batch:
-                left = deadline - loop.time()
-                if left <= 0:
-                    break
-                self._more.clear()
-                try:
-                    await asyncio.wait_for(self._more.wait(), left)
-                except asyncio.TimeoutError:
-                    break
+    def _wake(self, full: bool = False) -> None:
+        """Have _dispatch run on the loop's next turn (not at once: requests that arrive in the same turn share
+        a batch), unless it waits for max_delay to pass and the batch is not yet full."""
+        if self._loop is None or self._closed or self._soon is not None or not (self.pending and self.free):
+            return
+        if self._timer is not None and not full:
+            return
+        self._soon = self._loop.call_soon(self._dispatch)
+
+    def _dispatch(self) -> None:
+        """Hand batches of what has queued to the free worker threads."""
+        self._soon = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self.pending and self.free:
+            if self.limits.max_delay_ms and self.waiting < self.limits.max_batch:
+                deadline = self.pending[0].arrival + self.limits.max_delay_ms / 1000
+                if deadline > self._loop.time():  # wait for company, up to max_delay after the oldest's arrival
+                    self._timer = self._loop.call_at(deadline, self._dispatch)
+                    return
             batch, n = [], 0
             while self.pending and (not batch or n + len(self.pending[0].texts) <= self.limits.max_batch):
                 item = self.pending.popleft()
                 self.waiting -= len(item.texts)
-                if not item.future.done():  # a request that timed out is not scored
+                if not item.future.done():  # a request that timed out (or was cancelled) is not scored
                     batch.append(item)
                     n += len(item.texts)
-            self.metrics.queue.labels(self.served.name).set(self.waiting)
+            self._queue.set(self.waiting)
             if batch:
-                return batch
+                self.free -= 1
+                self.executor.submit(self._score, batch)
 
-    async def _score(self, batch: list[_Item]) -> None:
+    def _score(self, batch: list[_Item]) -> None:
+        """On a worker thread: score the batch, then hand the results to the event loop."""
         texts = [t for item in batch for t in item.texts]
         top_k = max(item.top_k for item in batch)
         started = time.perf_counter()
         try:
-            results = await asyncio.get_running_loop().run_in_executor(
-                self.executor, lambda: self.served.predictor.predict(texts, top_k=top_k, errors="return")
-            )
+            results = self.served.predictor.predict(texts, top_k=top_k, errors="return")
         except Exception as e:  # noqa: BLE001 - onnxruntime failing mid-run: every caller gets a 500
             log.error("scoring a batch of %d texts failed", len(texts), exc_info=e)
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(HTTPError(500, f"scoring failed: {type(e).__name__}: {str(e)[:200]}"))
-            return
-        finally:
-            self._slots.release()
-        self.metrics.batch_texts.labels(self.served.name).observe(len(texts))
-        self.metrics.batch_seconds.labels(self.served.name).observe(time.perf_counter() - started)
+            results = f"scoring failed: {type(e).__name__}: {str(e)[:200]}"
+        else:
+            self._batch_texts.observe(len(texts))
+            self._batch_seconds.observe(time.perf_counter() - started)
+        with contextlib.suppress(RuntimeError):  # the event loop is closed: the drain was cut short
+            self._loop.call_soon_threadsafe(self._answer, batch, top_k, results)
+
+    def _answer(self, batch: list[_Item], top_k: int, results) -> None:
+        self.free += 1
         start = 0
         for item in batch:
+            if item.future.done():  # timed out, or cancelled, while it was scored
+                start += len(item.texts)
+                continue
+            if isinstance(results, str):  # the batch failed
+                item.future.set_exception(HTTPError(500, results))
+                continue
             mine = results[start : start + len(item.texts)]
             start += len(item.texts)
             if item.top_k < top_k:  # the batch was scored with the largest k asked; each gets its own k
                 mine = [r if isinstance(r, Exception) else r._replace(top_k=r.top_k[: item.top_k]) for r in mine]
-            if not item.future.done():
-                item.future.set_result(mine)
+            item.future.set_result(mine)
+        self._wake()
+
+    def idle(self) -> bool:
+        """Nothing queued, nothing being scored."""
+        return not self.pending and self.free == self.limits.threads
 
     async def close(self, timeout_s: float) -> None:
         """Score everything still queued (for at most timeout_s), then stop; the server accepts nothing new by now."""
 
         async def idle():
-            while self.pending or self._running:
+            while not self.idle():
                 await asyncio.sleep(0.01)
 
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(idle(), timeout_s)
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        for handle in (self._soon, self._timer):
+            if handle is not None:
+                handle.cancel()
+        self._closed = True  # a batch still scoring (the drain was cut short) starts no other
         self.executor.shutdown(wait=True)

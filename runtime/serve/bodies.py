@@ -18,9 +18,14 @@ INFLATE_STEP = 1 << 20  # bytes inflated (and taken from the budget) at a time
 class Budget:
     """Bytes of request bodies held at once by every request in flight together (--max-buffered-bytes)."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, gauge=None):
         self.limit, self.held = limit, 0
+        self.gauge = gauge  # a prometheus Gauge kept equal to `held` (set, not read on scrape: it works with --workers)
         self._lock = threading.Lock()
+
+    def _changed(self) -> None:  # under the lock
+        if self.gauge is not None:
+            self.gauge.set(self.held)
 
     def hold(self) -> Hold:
         """One request's share, returned whole when the request ends: `with budget.hold() as hold: ...`."""
@@ -42,6 +47,7 @@ class Hold:
             else:
                 b.held += n
                 self.bytes += n
+                b._changed()
                 return
         raise HTTPError(
             503,
@@ -54,8 +60,10 @@ class Hold:
         return self
 
     def __exit__(self, *exc) -> None:
-        with self.budget._lock:
-            self.budget.held -= self.bytes
+        if self.bytes:
+            with self.budget._lock:
+                self.budget.held -= self.bytes
+                self.budget._changed()
         self.bytes = 0
 
 

@@ -14,13 +14,27 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 class Metrics:
-    """Prometheus metrics in a registry of the server's own (two servers in one process do not mix)."""
+    """Prometheus metrics in a registry of the server's own (two servers in one process do not mix).
 
-    def __init__(self):
+    With `--workers N`, every worker process writes its metrics to files in one folder
+    (prometheus_client's multiprocess mode: PROMETHEUS_MULTIPROC_DIR, set by the parent before this process
+    imported prometheus_client), and `registry` is a collector that sums every worker's files: /metrics
+    answers for the whole server, whichever worker serves it. Gauges then count live workers only; process
+    figures (CPU, memory) are left out, as they would be one worker's."""
+
+    def __init__(self, multiprocess_dir: str | None = None):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
-        self.registry = r = CollectorRegistry()
-        ProcessCollector(registry=r)
+        self.registry = CollectorRegistry()
+        self._texts: dict = {}
+        if multiprocess_dir:
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            MultiProcessCollector(self.registry, path=multiprocess_dir)
+            r = None  # the metrics below are read from the files, not from a registry
+        else:
+            r = self.registry
+            ProcessCollector(registry=r)
         self.requests = Counter(
             "seqship_requests", "HTTP requests answered, by endpoint and status code.", ["endpoint", "code"], registry=r
         )
@@ -50,16 +64,32 @@ class Metrics:
         self.batch_seconds = Histogram(
             "seqship_batch_duration_seconds", "Time to score one batch.", ["model"], buckets=LATENCY_BUCKETS, registry=r
         )
-        self.queue = Gauge("seqship_queue_texts", "Texts waiting to be batched.", ["model"], registry=r)
+        self.queue = Gauge(
+            "seqship_queue_texts", "Texts waiting to be batched.", ["model"], registry=r, multiprocess_mode="livesum"
+        )
         self.rejected = Counter(
             "seqship_rejected", "Requests refused because the queue was full.", ["model"], registry=r
         )
-        self.in_flight = Gauge("seqship_requests_in_flight", "Requests accepted and not yet answered.", registry=r)
+        self.in_flight = Gauge(
+            "seqship_requests_in_flight",
+            "Requests accepted and not yet answered.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.buffered = Gauge(
             "seqship_buffered_body_bytes",
             "Bytes of request bodies held by the requests in flight (--max-buffered-bytes bounds them).",
             registry=r,
+            multiprocess_mode="livesum",
         )
+
+    def texts_of(self, model: str, outcome: str):
+        """The `seqship_texts` child of (model, outcome), looked up once."""
+        key = (model, outcome)
+        child = self._texts.get(key)
+        if child is None:
+            child = self._texts[key] = self.texts.labels(model, outcome)
+        return child
 
 
 def endpoint_of(path: str) -> str:
@@ -87,6 +117,23 @@ class Accounting:
     def __init__(self, app, metrics: Metrics):
         self.app, self.metrics = app, metrics
         self.accepted = self.answered = self.cut_off = 0
+        self._children: dict = {}  # (endpoint, status) -> its metric children, looked up once
+
+    def _count(self, endpoint: str, status: int, seconds: float) -> None:
+        children = self._children.get((endpoint, status))
+        if children is None:
+            m, code = self.metrics, str(status)
+            errors = m.errors.labels(endpoint, code) if status >= 400 and status != CLIENT_CLOSED else None
+            children = self._children[endpoint, status] = (
+                m.requests.labels(endpoint, code),
+                errors,
+                m.latency.labels(endpoint),
+            )
+        requests, errors, latency = children
+        requests.inc()
+        if errors is not None:
+            errors.inc()
+        latency.observe(seconds)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -101,11 +148,7 @@ class Accounting:
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 self.answered += 1
-                code = str(status[0])
-                self.metrics.requests.labels(endpoint, code).inc()
-                if status[0] >= 400 and status[0] != CLIENT_CLOSED:
-                    self.metrics.errors.labels(endpoint, code).inc()
-                self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+                self._count(endpoint, status[0], time.perf_counter() - started)
 
         try:
             await self.app(scope, receive, counted_send)
