@@ -332,6 +332,28 @@ def train_options(f):
             default=None,
             help=f"> 0: add a hashed embedding of each (token, next token) pair from this many buckets, computed in the model [default: {dflt}0].",
         ),
+        click.option(
+            "--wide/--no-wide",
+            default=None,
+            help=f"Add a linear part on the TF-IDF of hashed token n-grams, computed in the model and fitted first as the baseline is; training starts from it [default: {dflt}no-wide].",
+        ),
+        click.option(
+            "--wide-ngrams",
+            type=click.IntRange(0, 8),
+            default=None,
+            help=f"The wide part's n-grams: 1 to this many tokens; 0 = the baseline's range [default: {dflt}0].",
+        ),
+        click.option(
+            "--wide-buckets",
+            type=click.IntRange(1, 2**21),
+            default=None,
+            help=f"Hashed n-gram buckets of the wide part [default: {dflt}262144].",
+        ),
+        click.option(
+            "--wide-tune/--wide-frozen",
+            default=None,
+            help=f"Keep training the fitted wide weights with the rest, or freeze them [default: {dflt}wide-frozen].",
+        ),
         click.option("--tokenizer", type=click.Choice(["char", "word"]), default=None, help=f"[default: {dflt}char]"),
         click.option("--lowercase/--keep-case", default=None, help=f"[default: {dflt}keep case]"),
         click.option(

@@ -22,7 +22,16 @@ from seqship.pipeline.distributed import all_sum
 from seqship.pipeline.distributed import broadcast as dist_broadcast
 from seqship.pipeline.distributed import world as dist_world
 from seqship.pipeline.metrics import classification_metrics
-from seqship.pipeline.model import CELLS, MAX_PAIR_BUCKETS, POOLINGS, ModelConfig, TextClassifier, without_neutral
+from seqship.pipeline.model import (
+    CELLS,
+    MAX_PAIR_BUCKETS,
+    MAX_WIDE_BUCKETS,
+    MAX_WIDE_NGRAMS,
+    POOLINGS,
+    ModelConfig,
+    TextClassifier,
+    without_neutral,
+)
 
 # train/'s file names (the run folder's layout is defined once, in pipeline.runs)
 from seqship.pipeline.runs import HISTORY, LABELS, METRICS, MODEL_CONFIG, TOKENIZER, WEIGHTS
@@ -94,6 +103,14 @@ class TrainConfig:
     # --epochs to the length you mean and --patience to at least that).
     lr_schedule: str = "plateau"
     pair_buckets: int = 0  # > 0: a hashed (token, next token) embedding from this many buckets (ModelConfig)
+    # A wide part beside the recurrent one (model.WideLinear, fitted by pipeline.wide): TF-IDF of token 1..wide_ngrams
+    # -grams (0: the baseline's range for this tokenizer) in wide_buckets hashed buckets, fitted first by logistic
+    # regression; the recurrent head then starts at zero, so epoch 0 is the linear model. wide_tune: the wide
+    # weights keep training with the rest (else frozen).
+    wide: bool = False
+    wide_ngrams: int = 0
+    wide_buckets: int = 2**18
+    wide_tune: bool = False
 
     def __post_init__(self) -> None:
         """Refuse impossible options with the option's name, before any data is read."""
@@ -140,6 +157,16 @@ class TrainConfig:
                 "must be in [0, 1)",
             )
         need(is_int(self.seed) and 0 <= self.seed < 2**32, "seed", "must be an integer from 0 to 2**32 - 1")
+        need(
+            is_int(self.wide_ngrams) and 0 <= self.wide_ngrams <= MAX_WIDE_NGRAMS,
+            "wide-ngrams",
+            f"must be an integer from 0 (the baseline's) to {MAX_WIDE_NGRAMS}",
+        )
+        need(
+            is_int(self.wide_buckets) and 1 <= self.wide_buckets <= MAX_WIDE_BUCKETS,
+            "wide-buckets",
+            f"must be an integer from 1 to {MAX_WIDE_BUCKETS}",
+        )
         need(self.device in ("cpu", "cuda", "auto"), "device", "must be cpu, cuda or auto")
         need(self.tokenizer in TOKENIZER_KINDS, "tokenizer", f"must be one of {list(TOKENIZER_KINDS)}")
         need(self.cell in CELLS, "cell", f"must be one of {sorted(CELLS)}")
@@ -353,13 +380,17 @@ def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: P
         embed_dropout=cfg.embed_dropout,
         pooling=cfg.pooling,
         pair_buckets=cfg.pair_buckets,
+        **_wide_options(cfg, train_rows),
     )
     model = TextClassifier(mcfg).to(device)
+    wide = _fit_wide(model, cfg, (x_train, y_train), (x_val, y_val), labels, pad) if cfg.wide else None
     rank, world = dist_world()
     net = model
     if world > 1:  # same seed, same initial weights; DDP also broadcasts rank 0's at construction
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
     steps = math.ceil(len(x_train) / cfg.batch_size)
     if cfg.lr_schedule == "cosine":  # stepped once per optimiser step
         warmup = steps if cfg.epochs > 1 else max(1, steps // 10)  # one epoch: a tenth of it, then the decay
@@ -378,6 +409,22 @@ def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: P
     lengths = np.array([len(x) for x in x_train])
     history, best_f1, best_state, best_epoch, stale = [], -1.0, None, 0, 0
     started = time.perf_counter()
+    if wide is not None:  # epoch 0: the fitted linear model (the head is zero); training can only keep or beat it
+        val = classification_metrics(y_val, predict_logits(model, x_val, pad, device).argmax(1), labels)
+        history.append(
+            {
+                "epoch": 0,
+                "train_loss": None,  # fitted by logistic regression, not by this loss
+                "val_accuracy": val["accuracy"],
+                "val_macro_f1": val["macro_f1"],
+                "lr": opt.param_groups[0]["lr"],
+                "seconds": wide["fit_seconds"],
+            }
+        )
+        best_f1, best_state = (
+            val["macro_f1"],
+            copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}),
+        )
     for epoch in range(1, cfg.epochs + 1):
         net.train()
         t0, total, seen = time.perf_counter(), 0.0, 0
@@ -465,6 +512,8 @@ def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: P
         "longest_train_tokens": int(max(len(tokenizer.tokens(t)) for t, _ in train_rows)),
         "class_weights": None if weights is None else {lab: round(float(w), 6) for lab, w in zip(labels, weights)},
     }
+    if wide is not None:
+        metrics["wide"] = wide
     torch.save(best_state, out_dir / WEIGHTS)
     mcfg.save(out_dir / MODEL_CONFIG)
     (out_dir / TOKENIZER).write_text(tokenizer.spec.to_json(), encoding="utf-8")
@@ -474,6 +523,38 @@ def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: P
         json.dumps({"config": asdict(cfg), "epochs": history}, indent=1) + "\n", encoding="utf-8"
     )
     return metrics
+
+
+def _wide_options(cfg: TrainConfig, train_rows) -> dict:
+    """ModelConfig's wide_ngrams and wide_buckets for these options (none when --no-wide)."""
+    if not cfg.wide:
+        return {}
+    from seqship.pipeline.wide import default_ngrams
+
+    texts = [t for t, _ in train_rows]
+    return {
+        "wide_ngrams": cfg.wide_ngrams or default_ngrams(cfg.tokenizer, cfg.lowercase, texts),
+        "wide_buckets": cfg.wide_buckets,
+    }
+
+
+def _fit_wide(model: TextClassifier, cfg: TrainConfig, train, val, labels, pad: int) -> dict:
+    """Fit the model's wide part (pipeline.wide), zero its recurrent head, freeze the wide part unless --wide-tune."""
+    from seqship.pipeline.wide import fit_wide
+
+    fitted = fit_wide(model.wide, train, val, labels, pad, seed=cfg.seed)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+    model.wide.requires_grad_(cfg.wide_tune)
+    log.info(
+        "wide part: C=%g, class weight %s, validation macro-F1 %.4f (%.1f s)",
+        fitted["C"],
+        fitted["class_weight"],
+        fitted["val"]["macro_f1"],
+        fitted["fit_seconds"],
+    )
+    return fitted | {"tuned": cfg.wide_tune}
 
 
 def _load_run_tokenizer(path: Path) -> Tokenizer:
