@@ -1,0 +1,185 @@
+"""The wide part (model.WideLinear, fitted by pipeline.wide): the baseline's TF-IDF recipe on hashed token n-grams,
+computed in the graph from the ids, exactly as training computed it, in every engine."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from seqship.exporters.contract import ModelContract
+from seqship.exporters.onnx import export_onnx
+from seqship.exporters.parity import make_probes
+from seqship.exporters.portability import JS_ENGINES, PYTHON_ENGINES, engine_gate, format_engines
+from seqship.exporters.recurrent import fused_recurrence
+from seqship.pipeline.model import ModelConfig, TextClassifier
+from seqship.runtime.tokenizer import pad_batch
+
+LANGS = {"English": 600, "German": 400, "Dutch": 250, "Irish": 200, "Scottish": 100, "Portuguese": 74}
+
+
+def wide_model(vocab=5000, labels=3, ngrams=3, buckets=2**18, seed=0) -> TextClassifier:
+    """A small GRU with a wide part whose idf, weights and head are random (nothing is zero by accident)."""
+    torch.manual_seed(seed)
+    model = TextClassifier(
+        ModelConfig(vocab, labels, embed_dim=8, hidden_dim=8, wide_ngrams=ngrams, wide_buckets=buckets)
+    ).eval()
+    with torch.no_grad():
+        model.wide.weight.normal_()
+        model.wide.bias.normal_()
+        model.wide.idf.uniform_(1, 3)
+        model.wide.idf[::5] = 0  # buckets no training text had
+        model.head.weight.normal_()
+    return model
+
+
+def plain_tfidf(model: TextClassifier, ids: list[int]) -> dict[int, float]:
+    """The row's feature vector by the recipe, in plain Python: n-gram buckets, counts, 1 + log tf, idf, L2 norm."""
+    w = model.wide
+    tables, offsets, idf, m = w.tables.tolist(), w.offsets.tolist(), w.idf.tolist(), w.buckets
+    values: dict[int, float] = {}
+    squares = 0.0
+    for n in range(1, w.ngrams + 1):  # each n-gram length counts its own occurrences, as the graph does
+        grams = Counter(
+            (sum(tables[k][ids[t + k]] for k in range(n)) + offsets[n - 1]) % m for t in range(len(ids) - n + 1)
+        )
+        for bucket, count in grams.items():
+            value = (1 + math.log(count)) * idf[bucket]
+            values[bucket] = values.get(bucket, 0.0) + value
+            squares += value**2
+    norm = math.sqrt(squares)
+    return {b: v / norm for b, v in values.items() if v}
+
+
+def run(model, rows: list[list[int]]) -> np.ndarray:
+    tok, lengths = pad_batch(rows, 0)
+    with torch.no_grad():
+        return model(torch.from_numpy(tok), torch.from_numpy(lengths)).numpy()
+
+
+def test_the_wide_logits_are_the_tfidf_recipe_times_the_weights():
+    model = wide_model()
+    rows = [[5, 6, 5, 6, 5, 6, 7], [9], [3, 3, 3, 3], [4999, 1, 4999, 1, 2, 4999, 1]]
+    with torch.no_grad():
+        model.head.weight.zero_()  # the recurrent part adds its head's bias only
+        model.head.bias.zero_()
+    got = run(model, rows)
+    weight, bias = model.wide.weight.detach().numpy(), model.wide.bias.detach().numpy()
+    for row, logits in zip(rows, got):
+        x = plain_tfidf(model, row)
+        want = sum(v * weight[b] for b, v in x.items()) + bias
+        np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_padded_batch_equals_each_row_alone_and_torchscript_matches():
+    model = wide_model()
+    rng = np.random.default_rng(0)
+    rows = [list(rng.integers(1, 5000, size=n)) for n in (1, 2, 3, 17, 40)] + [[7] * 30]
+    batch = run(model, rows)
+    for row, logits in zip(rows, batch):
+        np.testing.assert_allclose(run(model, [row])[0], logits, rtol=1e-6, atol=1e-6)
+    scripted = torch.jit.script(model)
+    tok, lengths = pad_batch(rows, 0)
+    with torch.no_grad():
+        np.testing.assert_array_equal(
+            scripted(torch.from_numpy(tok), torch.from_numpy(lengths)).numpy(),
+            model(torch.from_numpy(tok), torch.from_numpy(lengths)).numpy(),
+        )
+
+
+def test_padding_ids_past_a_row_never_count_as_its_ngrams():
+    model = wide_model(ngrams=4)
+    # the same real tokens, then padding of other ids than pad: only lengths say where the row ends
+    tok = torch.tensor([[5, 6, 7, 0, 0, 0], [5, 6, 7, 8, 9, 5]])
+    with torch.no_grad():
+        out = model(tok, torch.tensor([3, 3]))
+    np.testing.assert_allclose(out[0].numpy(), out[1].numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_every_engine_computes_the_wide_graph_as_pytorch(tmp_path):
+    """The hashed n-grams, counts, idf and norm in onnxruntime, onnx.reference, OpenVINO, tract and the JS engines
+    (skipped where not installed): a vocabulary above 4,096 and 2**18 buckets, where float32 arithmetic would show."""
+    model = wide_model()
+    path = tmp_path / "model.onnx"
+    example = (torch.randint(2, 20, (2, 7)), torch.tensor([7, 3]))
+    with fused_recurrence(model):
+        export_onnx(model, path, ModelContract(num_labels=3), example)
+    rng = np.random.default_rng(1)
+    test = [list(rng.integers(1, 5000, size=int(n))) for n in rng.integers(1, 60, size=200)]
+    test[:3] = [[5] * 11, [5, 6] * 9, [4999, 17, 4999, 17, 4999]]  # repeated n-grams: counts above 1
+
+    def reference(ids, lengths):
+        with torch.no_grad():
+            return model(torch.from_numpy(np.asarray(ids)), torch.from_numpy(np.asarray(lengths))).numpy()
+
+    probes = make_probes(5000, 0, 200, 40, None)
+    gate = engine_gate(path, reference, probes, test, 0, 1e-5, 1e-5, PYTHON_ENGINES + JS_ENGINES)
+    assert gate["passed"], format_engines(gate)
+    assert {e["engine"] for e in gate["engines"]} >= {"onnxruntime", "onnx.reference", "openvino", "tract"}
+
+
+@pytest.fixture(scope="module")
+def names_splits(data_dir):
+    """Encoded train and validation splits of six real names languages (skewed as the full set), 80/20 by text."""
+    from seqship.pipeline.train import TrainConfig, encode_split, fit_tokenizer
+
+    rng = np.random.default_rng(0)
+    train, val = [], []
+    for lang, n in LANGS.items():
+        names = sorted(set((data_dir / "names" / f"{lang}.txt").read_text(encoding="utf-8").split()))[:n]
+        for i in rng.permutation(len(names)):
+            (val if len(val) * 4 < len(train) else train).append((names[i], lang))
+    labels = sorted(LANGS)
+    tok = fit_tokenizer([t for t, _ in train], TrainConfig())
+    ids = {lab: i for i, lab in enumerate(labels)}
+    return train, val, labels, tok, encode_split(tok, train, ids), encode_split(tok, val, ids)
+
+
+@pytest.mark.slow
+def test_the_wide_part_alone_scores_as_the_baseline_on_validation(names_splits):
+    """Hashed char 1-4-grams of token ids against the baseline's own char 1-4-grams, each with C and class weight
+    picked on validation: within noise (two binomial standard errors of 325 texts' accuracy at 0.75: 0.048)."""
+    from seqship.pipeline.baseline import baseline_config, fit_baseline
+    from seqship.pipeline.model import WideLinear
+    from seqship.pipeline.wide import default_ngrams, fit_wide
+
+    train, val, labels, tok, enc_train, enc_val = names_splits
+    texts = [t for t, _ in train]
+    grid = {"c_grid": (2.0, 8.0), "class_weights": ("none", "balanced")}
+    base = fit_baseline(train, val, val, labels, replace(baseline_config("char", False, texts), **grid))
+    wide = WideLinear(tok.vocab_size, len(labels), default_ngrams("char", False, texts), 2**16, tok.spec.pad_id)
+    fitted = fit_wide(wide, enc_train, enc_val, labels, tok.spec.pad_id, **grid)
+    assert fitted["ngrams"] == 4 and fitted["buckets_seen"] > 1000
+    assert abs(fitted["val"]["accuracy"] - base["val"]["accuracy"]) <= 0.05, (fitted["val"], base["val"])
+    assert abs(fitted["val"]["macro_f1"] - base["val"]["macro_f1"]) <= 0.05, (fitted["val"], base["val"])
+
+
+@pytest.mark.slow
+def test_epoch_0_is_the_fitted_linear_model_and_training_can_only_keep_or_beat_it(names_splits, tmp_path):
+    from seqship.pipeline.train import TrainConfig, load_trained, train
+
+    train_rows, val_rows, labels, *_ = names_splits
+    cfg = TrainConfig(
+        epochs=1, embed_dim=8, hidden_dim=8, batch_size=128, lr=1e-9, wide=True, wide_buckets=2**16, patience=5
+    )
+    metrics = train(train_rows, val_rows, val_rows, labels, cfg, tmp_path)
+    history = json.loads((tmp_path / "history.json").read_text())["epochs"]
+    assert history[0]["epoch"] == 0
+    assert history[0]["val_macro_f1"] == metrics["wide"]["val"]["macro_f1"]  # the fit, judged as every epoch is
+    assert metrics["val"]["macro_f1"] >= metrics["wide"]["val"]["macro_f1"]
+    # a learning rate that changes nothing: no epoch beats the linear model, so the linear model ships
+    assert metrics["best_epoch"] == 0 and metrics["val"]["macro_f1"] == metrics["wide"]["val"]["macro_f1"]
+    model, tok, _, _ = load_trained(tmp_path)
+    assert not model.head.weight.any() and not model.head.bias.any()
+    rows = [tok.encode(t)[0] for t, _ in val_rows[:50]]
+    tok_ids, lengths = pad_batch(rows, tok.spec.pad_id)
+    ids, lens = torch.from_numpy(tok_ids), torch.from_numpy(lengths)
+    with torch.no_grad():
+        valid = torch.arange(ids.size(1)).unsqueeze(0) < lens.unsqueeze(1)
+        np.testing.assert_allclose(model(ids, lens).numpy(), model.wide(ids, valid).numpy(), rtol=0, atol=0)
