@@ -194,11 +194,7 @@ class Predictor:
         for i in np.flatnonzero(bad).tolist():
             if encoded[i] is None:
                 continue  # a text that was not scored (its NaN row is the placeholder)
-            err = ModelOutputError(
-                f"text #{first_index + i}: the model produced non-finite logits (NaN or Inf); its weights or this "
-                "input overflow float32, and no score is given: check the bundle with `pipeline verify --bundle`",
-                first_index + i,
-            )
+            err = _nonfinite(first_index + i)
             if errors == "raise":
                 raise err
             failed[i] = err
@@ -322,6 +318,32 @@ class Predictor:
                 self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="seqship-predict")
             return self._pool
 
+    def _predict_one(self, text, top_k: int, errors: str, index: int):
+        """predict([text])[0] on the latency path: what the bulk path computes, without its per-batch machinery
+        (no chunks, sorting or thread hand-off; the softmax and top-k of one row in plain Python, which beats
+        numpy's per-call overhead at this size). Same float64 softmax, same stable order, same checks."""
+        try:
+            ids, truncated = self.tokenizer.encode(text, index)
+        except InputError as e:
+            if errors == "raise":
+                raise
+            return e
+        n = len(ids)
+        row = self.model.run_trusted(np.array([ids], dtype=np.int64), np.array([n], dtype=np.int64))[0].tolist()
+        if not math.isfinite(sum(row)):
+            err = _nonfinite(index)
+            if errors == "raise":
+                raise err
+            return err
+        p = _softmax_row(row)
+        labels = self.labels
+        if top_k == 1:
+            j = p.index(max(p))  # the first of equal maxima, as argmax
+            top = ((labels[j], p[j]),)
+        else:
+            top = tuple([(labels[j], p[j]) for j in sorted(range(len(p)), key=p.__getitem__, reverse=True)[:top_k]])
+        return Prediction(top[0][0], top[0][1], top, n, truncated, self.model.provider)
+
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         """Raw model scores, float32 [len(texts), len(labels)]; raises InputError on the first bad text."""
         parts = []
@@ -341,11 +363,21 @@ class Predictor:
             raise InputError(f"top_k must be between 1 and {len(self.labels)}, got {top_k}")
         if errors not in ("raise", "return"):
             raise InputError(f"errors must be 'raise' or 'return', got {errors!r}")
+        if type(texts) is list and len(texts) == 1:
+            return [self._predict_one(texts[0], top_k, errors, first_index)]
         results: list = []
         for encoded, failed, logits in self._score_chunks(self._check_texts(texts), errors, first_index):
             self._finite(logits, encoded, failed, errors, first_index + len(results))
             results.extend(self._predictions(encoded, failed, logits, top_k))
         return results
+
+
+def _nonfinite(index: int) -> ModelOutputError:
+    return ModelOutputError(
+        f"text #{index}: the model produced non-finite logits (NaN or Inf); its weights or this input overflow "
+        "float32, and no score is given: check the bundle with `pipeline verify --bundle`",
+        index,
+    )
 
 
 def _check_bound(metadata: dict, labels: tuple, tokenizer_sha256: str, where) -> None:

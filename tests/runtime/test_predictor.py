@@ -33,6 +33,28 @@ def test_a_texts_result_does_not_depend_on_its_batch(predictor):
     np.testing.assert_allclose(small.logits(TEXTS), together, atol=1e-5, rtol=1e-5)
 
 
+def test_one_text_alone_gets_the_result_it_gets_in_a_batch(predictor):
+    # predict([text]) takes a shorter path than a batch (no chunks, sorting or threads; softmax in Python)
+    together = predictor.predict(TEXTS + ["Abcdefghij" * 40], top_k=3)
+    for text, batched in zip(TEXTS + ["Abcdefghij" * 40], together):
+        alone = predictor.predict([text], top_k=3)[0]
+        assert [lab for lab, _ in alone.top_k] == [lab for lab, _ in batched.top_k] and alone.label == batched.label
+        assert [s for _, s in alone.top_k] == pytest.approx([s for _, s in batched.top_k], abs=1e-6)
+        assert (alone.num_tokens, alone.truncated, alone.provider) == (
+            batched.num_tokens,
+            batched.truncated,
+            batched.provider,
+        )
+        assert predictor.predict([text])[0].top_k == alone.top_k[:1]
+
+
+def test_one_bad_text_alone_is_returned_or_raised_with_its_index(predictor):
+    [returned] = predictor.predict(["   "], errors="return", first_index=7)
+    assert isinstance(returned, InputError) and returned.index == 7 and "#7 is empty" in str(returned)
+    with pytest.raises(InputError, match="#7 is a NoneType"):
+        predictor.predict([None], first_index=7)
+
+
 def test_over_long_text_is_truncated_and_reported(predictor):
     long_text = "Abcdefghij" * 40
     r = predictor.predict([long_text])[0]
