@@ -43,6 +43,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TARGETS = {
+    # issue 29: one text in 45 us, 5x TorchScript; bulk 3.5x TorchScript (both on its padded batches of 256)
+    "latency_one.predictor_p50_us": ("<=", 45.0),
+    "latency_one.predictor_speedup_vs_torchscript": (">=", 5.0),
+    "throughput_bulk.predictor_vs_torchscript": (">=", 3.5),
     "latency_one.predictor_speedup_vs_eager": (">=", 5.0),
     "throughput_bulk.predictor_vs_eager": (">=", 3.0),
     "throughput_bulk.predictor_vs_ort_padded": (">=", 1.5),
@@ -283,6 +287,9 @@ def run_bench(
     }
     throughput = {
         "eager": time_total(lambda: [torch_run(eager, a, b) for a, b in batches_t], len(bulk), cfg),
+        "torchscript": entry(
+            "torchscript", lambda: time_total(lambda: [torch_run(scripted, a, b) for a, b in batches_t], len(bulk), cfg)
+        ),
         "onnxruntime": entry("onnxruntime", onnx_side["throughput"]["onnxruntime"]),
         "predictor": entry("predictor", onnx_side["throughput"]["predictor"]),
     }
@@ -318,7 +325,11 @@ def run_bench(
         },
         "latency_one": {
             "contenders": latency,
+            "predictor_p50_us": get(latency["predictor"], "p50_us"),
             "ratios": {
+                "predictor_speedup_vs_torchscript": ratio(
+                    get(latency["torchscript"], "p50_us"), get(latency["predictor"], "p50_us")
+                ),
                 "predictor_speedup_vs_eager": ratio(latency["eager"]["p50_us"], get(latency["predictor"], "p50_us")),
                 "onnxruntime_speedup_vs_eager": ratio(
                     latency["eager"]["p50_us"], get(latency["onnxruntime"], "p50_us")
@@ -331,6 +342,9 @@ def run_bench(
         "throughput_bulk": {
             "contenders": throughput,
             "ratios": {
+                "predictor_vs_torchscript": ratio(
+                    get(throughput["predictor"], "texts_per_s"), get(throughput["torchscript"], "texts_per_s")
+                ),
                 "predictor_vs_eager": ratio(
                     get(throughput["predictor"], "texts_per_s"), throughput["eager"]["texts_per_s"]
                 ),
@@ -367,7 +381,7 @@ def check_targets(result: dict) -> dict:
     out = {}
     for path, (op, goal) in TARGETS.items():
         section, key = path.split(".")
-        value = result[section].get("ratios", result[section]).get(key)
+        value = result[section].get("ratios", {}).get(key, result[section].get(key))
         met = None if value is None else (value >= goal if op == ">=" else value <= goal)
         out[path] = {"target": f"{op} {goal}", "value": value, "met": met}
     return out
@@ -388,6 +402,7 @@ def format_report(r: dict) -> str:
     for name, v in r["throughput_bulk"]["contenders"].items():
         label = {
             "eager": "eager (padded 256)",
+            "torchscript": "torchscript (padded 256)",
             "onnxruntime": "onnxruntime (padded 256)",
             "predictor": "predictor (own batching)",
         }[name]

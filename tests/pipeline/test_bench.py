@@ -42,7 +42,7 @@ def test_bench_json_has_one_key_per_figure_and_every_contender(bench):
         "targets",
     } <= bench.keys()
     assert set(bench["latency_one"]["contenders"]) == {"eager", "torchscript", "onnxruntime", "predictor"}
-    assert set(bench["throughput_bulk"]["contenders"]) == {"eager", "onnxruntime", "predictor"}
+    assert set(bench["throughput_bulk"]["contenders"]) == {"eager", "torchscript", "onnxruntime", "predictor"}
     assert set(bench["cold_start"]["contenders"]) == {"predictor", "pytorch"}
     for v in bench["latency_one"]["contenders"].values():
         assert 0 < v["p50_us"] <= v["p99_us"]
@@ -58,7 +58,14 @@ def test_bench_ratios_are_computed_from_its_own_measurements(bench):
     assert lat["ratios"]["onnxruntime_speedup_vs_eager"] == pytest.approx(
         c["eager"]["p50_us"] / c["onnxruntime"]["p50_us"]
     )
+    assert lat["ratios"]["predictor_speedup_vs_torchscript"] == pytest.approx(
+        c["torchscript"]["p50_us"] / c["predictor"]["p50_us"]
+    )
+    assert lat["predictor_p50_us"] == c["predictor"]["p50_us"]
     t = tp["contenders"]
+    assert tp["ratios"]["predictor_vs_torchscript"] == pytest.approx(
+        t["predictor"]["texts_per_s"] / t["torchscript"]["texts_per_s"]
+    )
     assert tp["ratios"]["predictor_vs_eager"] == pytest.approx(
         t["predictor"]["texts_per_s"] / t["eager"]["texts_per_s"]
     )
@@ -75,7 +82,8 @@ def test_bench_ratios_are_computed_from_its_own_measurements(bench):
     assert eff["achieved_flops_per_s"] == pytest.approx(eff["useful_flops"] / t["predictor"]["seconds"])
     for name, target in bench["targets"].items():
         section, key = name.split(".")
-        assert target["value"] == bench[section].get("ratios", bench[section])[key]
+        assert target["value"] == bench[section].get("ratios", {}).get(key, bench[section].get(key))
+    assert {"latency_one.predictor_p50_us", "latency_one.predictor_speedup_vs_torchscript"} <= bench["targets"].keys()
 
 
 def test_a_contender_whose_outputs_differ_is_refused():
