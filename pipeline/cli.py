@@ -1254,13 +1254,51 @@ def demo(bundle_dir: Path, host: str, port: int, ort_web: Path | None, expect_sh
 @click.option(
     "--bundle",
     "bundles",
-    required=True,
     multiple=True,
     metavar="[NAME=]DIR",
-    help="A bundle folder to serve, as model NAME (default: the run's name); repeat for more models.",
+    help="A bundle folder to serve, as model NAME (default: the run's name); repeat for more models. "
+    "Give --bundle or --model-repository.",
+)
+@click.option(
+    "--model-repository",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Serve the bundles of DIR/<model>/<version>/ (Triton's layout; a version is a positive integer); "
+    "every version is served, the unversioned paths answer from the newest.",
+)
+@click.option(
+    "--model-control-mode",
+    type=click.Choice(["none", "poll", "explicit"]),
+    default="none",
+    show_default=True,
+    help="With --model-repository: none (load at start-up only), poll (load new complete versions and unload "
+    "removed ones every --repository-poll-secs), explicit (load and unload on POST /v2/repository/...).",
+)
+@click.option(
+    "--repository-poll-secs",
+    type=click.FloatRange(0.05, 3600),
+    default=5.0,
+    show_default=True,
+    help="With --model-control-mode poll: how often the repository is looked at.",
+)
+@click.option(
+    "--repository-pins",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="With --model-repository: a file of `MODEL SHA256` lines (several per model allowed), re-read at "
+    "every load; only a version whose bundle digest is listed for its model is loaded.",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port (0: any free port).")
+@click.option(
+    "--grpc-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Also serve the protocol's gRPC service (inference.GRPCInferenceService) on this port (0: any free "
+    "port; Triton uses 8001). Off unless given.",
+)
 @click.option(
     "--max-batch",
     type=click.IntRange(1, 4096),
@@ -1349,8 +1387,13 @@ def demo(bundle_dir: Path, host: str, port: int, ort_web: Path | None, expect_sh
 @errors_handled
 def serve(
     bundles,
+    model_repository,
+    model_control_mode,
+    repository_poll_secs,
+    repository_pins,
     host,
     port,
+    grpc_port,
     max_batch,
     max_delay_ms,
     threads,
@@ -1369,23 +1412,32 @@ def serve(
     """Serve bundles over HTTP with the Open Inference Protocol (KServe v2), as Triton and KServe do.
 
     Every bundle is verified (as Predictor.load verifies it) before the port opens. Concurrent requests
-    are batched together (--max-batch, --max-delay-ms). SIGTERM or Ctrl-C drains: no new connections,
-    every accepted request is answered, exit 0. Needs the `serve` extra.
+    are batched together (--max-batch, --max-delay-ms). --grpc-port adds the protocol's gRPC service;
+    --model-repository serves DIR/<model>/<version>/ bundles, reloaded by poll or on request. SIGTERM or
+    Ctrl-C drains: no new connections, every accepted request is answered, exit 0. Needs the `serve` extra.
 
     \b
-    Endpoints: GET /v2/health/live, /v2/health/ready, /v2, /v2/models/NAME, /v2/models/NAME/ready;
-               POST /v2/models/NAME/infer (JSON, or binary tensors); POST /predict {"texts": [...]};
+    Endpoints: GET /v2/health/live, /v2/health/ready, /v2, /v2/models/NAME[/versions/V][/ready];
+               POST /v2/models/NAME[/versions/V]/infer (JSON, or binary tensors); POST /predict {"texts": [...]};
+               POST /v2/repository/index, /v2/repository/models/NAME/load|unload (--model-repository);
                GET /metrics (Prometheus); GET / (this list).
     \b
     Example:
       pipeline serve --bundle artifacts/names/bundle --port 8000
       curl -s localhost:8000/predict -d '{"texts": ["Nguyen"], "top_k": 3}'
+      pipeline serve --model-repository models/ --model-control-mode poll --grpc-port 8001
     """
     from seqship.pipeline.predict import parse_providers
     from seqship.runtime.serve import Limits, load_models
     from seqship.runtime.serve import serve as run_server
 
-    pins = trusted_digests(expect_sha256, len(bundles))  # before any bundle is read
+    if bool(bundles) == (model_repository is not None):
+        raise click.UsageError("give --bundle (one or more) or --model-repository, not both")
+    if model_repository is None and (model_control_mode != "none" or repository_pins is not None):
+        raise click.UsageError("--model-control-mode and --repository-pins apply to a --model-repository")
+    if model_repository is not None and expect_sha256:
+        raise click.UsageError("--expect-sha256 pins --bundle; a repository's pins are in --repository-pins FILE")
+    pins = trusted_digests(expect_sha256, len(bundles)) if bundles else []  # before any bundle is read
     limits = Limits(
         max_batch=max_batch,
         max_delay_ms=max_delay_ms,
@@ -1399,16 +1451,38 @@ def serve(
         max_buffered_bytes=max_buffered_bytes,
     )
     limits.validate()  # so are options that cannot work together
-    models = load_models(list(bundles), pins, parse_providers(providers), unicode_mismatch)
-    for name, m in models.items():
+    repository = None
+    if model_repository is not None:
+        from seqship.runtime.predictor import Predictor
+        from seqship.runtime.serve.repository import Repository
+
+        provider_list = parse_providers(providers)
+        repository = Repository(
+            model_repository,
+            model_control_mode,
+            repository_poll_secs,
+            repository_pins,
+            lambda path, pin: Predictor.load(
+                path,
+                providers=provider_list,
+                intra_op_num_threads=1,
+                expected_sha256=pin,
+                unicode_mismatch=unicode_mismatch,
+            ),
+        )
+        models = repository.load_all()
+    else:
+        models = load_models(list(bundles), pins, parse_providers(providers), unicode_mismatch)
+    for m in models.all() if repository else models.values():
         click.echo(
-            f"model {name}: {m.path} (bundle sha256 {m.predictor.digest}, {len(m.predictor.labels)} labels, "
-            f"{m.predictor.provider})",
+            f"model {m.name} version {m.version}: {m.path} (bundle sha256 {m.predictor.digest}, "
+            f"{len(m.predictor.labels)} labels, {m.predictor.provider})",
             err=True,
         )
 
-    def ready(url: str) -> None:
-        click.echo(f"serving {len(models)} model(s) at {url}  (SIGTERM or Ctrl-C drains and stops)")
+    def ready(url: str, grpc_address: str | None = None) -> None:
+        also = f" and gRPC at {grpc_address}" if grpc_address else ""
+        click.echo(f"serving {len(models)} model(s) at {url}{also}  (SIGTERM or Ctrl-C drains and stops)")
         sys.stdout.flush()
 
     tally = run_server(
@@ -1419,6 +1493,8 @@ def serve(
         access_log=access_log,
         on_ready=ready,
         verbose=logging.getLogger("seqship").level <= logging.DEBUG,
+        grpc_port=grpc_port,
+        repository=repository,
     )
     drained = f" (drained in {tally['drain_seconds']:.2f} s)" if tally["drain_seconds"] is not None else ""
     click.echo(f"stopped: {tally['accepted']} requests accepted, {tally['answered']} answered{drained}", err=True)

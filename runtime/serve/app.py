@@ -12,6 +12,7 @@ import contextlib
 import functools
 import logging
 import re
+from typing import TYPE_CHECKING
 
 from seqship.runtime import __version__
 from seqship.runtime.errors import InputError, ModelOutputError
@@ -22,6 +23,7 @@ from seqship.runtime.serve.protocol import (
     CLIENT_CLOSED,
     HTTPError,
     Limits,
+    Models,
     Served,
     dumps,
     find_model,
@@ -29,8 +31,12 @@ from seqship.runtime.serve.protocol import (
     parse_infer,
     parse_predict,
     predict_response,
+    read_index_request,
     server_metadata,
 )
+
+if TYPE_CHECKING:
+    from seqship.runtime.serve.repository import Repository
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,29 @@ async def off_loop(size: int, fn, *args):
     if size <= OFF_LOOP_BYTES:
         return fn(*args)
     return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args))
+
+
+async def score(served: Served, texts: list, top_k: int, errors: str, metrics: Metrics) -> list:
+    """Every text's Prediction or error; with errors='raise', the first bad text is a 400 naming it (HTTP and gRPC)."""
+    good = [i for i, t in enumerate(texts) if isinstance(t, str)]
+    scored = await served.batcher.submit([texts[i] for i in good], top_k) if good else []
+    results = list(texts)
+    for i, r in zip(good, scored):
+        if isinstance(r, (InputError, ModelOutputError)):  # its index is within the batch: name the request's
+            r = type(r)(re.sub(r"^text #\d+", f"text #{i}", str(r)), i)
+        results[i] = r
+    bad = sum(isinstance(r, Exception) for r in results)
+    metrics.texts_of(served.name, "scored").inc(len(results) - bad)
+    if bad:
+        metrics.texts_of(served.name, "error").inc(bad)
+        if errors == "raise":
+            first = next(r for r in results if isinstance(r, Exception))
+            raise HTTPError(
+                400,
+                f"{first} (inputs[0] 'text' element {first.index}; with parameters.errors="
+                "'return' the other texts are still scored)",
+            )
+    return results
 
 
 def close_when_draining(app, state: dict):
@@ -64,8 +93,9 @@ def close_when_draining(app, state: dict):
     return wrapped
 
 
-def build_app(models: dict[str, Served], limits: Limits, metrics: Metrics, state: dict):
-    """The ASGI application (Starlette), wrapped in the request accounting; `state["draining"]` is set on SIGTERM."""
+def build_app(models: Models, limits: Limits, metrics: Metrics, state: dict, repository: Repository | None = None):
+    """The ASGI application (Starlette), wrapped in the request accounting; `state["draining"]` is set on SIGTERM.
+    With a `repository`, its index, load and unload calls are routes too, and it is kept in step while serving."""
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -79,8 +109,7 @@ def build_app(models: dict[str, Served], limits: Limits, metrics: Metrics, state
     def error(status: int, message: str, headers: dict | None = None):
         return answer(dumps({"error": message}), status, headers)
 
-    budget = Budget(limits.max_buffered_bytes)
-    metrics.buffered.set_function(lambda: budget.held)
+    budget = Budget(limits.max_buffered_bytes, metrics.buffered)
 
     def model_or_404(request) -> Served:
         return find_model(models, request.path_params["name"], request.path_params.get("version"))
@@ -113,14 +142,15 @@ def build_app(models: dict[str, Served], limits: Limits, metrics: Metrics, state
                     if declared is None:
                         hold.take(len(chunk))
                     body += chunk
-            except BaseException:  # a client gone, a timeout: the exception keeps this frame (in a cycle through
-                del body[:]  # wait_for's task, until the garbage collector runs), so the bytes are let go here
+            except BaseException:  # a client gone, a timeout: the exception's traceback keeps this frame (until
+                del body[:]  # the garbage collector runs), so the bytes are let go here
                 raise
             return body
 
         try:
-            body = await asyncio.wait_for(read(), limits.timeout_s)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(limits.timeout_s):  # no task: a body that has arrived is read at once
+                body = await read()
+        except TimeoutError:
             raise HTTPError(
                 408, f"the body did not arrive within {limits.timeout_s:g} s (--timeout-s)", {"Connection": "close"}
             ) from None
@@ -148,7 +178,8 @@ def build_app(models: dict[str, Served], limits: Limits, metrics: Metrics, state
         return answer(dumps(server_metadata()))
 
     async def model_metadata(request):
-        return answer(dumps(model_or_404(request).metadata()))
+        served = model_or_404(request)
+        return answer(dumps(served.metadata(sorted(models.versions(served.name)))))
 
     async def model_ready(request):
         model_or_404(request)
@@ -157,13 +188,15 @@ def build_app(models: dict[str, Served], limits: Limits, metrics: Metrics, state
         return answer(b'{"ready":true}')
 
     async def infer(request):
-        served = model_or_404(request)
-        with budget.hold() as hold:  # the body, then its texts, are held until the answer
+        with (
+            models.lease(request.path_params["name"], request.path_params.get("version")) as served,
+            budget.hold() as hold,
+        ):  # the body, then its texts, are held until the answer
             body = await body_of(request, hold)
             header_length = request.headers.get("inference-header-content-length")
             req = await off_loop(len(body), parse_infer, body, header_length, len(served.predictor.labels), limits)
             del body
-            results = await score(served, req.texts, req.scoring_k, req.errors)
+            results = await score(served, req.texts, req.scoring_k, req.errors, metrics)
         content, headers = infer_response(served, req, results)
         return answer(
             content,
@@ -171,35 +204,13 @@ def build_app(models: dict[str, Served], limits: Limits, metrics: Metrics, state
             media="application/octet-stream" if "Inference-Header-Content-Length" in headers else "application/json",
         )
 
-    async def score(served: Served, texts: list, top_k: int, errors: str) -> list:
-        """Every text's Prediction or error; with errors='raise', the first bad text is a 400 naming it."""
-        good = [i for i, t in enumerate(texts) if isinstance(t, str)]
-        scored = await served.batcher.submit([texts[i] for i in good], top_k) if good else []
-        results = list(texts)
-        for i, r in zip(good, scored):
-            if isinstance(r, (InputError, ModelOutputError)):  # its index is within the batch: name the request's
-                r = type(r)(re.sub(r"^text #\d+", f"text #{i}", str(r)), i)
-            results[i] = r
-        bad = sum(isinstance(r, Exception) for r in results)
-        metrics.texts.labels(served.name, "scored").inc(len(results) - bad)
-        if bad:
-            metrics.texts.labels(served.name, "error").inc(bad)
-            if errors == "raise":
-                first = next(r for r in results if isinstance(r, Exception))
-                raise HTTPError(
-                    400,
-                    f"{first} (inputs[0] 'text' element {first.index}; with parameters.errors="
-                    "'return' the other texts are still scored)",
-                )
-        return results
-
     async def predict(request):
         with budget.hold() as hold:
             body = await body_of(request, hold)
             req = await off_loop(len(body), parse_predict, body, models, limits)
             del body
-            results = await score(models[req.model], req.texts, req.top_k, "return")
-        served = models[req.model]
+            with models.lease(req.model) as served:
+                results = await score(served, req.texts, req.top_k, "return", metrics)
         return answer(predict_response(served, results))
 
     async def index(request):
@@ -210,22 +221,53 @@ def build_app(models: dict[str, Served], limits: Limits, metrics: Metrics, state
                     "version": __version__,
                     "protocol": "Open Inference Protocol (KServe v2) REST",
                     "models": {
-                        n: {"bundle_sha256": m.predictor.digest, "labels": len(m.predictor.labels)}
+                        n: {
+                            "bundle_sha256": m.predictor.digest,
+                            "labels": len(m.predictor.labels),
+                            "versions": sorted(models.versions(n)),
+                        }
                         for n, m in models.items()
                     },
                     "endpoints": [
                         "GET /v2/health/live",
                         "GET /v2/health/ready",
                         "GET /v2",
-                        "GET /v2/models/{name}",
-                        "GET /v2/models/{name}/ready",
-                        "POST /v2/models/{name}/infer",
+                        "GET /v2/models/{name}[/versions/{version}]",
+                        "GET /v2/models/{name}[/versions/{version}]/ready",
+                        "POST /v2/models/{name}[/versions/{version}]/infer",
+                        "POST /v2/repository/index",
+                        "POST /v2/repository/models/{name}/load",
+                        "POST /v2/repository/models/{name}/unload",
                         "POST /predict",
                         "GET /metrics",
                     ],
                 }
             )
         )
+
+    def repository_or_404() -> Repository:
+        if repository is None:
+            raise HTTPError(
+                404,
+                "this server has no model repository: start it with --model-repository DIR "
+                "(and --model-control-mode explicit to load and unload models)",
+            )
+        return repository
+
+    async def repository_index(request):
+        repo = repository_or_404()
+        with budget.hold() as hold:
+            body = await body_of(request, hold)
+        ready = read_index_request(bytes(body), limits)
+        return answer(dumps(repo.index(ready)))
+
+    async def repository_load(request):
+        await repository_or_404().load(request.path_params["name"])
+        return answer(b"{}")
+
+    async def repository_unload(request):
+        await repository_or_404().unload(request.path_params["name"])
+        return answer(b"{}")
 
     async def prometheus(request):
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -263,15 +305,22 @@ def build_app(models: dict[str, Served], limits: Limits, metrics: Metrics, state
         Route(mv + "/infer", infer, methods=["POST"]),
         Route("/predict", predict, methods=["POST"]),
         Route("/metrics", prometheus, methods=["GET"]),
+        Route("/v2/repository/index", repository_index, methods=["POST"]),
+        Route("/v2/repository/models/{name}/load", repository_load, methods=["POST"]),
+        Route("/v2/repository/models/{name}/unload", repository_unload, methods=["POST"]),
     ]
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        for served in models.values():
+        for served in models.all():
             served.batcher = Batcher(served, limits, metrics)
             served.batcher.start()
+        if repository is not None:
+            repository.start(limits, metrics)
         yield
-        for served in models.values():
+        if repository is not None:
+            await repository.stop()
+        for served in models.all():
             await served.batcher.close(limits.drain_timeout_s)
 
     app = Starlette(

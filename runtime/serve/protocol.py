@@ -6,10 +6,12 @@ Pure functions over bytes and dicts: no socket, no event loop, no HTTP framework
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +24,6 @@ from seqship.runtime.predictor import Predictor
 if TYPE_CHECKING:
     from seqship.runtime.serve.batching import Batcher
 
-VERSION = "1"  # every model is served as version "1"; its bundle digest is in the metadata
 OUTPUTS = {  # name -> (datatype, shape); -1 is the batch (and, for top-k, the k a request asks for)
     "label": ("BYTES", [-1]),
     "score": ("FP32", [-1]),
@@ -107,26 +108,29 @@ class Limits:
 # ---------------------------------------------------------------------------------------------- models
 
 
-@dataclass
+@dataclass(eq=False)
 class Served:
-    """One bundle under one name."""
+    """One bundle under one name and version."""
 
     name: str
     path: Path
     predictor: Predictor
     batcher: Batcher | None = None
+    version: int = 1  # a --bundle is version 1; in a --model-repository, its folder's number
+    leases: int = 0  # requests answering from this version now (an unloaded version is closed when none is left)
 
     @functools.cached_property
     def label_index(self) -> dict:
         """Label -> class index."""
         return {lab: i for i, lab in enumerate(self.predictor.labels)}
 
-    def metadata(self) -> dict:
-        """The protocol's model metadata, plus the bundle's digest and labels under `parameters`."""
+    def metadata(self, versions: list | None = None) -> dict:
+        """The protocol's model metadata (`versions`: every version served under this name), plus the bundle's
+        digest and labels under `parameters`."""
         outputs = [{"name": n, "datatype": d, "shape": s} for n, (d, s) in OUTPUTS.items()]
         return {
             "name": self.name,
-            "versions": [VERSION],
+            "versions": [str(v) for v in versions or [self.version]],
             "platform": "onnxruntime_onnx",
             "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
             "outputs": outputs,
@@ -134,8 +138,61 @@ class Served:
                 "bundle_sha256": self.predictor.digest,
                 "labels": list(self.predictor.labels),
                 "provider": self.predictor.provider,
+                "version": str(self.version),
             },
         }
+
+
+class Models(Mapping):
+    """The models served: name -> its newest version (what an unversioned path answers from), and every version.
+
+    Changed only on the event loop (a repository's load or unload); a request takes a `lease` on the version it
+    is answered from, so an unloaded version keeps its batcher until its last request is answered."""
+
+    def __init__(self, served=()):
+        self.by_name: dict[str, dict[int, Served]] = {}
+        for s in served:
+            self.add(s)
+
+    def __getitem__(self, name: str) -> Served:
+        versions = self.by_name[name]
+        return versions[max(versions)]
+
+    def __iter__(self):
+        return iter(self.by_name)
+
+    def __len__(self) -> int:
+        return len(self.by_name)
+
+    def versions(self, name: str) -> dict[int, Served]:
+        """Every version of `name` served (none: an empty dict)."""
+        return self.by_name.get(name, {})
+
+    def all(self) -> list[Served]:
+        """Every version of every model."""
+        return [s for versions in self.by_name.values() for s in versions.values()]
+
+    def add(self, served: Served) -> None:
+        """Serve `served` (the newest of its name when its version is the highest)."""
+        self.by_name.setdefault(served.name, {})[served.version] = served
+
+    def remove(self, name: str, version: int) -> Served:
+        """Stop routing requests to one version; requests holding a lease on it still finish."""
+        versions = self.by_name[name]
+        served = versions.pop(version)
+        if not versions:
+            del self.by_name[name]
+        return served
+
+    @contextlib.contextmanager
+    def lease(self, name: str, version: str | None = None):
+        """The version a request is answered from (a 404 if none), held until the request ends."""
+        served = find_model(self, name, version)
+        served.leases += 1
+        try:
+            yield served
+        finally:
+            served.leases -= 1
 
 
 def server_metadata() -> dict:
@@ -143,18 +200,24 @@ def server_metadata() -> dict:
     return {"name": "seqship", "version": __version__, "extensions": ["binary_tensor_data", "classification"]}
 
 
-def unknown_model(name, models: dict) -> HTTPError:
+def unknown_model(name, models: Mapping) -> HTTPError:
     """The 404 of a model name this server does not have."""
-    return HTTPError(404, f"unknown model {str(name)[:80]!r}; this server has {', '.join(sorted(models))}")
+    has = ", ".join(sorted(models)) or "no model loaded"
+    return HTTPError(404, f"unknown model {str(name)[:80]!r}; this server has {has}")
 
 
-def find_model(models: dict[str, Served], name: str, version: str | None) -> Served:
-    """The model a /v2/models/{name}[/versions/{version}] path names, or a 404."""
+def find_model(models: Mapping[str, Served], name: str, version: str | None) -> Served:
+    """The model a /v2/models/{name}[/versions/{version}] path names (no version: the newest), or a 404."""
     if name not in models:
         raise unknown_model(name, models)
-    if version is not None and version != VERSION:
-        raise HTTPError(404, f"model {name!r} has no version {version[:20]!r}; it is served as version {VERSION!r}")
-    return models[name]
+    if version is None or version == "":  # gRPC's "" is "no version", as Triton reads it
+        return models[name]
+    versions = models.versions(name) if isinstance(models, Models) else {models[name].version: models[name]}
+    for v, served in versions.items():
+        if str(v) == version:
+            return served
+    served = ", ".join(map(str, sorted(versions)))
+    raise HTTPError(404, f"model {name!r} has no version {version[:20]!r}; it is served as version {served}")
 
 
 # ---------------------------------------------------------------------------------------------- requests
@@ -284,6 +347,12 @@ def parse_infer(body: bytes, header_length: str | None, num_labels: int, limits:
     else:
         head, binary = body, memoryview(b"")
     req = _json(head, "the request body" if header_length is None else "the request's JSON header", limits)
+    return read_infer(req, binary, num_labels, limits)
+
+
+def read_infer(req, binary: memoryview, num_labels: int, limits: Limits) -> InferRequest:
+    """Check an infer request already read into JSON values (from HTTP's JSON, or built from gRPC's message),
+    with the bytes of its binary tensor; raises HTTPError naming what is wrong."""
     if not isinstance(req, dict):
         raise HTTPError(400, "the request must be a JSON object with an 'inputs' list")
     params = req.get("parameters", {})
@@ -419,6 +488,18 @@ def parse_predict(body: bytes, models: dict[str, Served], limits: Limits) -> Pre
     return PredictRequest(name, texts, top_k)
 
 
+def read_index_request(body: bytes, limits: Limits) -> bool:
+    """Read a repository index request (`{}`, `{"ready": true}` or no body); returns whether only ready models
+    are wanted."""
+    if not body.strip():
+        return False
+    req = _json(body, "the request body", limits)
+    ready = req.get("ready", False) if isinstance(req, dict) else None
+    if not isinstance(ready, bool):
+        raise HTTPError(400, 'send {} or {"ready": true} (only the models ready to serve)')
+    return ready
+
+
 # ---------------------------------------------------------------------------------------------- responses
 
 
@@ -482,7 +563,7 @@ def infer_response(served: Served, req: InferRequest, results: list) -> tuple[by
         outputs.append(entry)
     head = {
         "model_name": served.name,
-        "model_version": VERSION,
+        "model_version": str(served.version),
         "outputs": outputs,
         "parameters": {"bundle_sha256": served.predictor.digest},
     }

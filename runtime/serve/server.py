@@ -15,13 +15,17 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Callable
 
 from seqship.runtime.errors import SeqshipError
 from seqship.runtime.predictor import Predictor
 from seqship.runtime.serve.app import build_app
 from seqship.runtime.serve.metrics import Metrics
-from seqship.runtime.serve.protocol import Limits, Served
+from seqship.runtime.serve.protocol import Limits, Models, Served
+
+if TYPE_CHECKING:
+    from seqship.runtime.serve.repository import Repository
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a model name: one URL path segment, no escaping
 IDLE_GRACE_S = 2.0  # after the listener closes, how long an idle keep-alive connection may still send a request
@@ -127,17 +131,21 @@ def idle(conn) -> bool:
 
 
 def serve(
-    models: dict[str, Served],
+    models: dict[str, Served] | Models,
     host: str,
     port: int,
     limits: Limits,
     *,
     access_log: bool = False,
-    on_ready: Callable[[str], None] = print,
+    on_ready: Callable[..., None] = print,
     verbose: bool = False,
+    grpc_port: int | None = None,
+    repository: Repository | None = None,
 ) -> dict:
     """Serve until SIGTERM or SIGINT, then drain; returns the tally (accepted, answered, cut_off, ...).
 
+    grpc_port: serve gRPC there too (0: any free port); on_ready then gets the gRPC address as well.
+    repository: the one `models` came from (Repository.load_all), kept in step while serving.
     Meant to end the process: SIGINT and SIGTERM are left ignored when it returns."""
     import uvicorn
 
@@ -145,7 +153,14 @@ def serve(
     keep_large_buffers_apart()
     metrics = Metrics()
     state = {"draining": False}
-    app = build_app(models, limits, metrics, state)
+    if not isinstance(models, Models):
+        models = Models(models.values())
+    app = build_app(models, limits, metrics, state, repository)
+    grpc_server = None
+    if grpc_port is not None:
+        from seqship.runtime.serve.grpc_app import GrpcServer
+
+        grpc_server = GrpcServer(models, limits, metrics, state, repository)
     sock = bind(host, port)
     bound = sock.getsockname()
     shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
@@ -204,13 +219,28 @@ def serve(
 
         async def startup(self, sockets=None):
             await super().startup(sockets)
-            if self.started:
+            if not self.started:
+                return
+            if grpc_server is None:
                 on_ready(url)
+                return
+            try:
+                address = await grpc_server.start(host, grpc_port)
+            except ServeError as e:
+                print(f"Error: {e}", file=sys.stderr, flush=True)
+                state["grpc_failed"] = True
+                self.should_exit = True
+                return
+            on_ready(url, address)
 
         async def shutdown(self, sockets=None):
             # Closing a listening socket resets the connections in its accept queue, which their clients see
             # as a reset, not a refusal: take them in first (nothing awaits between the last accept and the
             # close), then answer them like every other connection.
+            grpc_stopped = None
+            if grpc_server is not None:  # refuses new calls now; those in flight get what is left of the drain
+                left = limits.drain_timeout_s - (time.monotonic() - state.get("drain_started", time.monotonic()))
+                grpc_stopped = asyncio.ensure_future(grpc_server.stop(max(0.0, left)))
             pending = []
             with contextlib.suppress(OSError):
                 sock.setblocking(False)
@@ -227,6 +257,8 @@ def serve(
             grace_end = time.monotonic() + min(IDLE_GRACE_S, limits.drain_timeout_s)
             while time.monotonic() < grace_end and any(map(idle, self.server_state.connections)):
                 await asyncio.sleep(0.02)
+            if grpc_stopped is not None:  # before the application's shutdown closes the batchers
+                await grpc_stopped
             await super().shutdown(sockets)
 
         def new_protocol(self):
@@ -270,11 +302,14 @@ def serve(
         server.run(sockets=[sock])
     finally:
         sock.close()
+    if state.get("grpc_failed"):
+        raise ServeError(f"cannot listen for gRPC on {host}:{grpc_port}; pick another --grpc-port (0: any free one)")
     drain = time.monotonic() - state["drain_started"] if "drain_started" in state else None
+    grpc_counts = grpc_server or SimpleNamespace(accepted=0, answered=0, cut_off=0)
     return {
-        "accepted": app.accepted,
-        "answered": app.answered,
-        "cut_off": app.cut_off,
+        "accepted": app.accepted + grpc_counts.accepted,
+        "answered": app.answered + grpc_counts.answered,
+        "cut_off": app.cut_off + grpc_counts.cut_off,
         "connections_cut": len(server.server_state.connections),
         "seconds": time.monotonic() - started,
         "drain_seconds": drain,

@@ -15,7 +15,7 @@ RUNTIME = Path(__file__).resolve().parents[2] / "runtime"
 CORE_DEPS = {"numpy", "onnxruntime"} | set(sys.stdlib_module_names)
 # Each optional part's extra (pyproject.toml), importable only inside its functions.
 OPTIONAL = {
-    "serve": {"starlette", "uvicorn", "prometheus_client", "httptools", "uvloop"},
+    "serve": {"starlette", "uvicorn", "prometheus_client", "httptools", "uvloop", "grpc", "google"},
     "ray.py": {"ray", "pyarrow"},
     "demo.py": set(),
 }

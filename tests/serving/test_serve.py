@@ -50,6 +50,7 @@ class Server:
                 pytest.fail(f"the server did not start: {self.proc.communicate()}")
             line = self.proc.stdout.readline()
         self.url = re.search(r"http://\S+", line).group(0)
+        self.grpc = m.group(1) if (m := re.search(r"gRPC at (\S+)", line)) else None  # with --grpc-port
         self.host, self.port = self.url[len("http://") :].rsplit(":", 1)
         self.err: list[str] = []  # read as it comes: a full pipe would stall the server, not fail the test
         self.reader = threading.Thread(target=lambda: self.err.extend(iter(self.proc.stderr.readline, "")), daemon=True)
