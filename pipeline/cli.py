@@ -810,10 +810,10 @@ def run_package_cmd(**opts) -> None:
 @click.option(
     "--input",
     "input_path",
-    type=click.Path(path_type=Path),
+    type=click.Path(),
     default=None,
     help="Score this file instead of TEXT arguments (see --format); with --engine ray, a file or a folder of "
-    ".txt/.jsonl/.parquet files.",
+    ".txt/.jsonl/.parquet files, a local path or a URI (s3://, gs://, abfs://, hdfs://).",
 )
 @click.option(
     "--output",
@@ -822,7 +822,7 @@ def run_package_cmd(**opts) -> None:
     default=None,
     help="With --input: write JSON lines here (a .csv/.tsv name: a table of index, id, text, label, score...), "
     "atomically; never the input file; a FIFO or /dev/stdout is streamed into [default: stdout]. "
-    "With --engine ray: a folder of part files and summary.json, which appears only when whole.",
+    "With --engine ray: a folder or URI of part files and summary.json, written last (`pipeline check-output`).",
 )
 @click.option(
     "--format",
@@ -912,6 +912,8 @@ def predict(
       pipeline predict --bundle artifacts/names/bundle --input texts/ --output scored/ --engine ray --workers 2
     """
     expect_sha256 = trusted_digests(expect_sha256)[0]  # usage errors first, before any file is read
+    if engine != "ray" and input_path is not None:  # a str until here: --engine ray also takes URIs
+        input_path = Path(input_path)
     if engine == "ray":
         return _predict_ray(
             bundle_dir,
@@ -1003,11 +1005,12 @@ def _predict_ray(
         )
     if unicode_mismatch != "refuse":
         raise click.UsageError("--unicode-mismatch warn applies to --engine local")
-    if not input_path.exists():
-        raise click.BadParameter(f"{input_path}: no such file or folder", param_hint="--input")
     from seqship.pipeline.predict import parse_providers
     from seqship.pipeline.runs import require_bundle
-    from seqship.runtime.ray import score_with_ray
+    from seqship.runtime.ray import is_uri, score_with_ray
+
+    if not is_uri(input_path) and not Path(input_path).exists():
+        raise click.BadParameter(f"{input_path}: no such file or folder", param_hint="--input")
 
     bar = click.progressbar(length=1, label="scoring on ray", file=sys.stderr)
     with bar:
@@ -1580,6 +1583,31 @@ def describe_bundle(b) -> list[str]:
     for name, entry in m["files"].items():
         lines.append(f"  {name:<16} {_field(entry, 'bytes')!s:>10} bytes  sha256 {str(_field(entry, 'sha256'))[:16]}…")
     return lines
+
+
+@cli.command("check-output", context_settings=CONTEXT)
+@click.argument("output")
+@click.option("--json", "as_json", is_flag=True, help="Print what was checked as JSON.")
+@errors_handled
+def check_output(output: str, as_json: bool) -> None:
+    """Check a `predict --engine ray` output (a folder or URI) from its summary.json alone: every part there
+    with its rows and sha256, the parts' input ranges tiling every input file (each row in exactly one
+    part), nothing else of seqship's beside them. Exit 1 with the problems otherwise.
+
+    \b
+    Example:
+      pipeline check-output s3://my-bucket/scored/
+    """
+    from seqship.runtime.ray import check_output as check
+
+    found = check(output)
+    if as_json:
+        click.echo(json.dumps({"ok": True, **found}))
+        return
+    click.echo(
+        f"{output}: complete: {found['rows']} rows in {found['parts']} parts, every row of "
+        f"{found['files']} input file(s) exactly once"
+    )
 
 
 @cli.command(context_settings=CONTEXT)

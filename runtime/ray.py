@@ -1,30 +1,37 @@
 """Bulk scoring on a Ray cluster (Ray Data): `pipeline predict --engine ray`.
 
-The work is Ray Data's: read tasks turn each input file into rows (through the runtime's own readers, so
-a row that cannot be read gets the same error line as local scoring does), a pool of actors scores them,
-and Ray retries what a dead worker or node took with it. Each actor is a `BundleScorer`: it receives the
-bundle's bytes through Ray's object store (no shared file system needed), opens them with
-`Predictor.load` against the bundle digest the driver verified, and scores batches with
-`Predictor.predict`: the same code path as `pipeline predict`, so the same answers.
+Input and output are local paths or URIs of any file system pyarrow knows (s3://, gs://, abfs://, hdfs://),
+with the credentials the standard environment variables and config files give (AWS_ENDPOINT_URL,
+AWS_ACCESS_KEY_ID, ~/.aws/config...). No row passes through the driver:
 
-The driver receives the scored rows in input order, checks that every input row arrives exactly once
-(no row lost, none twice: a fault that broke that would fail the job instead of writing a wrong output),
-and writes part files into a hidden temporary folder that becomes the output folder, with its
-summary.json, only when whole: a half-finished job never looks finished.
+- the driver lists the input files and their sizes and plans ranges: byte ranges of a text file (a range
+  owns the lines that start in it, by runtime.textio's one line rule), whole row groups of a Parquet file;
+- Ray tasks count each range's lines (the driver sums the counts into each range's first row number);
+- a pool of actors (`RangeScorer`) reads each range, scores it with `Predictor.predict` (the same code path
+  as `pipeline predict`, so the same answers), and writes its output part straight to the output folder
+  or prefix: `part-<file>-<start>.<fmt>`, a name derived from the range, written under a temporary name
+  and moved into place when whole, so a retried task replaces its own part and never adds a second one;
+- the driver receives one small record per part (its range, rows, checksum), checks that the ranges tile
+  every input and that every line arrived once, removes what earlier jobs of seqship left in the output,
+  and writes `summary.json` last: the manifest, and the one sign that the output is complete
+  (`check_output`, `pipeline check-output`, verifies an output from it alone).
 
-Ray is an optional extra (`pip install -e '.[ray]'`); `runtime/` never imports it. On a real cluster,
-every node needs seqship installed (the same version) and read access to the input files; the bundle
-travels with the job.
+Ray and pyarrow are the `ray` extra (`pip install -e '.[ray]'`), imported in functions; `runtime/`'s core
+never imports them. On a real cluster every node needs seqship (the same version) and read access to the
+input; the bundle travels with the job.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
 import os
+import re
 import tempfile
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -32,24 +39,9 @@ from typing import Callable, Iterator
 from seqship.runtime import __version__
 from seqship.runtime.bundle import MAX_MANIFEST
 from seqship.runtime.errors import InputError, ModelOutputError, SeqshipError
-from seqship.runtime.fsio import (
-    FileTooLargeError,
-    describe_os_error,
-    read_capped,
-    replace_dir,
-    sweep_partials,
-    temp_dir,
-    write_json_atomic,
-)
+from seqship.runtime.fsio import read_capped
 from seqship.runtime.jsonio import json_line, json_text
-from seqship.runtime.textio import (
-    SNIFF_BYTES,
-    count_line_ends,
-    last_line_end,
-    line_records,
-    refuse_binary,
-    valid_id,
-)
+from seqship.runtime.textio import SNIFF_BYTES, count_line_ends, line_records, raw_lines, refuse_binary, valid_id
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +50,14 @@ SUFFIXES = {".txt": "lines", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": 
 SUFFIX_NAMES = {"lines": "one-text-per-line (.txt)", "jsonl": "JSON lines"}
 OUTPUT_FORMATS = ("jsonl", "parquet")
 SUMMARY = "summary.json"
-BLOCK_ROWS = 4096  # rows per block a read task emits (and rows per batch read of a Parquet file)
+MARKER = ".seqship-ray-output"  # written into an output before its first part: what makes its parts seqship's
+PART = re.compile(r"part-(\d{5})-(\d{15})\.(jsonl|parquet)")  # part-<file index>-<range start>.<format>
+PART_TMP = re.compile(r"\.part-\d{5}-\d{15}\.(jsonl|parquet)\.[0-9a-f]{12}\.tmp")  # a part being written
+SUMMARY_TMP = re.compile(r"\.summary\.json\.[0-9a-f]{12}\.tmp")
+RANGE_BYTES = 8 << 20  # bytes of a text file per range (a task, and an output part)
+RANGE_ROWS = 100_000  # Parquet rows per range, in whole row groups
+BLOCK_ROWS = 4096  # rows scored at once (and rows per batch read of a Parquet file)
+READ_BUFFER = 1 << 20  # read-ahead of a range's reader: one request per MiB on object storage
 # A Parquet id column's types: scalars, copied to the output as they are.
 ID_TYPES = (
     "string",
@@ -75,7 +74,7 @@ ID_TYPES = (
     "double",
     "bool",
 )
-MAX_SUMMARY_BYTES = 16 << 20  # a summary.json is read to tell a previous output folder, at most this much
+MAX_SUMMARY_BYTES = 1 << 30  # a manifest is read (to check an output, or to tell a previous one) up to this much
 
 
 class RayJobError(SeqshipError):
@@ -84,7 +83,7 @@ class RayJobError(SeqshipError):
 
 @dataclass
 class RaySummary:
-    """What a Ray bulk job did; written to <output>/summary.json."""
+    """What a Ray bulk job did; written to <output>/summary.json, the manifest of its parts."""
 
     engine: str = "ray"
     ray_address: str | None = None
@@ -94,8 +93,9 @@ class RaySummary:
     bundle: str = ""
     bundle_sha256: str = ""
     input: str = ""
-    files: list = field(default_factory=list)
+    files: list = field(default_factory=list)  # name, uri, format, bytes, rows (and row_groups: Parquet)
     output_format: str = "jsonl"
+    # per part, in input order: name, file, start, end (bytes, or row groups), first_row, rows_in, rows, ...
     parts: list = field(default_factory=list)
     rows_in: int = 0  # every line (or Parquet row) of the input, blank lines included
     rows_out: int = 0  # rows written: rows_in less the blank lines skipped
@@ -109,71 +109,178 @@ class RaySummary:
     finished_at: str = ""
 
 
-# --- inputs -------------------------------------------------------------------------------------------
+# --- file systems -------------------------------------------------------------------------------------
 
 
-def input_files(path: Path) -> list[tuple[Path, str]]:
-    """(file, format) for a file, or for every file of a folder (sorted); an unknown suffix is an InputError."""
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if not p.name.startswith("."))
-        if not files:
-            raise InputError(f"{path}: an empty folder; put .txt, .jsonl or .parquet files in it")
-    elif path.is_file():
-        files = [path]
-    else:
-        raise InputError(f"{path}: no such file or folder")
+def is_uri(location: str) -> bool:
+    return bool(re.match(r"[A-Za-z][A-Za-z0-9+.-]+://", str(location)))
+
+
+def location(where) -> str:
+    """A URI as it is, a local path made absolute (what travels to the workers)."""
+    where = os.fspath(where)
+    return where.rstrip("/") if is_uri(where) else os.path.abspath(where)
+
+
+def open_fs(where: str):
+    """(pyarrow file system, path in it) for a local path or a URI; an InputError naming it if pyarrow cannot."""
+    import pyarrow.fs as pafs
+
+    if not is_uri(where):
+        return pafs.LocalFileSystem(), os.path.abspath(where)
+    try:
+        return pafs.FileSystem.from_uri(where)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, ArrowNotImplementedError, OSError...
+        raise InputError(
+            f"{where}: pyarrow cannot open this file system ({str(e).splitlines()[0][:200]}); use a local path "
+            "or an s3://, gs://, abfs:// or hdfs:// URI (see docs/scale.md for credentials)"
+        ) from None
+
+
+def child(where: str, name: str) -> str:
+    return f"{where.rstrip('/')}/{name}"
+
+
+def _listing(fs, path: str) -> list:
+    """The FileInfo of every entry of a folder or prefix (not recursive)."""
+    import pyarrow.fs as pafs
+
+    return fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
+
+
+def _reader(fs, path: str, offset: int):
+    """A buffered reader of `path` from byte `offset` (ranged reads of READ_BUFFER bytes on object storage)."""
+    import pyarrow as pa
+
+    f = fs.open_input_file(path)
+    f.seek(offset)
+    return pa.BufferedInputStream(f, READ_BUFFER)
+
+
+# --- inputs and ranges --------------------------------------------------------------------------------
+
+
+def input_files(where: str) -> list[dict]:
+    """{name, uri, format, bytes} for a file, or for every file of a folder or prefix (sorted by name); an
+    unknown suffix, a subfolder or a name that is not UTF-8 is an InputError (never silently skipped)."""
+    import pyarrow.fs as pafs
+
+    where = location(where)
+    fs, path = open_fs(where)
+    if not is_uri(where) and os.path.isdir(path):  # pyarrow fails on a local name that is not UTF-8: say which
+        for entry in os.scandir(os.fsencode(path)):
+            try:
+                entry.name.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InputError(
+                    f"{_shown(os.fsdecode(entry.path))}: a file name that is not UTF-8, which the ray engine "
+                    "cannot name in its output; rename it"
+                ) from None
+    try:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.Directory:
+            entries = sorted((e for e in _listing(fs, path) if not e.base_name.startswith(".")), key=lambda e: e.path)
+            if not entries:
+                raise InputError(f"{where}: an empty folder; put .txt, .jsonl or .parquet files in it")
+        elif info.type == pafs.FileType.File:
+            entries = [info]
+        else:
+            raise InputError(f"{where}: no such file or folder")
+    except OSError as e:
+        raise InputError(f"{where}: cannot list it ({str(e).splitlines()[0][:200]})") from None
     out = []
-    for p in files:
-        fmt = SUFFIXES.get(p.suffix.lower())
-        if p.is_dir() or fmt is None:
+    for e in entries:
+        fmt = SUFFIXES.get(os.path.splitext(e.base_name)[1].lower())
+        uri = where if info.type == pafs.FileType.File else child(where, e.base_name)
+        if e.type != pafs.FileType.File or fmt is None:
             raise InputError(
-                f"{p}: not a .txt, .jsonl/.ndjson or .parquet file; the ray engine reads only these "
+                f"{uri}: not a .txt, .jsonl/.ndjson or .parquet file; the ray engine reads only these "
                 "(move it out of the input folder, or rename it)"
             )
-        out.append((p, fmt))
+        out.append({"name": e.base_name, "uri": uri, "format": fmt, "bytes": e.size})
     return out
 
 
-def plan_file(
-    path: Path, fmt: str, rows_per_task: int = 10_000, bytes_per_task: int = 4 << 20
-) -> list[tuple[int, int, int, int]]:
-    """The read tasks of one file, as (start, end, first_row, rows): byte ranges that end at line ends (a
-    text file), or row-group ranges (Parquet), of about rows_per_task rows or bytes_per_task bytes each, so
-    that one large file is read, and scored, in parallel. The rows are counted as the readers will make
-    them (a line of runtime.textio's line_records, a Parquet row), and the driver checks the output against them."""
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
+def byte_ranges(size: int, range_bytes: int = RANGE_BYTES) -> list[tuple[int, int]]:
+    """A text file's ranges, planned from its size alone: [start, end) of range_bytes each."""
+    return [(s, min(s + range_bytes, size)) for s in range(0, size, range_bytes)]
 
-        meta = pq.ParquetFile(path).metadata
-        tasks, start, first, rows = [], 0, 0, 0
-        for g in range(meta.num_row_groups):
-            rows += meta.row_group(g).num_rows
-            if rows >= rows_per_task or g == meta.num_row_groups - 1:
-                tasks.append((start, g + 1, first, rows))
-                start, first, rows = g + 1, first + rows, 0
-        return tasks
-    # Line ends as runtime.textio's readers split them: "\r\n", "\n" or a lone "\r". A "\r" that ends one
-    # block and a "\n" that starts the next are one line end, and a task never ends between the two.
-    tasks, start, first, lines, pos, last = [], 0, 0, 0, 0, b"\n"
-    with open(path, "rb") as f:
-        refuse_binary(path, f.read(SNIFF_BYTES), SUFFIX_NAMES[fmt], InputError)
-        f.seek(0)
-        while block := f.read(1 << 16):
-            pair = last == b"\r" and block.startswith(b"\n")  # counted once, with the block before
-            lines += count_line_ends(block) - pair
-            pos += len(block)
-            cut = last_line_end(block)
-            if cut and (lines - first >= rows_per_task or pos - start >= bytes_per_task):
-                at = pos - len(block) + cut
-                whole = lines - count_line_ends(block[cut:])  # lines that end at or before the cut
-                tasks.append((start, at, first, whole - first))
-                start, first = at, whole
-            last = block[-1:]
-    lines += last not in (b"\n", b"\r")  # a last line without a line end is a row too
-    if lines > first:
-        tasks.append((start, pos, first, lines - first))
+
+def first_line_start(f_at, start: int) -> int:
+    """Where the first line that starts at or after byte `start` starts. A line starts at byte 0 and after
+    each line end ("\\r\\n", "\\n" or a lone "\\r", runtime.textio's rule); `f_at(offset)` gives a reader
+    from an offset. Line ends are ASCII bytes, which never occur inside a UTF-8 character, so a range
+    boundary inside a character is just a byte inside a line."""
+    if start == 0:
+        return 0
+    # The line that holds byte start - 1 ends at the first line end from there ("\r\n" whole: a boundary
+    # between "\r" and "\n" is inside the pair), and the next line starts after it.
+    for consumed, _line in raw_lines(f_at(start - 1)):
+        return start - 1 + consumed
+    return start - 1  # the file ends at start - 1: no line starts in the range
+
+
+def count_range(f_at, start: int, end: int, size: int) -> tuple[int, int]:
+    """(where its first line starts, lines) of the byte range [start, end) of a text file of `size`
+    bytes: the lines that start in the range, as runtime.textio's readers make them (blank ones too)."""
+    begin, stop = first_line_start(f_at, start), min(end, size)
+    if begin >= stop:
+        return begin, 0
+    f, left, lines, last = f_at(begin), stop - begin, 1, b""  # the line at `begin`, and one after each line end
+    while left > 0:
+        block = f.read(min(READ_BUFFER, left))
+        if not block:
+            break
+        lines += count_line_ends(block) - (last == b"\r" and block[:1] == b"\n")  # "\r" | "\n": one end
+        left, last = left - len(block), block[-1:]
+    # A line end whose last byte is the range's last byte starts its next line at or after `end`: not ours.
+    return begin, lines - (last in (b"\r", b"\n"))
+
+
+def plan_file(
+    path, fmt: str, rows_per_task: int = RANGE_ROWS, bytes_per_task: int = RANGE_BYTES
+) -> list[tuple[int, int, int, int]]:
+    """The ranges of one local file as (first line's byte, end, first_row, rows) (text), or (first row
+    group, end group, first_row, rows) (Parquet): what the driver plans and the count tasks measure, in one
+    process (the cluster's job does the same work spread over its tasks)."""
+    import pyarrow.fs as pafs
+
+    fs, p = pafs.LocalFileSystem(), os.path.abspath(path)
+    if fmt == "parquet":
+        groups = parquet_groups(fs, p)
+        return [(a, b, first, rows) for a, b, first, rows in group_ranges(groups, rows_per_task)]
+    size = fs.get_file_info(p).size
+    with fs.open_input_file(p) as f:
+        refuse_binary(path, f.read_at(SNIFF_BYTES, 0), SUFFIX_NAMES[fmt], InputError)
+    tasks, first, known = [], 0, -1
+    for start, end in byte_ranges(size, bytes_per_task):
+        if known >= end:  # no line starts before `known`, which an earlier range found: none in this one
+            continue
+        begin, rows = count_range(lambda at: _reader(fs, p, at), start, end, size)
+        known = begin
+        if rows:
+            tasks.append((begin, end, first, rows))
+        first += rows
     return tasks
+
+
+def parquet_groups(fs, path: str) -> list[int]:
+    """The rows of each row group of a Parquet file (its footer: no row is read)."""
+    pq = _pyarrow_parquet(path)
+    with fs.open_input_file(path) as f:
+        meta = pq.ParquetFile(f).metadata
+        return [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+
+
+def group_ranges(groups: list[int], rows_per_task: int = RANGE_ROWS) -> list[tuple[int, int, int, int]]:
+    """(first group, end group, first_row, rows) ranges of whole row groups, about rows_per_task rows each."""
+    out, start, first, rows = [], 0, 0, 0
+    for g, n in enumerate(groups):
+        rows += n
+        if rows >= rows_per_task or g == len(groups) - 1:
+            out.append((start, g + 1, first, rows))
+            start, first, rows = g + 1, first + rows, 0
+    return out
 
 
 # --- Parquet (pyarrow, imported when a Parquet file is read: the `ray` extra installs it) -------------
@@ -190,13 +297,14 @@ def _pyarrow_parquet(path):
     return pq
 
 
-def check_parquet(path, text_column: str, id_column: str | None) -> None:
-    """The text column must exist and hold strings; an id column, when present, scalars (an InputError)."""
+def check_parquet(path, text_column: str, id_column: str | None, source=None) -> None:
+    """The text column must exist and hold strings; an id column, when present, scalars (an InputError).
+    source: the file, opened (on any file system), or None to open the local `path`."""
     pq = _pyarrow_parquet(path)
     import pyarrow as pa
 
     try:
-        schema = pq.read_schema(path)
+        schema = pq.read_schema(path if source is None else source)
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a file that is not Parquet
         raise InputError(f"{path}: not a readable Parquet file ({str(e)[:160]})") from None
     if text_column not in schema.names:
@@ -215,13 +323,19 @@ def check_parquet(path, text_column: str, id_column: str | None) -> None:
 
 
 def parquet_records(
-    path, text_column: str, id_column: str | None, row_groups: list[int] | None = None, first_row: int = 0
+    path,
+    text_column: str,
+    id_column: str | None,
+    row_groups: list[int] | None = None,
+    first_row: int = 0,
+    source=None,
 ) -> Iterator[tuple[int, dict]]:
     """(row number, record) per row of a Parquet file (or of its `row_groups`, whose first row is
-    `first_row`), checked first (`check_parquet`); a record has 'text' or 'error', and maybe 'id'."""
-    check_parquet(path, text_column, id_column)
+    `first_row`), checked first (`check_parquet`); a record has 'text' or 'error', and maybe 'id'.
+    source: the file, opened (on any file system), or None to open the local `path`."""
+    check_parquet(path, text_column, id_column, source)
     pq = _pyarrow_parquet(path)
-    pf = pq.ParquetFile(path)
+    pf = pq.ParquetFile(path if source is None else source)
     has_id = id_column is not None and id_column in pf.schema_arrow.names
     columns = [text_column] + ([id_column] if has_id else [])
     n = first_row
@@ -276,37 +390,33 @@ def read_task_rows(
     rows: int,
     text_column: str,
     id_column: str | None,
+    block_rows: int = BLOCK_ROWS,
 ) -> Iterator:
-    """Blocks (pyarrow tables) of (file, row, id as JSON, text, error) for one read task (see plan_file). The
-    path travels as bytes: a file name that is not UTF-8 is a valid path, and not a valid Arrow string."""
+    """Blocks (pyarrow tables) of (file, row, id as JSON, text, error, blank) for one range: `rows` lines
+    from byte `start` (where a line starts, see count_range) of a text file, or the row groups
+    [start, end) of a Parquet file. path: a local path (str or bytes) or a URI."""
     path = os.fsdecode(path)
-    out: list[tuple] = []
+    fs, p = open_fs(path)
     if fmt == "parquet":
-        recs = parquet_records(path, text_column, id_column, list(range(start, end)), first_row)
+        f = fs.open_input_file(p)
+        recs = parquet_records(path, text_column, id_column, list(range(start, end)), first_row, source=f)
     else:
-        f = open(path, "rb")  # closed below, when this generator ends or is closed
-        f.seek(start)
+        f = _reader(fs, p, start)
         lines = itertools.islice(line_records(f, fmt, text_column, id_column, first_line=first_row + 1), rows)
         recs = ((n, rec) for n, (_pos, rec) in enumerate(lines, first_row))
     try:
+        out: list[tuple] = []
         for n, rec in recs:
             id_json = json_text(rec["id"]) if "id" in rec else None
             text = rec.get("text") if "error" not in rec else None
             out.append((file_no, n, id_json, text, rec.get("error"), rec.get("blank", False)))
-            if len(out) >= BLOCK_ROWS:
+            if len(out) >= block_rows:
                 yield _row_table(out)
                 out = []
+        if out:
+            yield _row_table(out)
     finally:
-        if fmt != "parquet":
-            f.close()
-    if out:
-        yield _row_table(out)
-
-
-def _read_batch(batch, text_column: str, id_column: str | None) -> Iterator:
-    """map_batches over the table of read tasks (one per batch): that task's rows."""
-    for task in batch.to_pylist():
-        yield from read_task_rows(**task, text_column=text_column, id_column=id_column)
+        f.close()
 
 
 # --- scoring ------------------------------------------------------------------------------------------
@@ -325,7 +435,7 @@ class BundleScorer:
     per actor, checked by `Predictor.load` against `expected_sha256`, and scores the `text` column.
 
     bundle: a bundle folder every node can read, or its files' bytes ({name: bytes}, see `bundle_bytes`),
-    which the actor writes to a private temporary folder. Rows that already carry an `error` (unreadable
+    which the actor writes to a private temporary folder (its errors name `shown_as`, the user's bundle). Rows that already carry an `error` (unreadable
     input) are passed through; a text that cannot be scored gets its error. Output columns: file, row, id,
     label, score, top_k (list of {label, score}), num_tokens, truncated, provider, error.
     """
@@ -338,6 +448,7 @@ class BundleScorer:
         providers="cpu",
         threads: int = 1,
         file_names: list[str] | None = None,
+        shown_as: str | None = None,
     ):
         from seqship.runtime.predictor import Predictor
 
@@ -355,9 +466,14 @@ class BundleScorer:
                     raise RayJobError(f"bundle file name {name!r} is not a plain file name")
                 target.write_bytes(data)
             bundle = self._tmp.name
-        self.predictor = Predictor.load(
-            bundle, providers=providers, expected_sha256=expected_sha256, intra_op_num_threads=threads
-        )
+        try:
+            self.predictor = Predictor.load(
+                bundle, providers=providers, expected_sha256=expected_sha256, intra_op_num_threads=threads
+            )
+        except SeqshipError as e:  # name the user's bundle (shown_as), not this actor's private copy of it
+            where = f"on the Ray node {_node()}"
+            msg = str(e).replace(str(bundle), shown_as) if shown_as and self._tmp else str(e)
+            raise RayJobError(f"{msg} ({where})") from None
         self.top_k = top_k
 
     def __call__(self, batch):
@@ -456,6 +572,105 @@ class BundleScorer:
 # --- output -------------------------------------------------------------------------------------------
 
 
+class RangeScorer(BundleScorer):
+    """A callable class for `Dataset.map_batches` over range tasks (see `score_with_ray`): each task's rows
+    are read from the input, scored, and written as one part straight to the output; it returns one small
+    record per part (its range, rows, bytes and sha256), never the rows."""
+
+    def __init__(
+        self,
+        bundle,
+        expected_sha256: str,
+        *,
+        output: str,
+        output_format: str,
+        file_names: list[str],
+        text_column: str,
+        id_column: str | None,
+        top_k: int,
+        providers,
+        block_rows: int,
+        shown_as: str,
+    ):
+        super().__init__(
+            bundle, expected_sha256, top_k, providers, 1, file_names if output_format == "jsonl" else None, shown_as
+        )
+        self.output, self.fmt, self.names = output, output_format, file_names
+        self.text_column, self.id_column, self.block_rows = text_column, id_column, block_rows
+        self.fs, self.root = open_fs(output)
+
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        return pa.table({"record": [json.dumps(self.score_range(t)) for t in batch.to_pylist()]})
+
+    def score_range(self, t: dict) -> dict:
+        import pyarrow.compute as pc
+
+        name = part_name(t["file"], t["start"], self.fmt)
+        rec = {k: t[k] for k in ("file", "start", "end", "first_row")}
+        rec |= {"name": name, "rows_in": 0, "rows": 0, "skipped": 0, "scored": 0, "errors": 0}
+        with tempfile.TemporaryDirectory(prefix="seqship-part-") as tmp:
+            local = os.path.join(tmp, name)
+            part = _PartFile(local, self.fmt, self.names)
+            try:
+                blocks = read_task_rows(
+                    t["file"],
+                    t["uri"],
+                    t["format"],
+                    t["begin"],
+                    t["end"],
+                    t["first_row"],
+                    t["rows"],
+                    self.text_column,
+                    self.id_column,
+                    self.block_rows,
+                )
+                for block in itertools.chain(blocks, [None]):
+                    if block is None and rec["rows_in"]:
+                        break
+                    out = BundleScorer.__call__(self, _row_table([]) if block is None else block)
+                    blank = out.column("blank")
+                    skipped = pc.sum(blank).as_py() or 0
+                    if skipped:
+                        out = out.filter(pc.invert(blank))
+                    ok = out.column("error").null_count
+                    rec["rows_in"] += out.num_rows + skipped
+                    rec["skipped"] += skipped
+                    rec["rows"] += out.num_rows
+                    rec["scored"] += ok
+                    rec["errors"] += out.num_rows - ok
+                    part.write(out)  # an empty range still writes its (empty) part: every range has one
+            finally:
+                part.close()
+            rec["bytes"], rec["sha256"] = os.path.getsize(local), _sha256_file(local)
+            _put(self.fs, child(self.root, name), local)
+        return rec
+
+
+def _survey(f: dict, start: int, end: int, text_column: str, id_column: str | None) -> dict:
+    """A Ray task: the lines of one byte range of a text file ({begin, rows}), or a Parquet file's row
+    groups ({groups}) after checking its columns; {error} for input it cannot read."""
+    try:
+        fs, p = open_fs(f["uri"])
+        if f["format"] == "parquet":
+            with fs.open_input_file(p) as src:
+                check_parquet(f["uri"], text_column, id_column, source=src)
+            return {"groups": parquet_groups(fs, p)}
+        if start == 0:
+            with fs.open_input_file(p) as src:
+                refuse_binary(f["uri"], src.read_at(SNIFF_BYTES, 0), SUFFIX_NAMES[f["format"]], InputError)
+        begin, rows = count_range(lambda at: _reader(fs, p, at), start, end, f["bytes"])
+        return {"begin": begin, "rows": rows}
+    except SeqshipError as e:
+        return {"error": str(e)}
+    except OSError as e:
+        return {"error": f"{f['uri']}: cannot read it ({str(e).splitlines()[0][:200]})"}
+
+
+# --- output parts -------------------------------------------------------------------------------------
+
+
 def _shown(path) -> str:
     """A path as text that encodes as UTF-8 (a non-UTF-8 name, allowed on Linux, gets \\x escapes)."""
     return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
@@ -474,51 +689,23 @@ def _id_text(id_json: str | None) -> str | None:
     return value if isinstance(value, str) or value is None else id_json
 
 
-class _Parts:
-    """Part files of at most `part_rows` rows each, in the temporary output folder."""
+def part_name(file_no: int, start: int, fmt: str) -> str:
+    """An output part's name, from the range it covers: names sort in input order."""
+    return f"part-{file_no:05d}-{start:015d}.{fmt}"
 
-    def __init__(self, folder: Path, fmt: str, part_rows: int, files: list[str]):
-        self.folder, self.fmt, self.part_rows, self.files = folder, fmt, part_rows, files
-        self.parts: list[dict] = []
-        self._f = None
+
+class _PartFile:
+    """One output part, written to a local file (then committed whole to the output, see `_commit`)."""
+
+    def __init__(self, path: str, fmt: str, files: list[str]):
+        self.path, self.fmt, self.files = path, fmt, files
+        self._f = open(path, "w", encoding="utf-8") if fmt == "jsonl" else None
         self._writer = None
-        self._rows = 0
-
-    def _open(self) -> None:
-        name = f"part-{len(self.parts):05d}.{self.fmt}"
-        self.parts.append({"name": name, "rows": 0})
-        if self.fmt == "jsonl":
-            self._f = open(self.folder / name, "w", encoding="utf-8")
-        self._rows = 0
-
-    def _close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
 
     def write(self, table) -> None:
-        start = 0
-        while start < table.num_rows:
-            if not self.parts or self._rows >= self.part_rows:
-                self._close()
-                self._open()
-            take = min(self.part_rows - self._rows, table.num_rows - start)
-            piece = table.slice(start, take)
-            if self.fmt == "jsonl":
-                self._write_jsonl(piece)
-            else:
-                self._write_parquet(piece)
-            self._rows += take
-            self.parts[-1]["rows"] += take
-            start += take
-
-    def _write_jsonl(self, table) -> None:
-        self._f.write("".join(table.column("line").to_pylist()))
-
-    def _write_parquet(self, table) -> None:
+        if self.fmt == "jsonl":
+            self._f.write("".join(table.column("line").to_pylist()))
+            return
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -527,11 +714,198 @@ class _Parts:
         out = table.drop_columns(["file", "row", "id", "blank"])
         out = out.add_column(0, "file", file_names).add_column(1, "index", table.column("row")).add_column(2, "id", ids)
         if self._writer is None:
-            self._writer = pq.ParquetWriter(self.folder / self.parts[-1]["name"], out.schema)
+            self._writer = pq.ParquetWriter(self.path, out.schema)
         self._writer.write_table(out)
 
     def close(self) -> None:
-        self._close()
+        for f in (self._f, self._writer):
+            if f is not None:
+                f.close()
+        self._f = self._writer = None
+
+
+def _temp_name(name: str) -> str:
+    return f".{name}.{uuid.uuid4().hex[:12]}.tmp"
+
+
+def _put(fs, path: str, source) -> None:
+    """Write a file whole under a temporary name beside `path`, then move it over `path` (a rename on a local
+    file system, a server-side copy on object storage, where an object appears whole or not at all), so that
+    no reader ever sees a part half-written under its final name. source: bytes, or a local file's path."""
+    folder, name = path.rsplit("/", 1)
+    tmp = f"{folder}/{_temp_name(name)}"
+    try:
+        with fs.open_output_stream(tmp) as out:
+            if isinstance(source, bytes):
+                out.write(source)
+            else:
+                with open(source, "rb") as f:
+                    while chunk := f.read(READ_BUFFER):
+                        out.write(chunk)
+        fs.move(tmp, path)
+    finally:
+        try:
+            fs.delete_file(tmp)
+        except OSError:  # moved: gone already
+            pass
+
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(READ_BUFFER):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _node() -> str:
+    import sys
+
+    ray = sys.modules.get("ray")  # only where Ray already runs: never start it to name a node
+    if ray is None or not ray.is_initialized():
+        return "(not on Ray)"
+    return ray.get_runtime_context().get_node_id()[:12]
+
+
+# --- the output folder or prefix ----------------------------------------------------------------------
+
+
+def _read_summary(fs, root: str) -> dict | None:
+    """A ray job's manifest in `root`, or None (absent, not JSON, not a ray job's)."""
+    try:
+        with fs.open_input_stream(child(root, SUMMARY)) as f:
+            data = f.read(MAX_SUMMARY_BYTES + 1)
+        summary = json.loads(data) if len(data) <= MAX_SUMMARY_BYTES else None
+        if isinstance(summary, dict) and summary.get("engine") == "ray" and isinstance(summary.get("parts"), list):
+            [p["name"] for p in summary["parts"]]  # noqa: B018 - every part has a name
+            return summary
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def _seqship_entries(fs, root: str, where: str) -> tuple[list, set]:
+    """What seqship wrote in an output (the entries it may replace) and the names an earlier manifest
+    listed. Refused (an InputError, nothing touched): a file, or a non-empty folder that is not seqship's
+    output (one with the marker, or an older output holding only its summary.json and the parts it lists)."""
+    import pyarrow.fs as pafs
+
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.File:
+        raise InputError(f"{where}: exists and is not a folder; --output names a folder with the ray engine")
+    entries = _listing(fs, root) if info.type == pafs.FileType.Directory else []
+    if not entries:
+        return [], set()
+    old = _read_summary(fs, root)
+    listed = {p["name"] for p in old["parts"]} if old else set()
+    marked = any(e.base_name == MARKER and e.type == pafs.FileType.File for e in entries)
+
+    def ours(e) -> bool:
+        if e.type != pafs.FileType.File:
+            return False  # a folder that carries a part's name is the user's
+        n = e.base_name
+        if n == SUMMARY:
+            return old is not None
+        patterned = n == MARKER or PART.fullmatch(n) or PART_TMP.fullmatch(n) or SUMMARY_TMP.fullmatch(n)
+        return n in listed or (marked and bool(patterned))
+
+    mine = [e for e in entries if ours(e)]
+    if marked and any(e.base_name == SUMMARY for e in entries) and old is None:
+        raise InputError(f"{child(where, SUMMARY)}: not a ray job's summary; move it away (seqship writes one there)")
+    if not marked and len(mine) < len(entries):
+        raise InputError(
+            f"{where}: a folder that holds other files; give a new or empty folder "
+            "(only a previous `--engine ray` output is written into)"
+        )
+    return mine, listed
+
+
+def _start_output(fs, root: str, where: str) -> set:
+    """Make the output seqship's for this job: the old manifest removed first (from now until the new one
+    is written, the output does not look complete), the marker written. Returns the old manifest's names."""
+    import pyarrow.fs as pafs
+
+    mine, listed = _seqship_entries(fs, root, where)
+    if isinstance(fs, pafs.LocalFileSystem):
+        fs.create_dir(root, recursive=True)
+    if any(e.base_name == SUMMARY for e in mine):
+        fs.delete_file(child(root, SUMMARY))
+    if not any(e.base_name == MARKER for e in mine):
+        note = {"seqship": __version__, "what": "an output of pipeline predict --engine ray; see summary.json"}
+        _put(fs, child(root, MARKER), json.dumps(note).encode() + b"\n")
+    return listed
+
+
+def _finish_output(fs, root: str, summary: dict, listed: set) -> None:
+    """Remove what seqship left in the output that this job's manifest does not list (parts of an earlier
+    job, temporaries of killed tasks; never another file), then write the manifest: last."""
+    keep = {p["name"] for p in summary["parts"]}
+    for e in _listing(fs, root):
+        n = e.base_name
+        stale = PART.fullmatch(n) or PART_TMP.fullmatch(n) or SUMMARY_TMP.fullmatch(n) or n in listed
+        if stale and n not in keep and n not in (SUMMARY, MARKER) and e.type.name == "File":
+            fs.delete_file(e.path)
+    _put(fs, child(root, SUMMARY), (json.dumps(summary, indent=1, ensure_ascii=False) + "\n").encode())
+
+
+def check_output(where) -> dict:
+    """Check a ray job's output from its manifest alone: every part there with its bytes, rows and sha256,
+    the parts' ranges tiling every input file exactly (so every input row is in exactly one part), and
+    nothing else of seqship's beside them. Returns {files, parts, rows_in, rows}; a RayJobError lists the
+    problems."""
+    import pyarrow.parquet as pq
+
+    where = location(where)
+    fs, root = open_fs(where)
+    summary = _read_summary(fs, root)
+    if summary is None:
+        raise RayJobError(
+            f"{where}: no summary.json of a ray job, so the output is not complete (a job that failed or still "
+            "runs leaves none); run the job again"
+        )
+    problems: list[str] = []
+    present = {e.base_name: e for e in _listing(fs, root)}
+    files, parts = summary["files"], summary["parts"]
+    for p in parts:
+        e = present.get(p["name"])
+        if e is None or e.type.name != "File":
+            problems.append(f"{p['name']}: missing")
+            continue
+        h, lines = hashlib.sha256(), 0
+        with fs.open_input_stream(e.path) as f:
+            while chunk := f.read(READ_BUFFER):
+                h.update(chunk)
+                lines += chunk.count(b"\n")
+        if h.hexdigest() != p["sha256"] or e.size != p["bytes"]:
+            problems.append(f"{p['name']}: its bytes are not the ones the job wrote (sha256 or size differs)")
+            continue
+        if p["name"].endswith(".parquet"):
+            with fs.open_input_file(e.path) as f:
+                lines = pq.ParquetFile(f).metadata.num_rows
+        if lines != p["rows"] or p["rows"] + p["skipped"] != p["rows_in"]:
+            problems.append(f"{p['name']}: {lines} rows, the manifest says {p['rows']}")
+    for i, f in enumerate(files):  # the ranges tile the file: no byte (or row group) twice, none left out
+        mine = sorted((p for p in parts if p["file"] == i), key=lambda p: p["start"])
+        span = f["row_groups"] if f["format"] == "parquet" else f["bytes"]
+        at, row = 0, 0
+        for p in mine:
+            if p["start"] != at or p["first_row"] != row or p["end"] <= p["start"]:
+                problems.append(f"{f['name']}: range {p['start']}-{p['end']} of {p['name']} does not follow {at}")
+            at, row = p["end"], row + p["rows_in"]
+        if at != span or row != f["rows"]:
+            problems.append(f"{f['name']}: its parts cover {at} of {span} and {row} of {f['rows']} rows")
+    if {p["file"] for p in parts} - set(range(len(files))):
+        problems.append("a part names an input file the manifest does not list")
+    listed = {p["name"] for p in parts}
+    for n in sorted(present):
+        if (PART.fullmatch(n) or PART_TMP.fullmatch(n) or SUMMARY_TMP.fullmatch(n)) and n not in listed:
+            problems.append(f"{n}: a part the manifest does not list")
+    rows = sum(p["rows"] for p in parts)
+    if rows != summary["rows_out"] or sum(p["rows_in"] for p in parts) != summary["rows_in"]:
+        problems.append(f"the parts hold {rows} rows, the manifest's total is {summary['rows_out']}")
+    if problems:
+        raise RayJobError(f"{where}: {len(problems)} problem(s): " + "; ".join(problems[:10]))
+    return {"files": len(files), "parts": len(parts), "rows_in": summary["rows_in"], "rows": rows}
 
 
 # --- the job ------------------------------------------------------------------------------------------
@@ -543,21 +917,6 @@ def _ray():
     except ModuleNotFoundError as e:
         raise ModuleNotFoundError("ray", name="ray") from e
     return ray
-
-
-def is_ray_output(folder: Path) -> bool:
-    """Whether a folder is a previous ray job's output, and nothing else: its summary.json says so, and it
-    holds only that summary and the part files it lists. Only such a folder is replaced."""
-    try:
-        summary = json.loads(read_capped(folder / SUMMARY, MAX_SUMMARY_BYTES))
-        if not isinstance(summary, dict) or summary.get("engine") != "ray":
-            return False
-        parts = {p["name"] for p in summary["parts"]}
-        entries = list(folder.iterdir())
-    except (OSError, ValueError, KeyError, TypeError, FileTooLargeError):
-        return False
-    # Regular files only: a subfolder or a link that merely carries a part's name is the user's, not ours.
-    return all((p.name in parts or p.name == SUMMARY) and p.is_file() and not p.is_symlink() for p in entries)
 
 
 def _reachable(address: str, timeout: float = 15.0) -> None:
@@ -633,6 +992,28 @@ def start_ray(address: str | None, workers: int | None):
     return ray
 
 
+def _overlap(src: str, dst: str) -> bool:
+    """Whether the output is the input, holds it or is inside it (by what local paths are, not their spelling)."""
+    if is_uri(src) != is_uri(dst):
+        return False
+    if not is_uri(src):
+        a, b = Path(src).resolve(), Path(dst).resolve()
+        return a == b or a in b.parents or b in a.parents
+    a, b = src.rstrip("/") + "/", dst.rstrip("/") + "/"
+    return a.startswith(b) or b.startswith(a)
+
+
+def _seqship_error(e: BaseException) -> SeqshipError | None:
+    """The SeqshipError a Ray error carries (raised in a task or an actor), if any."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, SeqshipError):
+            return e
+        e = getattr(e, "cause", None) or e.__cause__
+    return None
+
+
 def score_with_ray(
     bundle_dir: str | os.PathLike,
     input_path: str | os.PathLike,
@@ -646,16 +1027,18 @@ def score_with_ray(
     id_column: str | None = "id",
     expected_sha256: str | None = None,
     providers="cpu",
-    batch_size: int = 4096,
-    part_rows: int = 1_000_000,
+    batch_size: int = BLOCK_ROWS,
+    range_bytes: int = RANGE_BYTES,
+    range_rows: int = RANGE_ROWS,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> RaySummary:
-    """Score every row of input_path (a file, or a folder of .txt/.jsonl/.parquet files) on Ray into
-    output_dir: part files in input order (file by file, row by row) and summary.json.
+    """Score every row of input_path (a file, or a folder or prefix of .txt/.jsonl/.parquet files; a local
+    path or a URI) on Ray into output_dir (a folder or prefix): one part per input range, in input order,
+    and summary.json, written last.
 
-    workers: scoring actors, one CPU each [default: the cluster's CPUs]. on_progress(rows_done, rows_in).
-    Raises RayJobError when the job fails or its output would not hold every input row exactly once; the
-    output folder then is as it was.
+    workers: scoring actors, one CPU each [default: the cluster's CPUs]. batch_size: rows scored at once.
+    on_progress(rows_done, rows_in). Raises RayJobError when the job fails or its parts would not hold every
+    input row exactly once; the output then has no summary.json.
     """
     from seqship.runtime.predictor import Predictor
 
@@ -664,46 +1047,17 @@ def score_with_ray(
         raise InputError(f"output format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise InputError(f"--workers must be an integer >= 1, got {workers!r}")
-    src, dst = Path(input_path), Path(output_dir)
+    src, dst = location(input_path), location(output_dir)
     files = input_files(src)
-    if dst.is_symlink() or (dst.exists() and not dst.is_dir()):
+    if not is_uri(dst) and os.path.islink(dst):
+        raise InputError(f"{dst}: a symlink; --output names a folder of its own with the ray engine")
+    if _overlap(src, dst):
         raise InputError(
-            f"{dst}: exists and is not a folder (or is a symlink); --output names a folder with the ray engine"
+            f"{dst}: the output folder must not be the input, or hold it, or be inside it; give a folder "
+            "beside the input"
         )
-    # by what the paths are, not how they are spelled: `./in/`, `in/../in`, a symlinked folder on the way
-    src_resolved, dst_resolved = src.resolve(), dst.resolve()
-    if dst_resolved == src_resolved or src_resolved in dst_resolved.parents or dst_resolved in src_resolved.parents:
-        raise InputError(
-            f"{dst}: the output folder must not be the input, or hold it, or be inside it (it is replaced "
-            "whole when the job ends); give a folder beside the input"
-        )
-    if dst.is_dir() and any(dst.iterdir()) and not is_ray_output(dst):
-        raise InputError(
-            f"{dst}: a folder that holds other files; give a new or empty folder "
-            "(only a previous `--engine ray` output folder is replaced)"
-        )
-    for p, fmt in files:
-        if fmt == "parquet":
-            check_parquet(p, text_column, id_column)
-    plans = [plan_file(p, fmt) for p, fmt in files]
-    counts = [sum(t[3] for t in plan) for plan in plans]
-    # Names as text that encodes: a file name that is not UTF-8 (allowed on Linux) is shown with \x escapes
-    # in the output's `file` column and the summary, instead of failing the job at its end.
-    names = [_shown(p.name) for p, _ in files]
-    rows_in = sum(counts)
-    tasks = [
-        {
-            "file_no": i,
-            "path": os.fsencode(p.resolve()),
-            "fmt": fmt,
-            "start": t[0],
-            "end": t[1],
-            "first_row": t[2],
-            "rows": t[3],
-        }
-        for i, ((p, fmt), plan) in enumerate(zip(files, plans))
-        for t in plan
-    ]
+    out_fs, out_root = open_fs(dst)
+    _seqship_entries(out_fs, out_root, dst)  # refuse an output that is not ours before any work
 
     predictor = Predictor.load(bundle_dir, providers="cpu", expected_sha256=expected_sha256, intra_op_num_threads=1)
     if not 1 <= top_k <= len(predictor.labels):
@@ -713,144 +1067,170 @@ def score_with_ray(
     shipped = bundle_bytes(Path(bundle_dir), predictor.bundle.manifest)
     digest = predictor.digest
     del predictor
-    if not tasks:  # empty files only: an empty output, as local scoring writes, without starting Ray
-        summary = RaySummary(
-            ray_address=ray_address,
-            bundle=_shown(bundle_dir),
-            bundle_sha256=digest,
-            input=_shown(src),
-            output_format=output_format,
-            files=[{"name": n, "format": f, "rows": 0} for n, (_, f) in zip(names, files)],
-            seconds={"total": round(time.perf_counter() - started, 3), "startup": 0.0, "scoring": 0.0},
-            finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        )
-        tmp = temp_dir(dst.parent if str(dst.parent) else Path("."), dst.name)
-        try:
-            write_json_atomic(tmp / SUMMARY, asdict(summary))
-            replace_dir(tmp, dst)
-        finally:
-            if tmp.exists():
-                import shutil
-
-                shutil.rmtree(tmp, ignore_errors=True)
+    summary = RaySummary(
+        ray_address=ray_address,
+        bundle=_shown(bundle_dir),
+        bundle_sha256=digest,
+        input=src,
+        output_format=output_format,
+        files=[{"name": f["name"], "uri": f["uri"], "format": f["format"], "bytes": f["bytes"]} for f in files],
+    )
+    if all(f["bytes"] == 0 for f in files):  # empty files only: an empty output, without starting Ray
+        for f in summary.files:
+            f.update({"rows": 0, "row_groups": 0} if f["format"] == "parquet" else {"rows": 0})
+        listed = _start_output(out_fs, out_root, dst)
+        summary.seconds = {"total": round(time.perf_counter() - started, 3), "startup": 0.0, "scoring": 0.0}
+        summary.finished_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        _finish_output(out_fs, out_root, asdict(summary), listed)
         return summary
 
     ray = start_ray(ray_address, workers)
-    import pyarrow as pa
-    import pyarrow.compute as pc
     from ray.data import DataContext
 
     ctx, ray_log = DataContext.get_current(), logging.getLogger("ray.data")
-    before = (ctx.execution_options.preserve_order, ctx.enable_progress_bars, ray_log.level)  # restored at the end
-    ctx.execution_options.preserve_order = True  # rows arrive in input order: output parts are deterministic
+    before = (ctx.enable_progress_bars, ray_log.level)  # restored at the end
     ctx.enable_progress_bars = False  # the caller shows progress (on_progress)
-    ray_log.setLevel(logging.ERROR)  # its per-dataset chatter, not ours to print
-    cpus = float(ray.cluster_resources().get("CPU", 0))
-    n_workers = workers or max(1, int(cpus))
-    if n_workers > cpus:  # an autoscaling cluster may add nodes for them; a fixed one never will
-        log.warning(
-            "%d workers asked for, but the cluster has %g CPUs now: the job waits until it has %d "
-            "(pass --workers %d or fewer on a cluster that does not scale up)",
-            n_workers,
-            cpus,
-            n_workers,
-            int(cpus),
-        )
-    ray_started = time.perf_counter()
-
-    ds = ray.data.from_arrow([pa.Table.from_pylist([t]) for t in tasks])  # a block per read task
-    ds = ds.map_batches(
-        _read_batch,
-        batch_size=1,
-        batch_format="pyarrow",
-        num_cpus=0,
-        fn_kwargs={"text_column": text_column, "id_column": id_column},
-    )
-    ds = ds.map_batches(
-        BundleScorer,
-        batch_size=batch_size,
-        batch_format="pyarrow",
-        num_cpus=1,
-        compute=ray.data.ActorPoolStrategy(size=n_workers),
-        fn_constructor_kwargs={
-            "bundle": ray.put(shipped),
-            "expected_sha256": digest,
-            "top_k": top_k,
-            "providers": providers,
-            "file_names": names if output_format == "jsonl" else None,
-        },
-    )
-
-    sweep_partials(dst.parent if str(dst.parent) else Path("."))
-    tmp = temp_dir(dst.parent if str(dst.parent) else Path("."), dst.name)
-    summary = RaySummary(
-        ray_address=ray_address,
-        workers=n_workers,
-        bundle=_shown(bundle_dir),
-        bundle_sha256=digest,
-        input=_shown(src),
-        output_format=output_format,
-        rows_in=rows_in,
-        ray=ray.__version__,
-        nodes=sum(1 for n in ray.nodes() if n.get("Alive")),
-        cluster_cpus=cpus,
-        files=[{"name": n, "format": f, "rows": c} for n, (_, f), c in zip(names, files, counts)],
-    )
-    parts = _Parts(tmp, output_format, part_rows, names)
+    ray_log.setLevel(logging.CRITICAL)  # its tracebacks and chatter: seqship says what failed, in one line
     try:
-        expect_file, expect_row = 0, 0
-        for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            fcol, rcol = table.column("file").to_pylist(), table.column("row").to_pylist()
-            for f, r in zip(fcol, rcol):  # input order, every row exactly once
-                while expect_file < len(files) and expect_row >= counts[expect_file]:
-                    expect_file, expect_row = expect_file + 1, 0
-                if (f, r) != (expect_file, expect_row):
-                    raise RayJobError(
-                        f"row {r} of {names[f]} arrived where row {expect_row} of "
-                        f"{names[min(expect_file, len(names) - 1)]} was expected: the output would not "
-                        "hold every input row exactly once, so none was written"
-                    )
-                expect_row += 1
-            blank = table.column("blank")
-            skipped = pc.sum(blank).as_py() or 0
-            if skipped:  # blank lines: seen arrive, counted, not written
-                table = table.filter(pc.invert(blank))
-            parts.write(table)
-            ok = table.column("error").null_count
-            summary.skipped += skipped
-            summary.rows_out += table.num_rows
-            summary.scored += ok
-            summary.errors += table.num_rows - ok
-            if on_progress:
-                on_progress(summary.rows_out + summary.skipped, rows_in)
-        parts.close()
-        log.debug("ray data stats:\n%s", ds.stats())
-        if summary.rows_out + summary.skipped != rows_in:
-            raise RayJobError(
-                f"{summary.rows_out} rows and {summary.skipped} blank lines came back for {rows_in} input rows: "
-                "nothing was written"
+        tasks = _plan(ray, files, summary.files, range_bytes, range_rows, text_column, id_column)
+        summary.rows_in = sum(f["rows"] for f in summary.files)
+        cpus = float(ray.cluster_resources().get("CPU", 0))
+        n_workers = workers or max(1, int(cpus))
+        if n_workers > cpus:  # an autoscaling cluster may add nodes for them; a fixed one never will
+            log.warning(
+                "%d workers asked for, but the cluster has %g CPUs now: the job waits until it has %d "
+                "(pass --workers %d or fewer on a cluster that does not scale up)",
+                n_workers,
+                cpus,
+                n_workers,
+                int(cpus),
             )
+        summary.workers, summary.cluster_cpus, summary.ray = n_workers, cpus, ray.__version__
+        summary.nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+        listed = _start_output(out_fs, out_root, dst)
+        ray_started = time.perf_counter()
+        ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))  # a block per range
+        ds = ds.map_batches(
+            RangeScorer,
+            batch_size=1,
+            batch_format="pyarrow",
+            num_cpus=1,
+            compute=ray.data.ActorPoolStrategy(size=n_workers),
+            fn_constructor_kwargs={
+                "bundle": ray.put(shipped),
+                "expected_sha256": digest,
+                "output": dst,
+                "output_format": output_format,
+                "file_names": [f["name"] for f in files],
+                "text_column": text_column,
+                "id_column": id_column,
+                "top_k": top_k,
+                "providers": providers,
+                "block_rows": batch_size,
+                "shown_as": _shown(bundle_dir),
+            },
+        )
+        records: dict[str, dict] = {}
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for text in batch.column("record").to_pylist():
+                rec = json.loads(text)
+                records[rec["name"]] = rec  # a retried range: the same name, its part replaced, counted once
+                summary.rows_out += rec["rows"]
+                summary.skipped += rec["skipped"]
+                if on_progress:
+                    on_progress(sum(r["rows_in"] for r in records.values()), summary.rows_in)
+        summary.parts = _exactly_once(tasks, records, summary.files, output_format)
+        summary.rows_out = sum(p["rows"] for p in summary.parts)
+        summary.skipped = sum(p["skipped"] for p in summary.parts)
+        summary.scored = sum(p["scored"] for p in summary.parts)
+        summary.errors = sum(p["errors"] for p in summary.parts)
         done = time.perf_counter()
-        summary.parts = parts.parts
         summary.seconds = {
             "total": round(done - started, 3),
             "startup": round(ray_started - started, 3),
             "scoring": round(done - ray_started, 3),
         }
-        summary.texts_per_second = round(rows_in / max(done - ray_started, 1e-9), 1)
+        summary.texts_per_second = round(summary.rows_in / max(done - ray_started, 1e-9), 1)
         summary.finished_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        write_json_atomic(tmp / SUMMARY, asdict(summary))
-        replace_dir(tmp, dst)
-    except OSError as e:
-        raise RayJobError(describe_os_error(getattr(e, "filename", None) or tmp, e, "write")) from None
+        _finish_output(out_fs, out_root, asdict(summary), listed)
+        return summary
     except ray.exceptions.RayError as e:
+        cause = _seqship_error(e)
+        if cause is not None:
+            raise RayJobError(str(cause)) from None
         raise RayJobError(f"the Ray job failed: {str(e).strip().splitlines()[-1][:300]}") from None
+    except OSError as e:
+        raise RayJobError(f"{dst}: cannot write there ({str(e).splitlines()[0][:200]})") from None
     finally:
-        parts.close()
-        ctx.execution_options.preserve_order, ctx.enable_progress_bars = before[:2]
-        ray_log.setLevel(before[2])
-        if tmp.exists():
-            import shutil
+        ctx.enable_progress_bars = before[0]
+        ray_log.setLevel(before[1])
 
-            shutil.rmtree(tmp, ignore_errors=True)
-    return summary
+
+def _plan(ray, files: list[dict], shown: list[dict], range_bytes: int, range_rows: int, text_column, id_column):
+    """The scoring tasks, one per range. The driver plans byte ranges from the files' sizes; Ray tasks count
+    each range's lines (and read Parquet footers), and the driver numbers the rows from their counts. A
+    count that names an unreadable input is an InputError. `shown` (the summary's files) gets rows (and
+    row_groups)."""
+    survey = ray.remote(num_cpus=1, max_retries=5)(_survey)
+    asks = []  # (file index, start, end, ref)
+    for i, f in enumerate(files):
+        spans = [(0, 0)] if f["format"] == "parquet" else byte_ranges(f["bytes"], range_bytes)
+        asks += [(i, s, e, survey.remote(f, s, e, text_column, id_column)) for s, e in spans]
+    answers = ray.get([a[3] for a in asks])
+    for answer in answers:
+        if "error" in answer:
+            raise InputError(answer["error"])
+    tasks, first = [], [0] * len(files)
+    for (i, s, e, _), answer in zip(asks, answers):
+        f = files[i]
+        if f["format"] == "parquet":
+            shown[i]["row_groups"] = len(answer["groups"])
+            for a, b, row, rows in group_ranges(answer["groups"], range_rows):
+                tasks.append(
+                    {
+                        "file": i,
+                        "uri": f["uri"],
+                        "format": "parquet",
+                        "start": a,
+                        "end": b,
+                        "begin": a,
+                        "first_row": row,
+                        "rows": rows,
+                    }
+                )
+                first[i] = row + rows
+            continue
+        tasks.append(
+            {
+                "file": i,
+                "uri": f["uri"],
+                "format": f["format"],
+                "start": s,
+                "end": e,
+                "begin": answer["begin"],
+                "first_row": first[i],
+                "rows": answer["rows"],
+            }
+        )
+        first[i] += answer["rows"]
+    for i, f in enumerate(shown):
+        f["rows"] = first[i]
+    return tasks
+
+
+def _exactly_once(tasks: list[dict], records: dict[str, dict], files: list[dict], fmt: str) -> list[dict]:
+    """The parts in input order, checked: one per planned range, each with the lines counted for it."""
+    parts = []
+    for t in tasks:
+        name = part_name(t["file"], t["start"], fmt)
+        rec = records.pop(name, None)
+        if rec is None or rec["rows_in"] != t["rows"]:
+            got = "no part" if rec is None else f"{rec['rows_in']} rows"
+            raise RayJobError(
+                f"{files[t['file']]['name']}: the range from {t['start']} held {t['rows']} rows and {got} came "
+                "back: the output would not hold every input row exactly once, so no summary.json was written"
+            )
+        parts.append(rec)
+    if records:
+        raise RayJobError(f"parts no range was planned for came back ({sorted(records)[:3]}): no summary.json written")
+    return parts

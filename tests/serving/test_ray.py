@@ -1,5 +1,6 @@
-"""`pipeline predict --engine ray`: bulk scoring on Ray Data, on a local Ray and on a real multi-node Ray
-cluster simulated on this machine (ray.cluster_utils.Cluster), where a node dies mid-job."""
+"""`pipeline predict --engine ray`: bulk scoring on Ray Data, on a real multi-node Ray cluster simulated on
+this machine (ray.cluster_utils.Cluster), reading from and writing to a real S3-compatible object store
+(moto's standalone server on 127.0.0.1), while a node dies mid-job; and `pipeline check-output`."""
 
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ from seqship.runtime.bulk import score_file  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "seqship.pipeline.cli"]
-REPEATS = 100  # the fault test's input: 250,000 rows, so that the actors are still scoring when the node goes (40 was
-# too few once in six runs: the pool had finished its input before the node went, and no actor was restarted)
+REPEATS = 40  # the big file of the fault test: 100,000 rows in ranges of 32 KiB (about 22 parts), so that the node
+# goes while most ranges are still to score
 
 
 @pytest.fixture(scope="module")
@@ -110,53 +111,6 @@ def assert_same_as_local(rows: list[dict], local: dict, parquet_ids: bool = Fals
             assert r["id"] == (str(want["id"]) if parquet_ids else want["id"])
 
 
-@pytest.mark.slow
-def test_predict_engine_ray_on_a_local_ray_gives_local_scoring_answers_row_for_row(bundle, inputs, tmp_path):
-    out = tmp_path / "scored"
-    p = subprocess.run(
-        [
-            *CLI,
-            "predict",
-            "--bundle",
-            str(bundle),
-            "--input",
-            str(inputs),
-            "--output",
-            str(out),
-            "--engine",
-            "ray",
-            "--workers",
-            "2",
-            "--top-k",
-            "2",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "RAY_ADDRESS": ""},
-    )
-    # Two rows cannot be scored (not JSON; empty) and one has no text (null): exit 1, as local predict.
-    assert p.returncode == 1, p.stderr
-    assert "3 of 5004 texts could not be scored" in p.stderr
-    local = local_answers(bundle, inputs, tmp_path)
-    rows = read_output(out)
-    assert_same_as_local(rows, local)
-    by_key = {(r["file"], r["index"]): r for r in rows}
-    assert (
-        "not JSON" in by_key[("b-rows.jsonl", 1000)]["error"] and "line 1001" in by_key[("b-rows.jsonl", 1000)]["error"]
-    )
-    assert by_key[("b-rows.jsonl", 1001)]["id"] == "empty" and "text #1001" in by_key[("b-rows.jsonl", 1001)]["error"]
-    assert by_key[("b-rows.jsonl", 1002)]["label"] == local[("b-rows.jsonl", 1002)]["label"]
-    assert "is null" in by_key[("c-table.parquet", 1500)]["error"]
-    summary = json.loads((out / "summary.json").read_text())
-    assert (summary["rows_in"], summary["rows_out"], summary["scored"], summary["errors"]) == (5004, 5004, 5001, 3)
-    assert summary["bundle_sha256"] == Predictor.load(bundle).digest and summary["engine"] == "ray"
-    assert summary["workers"] == 2 and [f["rows"] for f in summary["files"]] == [2500, 1003, 1501]
-    assert sorted(p.name for p in out.iterdir()) == ["part-00000.jsonl", "summary.json"]
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "a temporary folder was left behind"
-
-
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -209,11 +163,19 @@ def test_inputs_and_outputs_it_cannot_use_are_refused_before_ray_starts(bundle, 
     assert (busy / "part-00000.jsonl" / "mine.txt").read_text() == "keep me"
     empty = tmp_path / "empty"
     empty.mkdir()
-    (empty / os.fsdecode(b"\xff.txt")).write_text("")  # and a file name that is not UTF-8
+    (empty / os.fsdecode(b"\xff.txt")).write_text("")  # a file name that is not UTF-8: named, refused
+    with pytest.raises(InputError, match=r"\\xff\.txt: a file name that is not UTF-8.*rename it"):
+        score_with_ray(bundle, empty, tmp_path / "empty-out")
+    os.rename(empty / os.fsdecode(b"\xff.txt"), empty / "e.txt")
     assert score_with_ray(bundle, empty, tmp_path / "empty-out").rows_in == 0  # as local scoring: an empty output
-    assert sorted(p.name for p in (tmp_path / "empty-out").iterdir()) == ["summary.json"]
+    assert sorted(p.name for p in (tmp_path / "empty-out").iterdir()) == [".seqship-ray-output", "summary.json"]
     summary = json.loads((tmp_path / "empty-out" / "summary.json").read_text(encoding="utf-8"))
-    assert summary["files"] == [{"name": "\\xff.txt", "format": "lines", "rows": 0}]
+    assert summary["files"] == [
+        {"name": "e.txt", "uri": str(empty / "e.txt"), "format": "lines", "bytes": 0, "rows": 0}
+    ]
+    from seqship.runtime.ray import check_output
+
+    assert check_output(tmp_path / "empty-out") == {"files": 1, "parts": 0, "rows_in": 0, "rows": 0}
     from seqship.runtime.ray import RayJobError
 
     # An address no one answers fails in seconds (ray.init would wait for ever), in each way one is written.
@@ -228,18 +190,87 @@ def test_inputs_and_outputs_it_cannot_use_are_refused_before_ray_starts(bundle, 
             score_with_ray(bundle, inputs, tmp_path / "out", ray_address=f"127.0.0.1:{port}")
     with pytest.raises(InputError, match="must not be the input, or hold it, or be inside it"):
         score_with_ray(bundle, inputs, inputs / "out")
-    numbers = tmp_path / "numbers"
-    numbers.mkdir()
-    pq.write_table(pa.table({"text": [1, 2]}), numbers / "n.parquet")
-    with pytest.raises(InputError, match="holds int64, not strings; cast it to string"):
-        score_with_ray(bundle, numbers, tmp_path / "out")
     import ray
 
     assert not ray.is_initialized()
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Nguyen\r\nSchmidt\r\n\r\nRossi\r\n",  # CRLF pairs: a boundary between "\r" and "\n" is inside one line end
+        "Zoë\nÅsa\r日本語\r\n한국\n\n  \nΑλέξης",  # multibyte UTF-8: a boundary inside a character
+        "\r\r\n\n\rNo final line end",
+    ],
+)
+def test_a_range_owns_the_lines_that_start_in_it_wherever_its_boundaries_fall(tmp_path, text):
+    """Byte ranges of every size, so every boundary falls everywhere once: inside a CRLF pair, inside a
+    character, on a line end. The ranges' lines are the file's lines (runtime.textio's one rule), each once."""
+    from seqship.runtime.ray import plan_file, read_task_rows
+    from seqship.runtime.textio import split_lines
+
+    src = tmp_path / "in.txt"
+    src.write_bytes(text.encode("utf-8"))
+    want = split_lines(text)
+    for size in range(1, len(text.encode("utf-8")) + 1):
+        got = []
+        for begin, end, first, rows in plan_file(src, "lines", bytes_per_task=size):
+            for table in read_task_rows(0, str(src), "lines", begin, end, first, rows, "text", "id"):
+                got += table.to_pylist()
+        assert [r["row"] for r in got] == list(range(len(want))), size
+        assert [(r["text"] or b"").decode() for r in got] == [t if t.strip() else "" for t in want], size
+
+
+def test_an_actor_that_cannot_open_the_bundle_names_the_users_bundle(bundle):
+    """An actor opens the bundle's bytes from a private temporary folder; its error names the user's bundle."""
+    from seqship.runtime.ray import BundleScorer, RayJobError, bundle_bytes
+
+    manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+    shipped = bundle_bytes(bundle, manifest)
+    shipped["model.onnx"] = shipped["model.onnx"][:-1] + bytes([shipped["model.onnx"][-1] ^ 1])  # one bit flipped
+    with pytest.raises(RayJobError) as e:
+        BundleScorer(shipped, Predictor.load(bundle).digest, shown_as="my/bundle")
+    assert "my/bundle" in str(e.value) and "seqship-bundle-" not in str(e.value), e.value
+
+
 @pytest.fixture(scope="module")
-def cluster():
+def s3():
+    """An S3-compatible object store (moto's standalone server) on 127.0.0.1 and a free port, reached as a
+    user reaches one: the standard AWS variables (endpoint, keys, region), set for this module's processes
+    (the cluster's nodes start after, and inherit them)."""
+    import socket
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_REGION": "us-east-1",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="data")
+        yield client
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def cluster(s3):
     """A real Ray cluster of three nodes on this machine: a head with no CPU (the driver), two nodes of one CPU."""
     import ray
     from ray.cluster_utils import Cluster
@@ -257,112 +288,154 @@ def cluster():
         c.shutdown()
 
 
+def keys(s3, prefix: str) -> dict[str, bytes]:
+    found = s3.list_objects_v2(Bucket="data", Prefix=prefix).get("Contents", [])
+    # (pyarrow keeps an empty "prefix/" object as a folder marker where it removed a folder's last object)
+    named = [o["Key"] for o in found if o["Key"] != prefix]
+    return {k[len(prefix) :]: s3.get_object(Bucket="data", Key=k)["Body"].read() for k in named}
+
+
 @pytest.mark.slow
-def test_a_node_that_dies_mid_job_loses_no_row_and_repeats_none(cluster, bundle, inputs, tmp_path):
-    """Each of the two CPU nodes runs one scoring actor; one node is removed while the job runs (with it,
-    its actor and the blocks in its object store), and a replacement joins. Ray restarts the actor and
-    recomputes what was lost; the output is still every row once, with local scoring's answers."""
+def test_a_cluster_scores_object_storage_into_object_storage_while_a_node_dies(cluster, s3, bundle, inputs, tmp_path):
+    """Three node cluster, input and output on S3 (mixed .txt/.jsonl/.parquet). One CPU node is removed once
+    the first part is written, with its actor, and a replacement joins: the output still holds every row
+    exactly once, with local scoring's answers; the manifest check passes; a rerun into the same prefix
+    replaces seqship's parts and nothing else."""
     import ray
 
-    from seqship.runtime.ray import score_with_ray
+    from seqship.runtime.errors import InputError
+    from seqship.runtime.ray import RayJobError, check_output, score_with_ray
 
     c, nodes = cluster
-    big = tmp_path / "in"
-    big.mkdir()
     names = (inputs / "a-names.txt").read_text(encoding="utf-8")
-    (big / "names.txt").write_text("\n".join([names] * REPEATS) + "\n", encoding="utf-8")
-    out = tmp_path / "scored"
-    started, removed, seen, result = threading.Event(), threading.Event(), [], {}
+    for f in sorted(inputs.iterdir()):
+        s3.put_object(Bucket="data", Key=f"in/{f.name}", Body=f.read_bytes())
+    s3.put_object(Bucket="data", Key="in/d-big.txt", Body=("\n".join([names] * REPEATS) + "\n").encode())
+    s3.put_object(Bucket="data", Key="out/README.md", Body=b"the user's own object")  # not seqship's
+    s3.put_object(Bucket="data", Key="out/.seqship-ray-output", Body=b"{}")  # an earlier job's output...
+    s3.put_object(Bucket="data", Key="out/part-00009-000000000000000.jsonl", Body=b"{}\n")  # ...killed: no summary
+    started, removed, result = threading.Event(), threading.Event(), {}
+    incomplete = []
 
     def progress(done: int, total: int) -> None:
-        # A job in progress never looks finished: only a hidden temporary folder exists.
-        seen.append((done, out.exists(), any(p.name.startswith(".scored.") for p in tmp_path.iterdir())))
-        started.set()
-        removed.wait(120)  # the driver holds its first rows while the node goes: the job cannot end before
+        if not started.is_set():  # a job in progress has no manifest: the output is not complete yet
+            with pytest.raises(RayJobError, match="no summary.json"):
+                check_output("s3://data/out")
+            incomplete.append(done)
+            started.set()
+            removed.wait(120)
 
     def job() -> None:
         try:
-            result["summary"] = score_with_ray(bundle, big, out, workers=2, batch_size=256, on_progress=progress)
+            result["summary"] = score_with_ray(
+                bundle,
+                "s3://data/in/",
+                "s3://data/out",
+                workers=2,
+                top_k=2,
+                range_bytes=32 << 10,
+                range_rows=512,
+                on_progress=progress,
+            )
         except BaseException as e:  # noqa: BLE001 - reported by the assertion below
             result["error"] = e
 
     worker = threading.Thread(target=job)
     worker.start()
     assert started.wait(240), "the job made no progress"
-    removed_at = seen[0][0]
     c.remove_node(nodes[1])  # the node and every process on it die
     removed.set()
     c.add_node(num_cpus=1)  # what an autoscaler or KubeRay does: a replacement node
     worker.join(300)
     assert not worker.is_alive(), "the job did not finish after the node was replaced"
     assert "error" not in result, result.get("error")
-    rows = REPEATS * 2500
-    assert removed_at < rows, "the node was removed after the job ended"
-    scorers = [a for a in ray._private.state.actors().values() if "BundleScorer" in a["ActorClassName"]]
-    assert len(scorers) == 2 and sum(a["NumRestarts"] for a in scorers) >= 1, "no scoring actor died mid-job"
-    assert all(not exists and partial for _, exists, partial in seen)
-    local = {i: r for (f, i), r in local_answers(bundle, inputs, tmp_path).items() if f == "a-names.txt"}
-    got = read_output(out)
-    assert [(r["file"], r["index"]) for r in got] == [("names.txt", i) for i in range(rows)]
-    for r in got:
-        want = local[r["index"] % 2500]
-        assert r["label"] == want["label"] and math.isclose(r["score"], want["score"], abs_tol=1e-6)
     s = result["summary"]
-    assert (s.rows_in, s.rows_out, s.scored, s.errors) == (rows, rows, rows, 0)
+    big = REPEATS * 2500
+    assert incomplete and incomplete[0] < s.rows_in, "the node was removed after the job ended"
+    scorers = [a for a in ray._private.state.actors().values() if "RangeScorer" in a["ActorClassName"]]
+    assert sum(a["NumRestarts"] for a in scorers) >= 1 or any(a["State"] == "DEAD" for a in scorers), scorers
+    out = keys(s3, "out/")
+    assert out["README.md"] == b"the user's own object"
+    assert "part-00009-000000000000000.jsonl" not in out, "the killed job's part was left"
+    local_dir = tmp_path / "local-out"
+    local_dir.mkdir()
+    for name, body in out.items():
+        (local_dir / name).write_bytes(body)
+    rows = read_output(local_dir)
+    local = local_answers(bundle, inputs, tmp_path)
+    assert_same_as_local([r for r in rows if r["file"] != "d-big.txt"], local)
+    got = [r for r in rows if r["file"] == "d-big.txt"]
+    assert [r["index"] for r in got] == list(range(big)), "rows missing, repeated or out of order"
+    for r in got:
+        want = local[("a-names.txt", r["index"] % 2500)]
+        assert r["label"] == want["label"] and math.isclose(r["score"], want["score"], abs_tol=1e-6)
+    assert (s.rows_in, s.scored, s.errors) == (5004 + big, 5001 + big, 3)
+    assert check_output("s3://data/out/") == {
+        "files": 4,
+        "parts": len(s.parts),
+        "rows_in": s.rows_in,
+        "rows": s.rows_out,
+    }
+    part = s.parts[0]["name"]  # a part changed, or one the manifest does not list: the check fails, naming it
+    s3.put_object(Bucket="data", Key=f"out/{part}", Body=out[part] + b"{}\n")
+    s3.put_object(Bucket="data", Key="out/part-00007-000000000000000.jsonl", Body=b"{}\n")
+    with pytest.raises(RayJobError, match=rf"2 problem\(s\): {part}: its bytes .*part-00007-0+\.jsonl: a part the"):
+        check_output("s3://data/out")
+    # Input the cluster's tasks cannot read is refused by name, before any output is touched.
+    numbers = pa.BufferOutputStream()
+    pq.write_table(pa.table({"text": [1, 2]}), numbers)
+    s3.put_object(Bucket="data", Key="numbers/n.parquet", Body=numbers.getvalue().to_pybytes())
+    s3.put_object(Bucket="data", Key="numbers/z.txt", Body=b"PAR1 not text")
+    with pytest.raises(InputError, match="s3://data/numbers/n.parquet: column 'text' holds int64, not strings"):
+        score_with_ray(bundle, "s3://data/numbers", "s3://data/out")
+    # A rerun with other ranges into the same prefix: seqship's parts replaced, the user's object kept.
+    s3.delete_object(Bucket="data", Key="in/d-big.txt")
+    again = score_with_ray(bundle, "s3://data/in", "s3://data/out/", workers=2, top_k=2)
+    out = keys(s3, "out/")
+    assert sorted(out) == sorted(
+        [".seqship-ray-output", "README.md", "summary.json", *(p["name"] for p in again.parts)]
+    )
+    assert len(again.parts) == 3 and out["README.md"] == b"the user's own object"
+    check_output("s3://data/out")
 
 
 @pytest.mark.slow
 def test_parquet_parts_on_a_cluster_address_hold_the_same_answers(cluster, bundle, inputs, tmp_path):
     c, _ = cluster
     out = tmp_path / "scored"
-    p = subprocess.run(
-        [
-            *CLI,
-            "predict",
-            "--bundle",
-            str(bundle),
-            "--input",
-            str(inputs),
-            "--output",
-            str(out),
-            "--engine",
-            "ray",
-            "--ray-address",
-            c.address,
-            "--output-format",
-            "parquet",
-            "--top-k",
-            "2",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    cmd = [*CLI, "predict", "--bundle", str(bundle), "--input", str(inputs), "--output", str(out), "--engine", "ray",
+           "--ray-address", c.address, "--output-format", "parquet", "--top-k", "2"]  # fmt: skip
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p.returncode == 1 and "3 of 5004 texts could not be scored" in p.stderr, p.stderr
     assert "2 workers on 3 node(s)" in p.stderr  # the cluster's two CPUs, by default
     assert_same_as_local(read_output(out), local_answers(bundle, inputs, tmp_path), parquet_ids=True)
-    table = pq.read_table(out / "part-00000.parquet")
+    table = pq.read_table(out / "part-00000-000000000000000.parquet")
     assert table.schema.field("top_k").type == pa.list_(pa.struct([("label", pa.string()), ("score", pa.float64())]))
-    # A second job into the same folder replaces the first one's output whole. Its input is odd: a file name
-    # that is not UTF-8 (allowed on Linux) and a string id with a lone surrogate (valid JSON, not UTF-8).
+    p = subprocess.run([*CLI, "check-output", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "complete: 5004 rows in 3 parts" in p.stdout, p.stderr
+    # Actors that cannot open the bundle (no CUDA on these nodes): one line from seqship, no Ray traceback.
+    p = subprocess.run([*cmd, "--providers", "cuda"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith("Error: ") and "CUDA" in p.stderr, p.stderr
+    # A second job into the same folder replaces the first one's parts. A string id with a lone surrogate
+    # (valid JSON, not UTF-8) keeps its JSON form.
     from seqship.runtime.ray import score_with_ray
 
     odd = tmp_path / "odd"
     odd.mkdir()
-    (odd / os.fsdecode(b"r\xe9sum\xe9.jsonl")).write_text(
-        '{"id": "\\udc80x", "text": "Nguyen"}\n{"id": 7, "text": "Smith"}\n'
-    )
+    (odd / "résumé.jsonl").write_text('{"id": "\\udc80x", "text": "Nguyen"}\n{"id": 7, "text": "Smith"}\n')
     assert score_with_ray(bundle, odd, out, output_format="parquet").rows_in == 2
-    assert sorted(x.name for x in out.iterdir()) == ["part-00000.parquet", "summary.json"]
-    rows = pq.read_table(out / "part-00000.parquet").to_pylist()
+    assert sorted(x.name for x in out.iterdir()) == [
+        ".seqship-ray-output",
+        "part-00000-000000000000000.parquet",
+        "summary.json",
+    ]
+    rows = pq.read_table(out / "part-00000-000000000000000.parquet").to_pylist()
     assert [(r["file"], r["index"], r["id"]) for r in rows] == [
-        ("r\\xe9sum\\xe9.jsonl", 0, '"\\udc80x"'),
-        ("r\\xe9sum\\xe9.jsonl", 1, "7"),
+        ("résumé.jsonl", 0, '"\\udc80x"'),
+        ("résumé.jsonl", 1, "7"),
     ]
     assert [r["label"] for r in rows] == [r.label for r in Predictor.load(bundle).predict(["Nguyen", "Smith"])]
-    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-    assert summary["rows_in"] == 2 and summary["files"][0]["name"] == "r\\xe9sum\\xe9.jsonl"
 
 
 def test_without_the_ray_extra_it_says_how_to_install_it(bundle, inputs, tmp_path):
