@@ -13,6 +13,7 @@ scikit-learn is the optional `baseline` extra; this module imports it only insid
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Sequence
@@ -228,9 +229,11 @@ def _fit(train_rows, val_rows, test_rows, labels, cfg: BaselineConfig) -> dict:
             best = (val["macro_f1"], c, weight, clf, val)
     _, c, weight, clf, val = best
     x_test = vec.transform([t for t, _ in test_rows])
-    test = classification_metrics(y["test"], clf.classes_[clf.predict_proba(x_test).argmax(1)], labels)
+    test_pred = clf.classes_[clf.predict_proba(x_test).argmax(1)]
+    test = classification_metrics(y["test"], test_pred, labels)
     return {
         "test": test,
+        "test_predictions": [int(p) for p in test_pred],  # label index per test text, for the paired comparison
         "val": {"accuracy": val["accuracy"], "macro_f1": val["macro_f1"]},
         "C": c,
         "class_weight": weight,
@@ -241,3 +244,100 @@ def _fit(train_rows, val_rows, test_rows, labels, cfg: BaselineConfig) -> dict:
         "fit_seconds": round(time.perf_counter() - started, 2),
         "sklearn": sklearn_version,
     }
+
+
+BOOTSTRAP_SAMPLES = 1000
+
+
+def paired_comparison(y_true, model_pred, baseline_pred, num_labels: int, seed: int = 0) -> dict:
+    """The model against the baseline on the same test texts: the difference in accuracy and macro-F1 with a 95%
+    bootstrap interval (texts resampled with replacement, both models scored on each resample), and McNemar's exact
+    test on the texts exactly one of the two gets right. A difference whose interval holds 0 is not one to claim."""
+    y, a, b = (np.asarray(v, dtype=np.int64) for v in (y_true, model_pred, baseline_pred))
+    if not (len(y) == len(a) == len(b)) or len(y) == 0:
+        raise ValueError(f"paired comparison needs predictions for the same texts: {len(y)}, {len(a)}, {len(b)}")
+    rng = np.random.default_rng(seed)
+    n, draws = len(y), rng.integers(0, len(y), (BOOTSTRAP_SAMPLES, len(y)))  # each resample's texts
+    offsets = np.arange(BOOTSTRAP_SAMPLES)[:, None] * n
+    weights = np.bincount((draws + offsets).ravel(), minlength=BOOTSTRAP_SAMPLES * n).reshape(-1, n).astype(float)
+    onehot = np.eye(num_labels)[y]
+    support = weights @ onehot  # (samples, labels)
+
+    def scores(pred):
+        right = (pred == y).astype(np.float64)
+        tp = weights @ (onehot * right[:, None])
+        predicted = weights @ np.eye(num_labels)[pred]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            f1 = np.where(support + predicted > 0, 2 * tp / (support + predicted), 0.0)
+        present = support > 0
+        return weights @ right / len(y), (f1 * present).sum(1) / present.sum(1)
+
+    (acc_a, f1_a), (acc_b, f1_b) = scores(a), scores(b)
+    model_only, baseline_only = int(((a == y) & (b != y)).sum()), int(((b == y) & (a != y)).sum())
+
+    def interval(d):
+        lo, hi = np.percentile(d, [2.5, 97.5])
+        return [round(float(lo), 4), round(float(hi), 4)]
+
+    return {
+        "texts": int(len(y)),
+        "accuracy_difference_ci95": interval(acc_a - acc_b),
+        "macro_f1_difference_ci95": interval(f1_a - f1_b),
+        "bootstrap_samples": BOOTSTRAP_SAMPLES,
+        "model_only_right": model_only,
+        "baseline_only_right": baseline_only,
+        "mcnemar_p": round(_mcnemar_exact(model_only, baseline_only), 4),
+    }
+
+
+def _mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value: a binomial test of b successes in b + c at one half."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    k = min(b, c)
+    tail = sum(
+        math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2))
+        for i in range(k + 1)
+    )
+    return min(1.0, 2 * tail)
+
+
+def run_paired(run) -> dict | None:
+    """The paired comparison of a run's model with its baseline on the test split, or None where the run's train or
+    baseline stage holds no test predictions (made by a seqship before they were recorded: re-run those stages)."""
+    import json
+
+    from seqship.pipeline.data import read_split
+    from seqship.pipeline.runs import LABELS, METRICS
+
+    if run.current("baseline") is None or run.current("train") is None:
+        return None
+    try:
+        model = json.loads(run.file("train", METRICS).read_text(encoding="utf-8"))
+        base = json.loads(run.file("baseline", METRICS).read_text(encoding="utf-8"))
+        labels = json.loads(run.file("train", LABELS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if "test_predictions" not in model or "test_predictions" not in base:
+        return None
+    index = {lab: i for i, lab in enumerate(labels)}
+    y = [index[lab] for _, lab in read_split(run.dir("data"), "test")]
+    if not (len(y) == len(model["test_predictions"]) == len(base["test_predictions"])):
+        return None
+    return paired_comparison(y, model["test_predictions"], base["test_predictions"], len(labels))
+
+
+def paired_sentence(p: dict) -> str:
+    """One plain-text sentence for people: the paired comparison's intervals, McNemar's test and what they allow."""
+    (alo, ahi), (flo, fhi) = p["accuracy_difference_ci95"], p["macro_f1_difference_ci95"]
+
+    def claim(lo, hi, what):
+        return f"{what} {'above' if lo > 0 else 'below'}" if lo > 0 or hi < 0 else f"{what} not distinguishable"
+
+    return (
+        f"Paired on the same {p['texts']} test texts: model − baseline 95% interval accuracy [{alo:+.4f}, {ahi:+.4f}], "
+        f"macro-F1 [{flo:+.4f}, {fhi:+.4f}] ({p['bootstrap_samples']} bootstrap resamples); only the model right on "
+        f"{p['model_only_right']}, only the baseline on {p['baseline_only_right']} (McNemar p = {p['mcnemar_p']:.3g}): "
+        f"{claim(alo, ahi, 'accuracy')}, {claim(flo, fhi, 'macro-F1')}."
+    )

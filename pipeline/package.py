@@ -131,7 +131,15 @@ def baseline_summary(run, records: dict) -> dict | None:
         "val_accuracy": b["val"]["accuracy"],
         "val_macro_f1": b["val"]["macro_f1"],
         "sklearn": b["sklearn"],
-    }
+    } | _paired(run)
+
+
+def _paired(run) -> dict:
+    """{"paired": the paired comparison on the test texts} where the run records both models' predictions."""
+    from seqship.pipeline.baseline import run_paired
+
+    paired = run_paired(run)
+    return {} if paired is None else {"paired": paired}
 
 
 def baseline_lines(met: dict, base: dict | None) -> str:
@@ -154,7 +162,16 @@ validation macro-F1); this model is {verdict}.
 |---|---|---|
 | this model | {met["test_accuracy"]:.4f} | {met["test_macro_f1"]:.4f} |
 | linear baseline | {base["test_accuracy"]:.4f} | {base["test_macro_f1"]:.4f} |
-| difference | {da:+.4f} | {df:+.4f} |"""
+| difference | {da:+.4f} | {df:+.4f} |{paired_line(base.get("paired"))}"""
+
+
+def paired_line(paired: dict | None) -> str:
+    """The card's paired comparison (95% bootstrap intervals, McNemar), or nothing where the run has none."""
+    if not paired:
+        return ""
+    from seqship.pipeline.baseline import paired_sentence
+
+    return "\n\n" + paired_sentence(paired)  # seqship's own words and numbers: nothing to escape
 
 
 # Bidi embeddings, overrides and isolates can make a label display as some other text.

@@ -396,6 +396,9 @@ def build_report(run) -> str:
 </section>"""
     )
     if baseline is not None:
+        from seqship.pipeline.baseline import paired_sentence, run_paired
+
+        paired = run_paired(run)
         bt = baseline["test"]
         da, df = test["accuracy"] - bt["accuracy"], test["macro_f1"] - bt["macro_f1"]
         below = [n for n, d in (("accuracy", da), ("macro-F1", df)) if d < 0]
@@ -424,6 +427,11 @@ def build_report(run) -> str:
 <p>{e(baseline["features"])}, fitted on the same training split in {baseline["fit_seconds"]:.0f} s
 (scikit-learn {e(baseline["sklearn"])}); C={baseline["C"]:g} and class weight {e(baseline["class_weight"])} picked on
 validation macro-F1, as the model's checkpoint is. {verdict}</p>
+<p>{
+                e(paired_sentence(paired))
+                if paired
+                else "No paired comparison: the run's train or baseline stage predates recorded test predictions (re-run them)."
+            }</p>
 {
                 _table(
                     ["test split", "accuracy", "macro-F1"],

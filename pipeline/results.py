@@ -53,6 +53,9 @@ def collect(run: Run, dataset: str) -> dict | None:
             k: baseline["summary"][k]
             for k in ("test_accuracy", "test_macro_f1", "features", "C", "class_weight", "fit_seconds")
         }
+        from seqship.pipeline.baseline import run_paired
+
+        row["paired"] = run_paired(run)
     cv = run.current_cv()
     if cv:
         row["cv"] = cv["summary"]
@@ -85,7 +88,7 @@ def markdown(rows: list[dict]) -> str:
             b = r["baseline"]
             da, df = r["test_accuracy"] - b["test_accuracy"], r["test_macro_f1"] - b["test_macro_f1"]
             base = f"{b['test_accuracy']:.4f} / {b['test_macro_f1']:.4f}"
-            delta = f"{da:+.4f} / {df:+.4f} {'✓' if da >= 0 and df >= 0 else '✗'}"
+            delta = f"{da:+.4f} / {df:+.4f} {'✓' if da >= 0 and df >= 0 else '✗'}" + paired_cell(r.get("paired"))
         else:
             base, delta = "not run", ""
         lines.append(
@@ -93,6 +96,14 @@ def markdown(rows: list[dict]) -> str:
             f"{r['parity_max_abs']:.1e} (test set {r['test_set_max_abs']:.1e}, labels {r['label_agreement']:.0%}) | {_mib(r['bundle_bytes'])} |"
         )
     return "\n".join(lines)
+
+
+def paired_cell(paired: dict | None) -> str:
+    """The paired comparison in a results cell: 95% bootstrap intervals of the two differences and McNemar's p."""
+    if not paired:
+        return ""
+    (alo, ahi), (flo, fhi) = paired["accuracy_difference_ci95"], paired["macro_f1_difference_ci95"]
+    return f" (95% CI [{alo:+.3f}, {ahi:+.3f}] / [{flo:+.3f}, {fhi:+.3f}], McNemar p {paired['mcnemar_p']:.2g})"
 
 
 def run_dataset(run: Run, dataset: str, data_dir: str | None, force: bool = False) -> None:

@@ -497,7 +497,8 @@ def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: P
         return {}  # only rank 0 evaluates and writes
     model.load_state_dict(best_state)
     model = model.cpu().eval()
-    test = classification_metrics(y_test, predict_logits(model, x_test, pad, torch.device("cpu")).argmax(1), labels)
+    test_pred = predict_logits(model, x_test, pad, torch.device("cpu")).argmax(1)
+    test = classification_metrics(y_test, test_pred, labels)
     val = classification_metrics(y_val, predict_logits(model, x_val, pad, torch.device("cpu")).argmax(1), labels)
     metrics = {
         "test": test,
@@ -514,6 +515,7 @@ def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: P
     }
     if wide is not None:
         metrics["wide"] = wide
+    metrics["test_predictions"] = [int(p) for p in test_pred]  # label index per test text: the paired comparison
     torch.save(best_state, out_dir / WEIGHTS)
     mcfg.save(out_dir / MODEL_CONFIG)
     (out_dir / TOKENIZER).write_text(tokenizer.spec.to_json(), encoding="utf-8")

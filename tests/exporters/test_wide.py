@@ -183,3 +183,25 @@ def test_epoch_0_is_the_fitted_linear_model_and_training_can_only_keep_or_beat_i
     with torch.no_grad():
         valid = torch.arange(ids.size(1)).unsqueeze(0) < lens.unsqueeze(1)
         np.testing.assert_allclose(model(ids, lens).numpy(), model.wide(ids, valid).numpy(), rtol=0, atol=0)
+
+
+def test_the_paired_comparison_gives_intervals_and_mcnemar_on_the_same_texts():
+    from seqship.pipeline.baseline import paired_comparison
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 1000)
+    base = np.where(rng.random(1000) < 0.80, y, (y + 1) % 4)
+    same = paired_comparison(y, base, base, 4)
+    assert same["accuracy_difference_ci95"] == [0.0, 0.0] and same["mcnemar_p"] == 1.0
+    better = np.where(rng.random(1000) < 0.5, y, base)  # right on half of the baseline's mistakes, wrong on none more
+    p = paired_comparison(y, better, base, 4)
+    diff = (better == y).mean() - (base == y).mean()
+    assert 0 < p["accuracy_difference_ci95"][0] <= diff <= p["accuracy_difference_ci95"][1]
+    assert p["macro_f1_difference_ci95"][0] > 0 and p["baseline_only_right"] == 0
+    b, c = 60, 40
+    pred_a = np.concatenate([y[: b + c], y[b + c :]])
+    pred_b = np.concatenate([(y[:b] + 1) % 4, y[b : b + c], y[b + c :]])
+    pred_a[b : b + c] = (y[b : b + c] + 1) % 4
+    got = paired_comparison(y, pred_a, pred_b, 4)
+    assert (got["model_only_right"], got["baseline_only_right"]) == (b, c)
+    assert got["mcnemar_p"] == pytest.approx(0.0569, abs=1e-4)  # scipy.stats.binomtest(40, 100).pvalue: 0.05689

@@ -87,6 +87,15 @@ def test_run_all_fits_the_baseline_and_every_output_compares_the_model_with_it(r
     row = [line for line in table.splitlines() if line.startswith("| names |")][0]
     assert f"{test['accuracy']:.4f} / {test['macro_f1']:.4f}" in row
     assert f"{model['test_accuracy'] - test['accuracy']:+.4f} / {model['test_macro_f1'] - test['macro_f1']:+.4f}" in row
+    # the paired comparison on the same test texts, from both stages' recorded predictions, in all three
+    paired = manifest["baseline"]["paired"]
+    lo, hi = paired["accuracy_difference_ci95"]
+    assert paired["texts"] == test["n"] and lo <= model["test_accuracy"] - test["accuracy"] <= hi
+    assert paired["model_only_right"] - paired["baseline_only_right"] == round(
+        (model["test_accuracy"] - test["accuracy"]) * test["n"]
+    )
+    assert f"Paired on the same {test['n']} test texts" in card and f"Paired on the same {test['n']} test" in report
+    assert f"95% CI [{lo:+.3f}, {hi:+.3f}]" in row and "McNemar p" in row
     # `run baseline` again: unchanged inputs, so the stage is reused, not refitted (it reads text as the
     # run's model does, char n-grams, without being told); another feature choice refits it
     again = invoke("run", "baseline", "--artifacts-dir", str(artifacts), "--run-name", "names", "--json")
