@@ -223,6 +223,9 @@ def model_card(m: dict) -> str:
     splits = ", ".join(f"{md(k)} {v}" for k, v in m["data"]["splits"].items())
     buckets = m["model"].get("pair_buckets", 0)
     pairs = f", token-pair embedding from {buckets} hashed buckets" if buckets else ""
+    if m["model"].get("wide_ngrams", 0):
+        wide_buckets = m["model"].get("wide_buckets", 2**18)  # ModelConfig's default is left out of the file
+        pairs += f", plus a linear part on the TF-IDF of token 1-{m['model']['wide_ngrams']}-grams in {wide_buckets} hashed buckets"
     return f"""# {md(m["name"])}: seqship bundle
 
 Text classifier ({m["model"]["cell"].upper()}, {"bidirectional" if m["model"]["bidirectional"] else "unidirectional"},
