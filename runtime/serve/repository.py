@@ -210,9 +210,10 @@ class Repository:
             self.versions_gauge.labels(name).set(len(self.models.versions(name)))
 
     async def stop(self) -> None:
-        """Stop polling; versions being unloaded are closed (their requests were answered by now)."""
+        """Stop polling, and finish closing the versions being unloaded (each within --drain-timeout-s)."""
         for task in list(self._tasks):
-            task.cancel()
+            if task.get_name() == "repository-poll":
+                task.cancel()
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task

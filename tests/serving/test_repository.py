@@ -140,15 +140,23 @@ def test_a_broken_version_is_refused_a_half_written_one_waited_for_and_a_removed
     assert status == 503 and "--model-control-mode explicit" in json.loads(answer)["error"]
 
 
-def test_explicit_mode_loads_and_unloads_on_request_over_http_and_grpc(bundle, tmp_path):
+def test_explicit_mode_loads_and_unloads_on_request_over_http_and_grpc_and_honours_the_pins(bundle, tmp_path):
     repo = tmp_path / "repository"
-    add_version(repo, bundle, 1)
-    s = Server("--model-repository", repo, "--model-control-mode", "explicit", "--grpc-port", "0")
+    pins = tmp_path / "pins.txt"
+    pins.write_text(f"names {add_version(repo, bundle, 1)}  # the first version\n")
+    s = Server(
+        "--model-repository", repo, "--model-control-mode", "explicit", "--repository-pins", pins, "--grpc-port", "0"
+    )
     try:
-        add_version(repo, bundle, 2, created_at="2026-01-02T00:00:00Z")
+        second = add_version(repo, bundle, 2, created_at="2026-01-02T00:00:00Z")
         index = json.loads(request(s, "POST", "/v2/repository/index")[2])
         assert [(r["version"], r["state"]) for r in index] == [("1", "READY"), ("2", "UNAVAILABLE")]
         assert infer(s)[1]["model_version"] == "1"  # nothing polls: version 2 waits for a load
+        status, _, answer = request(s, "POST", "/v2/repository/models/names/load")
+        assert status == 400 and f"bundle digest {second} is not pinned for model 'names'" in answer.decode()
+        assert infer(s)[1]["model_version"] == "1"
+        with open(pins, "a") as f:  # the pins are read again at every load: no restart to pin a new version
+            f.write(f"names {second}\n")
         assert request(s, "POST", "/v2/repository/models/names/load")[0] == 200
         assert infer(s)[1]["model_version"] == "2"
         status, _, answer = request(s, "POST", "/v2/repository/models/nope/load")
