@@ -326,8 +326,9 @@ def train(
 
     threads: torch's intra-op threads (default: `default_threads()`); recorded in metrics.json.
     """
+    follower = dist_world()[0] != 0  # under torchrun, a rank other than 0: train_rows is its shard, and no more
     for name, rows in (("training", train_rows), ("validation", val_rows), ("test", test_rows)):
-        if not rows:
+        if not rows and not (follower and name != "training"):
             raise TrainError(
                 f"the {name} split has no texts: give more data (a few rows per label at least), "
                 "or check the data stage's counts with `pipeline run data --json`"
@@ -362,12 +363,19 @@ def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: P
     if device.type == "cuda":  # under torchrun, this rank's GPU (pipeline.distributed set it)
         device = torch.device("cuda", torch.cuda.current_device())
     label_ids = {lab: i for i, lab in enumerate(labels)}
-    tokenizer = fit_tokenizer([t for t, _ in train_rows], cfg)
+    rank, world = dist_world()
+    # Under torchrun, rank 0 has the splits; any other rank only its shard of the training split (rows i
+    # with i % world == rank, read by pipeline.distributed.read_shard). What a rank needs of the other rows
+    # comes from rank 0, never the rows: the tokenizer, the model's config, every row's length (the batch
+    # order), the class weights.
+    shared = dist_broadcast(None) if rank != 0 else None
+    tokenizer = shared["tokenizer"] if shared else fit_tokenizer([t for t, _ in train_rows], cfg)
     pad = tokenizer.spec.pad_id
     x_train, y_train = encode_split(tokenizer, train_rows, label_ids)
     x_val, y_val = encode_split(tokenizer, val_rows, label_ids)
     x_test, y_test = encode_split(tokenizer, test_rows, label_ids)
-    mcfg = ModelConfig(
+    mcfg = shared["mcfg"] if shared else None
+    mcfg = mcfg or ModelConfig(
         vocab_size=tokenizer.vocab_size,
         num_labels=len(labels),
         pad_id=pad,
@@ -383,15 +391,19 @@ def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: P
         **_wide_options(cfg, train_rows),
     )
     model = TextClassifier(mcfg).to(device)
-    wide = _fit_wide(model, cfg, (x_train, y_train), (x_val, y_val), labels, pad) if cfg.wide else None
-    rank, world = dist_world()
+    # the wide part is fitted on rank 0 only: DDP gives every rank rank 0's weights at construction
+    wide = _fit_wide(model, cfg, (x_train, y_train), (x_val, y_val), labels, pad) if cfg.wide and rank == 0 else None
+    lengths = shared["lengths"] if shared else np.array([len(x) for x in x_train])
+    weights = shared["weights"] if shared else class_weights(y_train, len(labels), cfg.class_weight)
+    if rank == 0 and world > 1:
+        dist_broadcast({"tokenizer": tokenizer, "mcfg": mcfg, "lengths": lengths, "weights": weights})
     net = model
     if world > 1:  # same seed, same initial weights; DDP also broadcasts rank 0's at construction
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
     )
-    steps = math.ceil(len(x_train) / cfg.batch_size)
+    steps = math.ceil(len(lengths) / cfg.batch_size)
     if cfg.lr_schedule == "cosine":  # stepped once per optimiser step
         warmup = steps if cfg.epochs > 1 else max(1, steps // 10)  # one epoch: a tenth of it, then the decay
         step_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: warmup_cosine(i, warmup, steps * cfg.epochs))
@@ -401,12 +413,10 @@ def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: P
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
             opt, mode="max", factor=0.5, patience=max(1, cfg.patience // 2)
         )
-    weights = class_weights(y_train, len(labels), cfg.class_weight)
     loss_fn = nn.CrossEntropyLoss(
         reduction="sum", weight=None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device)
     )
     rng = np.random.default_rng(cfg.seed)
-    lengths = np.array([len(x) for x in x_train])
     history, best_f1, best_state, best_epoch, stale = [], -1.0, None, 0, 0
     started = time.perf_counter()
     if wide is not None:  # epoch 0: the fitted linear model (the head is zero); training can only keep or beat it
@@ -425,6 +435,8 @@ def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: P
             val["macro_f1"],
             copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}),
         )
+    if world > 1:  # the wide part's validation score (rank 0's): early stopping starts from it on every rank
+        best_f1 = dist_broadcast(best_f1)
     for epoch in range(1, cfg.epochs + 1):
         net.train()
         t0, total, seen = time.perf_counter(), 0.0, 0
@@ -433,11 +445,13 @@ def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: P
         order = bucketed_order(lengths, cfg.batch_size, rng)  # the same on every rank (same seed)
         for start in range(0, len(order), cfg.batch_size):
             global_idx = order[start : start + cfg.batch_size]
-            if len(global_idx) < world:
-                continue  # a last batch too small to give every rank a row (at most world - 1 rows an epoch)
-            idx = global_idx[rank::world]  # this rank's share of the global batch
-            tok, lens = pad_batch([x_train[i] for i in idx], pad)
-            target = torch.from_numpy(y_train[idx]).to(device)
+            owner = global_idx % world  # row i is in rank (i % world)'s shard
+            if world > 1 and np.bincount(owner, minlength=world).min() == 0:
+                continue  # a batch that gives a rank no row (a small last batch): skipped on every rank
+            idx = global_idx[owner == rank]  # this rank's rows of the global batch
+            local = idx if rank == 0 else idx // world  # where they are in what this rank holds
+            tok, lens = pad_batch([x_train[i] for i in local], pad)
+            target = torch.from_numpy(y_train[local]).to(device)
             # Summed over this rank's rows, divided by the global batch: DDP averages gradients over the
             # ranks, so times world, the gradient is the global batch's mean, as one process computes it.
             batch_loss = loss_fn(net(torch.from_numpy(tok).to(device), torch.from_numpy(lens).to(device)), target)
@@ -505,7 +519,7 @@ def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: P
         "val": {"accuracy": val["accuracy"], "macro_f1": val["macro_f1"]},
         "best_epoch": best_epoch,
         "epochs_run": len(history),
-        "train_seconds": train_seconds,
+        "train_seconds": train_seconds + (wide["fit_seconds"] if wide else 0.0),  # the wide part's fit included
         "device": str(device),
         "threads": torch.get_num_threads(),  # intra-op threads it trained with (--threads)
         "parameters": sum(p.numel() for p in model.parameters()),

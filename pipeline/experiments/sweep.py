@@ -155,6 +155,7 @@ def sweep(args) -> int:
 
 def sweep_variants(args, run, default, variants: list[str], configs: list) -> int:
     """Fit the baseline, train (or read back) each variant, write sweep.json and print the table."""
+    from seqship.pipeline.baseline import paired_sentence
     from seqship.pipeline.data import read_split
     from seqship.pipeline.runs import METRICS, SPLITS, SWEEP_FILE, refuse_link
     from seqship.pipeline.stages import stage_baseline
@@ -166,6 +167,9 @@ def sweep_variants(args, run, default, variants: list[str], configs: list) -> in
     rows = []
     base = stage_baseline(run, default)
     b = json.loads(run.file("baseline", METRICS).read_text(encoding="utf-8"))
+    if "test_predictions" not in b:  # fitted before baselines recorded them: the paired comparison needs them
+        base = stage_baseline(run, default, force=True)
+        b = json.loads(run.file("baseline", METRICS).read_text(encoding="utf-8"))
     rows.append(
         {
             "variant": f"linear baseline ({b['features']}; C={b['C']:g}, class weight {b['class_weight']})",
@@ -195,6 +199,7 @@ def sweep_variants(args, run, default, variants: list[str], configs: list) -> in
                 "epochs": " ".join(f"{m['best_epoch']}/{m['epochs_run']}" for m in runs),
                 "seconds": round(sum(m["train_seconds"] for m in runs) / len(runs), 1),
                 "recall": [{lab: round(v["recall"], 3) for lab, v in m["test"]["per_class"].items()} for m in runs],
+                "paired": [paired(m, b, splits[2], labels) for m in runs],
             }
         )
     write_text_atomic(refuse_link(run.root / SWEEP_FILE), json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
@@ -209,7 +214,24 @@ def sweep_variants(args, run, default, variants: list[str], configs: list) -> in
             f"| {r['variant']} | {spread(r['test_accuracy'])} | {spread(r['test_macro_f1'])} | {spread(r['val_macro_f1'])} | "
             f"{r['epochs'] or '–'} | {r['seconds']:.0f} |"
         )
+    print("\nPaired with the baseline on the same test texts, per seed (pipeline.baseline.paired_comparison):\n")
+    for r in rows[1:]:
+        for seed, p in zip(r["seeds"], r["paired"]):
+            if p is not None:
+                print(f"- {r['variant'] or 'default'}, seed {seed}: {paired_sentence(p)}")
     return 0
+
+
+def paired(model: dict, baseline: dict, test_rows, labels) -> dict | None:
+    """The model's paired comparison with the baseline on the test split (None for a model trained before
+    training recorded its test predictions)."""
+    from seqship.pipeline.baseline import paired_comparison
+
+    if "test_predictions" not in model or "test_predictions" not in baseline:
+        return None
+    index = {lab: i for i, lab in enumerate(labels)}
+    y = [index[lab] for _, lab in test_rows]
+    return paired_comparison(y, model["test_predictions"], baseline["test_predictions"], len(labels))
 
 
 def spread(values: list[float]) -> str:
