@@ -158,17 +158,24 @@ def test_bad_calls_get_the_protocols_code_and_a_message_naming_what_is_wrong(ser
 
 @pytest.mark.slow
 def test_a_call_past_its_deadline_is_never_scored_and_sigterm_answers_the_calls_in_flight(bundle):
-    """Batches wait 1.5 s for company: a call with a 0.3 s deadline leaves the queue unscored; calls in flight
-    when SIGTERM lands are answered, and the server exits 0 having answered every call it accepted."""
+    """Batches wait 1.5 s for company: a call with a 0.3 s deadline, and one its client cancels, leave the queue
+    unscored; calls in flight when SIGTERM lands are answered, and the server exits 0 having answered every
+    call it accepted."""
     s = Server("--bundle", f"names={bundle}", "--grpc-port", "0", "--max-delay-ms", "1500")
     client = triton.InferenceServerClient(s.grpc)
     scored = 'seqship_texts_total{model="names",outcome="scored"}'
     try:
+        cancelled: list = []
+        call = client.async_infer(
+            "names", [texts_input(["Rossi"])], callback=lambda result, error: cancelled.append(error)
+        )
         with pytest.raises(triton.InferenceServerException) as e:
             client.infer("names", [texts_input(["Nguyen"])], client_timeout=0.3)
         assert "DEADLINE_EXCEEDED" in str(e.value)
-        time.sleep(2)  # past the batch's 1.5 s wait: had the call stayed queued, it would be scored by now
+        call.cancel()  # and a call its client cancels
+        time.sleep(2)  # past the batch's 1.5 s wait: had either call stayed queued, it would be scored by now
         assert _metric(s, scored) == 0 and _metric(s, 'seqship_batch_texts_count{model="names"}') == 0
+        assert len(cancelled) == 1 and "CANCELLED" in str(cancelled[0])
         answered: list = []
 
         def call():
