@@ -6,9 +6,12 @@
              --rdzv-backend c10d --rdzv-endpoint HEAD:29500 -m seqship.pipeline.cli run all ...   # two machines
 
 Rank 0 is the run: it runs the data stage, decides whether training must run (an unchanged stage is
-reused), and sends the splits (and its training config) to the other ranks, so every rank trains on the
-same seeded split. Each global batch of `--batch-size` rows, in the order a single process would take
-them, is shared out across the ranks; the loss is scaled so that the averaged gradient is the global
+reused), and sends its training config and the data stage's folder to the other ranks; each of them reads
+only its shard of the training split from the data stage's files (rows i with i % world == rank: no rank
+holds rows for another, and no split crosses the process group), and gets from rank 0 what it needs of the
+other rows: the tokenizer, the model's config, every row's length and the class weights. Each global batch
+of `--batch-size` rows, in the order a single process would take them, is shared out by shard (each rank
+takes the rows of its own shard); the loss is scaled so that the averaged gradient is the global
 batch's, as one process would compute it. Validation runs on rank 0, and its numbers are broadcast, so
 early stopping and the learning-rate schedule decide the same on every rank. Only rank 0 writes (the
 stage outputs, the bundle, the report); the other ranks exit when training ends.
@@ -22,12 +25,14 @@ torchrun's error file, so torchrun's failure report shows it instead of a pointe
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import sys
 import time
 from datetime import timedelta
+from pathlib import Path
 
 from seqship.runtime.errors import SeqshipError
 
@@ -280,6 +285,32 @@ def broadcast(obj=None, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def read_shard(data_dir: Path, split: str) -> list[tuple[str, str]]:
+    """This rank's shard of a split the data stage wrote: its rows i with i % world == rank, read from the
+    file as a stream (the other rows are passed over, never kept). The ranks share a file system with rank 0
+    (one machine; several: the run folder on shared storage)."""
+    from seqship.pipeline.runs import SPLIT_SUFFIX
+
+    rank, size = world()
+    path = Path(data_dir) / f"{split}{SPLIT_SUFFIX}"
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f):
+                if i % size == rank:
+                    row = json.loads(line)
+                    rows.append((row["text"], row["label"]))
+    except OSError as e:
+        raise DistributedError(
+            f"rank {rank}: cannot read its shard of {path} ({e.strerror or e}): every rank reads the data "
+            "stage's files, so put --artifacts-dir on storage every machine mounts at the same path"
+        ) from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise DistributedError(f"rank {rank}: {path}: not a split the data stage wrote ({e}); rerun it") from None
+    log.info("rank %d: %d rows of %s, its shard (every %dth row)", rank, len(rows), path.name, size)
+    return rows
 
 
 def all_sum(values: list[float]) -> list[float]:

@@ -88,8 +88,8 @@ def stage_train(run: Run, cfg, force: bool = False, progress=None, threads: int 
 
     def produce(out: Path) -> dict:
         splits = [read_split(run.dir("data"), name) for name in SPLITS]
-        if distributed:  # the other ranks train on these very splits, with this config (see pipeline.distributed)
-            broadcast({"splits": splits, "labels": data["summary"]["labels"], "config": asdict(cfg)})
+        if distributed:  # the other ranks read their shards of these splits' files, and train with this config
+            broadcast({"data_dir": str(run.dir("data")), "labels": data["summary"]["labels"], "config": asdict(cfg)})
         metrics = train(*splits, data["summary"]["labels"], cfg, out, progress, threads=threads)
         return {
             k: metrics[k]
@@ -106,16 +106,18 @@ def stage_train(run: Run, cfg, force: bool = False, progress=None, threads: int 
 
 
 def follow_training(threads: int | None = None) -> bool:
-    """A rank other than 0 (pipeline.distributed): wait for rank 0's splits and config, and train with it.
-    Returns False when rank 0 had nothing to train (its train stage was reused)."""
-    from seqship.pipeline.distributed import broadcast
+    """A rank other than 0 (pipeline.distributed): wait for rank 0's config and data stage, read this rank's
+    shard of its training split, and train on it. Returns False when rank 0 had nothing to train (its train
+    stage was reused)."""
+    from seqship.pipeline.distributed import broadcast, read_shard
     from seqship.pipeline.train import TrainConfig, train
 
     job = broadcast(None)
     if job is None:
         return False
+    shard = read_shard(Path(job["data_dir"]), "train")
     with tempfile.TemporaryDirectory(prefix="seqship-rank-") as tmp:  # rank 0 writes; nothing is kept here
-        train(*job["splits"], job["labels"], TrainConfig(**job["config"]), Path(tmp), threads=threads)
+        train(shard, [], [], job["labels"], TrainConfig(**job["config"]), Path(tmp), threads=threads)
     return True
 
 
