@@ -6,7 +6,6 @@ Pure functions over bytes and dicts: no socket, no event loop, no HTTP framework
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import re
@@ -119,6 +118,13 @@ class Served:
     version: int = 1  # a --bundle is version 1; in a --model-repository, its folder's number
     leases: int = 0  # requests answering from this version now (an unloaded version is closed when none is left)
 
+    def __enter__(self) -> Served:  # a lease (Models.lease): the request is answered from this version
+        self.leases += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.leases -= 1
+
     @functools.cached_property
     def label_index(self) -> dict:
         """Label -> class index."""
@@ -184,15 +190,9 @@ class Models(Mapping):
             del self.by_name[name]
         return served
 
-    @contextlib.contextmanager
-    def lease(self, name: str, version: str | None = None):
-        """The version a request is answered from (a 404 if none), held until the request ends."""
-        served = find_model(self, name, version)
-        served.leases += 1
-        try:
-            yield served
-        finally:
-            served.leases -= 1
+    def lease(self, name: str, version: str | None = None) -> Served:
+        """The version a request is answered from (a 404 if none), held by `with` until the request ends."""
+        return find_model(self, name, version)
 
 
 def server_metadata() -> dict:
