@@ -1387,6 +1387,14 @@ def demo(bundle_dir: Path, host: str, port: int, ort_web: Path | None, expect_sh
     help="As for `pipeline predict`.",
 )
 @click.option("--access-log", is_flag=True, help="Log every request on stderr (off by default).")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Server processes on the one port, each with its own event loop, batcher and --threads (past one "
+    "process's event loop); /metrics sums them all; a worker that dies drains the rest, exit 1.",
+)
 @errors_handled
 def serve(
     bundles,
@@ -1411,6 +1419,7 @@ def serve(
     expect_sha256,
     unicode_mismatch,
     access_log,
+    workers,
 ) -> None:
     """Serve bundles over HTTP with the Open Inference Protocol (KServe v2), as Triton and KServe do.
 
@@ -1496,12 +1505,16 @@ def serve(
         access_log=access_log,
         on_ready=ready,
         verbose=logging.getLogger("seqship").level <= logging.DEBUG,
+        workers=workers,
         grpc_port=grpc_port,
         repository=repository,
     )
+    if os.environ.get("SEQSHIP_SERVE_WORKER"):  # one of --workers: the parent sums the tallies and says so
+        return
     drained = f" (drained in {tally['drain_seconds']:.2f} s)" if tally["drain_seconds"] is not None else ""
-    click.echo(f"stopped: {tally['accepted']} requests accepted, {tally['answered']} answered{drained}", err=True)
-    problems = []
+    by = f"; by worker: {', '.join(map(str, tally['per_worker']))} accepted" if "per_worker" in tally else ""
+    click.echo(f"stopped: {tally['accepted']} requests accepted, {tally['answered']} answered{drained}{by}", err=True)
+    problems = list(tally.get("failed", []))
     if tally["cut_off"]:
         problems.append(
             f"{tally['cut_off']} of them with 503 because the drain was cut short "

@@ -31,10 +31,11 @@ class Batcher:
     waiting up to max_delay after the oldest one's arrival for more. A request with more texts than
     max_batch is a batch of its own (the Predictor splits it). Each request gets its own results back.
 
-    No task per request or per batch: a request waits on its own future (and one timer for --timeout-s); a
-    callback on the event loop's next turn takes what has queued (every request that arrived in this turn: a
-    lone request on an idle server is a batch of one at once, requests arriving together share a batch) and
-    hands it to a free worker thread, which passes the results back with one call_soon_threadsafe.
+    No task per request or per batch: a request waits on its own future (and one timer for --timeout-s). On an
+    idle batcher (every worker free, nothing queued, no --max-delay-ms) a request goes to a worker thread at
+    once; otherwise it queues, and a callback on the event loop's next turn takes what has queued (every request
+    that arrived in this turn shares a batch) and hands it to a free worker thread. A worker passes the results
+    back with one call_soon_threadsafe.
     """
 
     def __init__(self, served: Served, limits: Limits, metrics: Metrics):
@@ -70,10 +71,20 @@ class Batcher:
             )
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self.pending.append(_Item(texts, top_k, future, loop.time()))
-        self.waiting += len(texts)
-        self._queue.set(self.waiting)
-        self._wake(full=self.waiting >= self.limits.max_batch)
+        item = _Item(texts, top_k, future, loop.time())
+        if (
+            self.free == self.limits.threads
+            and not self.pending
+            and not self.limits.max_delay_ms
+            and self._loop
+            and not self._closed
+        ):
+            self._start_batch([item])  # an idle batcher: a lone request is scored at once, on a worker thread
+        else:
+            self.pending.append(item)
+            self.waiting += len(texts)
+            self._queue.set(self.waiting)
+            self._wake(full=self.waiting >= self.limits.max_batch)
         timer = loop.call_later(self.limits.timeout_s, self._expire, future)
         try:
             return await future  # cancelled (the drain was cut short): so is the future, and it is not scored
@@ -121,8 +132,11 @@ class Batcher:
                     n += len(item.texts)
             self._queue.set(self.waiting)
             if batch:
-                self.free -= 1
-                self.executor.submit(self._score, batch)
+                self._start_batch(batch)
+
+    def _start_batch(self, batch: list[_Item]) -> None:
+        self.free -= 1
+        self.executor.submit(self._score, batch)
 
     def _score(self, batch: list[_Item]) -> None:
         """On a worker thread: score the batch, then hand the results to the event loop."""

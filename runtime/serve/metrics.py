@@ -25,15 +25,22 @@ class Metrics:
     def __init__(self, multiprocess_dir: str | None = None):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
-        self.registry = CollectorRegistry()
         self._texts: dict = {}
         if multiprocess_dir:
             from prometheus_client.multiprocess import MultiProcessCollector
 
-            MultiProcessCollector(self.registry, path=multiprocess_dir)
-            r = None  # the metrics below are read from the files, not from a registry
+            class FilesOnly(CollectorRegistry):
+                """What /metrics reads: every worker's files, summed. A metric made with this registry (here, or
+                gRPC's) writes its values to this process's file, and is read from there, not registered too."""
+
+                def register(self, collector) -> None:
+                    if isinstance(collector, MultiProcessCollector):
+                        super().register(collector)
+
+            self.registry = r = FilesOnly()
+            MultiProcessCollector(r, path=multiprocess_dir)
         else:
-            r = self.registry
+            self.registry = r = CollectorRegistry()
             ProcessCollector(registry=r)
         self.requests = Counter(
             "seqship_requests", "HTTP requests answered, by endpoint and status code.", ["endpoint", "code"], registry=r

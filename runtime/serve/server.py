@@ -139,6 +139,7 @@ def serve(
     access_log: bool = False,
     on_ready: Callable[..., None] = print,
     verbose: bool = False,
+    workers: int = 1,
     grpc_port: int | None = None,
     repository: Repository | None = None,
 ) -> dict:
@@ -146,12 +147,34 @@ def serve(
 
     grpc_port: serve gRPC there too (0: any free port); on_ready then gets the gRPC address as well.
     repository: the one `models` came from (Repository.load_all), kept in step while serving.
+    workers: > 1 runs that many server processes on this port (seqship.runtime.serve.workers), each this
+    process's own command line re-run; the tally is theirs summed.
     Meant to end the process: SIGINT and SIGTERM are left ignored when it returns."""
     import uvicorn
 
+    from seqship.runtime.serve.workers import WorkerContext, reserve_port, run_workers
+
+    worker = WorkerContext.from_env()  # this process is one of a --workers parent's
+    if workers > 1 and worker is None:
+        limits.validate()
+        with contextlib.ExitStack() as held:
+            sock = held.enter_context(bind(host, port))
+            grpc_reserved = held.enter_context(reserve_port(host)) if grpc_port == 0 else None
+            return run_workers(
+                workers,
+                [sys.executable, *sys.orig_argv[1:]],
+                sock,
+                on_ready=on_ready,
+                drain_s=limits.drain_delay_s + limits.drain_timeout_s,
+                grpc_port=grpc_reserved.getsockname()[1] if grpc_reserved else None,
+            )
+    if worker is not None:
+        worker.watch_parent()
+        on_ready = worker.ready
+        grpc_port = worker.grpc_port or grpc_port
     limits.validate()
     keep_large_buffers_apart()
-    metrics = Metrics()
+    metrics = Metrics(worker.metrics_dir if worker else None)
     state = {"draining": False}
     if not isinstance(models, Models):
         models = Models(models.values())
@@ -161,7 +184,7 @@ def serve(
         from seqship.runtime.serve.grpc_app import GrpcServer
 
         grpc_server = GrpcServer(models, limits, metrics, state, repository)
-    sock = bind(host, port)
+    sock = worker.socket() if worker else bind(host, port)
     bound = sock.getsockname()
     shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     url = f"http://{shown}:{bound[1]}"
@@ -225,7 +248,8 @@ def serve(
                 on_ready(url)
                 return
             try:
-                address = await grpc_server.start(host, grpc_port)
+                # a worker shares the gRPC port with its siblings (SO_REUSEPORT); alone, a port in use is an error
+                address = await grpc_server.start(host, grpc_port, reuse_port=worker is not None)
             except ServeError as e:
                 print(f"Error: {e}", file=sys.stderr, flush=True)
                 state["grpc_failed"] = True
@@ -306,7 +330,7 @@ def serve(
         raise ServeError(f"cannot listen for gRPC on {host}:{grpc_port}; pick another --grpc-port (0: any free one)")
     drain = time.monotonic() - state["drain_started"] if "drain_started" in state else None
     grpc_counts = grpc_server or SimpleNamespace(accepted=0, answered=0, cut_off=0)
-    return {
+    tally = {
         "accepted": app.accepted + grpc_counts.accepted,
         "answered": app.answered + grpc_counts.answered,
         "cut_off": app.cut_off + grpc_counts.cut_off,
@@ -314,3 +338,6 @@ def serve(
         "seconds": time.monotonic() - started,
         "drain_seconds": drain,
     }
+    if worker is not None:
+        worker.report(tally=tally)
+    return tally

@@ -1,0 +1,259 @@
+"""`pipeline serve --workers N`: N server processes on one port, past one event loop's (and one GIL's) limit.
+
+The parent binds the port (so --port 0, and a port in use, behave as for one process), then starts N fresh
+Python processes running the same `pipeline serve` command, each inheriting the listening socket (as Uvicorn's
+and Gunicorn's --workers do: the kernel hands each new connection to whichever worker accepts it first). Each
+worker loads and verifies its bundles itself, as one server does, and has its own event loop, batcher and
+scoring threads: fresh processes rather than forks of a loaded parent, because onnxruntime sessions and their
+threads are not safe to fork, and a worker then starts exactly as a lone server does.
+
+Metrics: each worker writes its Prometheus metrics to files in a private folder the parent creates and
+removes (prometheus_client's multiprocess mode), and whichever worker answers /metrics sums them all.
+
+The parent reports ready once every worker is; it forwards SIGTERM and SIGINT to every worker (workers run in
+their own session, so Ctrl-C reaches them once, through the parent), each drains as a lone server does, and
+the parent sums their tallies. A worker that dies while serving is reported, the others are drained, and the
+server exits 1 (an orchestrator restarts it whole; what the dead worker had accepted may be lost). A worker
+whose parent vanished drains itself (it sees its control pipe close).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from seqship.runtime.errors import SeqshipError
+
+ENV = "SEQSHIP_SERVE_WORKER"  # set in a worker's environment: JSON of its WorkerContext
+START_TIMEOUT_S = 300.0  # for a worker to load its bundles and listen
+EXIT_GRACE_S = 30.0  # past the drain's own limits, before a worker that has not exited is killed
+
+
+class WorkerError(SeqshipError):
+    """A worker that could not start, or died while serving."""
+
+
+@dataclass
+class WorkerContext:
+    """What a worker process inherits from its parent."""
+
+    index: int
+    listen_fd: int  # the listening socket
+    report_fd: int  # JSON lines to the parent: {"ready": url, ...}, then {"tally": {...}}
+    control_fd: int  # the parent's end closes when the parent exits: then the worker drains itself
+    metrics_dir: str
+    grpc_port: int | None  # --grpc-port 0: the one free port the parent picked for every worker
+
+    @classmethod
+    def from_env(cls) -> WorkerContext | None:
+        value = os.environ.get(ENV)
+        return cls(**json.loads(value)) if value else None
+
+    def socket(self) -> socket.socket:
+        return socket.socket(fileno=self.listen_fd)
+
+    def ready(self, url: str, grpc: str | None = None) -> None:
+        """Tell the parent this worker listens (its on_ready)."""
+        self.report(ready=True, url=url, grpc=grpc)
+
+    def report(self, **message) -> None:
+        os.write(self.report_fd, (json.dumps(message) + "\n").encode())
+
+    def watch_parent(self) -> None:
+        """Drain (SIGTERM to this process) once the parent's end of the control pipe closes."""
+
+        def watch():
+            with contextlib.suppress(OSError):
+                while os.read(self.control_fd, 1):
+                    pass
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=watch, name="seqship-parent-watch", daemon=True).start()
+
+
+@dataclass
+class _Worker:
+    index: int
+    proc: subprocess.Popen
+    report: int  # read end
+    control: int  # write end
+    buffer: bytes = b""
+    ready: dict | None = None
+    tally: dict | None = None
+    error: str | None = None
+
+    def lines(self) -> list[dict]:
+        """The messages that have arrived (call when `report` is readable); [] and EOF -> proc exited."""
+        data = os.read(self.report, 65536)
+        if not data:
+            return [{"eof": True}]
+        self.buffer += data
+        *complete, self.buffer = self.buffer.split(b"\n")
+        return [json.loads(line) for line in complete if line]
+
+
+def _exit_status(code: int) -> str:
+    return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+
+
+def reserve_port(host: str) -> socket.socket:
+    """A socket bound to a free port of host with SO_REUSEPORT, held (never listening) while workers listen
+    there too: --grpc-port 0 with --workers is then one port (gRPC's workers bind with SO_REUSEPORT)."""
+    family, kind, proto, _, addr = socket.getaddrinfo(
+        host or None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(addr)
+    return sock
+
+
+def run_workers(
+    n: int,
+    command: list[str],
+    sock: socket.socket,
+    *,
+    on_ready: Callable[..., None],
+    drain_s: float,
+    grpc_port: int | None = None,
+) -> dict:
+    """Run `command` (this `pipeline serve`) as n workers sharing `sock`; return their summed tally.
+
+    drain_s: how long a drain may take (--drain-delay-s + --drain-timeout-s), before a worker is killed.
+    grpc_port: the port every worker serves gRPC on, when the parent picked it (--grpc-port 0)."""
+    metrics_dir = tempfile.mkdtemp(prefix="seqship-metrics-")
+    workers: list[_Worker] = []
+    signals: list[int] = []
+
+    def forward(sig, frame):
+        signals.append(sig)
+        for w in workers:
+            if w.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    w.proc.send_signal(sig)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for i in range(n):
+            workers.append(_spawn(i, command, sock, metrics_dir, grpc_port))
+        _wait_ready(workers, signals)
+        first = workers[0].ready
+        on_ready(first["url"], *([first["grpc"]] if first.get("grpc") else []))
+        failed = _supervise(workers, signals, drain_s, metrics_dir)
+    except BaseException:
+        for w in workers:
+            if w.proc.poll() is None:
+                w.proc.kill()
+            w.proc.wait()
+        raise
+    finally:
+        for w in workers:
+            for fd in (w.report, w.control):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_IGN if signals else handler)
+    tallies = [w.tally or {} for w in workers]
+    drains = [t["drain_seconds"] for t in tallies if t.get("drain_seconds") is not None]
+    return {
+        **{k: sum(t.get(k, 0) for t in tallies) for k in ("accepted", "answered", "cut_off", "connections_cut")},
+        "drain_seconds": max(drains) if drains else None,
+        "per_worker": [t.get("accepted", 0) for t in tallies],
+        "failed": failed,
+    }
+
+
+def _spawn(index: int, command: list[str], sock: socket.socket, metrics_dir: str, grpc_port: int | None) -> _Worker:
+    report_r, report_w = os.pipe()
+    control_r, control_w = os.pipe()
+    context = WorkerContext(index, sock.fileno(), report_w, control_r, metrics_dir, grpc_port)
+    env = {**os.environ, ENV: json.dumps(context.__dict__), "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+    try:
+        proc = subprocess.Popen(
+            command, env=env, pass_fds=(sock.fileno(), report_w, control_r), start_new_session=True, stdout=sys.stderr
+        )
+    finally:
+        os.close(report_w)
+        os.close(control_r)
+    return _Worker(index, proc, report_r, control_w)
+
+
+def _wait_ready(workers: list[_Worker], signals: list[int]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not all(w.ready for w in workers):
+        if signals:
+            raise WorkerError("stopped by a signal before every worker was ready")
+        left = deadline - time.monotonic()
+        waiting = [w for w in workers if not w.ready]
+        if left <= 0:
+            raise WorkerError(
+                f"worker {waiting[0].index + 1} did not load its bundles and listen within {START_TIMEOUT_S:g} s"
+            )
+        with contextlib.suppress(InterruptedError):
+            readable, _, _ = select.select([w.report for w in waiting], [], [], min(left, 0.5))
+            for w in waiting:
+                if w.report in readable:
+                    for message in w.lines():
+                        if message.get("error"):
+                            w.error = message["error"]
+                        elif message.get("ready"):
+                            w.ready = message
+                        elif message.get("eof"):
+                            code = w.proc.wait(timeout=EXIT_GRACE_S)
+                            raise WorkerError(
+                                f"worker {w.index + 1} stopped before it was ready ({_exit_status(code)})"
+                                + (f": {w.error}" if w.error else "; its error is above")
+                            )
+
+
+def _supervise(workers: list[_Worker], signals: list[int], drain_s: float, metrics_dir: str) -> list[str]:
+    """Until every worker has exited: collect tallies; a worker that dies unasked makes the others drain."""
+    failed: list[str] = []
+    running = {w.report: w for w in workers}
+    deadline = None
+    while running:
+        if signals and deadline is None:
+            deadline = time.monotonic() + drain_s + EXIT_GRACE_S
+        if deadline is not None and time.monotonic() > deadline:
+            for w in running.values():
+                w.proc.kill()
+                failed.append(f"worker {w.index + 1} (pid {w.proc.pid}) did not exit within the drain: killed")
+            deadline = float("inf")
+        with contextlib.suppress(InterruptedError):
+            readable, _, _ = select.select(list(running), [], [], 0.5)
+            for fd in readable:
+                w = running[fd]
+                for message in w.lines():
+                    if "tally" in message:
+                        w.tally = message["tally"]
+                    elif message.get("eof"):
+                        del running[fd]
+                        code = w.proc.wait(timeout=EXIT_GRACE_S)
+                        if w.tally is None:  # it did not finish a drain: it died
+                            for path in os.listdir(metrics_dir):  # its gauges no longer count (counters do)
+                                if path.startswith("gauge_live") and path.endswith(f"_{w.proc.pid}.db"):
+                                    os.unlink(os.path.join(metrics_dir, path))
+                            failed.append(
+                                f"worker {w.index + 1} (pid {w.proc.pid}) died while serving ({_exit_status(code)}); "
+                                "the requests it had accepted may have gone unanswered"
+                            )
+                            if not signals:
+                                print(f"Error: {failed[-1]}: draining the others", file=sys.stderr, flush=True)
+                                signals.append(signal.SIGTERM)
+                                for other in running.values():
+                                    with contextlib.suppress(ProcessLookupError):
+                                        other.proc.send_signal(signal.SIGTERM)
+    return failed

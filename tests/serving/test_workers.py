@@ -1,0 +1,183 @@
+"""`pipeline serve --workers N`, and the batcher's path for a lone request: real processes, sockets and signals."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import os
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from seqship.runtime import Predictor
+from tests.serving.test_serve import OK, Server, infer_body, request
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_run) -> str:
+    return tiny_run[1]["bundle"]
+
+
+@pytest.fixture(scope="module")
+def local(bundle) -> Predictor:
+    return Predictor.load(bundle, providers="cpu")
+
+
+def _value(text: str, name: str, **labels) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    m = re.search(rf"^{name}{{{re.escape(want)}}} (\S+)$" if labels else rf"^{name} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def _workers(server: Server) -> list[int]:
+    pid = server.proc.pid
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+@pytest.mark.slow
+def test_two_workers_share_the_port_sum_their_metrics_and_drain_every_accepted_request(bundle):
+    """Two worker processes on one port: /metrics, whichever worker answers it, counts every worker's requests and
+    batches; under 16 keep-alive clients, SIGTERM to the parent drains both: every accepted request is answered
+    (the parent's tally, the clients' 200s), both workers served, and the exit is 0."""
+    s = Server("--bundle", f"m={bundle}", "--workers", "2", "--threads", "1")
+    body = infer_body(["Nguyen", "Schmidt", "Rossi"])
+    ok, failures, stop, term, lock = [0], [], threading.Event(), threading.Event(), threading.Lock()
+
+    def client():
+        c = s.conn()
+        while not stop.is_set():
+            fresh = c.sock is None
+            try:
+                c.request("POST", "/v2/models/m/infer", body=body)
+                r = c.getresponse()
+                r.read()
+                with lock:
+                    if r.status == 200:
+                        ok[0] += 1
+                    else:
+                        failures.append(r.status)
+            except ConnectionRefusedError:
+                return
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
+                if not (fresh and term.is_set()):  # see test_serve's drain test: a reset of a never-accepted one
+                    with lock:
+                        failures.append(repr(e))
+                return
+
+    assert len(_workers(s)) == 2
+    threads = [threading.Thread(target=client) for _ in range(16)]
+    for t in threads:
+        t.start()
+    while ok[0] < 300 and all(t.is_alive() for t in threads):
+        time.sleep(0.05)
+    with lock:
+        answered = ok[0]  # answered before the scrapes began: every scrape counts at least these
+    scrapes = [request(s, "GET", "/metrics")[2].decode() for _ in range(6)]  # fresh connections: either worker
+    for text in scrapes:
+        count = _value(text, "seqship_batch_texts_count", model="m")
+        assert _value(text, "seqship_requests_total", code="200", endpoint="infer") >= answered, text
+        assert _value(text, "seqship_batch_texts_sum", model="m") >= 3 * answered
+        assert _value(text, "seqship_batch_texts_sum", model="m") > 3 * count  # 16 clients: batches of several
+        assert "process_cpu_seconds_total" not in text  # one worker's: left out
+    term.set()
+    code, err = s.stop(signal.SIGTERM)
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    assert code == 0, err
+    m = re.search(r"stopped: (\d+) requests accepted, (\d+) answered .*; by worker: (\d+), (\d+) accepted", err)
+    assert m and m.group(1) == m.group(2), err
+    assert int(m.group(3)) > 0 and int(m.group(4)) > 0, err  # both workers served
+    assert failures == [] and ok[0] + 6 == int(m.group(2)), (ok, failures, err)  # the 6 scrapes
+
+
+def test_workers_serve_grpc_on_one_port_and_one_that_dies_is_reported_the_other_drains_exit_1(bundle, local):
+    """--grpc-port 0 with two workers: one port, which either worker answers. A worker killed while serving is
+    reported by name and pid; the other drains; the exit code is 1 (what the dead one had accepted is lost)."""
+    import numpy as np
+    import tritonclient.grpc as triton
+
+    s = Server("--bundle", f"m={bundle}", "--workers", "2", "--grpc-port", "0")
+    first, second = _workers(s)
+    assert request(s, "POST", "/v2/models/m/infer", OK)[0] == 200
+    for _ in range(4):  # a fresh channel each time: either worker
+        client = triton.InferenceServerClient(s.grpc)
+        text = triton.InferInput("text", [1], "BYTES")
+        text.set_data_from_numpy(np.array([b"Nguyen"], dtype=object))
+        got = client.infer("m", [text]).as_numpy("label")
+        assert [b.decode() for b in got] == [local.predict(["Nguyen"])[0].label]
+        client.close()
+    os.kill(second, signal.SIGKILL)
+    code = s.proc.wait(timeout=90)
+    s.reader.join(timeout=30)
+    err = "".join(s.err)
+    assert code == 1 and "Traceback" not in err, err
+    assert f"worker 2 (pid {second}) died while serving (killed by SIGKILL)" in err and "draining the others" in err
+    with pytest.raises(ProcessLookupError):
+        os.kill(first, 0)  # drained and gone too
+
+
+# ---------------------------------------------------------------------------------------- the batcher, in-process
+
+
+def _batcher(local, **limits):
+    from seqship.runtime.serve.batching import Batcher
+    from seqship.runtime.serve.metrics import Metrics
+    from seqship.runtime.serve.protocol import Limits, Served
+
+    metrics = Metrics()
+    return Batcher(Served("names", Path("."), local), Limits(**limits), metrics), metrics
+
+
+def test_a_lone_request_goes_at_once_and_the_32_that_follow_it_share_one_batch(local):
+    """An idle batcher hands a lone request to a worker thread at once; 32 more arriving while it is scored wait
+    and are scored together (not one by one), each with its own answer."""
+    batcher, metrics = _batcher(local, threads=1)
+    names = ["Nguyen", "Schmidt", "Rossi", "Kowalski"] * 8
+
+    async def main():
+        batcher.start()
+        got = await asyncio.gather(batcher.submit(["Tanaka"], 1), *[batcher.submit([t], 2) for t in names])
+        await batcher.close(5)
+        return got
+
+    got = asyncio.run(asyncio.wait_for(main(), 60))
+    sample = metrics.registry.get_sample_value
+    assert sample("seqship_batch_texts_count", {"model": "names"}) == 2
+    assert sample("seqship_batch_texts_sum", {"model": "names"}) == 33
+    assert got[0][0].label == local.predict(["Tanaka"])[0].label
+    assert [[lab for lab, _ in p.top_k] for [p] in got[1:]] == [
+        [lab for lab, _ in p.top_k] for p in local.predict(names, top_k=2)
+    ]
+
+
+def test_a_lone_request_whose_scoring_outlasts_the_timeout_gets_503_and_its_late_result_is_dropped(local):
+    """The idle batcher's lone request is already on a worker thread when --timeout-s runs out (the thread is held
+    by another job): the caller gets the 503 then, and the result that comes later answers no one."""
+    from seqship.runtime.serve.protocol import HTTPError
+
+    batcher, metrics = _batcher(local, threads=1, timeout_s=0.2)
+    release = threading.Event()
+
+    async def main():
+        batcher.start()
+        batcher.executor.submit(release.wait, 30)  # the one worker thread is busy for as long as the test says
+        started = time.monotonic()
+        try:
+            await batcher.submit(["Nguyen"], 1)
+        except HTTPError as e:
+            answer = e
+        waited = time.monotonic() - started
+        release.set()
+        await batcher.close(5)
+        return answer, waited
+
+    answer, waited = asyncio.run(asyncio.wait_for(main(), 60))
+    assert answer.status == 503 and "not scored within 0.2 s" in answer.message and answer.headers["Retry-After"]
+    assert waited < 30  # the timeout answered, not the thread's release
+    assert metrics.registry.get_sample_value("seqship_batch_texts_count", {"model": "names"}) == 1  # scored, dropped
+    assert batcher.idle()
