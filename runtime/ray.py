@@ -1131,14 +1131,15 @@ def score_with_ray(
             },
         )
         records: dict[str, dict] = {}
+        done_rows = 0
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             for text in batch.column("record").to_pylist():
                 rec = json.loads(text)
-                records[rec["name"]] = rec  # a retried range: the same name, its part replaced, counted once
-                summary.rows_out += rec["rows"]
-                summary.skipped += rec["skipped"]
+                if rec["name"] not in records:  # a retried range: the same name, its part replaced, counted once
+                    done_rows += rec["rows_in"]
+                records[rec["name"]] = rec
                 if on_progress:
-                    on_progress(sum(r["rows_in"] for r in records.values()), summary.rows_in)
+                    on_progress(done_rows, summary.rows_in)
         summary.parts = _exactly_once(tasks, records, summary.files, output_format)
         summary.rows_out = sum(p["rows"] for p in summary.parts)
         summary.skipped = sum(p["skipped"] for p in summary.parts)

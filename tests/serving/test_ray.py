@@ -240,6 +240,7 @@ def s3():
     (the cluster's nodes start after, and inherit them)."""
     import socket
 
+    pytest.importorskip("moto.server", reason="the dev extra installs moto[server]")
     import boto3
     from moto.server import ThreadedMotoServer
 
