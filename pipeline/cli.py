@@ -1449,6 +1449,11 @@ def serve(
         raise click.UsageError("--model-control-mode and --repository-pins apply to a --model-repository")
     if model_repository is not None and expect_sha256:
         raise click.UsageError("--expect-sha256 pins --bundle; a repository's pins are in --repository-pins FILE")
+    if workers > 1 and model_control_mode == "explicit":
+        raise click.UsageError(
+            "--model-control-mode explicit changes the one process a request reaches, one of --workers "
+            f"{workers}: use poll (every worker follows the folder) or --workers 1"
+        )
     pins = trusted_digests(expect_sha256, len(bundles)) if bundles else []  # before any bundle is read
     limits = Limits(
         max_batch=max_batch,
