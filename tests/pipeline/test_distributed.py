@@ -24,8 +24,8 @@ def torchrun_cmd() -> list[str]:
 
 @pytest.mark.slow
 def test_two_processes_train_a_model_as_good_as_one_process_and_it_passes_the_parity_gate(tiny_run, data_dir, tmp_path):
-    """The same config and global batch size as the tiny run, on 2 processes: each rank takes half of every
-    batch. Only rank 0 writes; the bundle it packages passed the parity gate (verify); its test accuracy is
+    """The same config and global batch size as the tiny run, on 2 processes: each rank reads its own shard of
+    the training split and takes that shard's rows of every batch. Only rank 0 writes; the bundle it packages passed the parity gate (verify); its test accuracy is
     within 1.5 points of the single-process run's."""
     artifacts = tmp_path / "artifacts"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -187,3 +187,19 @@ def test_a_stray_or_bad_world_size_is_a_clear_error_not_a_bug_report(tmp_path):
         p = pipeline(["run", "all", "--artifacts-dir", str(tmp_path)], {**base, name: value})
         assert p.returncode == 1 and message in p.stderr and "unset WORLD_SIZE" in p.stderr, p.stderr
         assert "bug in seqship" not in p.stderr
+
+
+def test_a_rank_reads_only_its_own_shard_of_a_split_and_says_where_storage_must_be_shared(tmp_path, monkeypatch):
+    """Ranks other than 0 read the data stage's file themselves: rows i with i % world == rank, nothing else
+    kept; a rank that cannot read it (no shared storage) says what to do, naming the rank."""
+    from seqship.pipeline import distributed
+
+    rows = [{"text": f"name {i}", "label": f"l{i % 3}"} for i in range(7)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    monkeypatch.setattr(distributed, "world", lambda: (1, 2))  # rank 1 of 2, without a process group
+    assert distributed.read_shard(tmp_path, "train") == [(f"name {i}", f"l{i % 3}") for i in (1, 3, 5)]
+    monkeypatch.setattr(distributed, "world", lambda: (0, 1))
+    assert len(distributed.read_shard(tmp_path, "train")) == 7
+    monkeypatch.setattr(distributed, "world", lambda: (2, 3))
+    with pytest.raises(distributed.DistributedError, match="rank 2: cannot read its shard .*storage every machine"):
+        distributed.read_shard(tmp_path / "elsewhere", "train")
