@@ -853,7 +853,6 @@ def check_output(where) -> dict:
     the parts' ranges tiling every input file exactly (so every input row is in exactly one part), and
     nothing else of seqship's beside them. Returns {files, parts, rows_in, rows}; a RayJobError lists the
     problems."""
-    import pyarrow.parquet as pq
 
     where = location(where)
     fs, root = open_fs(where)
@@ -863,6 +862,18 @@ def check_output(where) -> dict:
             f"{where}: no summary.json of a ray job, so the output is not complete (a job that failed or still "
             "runs leaves none); run the job again"
         )
+    try:
+        return _check(fs, root, where, summary)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise RayJobError(
+            f"{child(where, SUMMARY)}: not a manifest this seqship can check ({type(e).__name__}: {e}); an older "
+            "seqship's ray output lists no checksums: score it again to check it"
+        ) from None
+
+
+def _check(fs, root: str, where: str, summary: dict) -> dict:
+    import pyarrow.parquet as pq
+
     problems: list[str] = []
     present = {e.base_name: e for e in _listing(fs, root)}
     files, parts = summary["files"], summary["parts"]

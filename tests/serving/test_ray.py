@@ -401,10 +401,13 @@ def test_a_cluster_scores_object_storage_into_object_storage_while_a_node_dies(c
 
 
 @pytest.mark.slow
-def test_parquet_parts_on_a_cluster_address_hold_the_same_answers(cluster, bundle, inputs, tmp_path):
+def test_parquet_parts_on_a_cluster_address_hold_the_same_answers(cluster, s3, bundle, inputs, tmp_path):
+    """The command line, from an S3 prefix into a local folder."""
     c, _ = cluster
+    for f in sorted(inputs.iterdir()):
+        s3.put_object(Bucket="data", Key=f"cli-in/{f.name}", Body=f.read_bytes())
     out = tmp_path / "scored"
-    cmd = [*CLI, "predict", "--bundle", str(bundle), "--input", str(inputs), "--output", str(out), "--engine", "ray",
+    cmd = [*CLI, "predict", "--bundle", str(bundle), "--input", "s3://data/cli-in/", "--output", str(out), "--engine", "ray",
            "--ray-address", c.address, "--output-format", "parquet", "--top-k", "2"]  # fmt: skip
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p.returncode == 1 and "3 of 5004 texts could not be scored" in p.stderr, p.stderr
@@ -425,7 +428,13 @@ def test_parquet_parts_on_a_cluster_address_hold_the_same_answers(cluster, bundl
     odd = tmp_path / "odd"
     odd.mkdir()
     (odd / "résumé.jsonl").write_text('{"id": "\\udc80x", "text": "Nguyen"}\n{"id": 7, "text": "Smith"}\n')
-    assert score_with_ray(bundle, odd, out, output_format="parquet").rows_in == 2
+    during = []
+
+    def progress(done: int, total: int) -> None:  # the old manifest is gone before the first new part lands
+        during.append(sorted(x.name for x in out.iterdir()))
+
+    assert score_with_ray(bundle, odd, out, output_format="parquet", on_progress=progress).rows_in == 2
+    assert during and all("summary.json" not in names for names in during), during
     assert sorted(x.name for x in out.iterdir()) == [
         ".seqship-ray-output",
         "part-00000-000000000000000.parquet",
