@@ -108,6 +108,13 @@ def _exit_status(code: int) -> str:
     return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
 
 
+def _memory_dir() -> str | None:
+    """/dev/shm where there is one: the metrics files are memory-mapped and written on every request, and on a
+    disk a write to a page being written back can wait for the disk (None: the usual temp folder)."""
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else None
+
+
 def reserve_port(host: str) -> socket.socket:
     """A socket bound to a free port of host with SO_REUSEPORT, held (never listening) while workers listen
     there too: --grpc-port 0 with --workers is then one port (gRPC's workers bind with SO_REUSEPORT)."""
@@ -133,7 +140,7 @@ def run_workers(
 
     drain_s: how long a drain may take (--drain-delay-s + --drain-timeout-s), before a worker is killed.
     grpc_port: the port every worker serves gRPC on, when the parent picked it (--grpc-port 0)."""
-    metrics_dir = tempfile.mkdtemp(prefix="seqship-metrics-")
+    metrics_dir = tempfile.mkdtemp(prefix="seqship-metrics-", dir=_memory_dir())
     workers: list[_Worker] = []
     signals: list[int] = []
 
