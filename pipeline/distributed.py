@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 RENDEZVOUS_ENV = "SEQSHIP_RENDEZVOUS_TIMEOUT"
 RENDEZVOUS_TIMEOUT_S = 120.0  # torchrun starts every rank at once; a scheduler's containers may start apart
 # Once joined, a rank may wait long for another: rank 0 runs the data stage (a large dataset is slow to
-# read) while the others wait for its splits.
+# read) while the others wait for its word to read their shards.
 COLLECTIVE_TIMEOUT = timedelta(minutes=60)
 LAUNCH_VARS = ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT")
 
