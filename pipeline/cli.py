@@ -345,9 +345,9 @@ def train_options(f):
         ),
         click.option(
             "--wide-buckets",
-            type=click.IntRange(1, 2**21),
+            type=click.IntRange(2, 2**20),
             default=None,
-            help=f"Hashed n-gram buckets of the wide part [default: {dflt}262144].",
+            help=f"Hashed n-gram buckets of the wide part, a power of two [default: {dflt}262144].",
         ),
         click.option(
             "--wide-tune/--wide-frozen",

@@ -33,9 +33,10 @@ NEUTRAL_DEFAULTS = {
     "wide_buckets": 2**18,
     "wide_tune": False,
 }
-# The wide part's hashed n-gram buckets: below 2**21, so a bucket plus a table entry stays below 2**22 (exact in
-# float32, as OpenVINO computes int64); its n-grams are 1 to at most MAX_WIDE_NGRAMS tokens long.
-MAX_WIDE_BUCKETS = 2**21
+# The wide part's hashed n-gram buckets: a power of two up to 2**20, and n-grams of 1 to at most MAX_WIDE_NGRAMS
+# tokens, so that a hash (at most MAX_WIDE_NGRAMS + 1 table entries below the buckets) stays below 2**24 and its
+# remainder is exact in float32 (OpenVINO computes int64 through float32).
+MAX_WIDE_BUCKETS = 2**20
 MAX_WIDE_NGRAMS = 8
 WIDE_TABLE_SEED = 0x3DE5
 
@@ -89,8 +90,10 @@ class ModelConfig:
 
         if not 0 <= self.wide_ngrams <= MAX_WIDE_NGRAMS:
             raise ValueError(f"wide_ngrams must be from 0 (no wide part) to {MAX_WIDE_NGRAMS}, got {self.wide_ngrams}")
-        if not 1 <= self.wide_buckets <= MAX_WIDE_BUCKETS:
-            raise ValueError(f"wide_buckets must be from 1 to {MAX_WIDE_BUCKETS}, got {self.wide_buckets}")
+        if not (2 <= self.wide_buckets <= MAX_WIDE_BUCKETS and self.wide_buckets & (self.wide_buckets - 1) == 0):
+            raise ValueError(
+                f"wide_buckets must be a power of two from 2 to {MAX_WIDE_BUCKETS}, got {self.wide_buckets}"
+            )
 
     def save(self, path: Path) -> None:
         """Write the config as JSON; pair_buckets only when on, so a model without pairs is written as an
@@ -137,8 +140,8 @@ class WideLinear(nn.Module):
 
     The recipe of the linear baseline (sklearn's TfidfVectorizer with sublinear_tf, smooth idf and an L2 norm),
     on hashed n-grams of the tokenizer's ids: the n-gram of n tokens from position t falls in bucket
-    (sum over k < n of table_k[id at t+k]) + offset_n, modulo the buckets, every partial sum reduced at once, so
-    no value ever reaches 2 * buckets (exact in float32). Counts are per row and per n: an occurrence's count is
+    (sum over k < n of table_k[id at t+k]) + offset_n, modulo the buckets (a power of two, and every sum below
+    2**24: exact in float32, as OpenVINO computes int64). Counts are per row and per n: an occurrence's count is
     the number of equal buckets among the row's real n-grams of its length (a T x T comparison; no scatter, no
     sort, static shapes). Padding is never an n-gram, so a padded row gives what the row gives alone.
 
@@ -158,37 +161,45 @@ class WideLinear(nn.Module):
         self.weight = nn.Parameter(torch.zeros(buckets, num_labels))
         self.bias = nn.Parameter(torch.zeros(num_labels))
 
-    def terms(self, token_ids: torch.Tensor, valid_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _parts(self, token_ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(bucket [B, N, T] int64, share [B, N, T], squared norm [B]): an occurrence's share of its bucket's TF-IDF
+        value (0 where the n-gram runs past the row's end), and the squared L2 norm of the row's TF-IDF vector."""
+        T = token_ids.size(1)
+        shift = torch.arange(self.ngrams, device=token_ids.device).unsqueeze(1)  # (N, 1): k
+        window = shift + torch.arange(T, device=token_ids.device).unsqueeze(0)  # (N, T): position t + k
+        # token t + k through table k, summed over k <= n - 1: every n-gram from every t at once (one Gather of the
+        # stacked tables, one CumSum over k); below (N + 1) * buckets <= 9 * 2**20 < 2**24 with the offset, and
+        # buckets a power of two, so float32 (OpenVINO's int64) takes the remainder exactly. Positions past T read
+        # the row's last column: such n-grams are not real (below), so what they hash to never counts.
+        at = torch.clamp(window, max=T - 1).reshape(-1)  # one Gather along the row, no advanced indexing
+        ids = token_ids.index_select(1, at).view(-1, self.ngrams, T) + shift * self.tables.size(1)
+        codes = nn.functional.embedding(ids, self.tables.reshape(-1, 1)).squeeze(3)  # a Gather (indexing: GatherND)
+        bucket = torch.remainder(torch.cumsum(codes, 1) + self.offsets.unsqueeze(1), self.buckets)
+        # the n-gram of k + 1 tokens from t is real when its last token, t + k, is before the row's length
+        real = (window.unsqueeze(0) < lengths.view(-1, 1, 1)).to(self.idf.dtype)  # (B, N, T)
+        same = (bucket.unsqueeze(3) == bucket.unsqueeze(2)).to(real.dtype)  # (B, N, T, T)
+        count = torch.matmul(same, real.unsqueeze(3)).squeeze(3).clamp(min=1.0)  # occurrences of each bucket
+        tfidf = (1.0 + torch.log(count)) * nn.functional.embedding(bucket, self.idf.unsqueeze(1)).squeeze(3)
+        share = tfidf / count * real  # each of a bucket's occurrences holds 1/count of its value
+        return bucket, share, (share * tfidf).sum((1, 2))
+
+    def terms(self, token_ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(bucket [B, N, T] int64, value [B, N, T] float32) of each n-gram occurrence: summed per row and bucket,
         the values are the row's L2-normalised TF-IDF vector (padding and n-grams past a row's end are 0)."""
-        T = token_ids.size(1)
-        fill = torch.full_like(token_ids[:, :1], self.pad_id).expand(-1, self.ngrams - 1)
-        ids = torch.cat([token_ids, fill], 1)  # (B, T + N - 1): every shift below stays T wide
-        real = torch.cat([valid_mask, torch.zeros_like(valid_mask[:, :1]).expand(-1, self.ngrams - 1)], 1)
-        acc = torch.zeros_like(token_ids)
-        ok = valid_mask
-        hashes, oks = [], []
-        for k in range(self.ngrams):
-            acc = acc + self.tables[k][ids[:, k : k + T]]
-            acc = torch.where(acc >= self.buckets, acc - self.buckets, acc)
-            h = acc + self.offsets[k]
-            hashes.append(torch.where(h >= self.buckets, h - self.buckets, h))
-            ok = ok & real[:, k : k + T]  # the n-gram's last token is real
-            oks.append(ok)
-        bucket = torch.stack(hashes, 1)  # (B, N, T)
-        real_f = torch.stack(oks, 1).to(self.idf.dtype)  # (B, N, T)
-        same = (bucket.unsqueeze(3) == bucket.unsqueeze(2)).to(real_f.dtype)  # (B, N, T, T)
-        count = torch.matmul(same, real_f.unsqueeze(3)).squeeze(3).clamp(min=1.0)  # occurrences of each bucket
-        tfidf = (1.0 + torch.log(count)) * self.idf[bucket]
-        share = tfidf / count * real_f  # each of a bucket's occurrences holds 1/count of its value
-        sq = (share * tfidf).sum((1, 2))  # (B,) squared L2 norm of the row's vector
-        norm = torch.where(sq > 0, sq, torch.ones_like(sq)).sqrt()
-        return bucket, share / norm.view(-1, 1, 1)
+        bucket, share, sq = self._parts(token_ids, lengths)
+        return bucket, share / _norm(sq).view(-1, 1, 1)
 
-    def forward(self, token_ids: torch.Tensor, valid_mask: torch.Tensor) -> torch.Tensor:
-        """Logits [B, C] of the linear part."""
-        bucket, value = self.terms(token_ids, valid_mask)
-        return (value.unsqueeze(3) * self.weight[bucket]).sum((1, 2)) + self.bias
+    def forward(self, token_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Logits [B, C] of the linear part: the weights' rows summed by the row's normalised TF-IDF, plus the bias."""
+        bucket, share, sq = self._parts(token_ids, lengths)
+        weights = nn.functional.embedding(bucket, self.weight)  # (B, N, T, C)
+        return (share.unsqueeze(3) * weights).sum((1, 2)) / _norm(sq).unsqueeze(1) + self.bias
+
+
+def _norm(sq: torch.Tensor) -> torch.Tensor:
+    """The L2 norm from its square. A row's TF-IDF values are 0 or >= 1 (tf >= 1; fitted idf is 0 or >= 1), so its
+    square is 0 or >= 1, and max(sq, 1) leaves it as it is except that a row of no known n-gram divides by 1."""
+    return sq.clamp(min=1.0).sqrt()
 
 
 class TextClassifier(nn.Module):
@@ -265,5 +276,5 @@ class TextClassifier(nn.Module):
         logits = self.head(self.dropout(h))  # (B, C)
         wide = self.wide
         if wide is not None:
-            logits = logits + wide(token_ids, valid_mask)
+            logits = logits + wide(token_ids, lengths)
         return logits

@@ -163,9 +163,11 @@ class TrainConfig:
             f"must be an integer from 0 (the baseline's) to {MAX_WIDE_NGRAMS}",
         )
         need(
-            is_int(self.wide_buckets) and 1 <= self.wide_buckets <= MAX_WIDE_BUCKETS,
+            is_int(self.wide_buckets)
+            and 2 <= self.wide_buckets <= MAX_WIDE_BUCKETS
+            and self.wide_buckets & (self.wide_buckets - 1) == 0,
             "wide-buckets",
-            f"must be an integer from 1 to {MAX_WIDE_BUCKETS}",
+            f"must be a power of two from 2 to {MAX_WIDE_BUCKETS}",
         )
         need(self.device in ("cpu", "cuda", "auto"), "device", "must be cpu, cuda or auto")
         need(self.tokenizer in TOKENIZER_KINDS, "tokenizer", f"must be one of {list(TOKENIZER_KINDS)}")
