@@ -395,6 +395,8 @@ def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: P
     model = TextClassifier(mcfg).to(device)
     # the wide part is fitted on rank 0 only: DDP gives every rank rank 0's weights at construction
     wide = _fit_wide(model, cfg, (x_train, y_train), (x_val, y_val), labels, pad) if cfg.wide and rank == 0 else None
+    if cfg.wide and rank != 0:
+        model.wide.requires_grad_(cfg.wide_tune)  # as _fit_wide leaves it on rank 0 (its weights come with DDP)
     lengths = shared["lengths"] if shared else np.array([len(x) for x in x_train])
     weights = shared["weights"] if shared else class_weights(y_train, len(labels), cfg.class_weight)
     if rank == 0 and world > 1:
