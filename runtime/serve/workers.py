@@ -92,7 +92,6 @@ class _Worker:
     buffer: bytes = b""
     ready: dict | None = None
     tally: dict | None = None
-    error: str | None = None
 
     def lines(self) -> list[dict]:
         """The messages that have arrived (call when `report` is readable); [] and EOF -> proc exited."""
@@ -155,11 +154,16 @@ def run_workers(
     try:
         for i in range(n):
             workers.append(_spawn(i, command, sock, metrics_dir, grpc_port))
-        _wait_ready(workers, signals)
-        first = workers[0].ready
-        on_ready(first["url"], *([first["grpc"]] if first.get("grpc") else []))
+        try:
+            _wait_ready(workers, signals)
+        except WorkerError:  # the workers already listening drain what they accepted
+            _stop(workers, drain_s)
+            raise
+        if not signals:  # (a signal during start-up: forwarded; the workers drain)
+            first = workers[0].ready
+            on_ready(first["url"], *([first["grpc"]] if first.get("grpc") else []))
         failed = _supervise(workers, signals, drain_s, metrics_dir)
-    except BaseException:
+    except BaseException:  # nothing is left running
         for w in workers:
             if w.proc.poll() is None:
                 w.proc.kill()
@@ -200,9 +204,7 @@ def _spawn(index: int, command: list[str], sock: socket.socket, metrics_dir: str
 
 def _wait_ready(workers: list[_Worker], signals: list[int]) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
-    while not all(w.ready for w in workers):
-        if signals:
-            raise WorkerError("stopped by a signal before every worker was ready")
+    while not all(w.ready for w in workers) and not signals:
         left = deadline - time.monotonic()
         waiting = [w for w in workers if not w.ready]
         if left <= 0:
@@ -214,16 +216,28 @@ def _wait_ready(workers: list[_Worker], signals: list[int]) -> None:
             for w in waiting:
                 if w.report in readable:
                     for message in w.lines():
-                        if message.get("error"):
-                            w.error = message["error"]
-                        elif message.get("ready"):
+                        if message.get("ready"):
                             w.ready = message
                         elif message.get("eof"):
                             code = w.proc.wait(timeout=EXIT_GRACE_S)
                             raise WorkerError(
-                                f"worker {w.index + 1} stopped before it was ready ({_exit_status(code)})"
-                                + (f": {w.error}" if w.error else "; its error is above")
+                                f"worker {w.index + 1} stopped before it was ready ({_exit_status(code)}); "
+                                "its error is above"
                             )
+
+
+def _stop(workers: list[_Worker], drain_s: float) -> None:
+    """SIGTERM every worker still running, let it drain, kill what is left."""
+    for w in workers:
+        if w.proc.poll() is None:
+            w.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + drain_s + EXIT_GRACE_S
+    for w in workers:
+        try:
+            w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            w.proc.kill()
+            w.proc.wait()
 
 
 def _supervise(workers: list[_Worker], signals: list[int], drain_s: float, metrics_dir: str) -> list[str]:
@@ -253,8 +267,9 @@ def _supervise(workers: list[_Worker], signals: list[int], drain_s: float, metri
                             for path in os.listdir(metrics_dir):  # its gauges no longer count (counters do)
                                 if path.startswith("gauge_live") and path.endswith(f"_{w.proc.pid}.db"):
                                     os.unlink(os.path.join(metrics_dir, path))
+                            how = "stopped before it had drained" if signals else "died while serving"
                             failed.append(
-                                f"worker {w.index + 1} (pid {w.proc.pid}) died while serving ({_exit_status(code)}); "
+                                f"worker {w.index + 1} (pid {w.proc.pid}) {how} ({_exit_status(code)}); "
                                 "the requests it had accepted may have gone unanswered"
                             )
                             if not signals:
