@@ -1490,7 +1490,8 @@ def serve(
         models = repository.load_all()
     else:
         models = load_models(list(bundles), pins, parse_providers(providers), unicode_mismatch)
-    for m in models.all() if repository else models.values():
+    worker = os.environ.get("SEQSHIP_SERVE_WORKER")  # one of --workers: the parent has said all this
+    for m in [] if worker else models.all() if repository else models.values():
         click.echo(
             f"model {m.name} version {m.version}: {m.path} (bundle sha256 {m.predictor.digest}, "
             f"{len(m.predictor.labels)} labels, {m.predictor.provider})",
@@ -1514,7 +1515,7 @@ def serve(
         grpc_port=grpc_port,
         repository=repository,
     )
-    if os.environ.get("SEQSHIP_SERVE_WORKER"):  # one of --workers: the parent sums the tallies and says so
+    if worker:  # the parent sums the tallies and says so
         return
     drained = f" (drained in {tally['drain_seconds']:.2f} s)" if tally["drain_seconds"] is not None else ""
     by = f"; by worker: {', '.join(map(str, tally['per_worker']))} accepted" if "per_worker" in tally else ""

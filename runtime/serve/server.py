@@ -175,6 +175,7 @@ def serve(
     limits.validate()
     keep_large_buffers_apart()
     metrics = Metrics(worker.metrics_dir if worker else None)
+    who = f"worker {worker.index + 1}: " if worker else ""  # on the lines a worker writes to the shared stderr
     state = {"draining": False}
     if not isinstance(models, Models):
         models = Models(models.values())
@@ -211,7 +212,7 @@ def serve(
                 def announce():  # not from inside the signal handler: it may have interrupted a write to stderr
                     delay = f"; accepting for {limits.drain_delay_s:g} s more" if limits.drain_delay_s else ""
                     print(
-                        f"{signal.Signals(sig).name}: draining ({in_flight} requests in flight{delay})",
+                        f"{who}{signal.Signals(sig).name}: draining ({in_flight} requests in flight{delay})",
                         file=sys.stderr,
                         flush=True,
                     )
