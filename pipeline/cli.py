@@ -1012,27 +1012,34 @@ def _predict_ray(
     if not is_uri(input_path) and not Path(input_path).exists():
         raise click.BadParameter(f"{input_path}: no such file or folder", param_hint="--input")
 
+    ray_module = sys.modules.get("ray")
+    ray_was_running = ray_module is not None and ray_module.is_initialized()
     bar = click.progressbar(length=1, label="scoring on ray", file=sys.stderr)
-    with bar:
+    try:
+        with bar:
 
-        def progress(done: int, total: int) -> None:
-            bar.length = max(1, total)
-            bar.update(done - bar.pos)
+            def progress(done: int, total: int) -> None:
+                bar.length = max(1, total)
+                bar.update(done - bar.pos)
 
-        summary = score_with_ray(
-            require_bundle(bundle_dir),
-            input_path,
-            output_path,
-            ray_address=ray_address,
-            workers=workers,
-            output_format=output_format,
-            top_k=top_k,
-            text_column=text_column,
-            id_column=id_column,
-            expected_sha256=expect_sha256,
-            providers=parse_providers(providers),
-            on_progress=progress,
-        )
+            summary = score_with_ray(
+                require_bundle(bundle_dir),
+                input_path,
+                output_path,
+                ray_address=ray_address,
+                workers=workers,
+                output_format=output_format,
+                top_k=top_k,
+                text_column=text_column,
+                id_column=id_column,
+                expected_sha256=expect_sha256,
+                providers=parse_providers(providers),
+                on_progress=progress,
+            )
+    finally:  # a Ray instance this command started ends with it, error or not (one process may run several)
+        ray = sys.modules.get("ray")
+        if not ray_was_running and ray is not None and ray.is_initialized():
+            ray.shutdown()
     click.echo(
         f"{summary.scored} scored, {summary.errors} errors -> {output_path} (ray {summary.ray}, {summary.workers} "
         f"workers on {summary.nodes} node(s), {summary.texts_per_second:,.0f} texts/s)",
