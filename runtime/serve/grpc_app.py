@@ -79,6 +79,37 @@ def _value(p):
     return None if choice is None else getattr(p, choice)
 
 
+# Entries a ModelInferRequest may hold besides its texts: one input ("text"), a few outputs and parameters. A
+# message of many empty entries is small on the wire but costs Python time per entry to convert.
+MAX_ENTRIES = 64
+
+
+def check_entries(req, limits: Limits) -> None:
+    """Refuse, in constant time and before anything is converted, a request with more entries than any valid
+    one has (len() of a repeated field or map is O(1)): else millions of empty inputs, outputs, parameters or
+    texts in one message would hold the event loop while request_as_json walks them."""
+    counts = {
+        "inputs": len(req.inputs),
+        "outputs": len(req.outputs),
+        "parameters": len(req.parameters),
+        "raw_input_contents": len(req.raw_input_contents),
+    }
+    for field, n in counts.items():
+        if n > MAX_ENTRIES:
+            raise HTTPError(400, f"the request holds {n} {field}; a valid one holds at most {MAX_ENTRIES}")
+    for t in req.inputs:
+        if len(t.parameters) > MAX_ENTRIES or len(t.shape) > MAX_ENTRIES:
+            raise HTTPError(400, f"input {t.name[:64]!r} holds more parameters or dimensions than a valid one")
+        if len(t.contents.bytes_contents) > limits.max_texts:
+            raise HTTPError(
+                413,
+                f"{len(t.contents.bytes_contents)} texts in one request; the limit is {limits.max_texts} (--max-texts)",
+            )
+    for o in req.outputs:
+        if len(o.parameters) > MAX_ENTRIES:
+            raise HTTPError(400, f"output {o.name[:64]!r} holds more parameters than a valid one")
+
+
 def request_as_json(req) -> tuple[dict, memoryview]:
     """A ModelInferRequest as the JSON an HTTP client would send, and the bytes of its first input as binary
     data (raw_input_contents, or contents.bytes_contents laid out as the binary-tensor extension does)."""
@@ -235,7 +266,8 @@ class GrpcServer:
     async def ModelInfer(self, req, context):
         m = messages()
         with self.models.lease(req.model_name, req.model_version) as served:
-            as_json, binary = request_as_json(req)
+            check_entries(req, self.limits)
+            as_json, binary = await off_loop(req.ByteSize(), request_as_json, req)
             parsed = await off_loop(len(binary), read_infer, as_json, binary, len(served.predictor.labels), self.limits)
             del as_json, binary
             left = context.time_remaining()

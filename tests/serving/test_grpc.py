@@ -122,6 +122,9 @@ def test_texts_in_contents_rather_than_raw_bytes_are_read_too(server):
         ("unknown version", grpc.StatusCode.NOT_FOUND, "model 'names' has no version '7'"),
         ("top_k", grpc.StatusCode.INVALID_ARGUMENT, "parameters.top_k must be an integer from 1 to"),
         ("repository", grpc.StatusCode.UNAVAILABLE, "start it with --model-repository DIR"),
+        # small on the wire, costly to walk: refused by counting, before anything is converted on the event loop
+        ("many empty inputs", grpc.StatusCode.INVALID_ARGUMENT, "the request holds 20001 inputs; a valid one"),
+        ("many empty texts", grpc.StatusCode.RESOURCE_EXHAUSTED, "20000 texts in one request; the limit is 64"),
     ],
 )
 def test_bad_calls_get_the_protocols_code_and_a_message_naming_what_is_wrong(server, case, code, message):
@@ -147,6 +150,11 @@ def test_bad_calls_get_the_protocols_code_and_a_message_naming_what_is_wrong(ser
         req.model_version = "7"
     elif case == "top_k":
         req.parameters["top_k"].int64_param = 0
+    elif case == "many empty inputs":
+        for _ in range(20_000):
+            req.inputs.add()
+    elif case == "many empty texts":
+        t.contents.bytes_contents.extend([b""] * 20_000)
     elif case == "repository":
         call, req = stub.RepositoryModelLoad, service_pb2.RepositoryModelLoadRequest(model_name="names")
     if case != "repository":
