@@ -159,7 +159,7 @@ def serve(
         limits.validate()
         with contextlib.ExitStack() as held:
             sock = held.enter_context(bind(host, port))
-            grpc_reserved = held.enter_context(reserve_port(host)) if grpc_port == 0 else None
+            grpc_reserved = held.enter_context(reserve_port(host, grpc_port)) if grpc_port is not None else None
             return run_workers(
                 workers,
                 [sys.executable, *sys.orig_argv[1:]],

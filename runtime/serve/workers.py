@@ -54,7 +54,7 @@ class WorkerContext:
     report_fd: int  # JSON lines to the parent: {"ready": url, ...}, then {"tally": {...}}
     control_fd: int  # the parent's end closes when the parent exits: then the worker drains itself
     metrics_dir: str
-    grpc_port: int | None  # --grpc-port 0: the one free port the parent picked for every worker
+    grpc_port: int | None  # the gRPC port the parent holds (the free one it picked, for --grpc-port 0)
 
     @classmethod
     def from_env(cls) -> WorkerContext | None:
@@ -114,15 +114,28 @@ def _memory_dir() -> str | None:
     return shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else None
 
 
-def reserve_port(host: str) -> socket.socket:
-    """A socket bound to a free port of host with SO_REUSEPORT, held (never listening) while workers listen
-    there too: --grpc-port 0 with --workers is then one port (gRPC's workers bind with SO_REUSEPORT)."""
+def reserve_port(host: str, port: int = 0) -> socket.socket:
+    """A socket bound to host:port (0: a free one) with SO_REUSEPORT, held (never listening) while the workers
+    listen there too (gRPC's workers bind with SO_REUSEPORT). A given port is first bound without SO_REUSEPORT,
+    which fails if anything else holds it: else a second server's workers could share the port with ours and
+    answer some of our clients' calls."""
+    from seqship.runtime.serve.server import ServeError
+
     family, kind, proto, _, addr = socket.getaddrinfo(
-        host or None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(addr)
+    for reuse_port in (False, True) if port else (True,):
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, int(reuse_port))
+        try:
+            sock.bind(addr)
+        except OSError as e:
+            sock.close()
+            raise ServeError(
+                f"cannot listen for gRPC on {host}:{port} ({e.strerror}); pick another --grpc-port (0: any free one)"
+            ) from None
+        if not reuse_port:
+            sock.close()  # free: now held with SO_REUSEPORT, so that the workers can bind it too
     return sock
 
 
@@ -138,7 +151,7 @@ def run_workers(
     """Run `command` (this `pipeline serve`) as n workers sharing `sock`; return their summed tally.
 
     drain_s: how long a drain may take (--drain-delay-s + --drain-timeout-s), before a worker is killed.
-    grpc_port: the port every worker serves gRPC on, when the parent picked it (--grpc-port 0)."""
+    grpc_port: the port every worker serves gRPC on, which the parent holds (reserve_port)."""
     metrics_dir = tempfile.mkdtemp(prefix="seqship-metrics-", dir=_memory_dir())
     workers: list[_Worker] = []
     signals: list[int] = []

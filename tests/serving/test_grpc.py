@@ -205,13 +205,16 @@ def test_a_call_past_its_deadline_is_never_scored_and_sigterm_answers_the_calls_
     assert code == 0 and re.search(r"stopped: (\d+) requests accepted, \1 answered", err), err
 
 
-def test_a_grpc_port_in_use_is_one_error_line(bundle):
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]])
+def test_a_grpc_port_in_use_is_one_error_line(bundle, workers):
+    # Held with SO_REUSEPORT, as another server's workers hold theirs: ours must not join it and answer half its calls
     with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         p = subprocess.run(
-            [*PIPELINE, "serve", "--bundle", bundle, "--port", "0", "--grpc-port", str(port)],
+            [*PIPELINE, "serve", "--bundle", bundle, "--port", "0", "--grpc-port", str(port), *workers],
             cwd=REPO,
             capture_output=True,
             text=True,
