@@ -32,6 +32,7 @@ from seqship.runtime.serve.protocol import (
     parse_predict,
     predict_response,
     read_index_request,
+    read_load_request,
     server_metadata,
 )
 
@@ -262,7 +263,10 @@ def build_app(models: Models, limits: Limits, metrics: Metrics, state: dict, rep
         return answer(dumps(repo.index(ready)))
 
     async def repository_load(request):
-        await repository_or_404().load(request.path_params["name"])
+        repo = repository_or_404()
+        with budget.hold() as hold:
+            body = await body_of(request, hold)
+        await repo.load(request.path_params["name"], read_load_request(bytes(body), limits))
         return answer(b"{}")
 
     async def repository_unload(request):

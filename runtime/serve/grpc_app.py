@@ -319,7 +319,7 @@ class GrpcServer:
         return out
 
     async def RepositoryModelLoad(self, req, context):
-        await self._repository().load(req.model_name)
+        await self._repository().load(req.model_name, sorted(req.parameters))
         return messages().RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, req, context):

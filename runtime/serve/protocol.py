@@ -500,6 +500,18 @@ def read_index_request(body: bytes, limits: Limits) -> bool:
     return ready
 
 
+def read_load_request(body: bytes, limits: Limits) -> list[str]:
+    """Read a repository load request (`{}`, `{"parameters": {...}}` or no body); returns the names of the
+    parameters it carries (Triton's `config` and `file:...` overrides), which the caller refuses."""
+    if not body.strip():
+        return []
+    req = _json(body, "the request body", limits)
+    params = req.get("parameters", {}) if isinstance(req, dict) else None
+    if not isinstance(params, dict):
+        raise HTTPError(400, "send {} or no body: the version is loaded from its folder in the repository")
+    return sorted(params)
+
+
 # ---------------------------------------------------------------------------------------------- responses
 
 

@@ -251,7 +251,8 @@ class Repository:
 
     async def _try_load(self, name: str, version: int, folder: Path, settled: bool) -> str | None:
         loop, key = asyncio.get_running_loop(), (name, version)
-        sig = await loop.run_in_executor(None, signature, folder)
+        # The pins file is part of what a version was judged on: a refusal for a missing pin ends once it is added.
+        sig = (await loop.run_in_executor(None, signature, folder), self._pins_stamp())
         if settled and key in self.refused and self.refused[key][0] == sig:
             return None  # refused as it is now; tried again once its files change
         reason = await loop.run_in_executor(None, incomplete, folder)
@@ -279,6 +280,14 @@ class Repository:
             "model %s version %s loaded from %s (bundle sha256 %s)", name, version, folder, served.predictor.digest
         )
         return None
+
+    def _pins_stamp(self) -> tuple | None:
+        """The pins file's size and modification time (None: no pins file, or none readable now)."""
+        try:
+            st = os.stat(self.pins_file) if self.pins_file is not None else None
+        except OSError:
+            return None
+        return None if st is None else (st.st_size, st.st_mtime_ns)
 
     def _batcher(self, served: Served):
         from seqship.runtime.serve.batching import Batcher
@@ -322,15 +331,29 @@ class Repository:
                     rows.append({"name": name, "version": str(version), "state": "UNAVAILABLE", "reason": reason})
         return rows
 
-    async def load(self, name: str) -> None:
+    async def load(self, name: str, parameters: list[str] = ()) -> None:
         """Load (or bring in step with its folder) one model: every complete version not served yet is loaded,
-        versions whose folder is gone are unloaded; a 400 names each version that failed."""
+        versions whose folder is gone are unloaded; a 400 names each version that failed, or says that none
+        serves. Triton's load parameters (a config, files sent with the request) are refused: a version is
+        what its folder holds, checked as every other."""
         self._explicit("load")
         if not MODEL_NAME.fullmatch(name) or not (self.root / name).is_dir():
             raise HTTPError(404, f"no model {name[:80]!r} in the repository {self.root}")
+        if parameters:
+            raise HTTPError(
+                400,
+                f"model {name}: load parameters {[p[:40] for p in parameters[:4]]} are not supported: seqship loads "
+                f"each version from its folder {self.root / name}/<version>/ as it is; copy the bundle there",
+            )
         problems = await self.sync(only=name)
         if problems:
             raise HTTPError(400, "; ".join(problems))
+        if not self.models.versions(name):
+            raise HTTPError(
+                400,
+                f"model {name}: no version to serve: no folder {self.root / name}/<version>/ (a positive integer) "
+                "holds a complete bundle",
+            )
 
     async def unload(self, name: str) -> None:
         """Unload every version of one model; each answers the requests it holds first."""

@@ -140,6 +140,24 @@ def test_a_broken_version_is_refused_a_half_written_one_waited_for_and_a_removed
     assert status == 503 and "--model-control-mode explicit" in json.loads(answer)["error"]
 
 
+def test_in_poll_mode_a_version_refused_for_its_pin_loads_once_the_pin_is_added(bundle, tmp_path):
+    repo, pins = tmp_path / "repository", tmp_path / "pins.txt"
+    pins.write_text(f"names {add_version(repo, bundle, 1)}\n")
+    s = Server("--model-repository", repo, "--model-control-mode", "poll", "--repository-poll-secs", POLL,
+               "--repository-pins", pins)  # fmt: skip
+    try:
+        second = add_version(repo, bundle, 2, created_at="2026-01-02T00:00:00Z")
+        failures = 'seqship_repository_load_failures_total{model="names"}'
+        until("version 2 to be refused (not pinned)", lambda: _metric(s, failures) == 1)
+        assert infer(s)[1]["model_version"] == "1"
+        with open(pins, "a") as f:  # the folder is untouched: the pins file alone changed
+            f.write(f"names {second}\n")
+        until("version 2 to load once pinned", lambda: infer(s)[1].get("model_version") == "2")
+    finally:
+        code, err = s.stop()
+    assert code == 0, err
+
+
 def test_explicit_mode_loads_and_unloads_on_request_over_http_and_grpc_and_honours_the_pins(bundle, tmp_path):
     repo = tmp_path / "repository"
     pins = tmp_path / "pins.txt"
@@ -161,6 +179,12 @@ def test_explicit_mode_loads_and_unloads_on_request_over_http_and_grpc_and_honou
         assert infer(s)[1]["model_version"] == "2"
         status, _, answer = request(s, "POST", "/v2/repository/models/nope/load")
         assert status == 404 and "no model 'nope' in the repository" in json.loads(answer)["error"]
+        (repo / "empty" / "v1").mkdir(parents=True)  # a model folder with no version folder: a load that loads nothing
+        status, _, answer = request(s, "POST", "/v2/repository/models/empty/load")
+        assert status == 400 and "model empty: no version to serve" in json.loads(answer)["error"]
+        override = b'{"parameters": {"config": "{}", "file:1/model.onnx": "AAAA"}}'  # Triton's: refused, not ignored
+        status, _, answer = request(s, "POST", "/v2/repository/models/names/load", override)
+        assert status == 400 and "load parameters ['config', 'file:1/model.onnx'] are not supported" in answer.decode()
 
         client = triton.InferenceServerClient(s.grpc)
         client.unload_model("names")
