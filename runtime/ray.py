@@ -141,6 +141,18 @@ def child(where: str, name: str) -> str:
     return f"{where.rstrip('/')}/{name}"
 
 
+def member_uri(where: str, name: str) -> str:
+    """The location of the file `name` in the folder or prefix `where`, which open_fs reads back as exactly that
+    name. pyarrow percent-decodes a URI's path, so the name is percent-encoded (a key holding %41 was read as the
+    key A, one holding # or a space not at all), and it goes before any query (?endpoint_override=...)."""
+    if not is_uri(where):
+        return child(where, name)
+    from urllib.parse import quote, urlsplit, urlunsplit
+
+    parts = urlsplit(where)
+    return urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{quote(name, safe='')}"))
+
+
 def _listing(fs, path: str) -> list:
     """The FileInfo of every entry of a folder or prefix (not recursive)."""
     import pyarrow.fs as pafs
@@ -191,7 +203,7 @@ def input_files(where: str) -> list[dict]:
     out = []
     for e in entries:
         fmt = SUFFIXES.get(os.path.splitext(e.base_name)[1].lower())
-        uri = where if info.type == pafs.FileType.File else child(where, e.base_name)
+        uri = where if info.type == pafs.FileType.File else member_uri(where, e.base_name)
         if e.type != pafs.FileType.File or fmt is None:
             raise InputError(
                 f"{uri}: not a .txt, .jsonl/.ndjson or .parquet file; the ray engine reads only these "

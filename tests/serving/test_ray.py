@@ -195,6 +195,22 @@ def test_inputs_and_outputs_it_cannot_use_are_refused_before_ray_starts(bundle, 
     assert not ray.is_initialized()
 
 
+def test_each_file_of_a_prefix_is_read_as_itself_whatever_its_name_holds(tmp_path):
+    # pyarrow percent-decodes URIs: listed as file:// (as s3:// keys are), "a%41.txt" was read as the file "aA.txt"
+    # (its own rows lost, another's scored twice) and names with "#", "?" or a space could not be opened at all
+    from seqship.runtime.ray import input_files, open_fs
+
+    names = ["a%41.txt", "aA.txt", "b#c.txt", "d?e.txt", "f g.txt", "é.txt"]
+    for name in names:
+        (tmp_path / name).write_text(f"the text of {name}\n", encoding="utf-8")
+    files = input_files(f"file://{tmp_path}")
+    assert sorted(f["name"] for f in files) == sorted(names)
+    for f in files:
+        fs, path = open_fs(f["uri"])
+        with fs.open_input_stream(path) as src:
+            assert src.read().decode("utf-8") == f"the text of {f['name']}\n", f["uri"]
+
+
 @pytest.mark.parametrize(
     "text",
     [
