@@ -787,6 +787,14 @@ def _read_summary(fs, root: str) -> dict | None:
     try:
         with fs.open_input_stream(child(root, SUMMARY)) as f:
             data = f.read(MAX_SUMMARY_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as e:  # there, but not readable (credentials, permissions): not "no summary", which misleads
+        raise InputError(
+            f"{child(root, SUMMARY)}: cannot read it ({str(e).splitlines()[0][:200]}); check the credentials "
+            "and permissions for the output (docs/scale.md)"
+        ) from None
+    try:
         summary = json.loads(data) if len(data) <= MAX_SUMMARY_BYTES else None
         if isinstance(summary, dict) and summary.get("engine") == "ray" and isinstance(summary.get("parts"), list):
             [p["name"] for p in summary["parts"]]  # noqa: B018 - every part has a name
