@@ -174,7 +174,9 @@ def _reader(fs, path: str, offset: int):
 
 def input_files(where: str) -> list[dict]:
     """{name, uri, format, bytes} for a file, or for every file of a folder or prefix (sorted by name); an
-    unknown suffix, a subfolder or a name that is not UTF-8 is an InputError (never silently skipped)."""
+    unknown suffix, a subfolder or a name that is not UTF-8 is an InputError (never silently skipped). Hidden
+    entries (a name starting with ".": .DS_Store, a copy tool's temporary file) are left out, as pyarrow's
+    datasets leave them out; summary.json lists every file that was read."""
     import pyarrow.fs as pafs
 
     where = location(where)
