@@ -1026,13 +1026,15 @@ def start_ray(address: str | None, workers: int | None):
 
 
 def _overlap(src: str, dst: str) -> bool:
-    """Whether the output is the input, holds it or is inside it (by what local paths are, not their spelling)."""
-    if is_uri(src) != is_uri(dst):
+    """Whether the output is the input, holds it or is inside it: by what the two name (a file:// URI is a local
+    path; a query such as ?endpoint_override= is not part of the location), not by their spelling."""
+    (fs_a, a), (fs_b, b) = open_fs(src), open_fs(dst)
+    if fs_a.type_name != fs_b.type_name:
         return False
-    if not is_uri(src):
-        a, b = Path(src).resolve(), Path(dst).resolve()
+    if fs_a.type_name == "local":
+        a, b = Path(a).resolve(), Path(b).resolve()
         return a == b or a in b.parents or b in a.parents
-    a, b = src.rstrip("/") + "/", dst.rstrip("/") + "/"
+    a, b = a.rstrip("/") + "/", b.rstrip("/") + "/"
     return a.startswith(b) or b.startswith(a)
 
 

@@ -188,8 +188,9 @@ def test_inputs_and_outputs_it_cannot_use_are_refused_before_ray_starts(bundle, 
     for port in ("x", "99999", "0", "٣"):  # not a TCP port (the last: an Arabic-Indic digit)
         with pytest.raises(RayJobError, match=f"port '{port}' is not a port number"):
             score_with_ray(bundle, inputs, tmp_path / "out", ray_address=f"127.0.0.1:{port}")
-    with pytest.raises(InputError, match="must not be the input, or hold it, or be inside it"):
-        score_with_ray(bundle, inputs, inputs / "out")
+    for out in (inputs / "out", f"file://{inputs}/out"):  # however the output is spelled
+        with pytest.raises(InputError, match="must not be the input, or hold it, or be inside it"):
+            score_with_ray(bundle, inputs, out)
     import ray
 
     assert not ray.is_initialized()
