@@ -200,7 +200,9 @@ def input_files(where: str) -> list[dict]:
             entries = [info]
         else:
             raise InputError(f"{where}: no such file or folder")
-    except OSError as e:
+    except SeqshipError:
+        raise
+    except (OSError, ValueError) as e:  # ValueError: pyarrow's ArrowInvalid (s3://bucket//key: an empty component)
         raise InputError(f"{where}: cannot list it ({str(e).splitlines()[0][:200]})") from None
     out = []
     for e in entries:
@@ -812,7 +814,10 @@ def _seqship_entries(fs, root: str, where: str) -> tuple[list, set]:
     output (one with the marker, or an older output holding only its summary.json and the parts it lists)."""
     import pyarrow.fs as pafs
 
-    info = fs.get_file_info(root)
+    try:
+        info = fs.get_file_info(root)
+    except (OSError, ValueError) as e:  # ValueError: pyarrow's ArrowInvalid (an empty path component)
+        raise InputError(f"{where}: cannot use it as the output ({str(e).splitlines()[0][:200]})") from None
     if info.type == pafs.FileType.File:
         raise InputError(f"{where}: exists and is not a folder; --output names a folder with the ray engine")
     entries = _listing(fs, root) if info.type == pafs.FileType.Directory else []
