@@ -1199,6 +1199,10 @@ def score_with_ray(
         cause = _seqship_error(e)
         if cause is not None:
             raise RayJobError(str(cause)) from None
+        # An actor's death carries its error as text only ("...seqship.runtime.ray.RayJobError: the message")
+        said = re.findall(r"seqship\.runtime\.[\w.]*Error: (.+)", str(e))
+        if said:
+            raise RayJobError(said[-1].strip()[:1000]) from None
         raise RayJobError(f"the Ray job failed: {str(e).strip().splitlines()[-1][:300]}") from None
     except OSError as e:
         raise RayJobError(f"{dst}: cannot write there ({str(e).splitlines()[0][:200]})") from None

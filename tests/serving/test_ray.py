@@ -438,6 +438,7 @@ def test_parquet_parts_on_a_cluster_address_hold_the_same_answers(cluster, s3, b
     p = subprocess.run([*cmd, "--providers", "cuda"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
     assert p.stderr.strip().splitlines()[-1].startswith("Error: ") and "CUDA" in p.stderr, p.stderr
+    assert "the Ray job failed" not in p.stderr and "seqship.runtime" not in p.stderr, p.stderr  # seqship's words
     # A second job into the same folder replaces the first one's parts. A string id with a lone surrogate
     # (valid JSON, not UTF-8) keeps its JSON form.
     from seqship.runtime.ray import score_with_ray
