@@ -121,10 +121,18 @@ class Repository:
     def scan(self) -> dict[str, dict[int, Path]]:
         """model -> version -> folder, for every model and version folder named as Triton names them."""
         found: dict[str, dict[int, Path]] = {}
-        with contextlib.suppress(FileNotFoundError):
-            for m in os.scandir(self.root):
-                if not (m.is_dir() and MODEL_NAME.fullmatch(m.name)):
-                    continue
+        try:
+            models = list(os.scandir(self.root))
+        except OSError as e:  # gone (an unmounted volume?) or unreadable: not "no models", which would unload all
+            raise HTTPError(
+                503,
+                f"the model repository {self.root} cannot be read ({e.strerror}); the versions loaded keep serving, "
+                "and nothing is loaded or unloaded until it can",
+            ) from None
+        for m in models:
+            if not (m.is_dir() and MODEL_NAME.fullmatch(m.name)):
+                continue
+            with contextlib.suppress(FileNotFoundError):  # a model folder removed while listed: no versions
                 versions = {
                     int(v.name): Path(v.path) for v in os.scandir(m.path) if v.is_dir() and VERSION.fullmatch(v.name)
                 }

@@ -140,6 +140,25 @@ def test_a_broken_version_is_refused_a_half_written_one_waited_for_and_a_removed
     assert status == 503 and "--model-control-mode explicit" in json.loads(answer)["error"]
 
 
+def test_a_repository_that_disappears_keeps_its_versions_serving_and_says_so(bundle, tmp_path):
+    # an unmounted volume is not "every model removed": nothing is unloaded, and the index says why it cannot list
+    repo = tmp_path / "repository"
+    add_version(repo, bundle, 1)
+    s = Server("--model-repository", repo, "--model-control-mode", "poll", "--repository-poll-secs", POLL)
+    try:
+        repo.rename(tmp_path / "elsewhere")
+        time.sleep(1.0)  # five polls
+        assert infer(s)[0] == 200 and infer(s)[1]["model_version"] == "1"
+        status, _, answer = request(s, "POST", "/v2/repository/index", b"{}")
+        assert status == 503 and f"the model repository {repo} cannot be read" in json.loads(answer)["error"]
+        (tmp_path / "elsewhere").rename(repo)
+        assert json.loads(request(s, "POST", "/v2/repository/index", b"{}")[2])[0]["state"] == "READY"
+    finally:
+        code, err = s.stop()
+    assert code == 0, err
+    assert f"polling the model repository {repo} failed" in err
+
+
 def test_in_poll_mode_a_version_refused_for_its_pin_loads_once_the_pin_is_added(bundle, tmp_path):
     repo, pins = tmp_path / "repository", tmp_path / "pins.txt"
     pins.write_text(f"names {add_version(repo, bundle, 1)}\n")
