@@ -203,7 +203,10 @@ class Repository:
             ["model"],
             registry=r,
         )
-        self.versions_gauge = Gauge("seqship_model_versions", "Versions served, by model.", ["model"], registry=r)
+        # livemax: under --workers every worker serves the same versions; one series per model, not one per worker
+        self.versions_gauge = Gauge(
+            "seqship_model_versions", "Versions served, by model.", ["model"], registry=r, multiprocess_mode="livemax"
+        )
         self._count_versions()
         if self.mode == "poll":
             self._spawn(self._poll(), "repository-poll")
