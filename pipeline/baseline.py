@@ -56,6 +56,26 @@ class BaselineConfig:
         return f"TF-IDF word 1-2-grams + char 2-{self.ngram_max}-grams within words ({case}) + logistic regression (one-vs-rest)"
 
 
+def linear_classifier(c: float, weight: str, seed: int):
+    """The baseline's classifier for one point of its grid (the wide part is fitted the same way)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+
+    # A fresh fit per C: a warm start from the previous C's solution (lbfgs) was measured to stop at
+    # once on names (C=32 "converged" at C=8's weights), which would make the grid a lie.
+    # One-vs-rest with liblinear: on shopping-cats (50k texts, 410k char n-grams, 10 labels) a
+    # multinomial lbfgs fit took 166-254 s per C against 27-44 s, for the same validation accuracy
+    # (0.8989 and 0.8978 at C=32). With two labels it is one binary logistic regression.
+    return OneVsRestClassifier(
+        LogisticRegression(
+            C=c, class_weight=None if weight == "none" else weight, solver="liblinear", max_iter=1000, random_state=seed
+        ),
+        # one fit at a time: liblinear's random generator is one per process (sklearn's newrand.h),
+        # so fits on threads side by side would draw from it in turn and stop being reproducible
+        n_jobs=1,
+    )
+
+
 def baseline_config(tokenizer: str, lowercase: bool, train_texts: Sequence[str], seed: int = 0) -> BaselineConfig:
     """The baseline's features for a model with this tokenizer, on these training texts."""
     min_df = 2 if len(train_texts) >= LARGE_TRAIN else 1
@@ -146,8 +166,6 @@ def baseline_threads(threads: int | None) -> int:
 def _fit(train_rows, val_rows, test_rows, labels, cfg: BaselineConfig) -> dict:
     """fit_baseline's work, inside its thread limits."""
     from sklearn import __version__ as sklearn_version
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.multiclass import OneVsRestClassifier
 
     started = time.perf_counter()
     for name, rows in (("train", train_rows), ("validation", val_rows), ("test", test_rows)):
@@ -185,23 +203,7 @@ def _fit(train_rows, val_rows, test_rows, labels, cfg: BaselineConfig) -> dict:
     )
     for n, (weight, c) in enumerate(candidates, 1):
         t0 = time.perf_counter()
-        # A fresh fit per C: a warm start from the previous C's solution (lbfgs) was measured to stop at
-        # once on names (C=32 "converged" at C=8's weights), which would make the grid a lie.
-        # One-vs-rest with liblinear: on shopping-cats (50k texts, 410k char n-grams, 10 labels) a
-        # multinomial lbfgs fit took 166-254 s per C against 27-44 s, for the same validation accuracy
-        # (0.8989 and 0.8978 at C=32). With two labels it is one binary logistic regression.
-        clf = OneVsRestClassifier(
-            LogisticRegression(
-                C=c,
-                class_weight=None if weight == "none" else weight,
-                solver="liblinear",
-                max_iter=1000,
-                random_state=cfg.seed,
-            ),
-            # one fit at a time: liblinear's random generator is one per process (sklearn's newrand.h),
-            # so fits on threads side by side would draw from it in turn and stop being reproducible
-            n_jobs=1,
-        )
+        clf = linear_classifier(c, weight, cfg.seed)  # a fresh fit per C (see linear_classifier)
         clf.fit(x_train, y["train"])
         # classes the training split lacks are never predicted: map the classifier's columns back to labels
         pred = clf.classes_[clf.predict_proba(x_val).argmax(1)]

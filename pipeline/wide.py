@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from seqship.pipeline.baseline import C_GRID, CLASS_WEIGHTS, BaselineError, baseline_config
+from seqship.pipeline.baseline import C_GRID, CLASS_WEIGHTS, BaselineError, baseline_config, linear_classifier
 from seqship.pipeline.metrics import classification_metrics
 from seqship.pipeline.model import WideLinear
 from seqship.runtime.tokenizer import pad_batch
@@ -88,8 +88,6 @@ def fit_wide(
 ) -> dict:
     """Fit idf, weights and bias of `wide` on encoded training texts (ids, label ids); pick C and class weighting
     on validation macro-F1. Returns what was chosen and the grid, as the baseline's metrics record it."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.multiclass import OneVsRestClassifier
     from threadpoolctl import threadpool_limits
 
     started = time.perf_counter()
@@ -103,16 +101,7 @@ def fit_wide(
         for weight in class_weights:
             for c in c_grid:
                 t0 = time.perf_counter()
-                clf = OneVsRestClassifier(
-                    LogisticRegression(
-                        C=c,
-                        class_weight=None if weight == "none" else weight,
-                        solver="liblinear",
-                        max_iter=1000,
-                        random_state=seed,
-                    ),
-                    n_jobs=1,
-                )
+                clf = linear_classifier(c, weight, seed)
                 clf.fit(x, y)
                 d = clf.decision_function(xv)  # one column for two labels
                 pred = clf.classes_[(d > 0).astype(int) if d.ndim == 1 else d.argmax(1)]
