@@ -29,6 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
+NOT_DEFAULT = (
+    "Error: variants needs a bundle of the default shape (one bidirectional GRU layer, its final states into the "
+    "head; no --wide, --pair-buckets or pooling other than last)"
+)
+EXACT = 1e-4  # a variant further than this from the shipped graph is another model: timing it would mislead
+
 
 def _variants(model_bytes: bytes) -> dict[str, bytes]:
     """The three alternative graphs of a default-shaped model.onnx (weights read from its initializers)."""
@@ -39,11 +45,19 @@ def _variants(model_bytes: bytes) -> dict[str, bytes]:
 
     src = onnx.load_from_string(model_bytes)
     grus = [n for n in src.graph.node if n.op_type == "GRU"]
-    if len(grus) != 2 or any(n.op_type in ("LSTM", "RNN") for n in src.graph.node):
-        raise SystemExit("variants: needs a bundle of the default shape (one bidirectional GRU layer)")
+    gemms = [n for n in src.graph.node if n.op_type == "Gemm"]
+    if (
+        len(grus) != 2
+        or len(gemms) != 1
+        or len(gemms[0].input) != 3
+        or any(n.op_type in ("LSTM", "RNN") for n in src.graph.node)
+    ):
+        raise SystemExit(NOT_DEFAULT)
     w = {i.name: nh.to_array(i) for i in src.graph.initializer}
     (wf, rf, bf), (wb, rb, bb) = ([w[name] for name in n.input[1:4]] for n in grus)
-    gemm = next(n for n in src.graph.node if n.op_type == "Gemm")
+    if wf.shape != wb.shape:  # two stacked unidirectional layers, not the two directions of one
+        raise SystemExit(NOT_DEFAULT)
+    gemm = gemms[0]
     head_w, head_b = w[gemm.input[1]], w[gemm.input[2]]
     emb = w[next(n for n in src.graph.node if n.op_type == "Gather").input[0]]
     H, C = rf.shape[2], head_w.shape[0]
@@ -216,12 +230,19 @@ def main(argv: list[str] | None = None) -> None:
 
     ap = parser(__doc__)
     add_bundle(ap)
-    ap.add_argument("--rounds", type=int, default=15, help="Interleaved rounds.")
+    ap.add_argument("--rounds", type=int, default=15, help="Interleaved rounds (at least 1).")
     add_json(ap)
     args = ap.parse_args(argv)
+    if args.rounds < 1:
+        ap.error(f"--rounds must be at least 1, got {args.rounds}")
     import onnxruntime as ort
 
-    shipped = open_bundle(args.bundle).data[MODEL_ONNX]
+    from seqship.runtime.errors import SeqshipError
+
+    try:
+        shipped = open_bundle(args.bundle).data[MODEL_ONNX]
+    except SeqshipError as e:
+        raise SystemExit(f"Error: {e}") from None
     graphs = {"shipped (portable)": shipped, **_variants(shipped)}
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 12, 256)
@@ -235,6 +256,8 @@ def main(argv: list[str] | None = None) -> None:
         for k, v in graphs.items()
     }
     diff = {k: float(np.abs(v - outputs["shipped (portable)"]).max()) for k, v in outputs.items()}
+    if max(diff.values()) > EXACT:  # two GRU nodes and one Gemm, but not the default model (pooling, pairs)
+        raise SystemExit(f"{NOT_DEFAULT}: its variants differ from it by up to {max(diff.values()):.1e}")
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}
         for i, (name, data) in enumerate(graphs.items()):

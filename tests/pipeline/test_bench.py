@@ -116,3 +116,25 @@ def test_the_cold_pytorch_contender_runs_only_the_bytes_the_manifest_verified(bu
     (bundle_copy / "model.pt").write_bytes((bundle_copy / "model.pt").read_bytes() + b"\0")
     with pytest.raises(SeqshipError, match=r"model.pt: its sha256 no longer matches the verified manifest"):
         _cold(COLD_TORCH, bundle_copy, "Nguyen", cfg, digests)
+
+
+def test_variants_of_the_graph_are_timed_only_when_they_compute_the_shipped_model(tiny_run, capsys):
+    # python -m seqship.pipeline.bench.variants: each other graph of the same weights is checked exact first
+    import onnx
+
+    from seqship.pipeline.bench import variants
+    from seqship.runtime.bundle import MODEL_ONNX, open_bundle
+
+    bundle = tiny_run[1]["bundle"]
+    variants.main(["--bundle", str(bundle), "--rounds", "1", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert len(result["graphs_median_us"]) == 4 and "GRU node, 6 steps" in result["kernels_median_us"]
+    assert all(g["max_abs_diff_vs_shipped"] <= variants.EXACT for g in result["graphs_median_us"].values())
+    # a graph of another shape (here: a head without bias, as with --wide) is refused, not timed as another model
+    model = onnx.load_from_string(open_bundle(bundle).data[MODEL_ONNX])
+    gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
+    del gemm.input[2]
+    with pytest.raises(SystemExit, match="variants needs a bundle of the default shape"):
+        variants._variants(model.SerializeToString())
+    with pytest.raises(SystemExit):
+        variants.main(["--bundle", str(bundle), "--rounds", "0"])
