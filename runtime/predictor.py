@@ -364,6 +364,9 @@ class Predictor:
             raise InputError(f"top_k must be between 1 and {len(self.labels)}, got {top_k}")
         if errors not in ("raise", "return"):
             raise InputError(f"errors must be 'raise' or 'return', got {errors!r}")
+        if isinstance(first_index, bool) or not hasattr(first_index, "__index__"):  # int, numpy integers
+            raise InputError(f"first_index must be an integer (the index of the first text), got {first_index!r}")
+        first_index = first_index.__index__()
         if type(texts) is list and len(texts) == 1:
             return [self._predict_one(texts[0], top_k, errors, first_index)]
         results: list = []

@@ -53,6 +53,10 @@ def test_one_bad_text_alone_is_returned_or_raised_with_its_index(predictor):
     assert isinstance(returned, InputError) and returned.index == 7 and "#7 is empty" in str(returned)
     with pytest.raises(InputError, match="#7 is a NoneType"):
         predictor.predict([None], first_index=7)
+    for texts in (["Nguyen"], ["Nguyen", "Rossi"]):  # the same check on the one-text path and the list path
+        for bad in (None, "7", True, 1.0):
+            with pytest.raises(InputError, match="first_index must be an integer"):
+                predictor.predict(texts, first_index=bad)
 
 
 def test_over_long_text_is_truncated_and_reported(predictor):
