@@ -6,15 +6,20 @@
              --rdzv-backend c10d --rdzv-endpoint HEAD:29500 -m seqship.pipeline.cli run all ...   # two machines
 
 Rank 0 is the run: it runs the data stage, decides whether training must run (an unchanged stage is
-reused), and sends its training config and the data stage's folder to the other ranks; each of them reads
-only its shard of the training split from the data stage's files (rows i with i % world == rank: no rank
-holds rows for another, and no split crosses the process group), and gets from rank 0 what it needs of the
-other rows: the tokenizer, the model's config, every row's length and the class weights. Each global batch
-of `--batch-size` rows, in the order a single process would take them, is shared out by shard (each rank
-takes the rows of its own shard); the loss is scaled so that the averaged gradient is the global
-batch's, as one process would compute it. Validation runs on rank 0, and its numbers are broadcast, so
-early stopping and the learning-rate schedule decide the same on every rank. Only rank 0 writes (the
-stage outputs, the bundle, the report); the other ranks exit when training ends.
+reused), and sends its training config and the data stage's folder to the other ranks. Every rank, rank 0
+included, then reads only its shard of the training split from the data stage's files (rows i with
+i % world == rank: no rank holds rows for another, and no row crosses the process group). What needs the
+whole split comes from the shards without their rows: token counts, summed on rank 0 (the vocabulary), an
+integer per row, gathered (its token count: max_length and the batch order), label counts, summed (the
+class weights); rank 0 sends the tokenizer and the model's config. The wide part (--wide), fitted on the
+whole split, is fitted by a child process of rank 0 that reads the split's file and writes the fitted
+arrays (.npz) and choices (JSON), so its memory goes back to the OS. Each global batch of `--batch-size`
+rows, in the order a single process would take them, is shared out by shard (each rank takes the rows of
+its own shard); the loss is scaled so that the averaged gradient is the global batch's, as one process
+would compute it. Validation runs on rank 0 (which keeps the validation and test splits), and its numbers
+are broadcast, so early stopping and the learning-rate schedule decide the same on every rank. Only rank 0
+writes (the stage outputs, the bundle, the report; metrics.json's "ranks" records the rows each rank
+held and its peak memory); the other ranks exit when training ends.
 
 Nothing waits in silence: before joining, each rank says where it joins, as which rank, and which
 environment variables sent it there (a scheduler may set WORLD_SIZE and friends in every container,
@@ -31,6 +36,7 @@ import math
 import os
 import sys
 import time
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
@@ -313,14 +319,72 @@ def read_shard(data_dir: Path, split: str) -> list[tuple[str, str]]:
     return rows
 
 
+def _collective_device():
+    """Where collectives' tensors live: the rank's GPU under nccl, else the CPU (gloo)."""
+    import torch
+    import torch.distributed as dist
+
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def all_sum(values: list[float]) -> list[float]:
     """Element-wise sums over all ranks."""
     import torch
     import torch.distributed as dist
 
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=_collective_device())
     dist.all_reduce(t)
     return t.tolist()
+
+
+def gather_rows(values):
+    """Every rank's per-row integers (numpy, one per row of its shard, as read_shard reads it) -> the whole
+    split's, in row order (row i from rank i % world), on every rank: an integer per row crosses the
+    process group, never a row. Outside a process group, `values` itself."""
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+
+    rank, size = world()
+    values = np.asarray(values, dtype=np.int64)
+    if size == 1:
+        return values
+    device = _collective_device()
+    counts = torch.zeros(size, dtype=torch.int64, device=device)
+    counts[rank] = len(values)
+    dist.all_reduce(counts)
+    counts = counts.tolist()
+    mine = torch.zeros(max(counts), dtype=torch.int64, device=device)
+    mine[: len(values)] = torch.from_numpy(values).to(device)
+    parts = [torch.empty_like(mine) for _ in range(size)]
+    dist.all_gather(parts, mine)
+    out = np.empty(sum(counts), dtype=np.int64)
+    for r, (part, n) in enumerate(zip(parts, counts)):
+        if len(out[r::size]) != n:
+            raise DistributedError(
+                f"rank {r} holds {n} rows of a split of {len(out)}, not its shard's {len(out[r::size])}: the ranks "
+                "read different files (is the run folder the same on every machine?)"
+            )
+        out[r::size] = part[:n].cpu().numpy()
+    return out
+
+
+def sum_on_root(counts: Counter) -> Counter | None:
+    """Rank 0: the sum of every rank's counts (token counts of its shard: as many entries as distinct tokens,
+    not rows); the other ranks: None. Outside a process group, `counts` itself."""
+    import torch.distributed as dist
+
+    rank, size = world()
+    if size == 1:
+        return counts
+    parts = [None] * size if rank == 0 else None
+    dist.gather_object(counts, parts, dst=0)
+    if rank != 0:
+        return None
+    total = Counter()
+    for part in parts:
+        total.update(part)
+    return total
 
 
 def shutdown() -> None:

@@ -79,7 +79,7 @@ def stage_data(
 @locked
 def stage_train(run: Run, cfg, force: bool = False, progress=None, threads: int | None = None) -> StageResult:
     """Train on the data stage's splits; keep the best validation checkpoint; test metrics."""
-    from seqship.pipeline.distributed import broadcast, world
+    from seqship.pipeline.distributed import broadcast, read_shard, world
     from seqship.pipeline.train import TRAIN_VERSION, config_inputs, train  # torch: only in the stages that need it
 
     data = run.require("data", "train")
@@ -87,13 +87,29 @@ def stage_train(run: Run, cfg, force: bool = False, progress=None, threads: int 
     distributed = world()[1] > 1
 
     def produce(out: Path) -> dict:
-        splits = [read_split(run.dir("data"), name) for name in SPLITS]
-        if distributed:  # the other ranks read their shards of these splits' files, and train with this config
+        # under torchrun, every rank (this one too) reads its shard of the training split's file; rank 0 keeps
+        # validation and test, and sends the others its config and where the data stage's files are
+        splits = [
+            read_shard(run.dir("data"), n) if distributed and n == "train" else read_split(run.dir("data"), n)
+            for n in SPLITS
+        ]
+        if distributed:
             broadcast({"data_dir": str(run.dir("data")), "labels": data["summary"]["labels"], "config": asdict(cfg)})
-        metrics = train(*splits, data["summary"]["labels"], cfg, out, progress, threads=threads)
+        metrics = train(
+            *splits, data["summary"]["labels"], cfg, out, progress, threads=threads, split_dir=run.dir("data")
+        )
         return {
             k: metrics[k]
-            for k in ("best_epoch", "epochs_run", "train_seconds", "parameters", "device", "threads", "world_size")
+            for k in (
+                "best_epoch",
+                "epochs_run",
+                "train_seconds",
+                "parameters",
+                "device",
+                "threads",
+                "world_size",
+                "ranks",
+            )
         } | {
             "test_accuracy": metrics["test"]["accuracy"],
             "test_macro_f1": metrics["test"]["macro_f1"],
@@ -117,7 +133,8 @@ def follow_training(threads: int | None = None) -> bool:
         return False
     shard = read_shard(Path(job["data_dir"]), "train")
     with tempfile.TemporaryDirectory(prefix="seqship-rank-") as tmp:  # rank 0 writes; nothing is kept here
-        train(shard, [], [], job["labels"], TrainConfig(**job["config"]), Path(tmp), threads=threads)
+        cfg = TrainConfig(**job["config"])
+        train(shard, [], [], job["labels"], cfg, Path(tmp), threads=threads, split_dir=Path(job["data_dir"]))
     return True
 
 

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import random
+import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from seqship.pipeline.distributed import all_sum
+from seqship.pipeline.distributed import all_sum, gather_rows, sum_on_root
 from seqship.pipeline.distributed import broadcast as dist_broadcast
 from seqship.pipeline.distributed import world as dist_world
 from seqship.pipeline.metrics import classification_metrics
@@ -41,11 +42,11 @@ from seqship.runtime.tokenizer import (
     UNICODE_VERSION,
     Tokenizer,
     TokenizerSpec,
-    build_vocab,
     normalize,
     pad_batch,
     split_tokens,
     unassigned_ranges,
+    vocab_from_counts,
 )
 from seqship.runtime.tokenizer import TYPES as TOKENIZER_KINDS
 
@@ -213,13 +214,18 @@ def class_weights(y: np.ndarray, num_labels: int, kind: str) -> np.ndarray | Non
     Scaled so that the mean weight over the training texts is 1. A label with no training text gets
     weight 0 (nothing to weigh).
     """
+    return weights_for_counts(np.bincount(y, minlength=num_labels), kind)
+
+
+def weights_for_counts(counts: np.ndarray, kind: str) -> np.ndarray | None:
+    """class_weights from the training texts' count per label (summed over shards, say)."""
     if kind == "none":
         return None
-    counts = np.bincount(y, minlength=num_labels).astype(np.float64)
-    raw = np.zeros(num_labels)
+    counts = np.asarray(counts, dtype=np.float64)
+    raw = np.zeros(len(counts))
     seen = counts > 0
     raw[seen] = 1.0 / (counts[seen] if kind == "balanced" else np.sqrt(counts[seen]))
-    return raw * len(y) / float((raw * counts).sum())
+    return raw * counts.sum() / float((raw * counts).sum())
 
 
 def default_threads() -> int:
@@ -243,6 +249,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, in MiB (VmHWM: getrusage's would count what the process
+    it was exec'd from held), or 0 where /proc does not say."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next((int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:")), 0.0)
+    except OSError:
+        return 0.0
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch (CPU and CUDA)."""
     random.seed(seed)
@@ -252,18 +268,32 @@ def seed_everything(seed: int) -> None:
 
 def fit_tokenizer(texts: Sequence[str], cfg: TrainConfig) -> Tokenizer:
     """Vocabulary and max_length from the training texts only, through the runtime's own code."""
+    return tokenizer_from_stats(*token_stats(texts, cfg), cfg)
+
+
+def token_stats(texts: Sequence[str], cfg: TrainConfig) -> tuple[Counter, np.ndarray]:
+    """What the tokenizer is fitted from: token counts, and each text's number of tokens (before truncation).
+    Summed and gathered over shards, they are the whole split's (pipeline.distributed)."""
     base = TokenizerSpec(type=cfg.tokenizer, lowercase=cfg.lowercase)
-    token_lists = [split_tokens(normalize(t, base), base.type) for t in texts]
+    counts, lengths = Counter(), np.empty(len(texts), dtype=np.int64)
+    for i, text in enumerate(texts):
+        tokens = split_tokens(normalize(text, base), base.type)
+        counts.update(tokens)
+        lengths[i] = len(tokens)
+    return counts, lengths
+
+
+def tokenizer_from_stats(counts: Counter, lengths: np.ndarray, cfg: TrainConfig) -> Tokenizer:
+    """The tokenizer for a split's token counts and lengths (token_stats)."""
     max_length = cfg.max_length
     if max_length is None:
-        p = float(np.percentile([len(t) for t in token_lists], 99.9))
+        p = float(np.percentile(lengths, 99.9))
         max_length = max(8, int(math.ceil(p / 8) * 8))
-    vocab = build_vocab(token_lists, min_freq=cfg.min_freq, max_size=cfg.max_vocab)
+    vocab = vocab_from_counts(counts, min_freq=cfg.min_freq, max_size=cfg.max_vocab)
     if len(vocab) <= 2:  # pad and unk only: every text would be unk, and a model of it predicts one class
-        seen = Counter(t for tokens in token_lists for t in tokens)
         raise TrainError(
             f"no {cfg.tokenizer} token of the training split occurs --min-freq {cfg.min_freq} times "
-            f"(the most frequent occurs {max(seen.values(), default=0)} times): lower --min-freq"
+            f"(the most frequent occurs {max(counts.values(), default=0)} times): lower --min-freq"
             + ("" if cfg.tokenizer == "char" else ", or use --tokenizer char")
         )
     spec = TokenizerSpec(type=cfg.tokenizer, lowercase=cfg.lowercase, max_length=max_length, vocab=vocab)
@@ -323,10 +353,13 @@ def train(
     out_dir: Path,
     progress: Progress | None = None,
     threads: int | None = None,
+    split_dir: Path | None = None,
 ) -> dict:
     """Train, keep the best validation checkpoint, evaluate on test, and save everything to out_dir.
 
     threads: torch's intra-op threads (default: `default_threads()`); recorded in metrics.json.
+    Under torchrun (pipeline.distributed), train_rows is this rank's shard of the training split, val_rows
+    and test_rows are rank 0's alone, and split_dir is the data stage's folder (the wide part is fitted from it).
     """
     follower = dist_world()[0] != 0  # under torchrun, a rank other than 0: train_rows is its shard, and no more
     for name, rows in (("training", train_rows), ("validation", val_rows), ("test", test_rows)):
@@ -352,55 +385,71 @@ def train(
     torch.backends.mkldnn.enabled = False
     torch.set_num_threads(threads)
     try:
-        return _train(train_rows, val_rows, test_rows, labels, cfg, out_dir, progress)
+        return _train(train_rows, val_rows, test_rows, labels, cfg, out_dir, progress, split_dir)
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
         torch.backends.mkldnn.enabled = was_mkldnn
         torch.set_num_threads(was_threads)
 
 
-def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: Path, progress: Progress | None) -> dict:
+def _train(
+    train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: Path, progress: Progress | None, split_dir
+) -> dict:
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     if device.type == "cuda":  # under torchrun, this rank's GPU (pipeline.distributed set it)
         device = torch.device("cuda", torch.cuda.current_device())
     label_ids = {lab: i for i, lab in enumerate(labels)}
     rank, world = dist_world()
-    # Under torchrun, rank 0 has the splits; any other rank only its shard of the training split (rows i
-    # with i % world == rank, read by pipeline.distributed.read_shard). What a rank needs of the other rows
-    # comes from rank 0, never the rows: the tokenizer, the model's config, every row's length (the batch
-    # order), the class weights.
-    shared = dist_broadcast(None) if rank != 0 else None
-    tokenizer = shared["tokenizer"] if shared else fit_tokenizer([t for t, _ in train_rows], cfg)
+    # Under torchrun, every rank holds only its shard of the training split (rows i with i % world == rank,
+    # read by pipeline.distributed.read_shard), rank 0 included; rank 0 also holds validation and test. What
+    # needs the whole split comes from the shards without their rows: token counts (summed on rank 0: the
+    # vocabulary), an integer per row (its token count: max_length and the batch order), label counts (the
+    # class weights). Rank 0 sends the tokenizer and the model's config; the wide part is fitted apart.
+    counts, raw_lengths = token_stats([t for t, _ in train_rows], cfg)
+    counts, raw_lengths = sum_on_root(counts), gather_rows(raw_lengths)
+    tokenizer = mcfg = fitted = None
+    if rank == 0:
+        tokenizer = tokenizer_from_stats(counts, raw_lengths, cfg)
+        longest = int(raw_lengths.max())
+        if cfg.wide and world > 1:  # the whole training split, in a child process (its memory goes back)
+            fitted = _fit_wide_apart(split_dir, tokenizer, labels, cfg)
+        mcfg = ModelConfig(
+            vocab_size=tokenizer.vocab_size,
+            num_labels=len(labels),
+            pad_id=tokenizer.spec.pad_id,
+            cell=cfg.cell,
+            embed_dim=cfg.embed_dim,
+            hidden_dim=cfg.hidden_dim,
+            num_layers=cfg.num_layers,
+            bidirectional=cfg.bidirectional,
+            dropout=cfg.dropout,
+            embed_dropout=cfg.embed_dropout,
+            pooling=cfg.pooling,
+            pair_buckets=cfg.pair_buckets,
+            **_wide_options(cfg, train_rows, fitted),
+        )
+    del counts, raw_lengths
+    if world > 1:
+        tokenizer, mcfg = dist_broadcast((tokenizer, mcfg) if rank == 0 else None)
     pad = tokenizer.spec.pad_id
     x_train, y_train = encode_split(tokenizer, train_rows, label_ids)
     x_val, y_val = encode_split(tokenizer, val_rows, label_ids)
     x_test, y_test = encode_split(tokenizer, test_rows, label_ids)
-    mcfg = shared["mcfg"] if shared else None
-    mcfg = mcfg or ModelConfig(
-        vocab_size=tokenizer.vocab_size,
-        num_labels=len(labels),
-        pad_id=pad,
-        cell=cfg.cell,
-        embed_dim=cfg.embed_dim,
-        hidden_dim=cfg.hidden_dim,
-        num_layers=cfg.num_layers,
-        bidirectional=cfg.bidirectional,
-        dropout=cfg.dropout,
-        embed_dropout=cfg.embed_dropout,
-        pooling=cfg.pooling,
-        pair_buckets=cfg.pair_buckets,
-        **_wide_options(cfg, train_rows),
-    )
     model = TextClassifier(mcfg).to(device)
     # the wide part is fitted on rank 0 only: DDP gives every rank rank 0's weights at construction
-    wide = _fit_wide(model, cfg, (x_train, y_train), (x_val, y_val), labels, pad) if cfg.wide and rank == 0 else None
-    if cfg.wide and rank != 0:
+    wide = None
+    if cfg.wide and rank == 0:
+        wide = (
+            _fit_wide(model, cfg, (x_train, y_train), (x_val, y_val), labels, pad)
+            if fitted is None
+            else _use_wide(model, cfg, fitted)
+        )
+    elif cfg.wide:
         model.wide.requires_grad_(cfg.wide_tune)  # as _fit_wide leaves it on rank 0 (its weights come with DDP)
-    lengths = shared["lengths"] if shared else np.array([len(x) for x in x_train])
-    weights = shared["weights"] if shared else class_weights(y_train, len(labels), cfg.class_weight)
-    if rank == 0 and world > 1:
-        dist_broadcast({"tokenizer": tokenizer, "mcfg": mcfg, "lengths": lengths, "weights": weights})
+    lengths = gather_rows([len(x) for x in x_train])  # every row's, in row order: the batch order
+    label_counts = np.bincount(y_train, minlength=len(labels))
+    weights = weights_for_counts(all_sum(label_counts.tolist()) if world > 1 else label_counts, cfg.class_weight)
     net = model
     if world > 1:  # same seed, same initial weights; DDP also broadcasts rank 0's at construction
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -453,7 +502,7 @@ def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: P
             if world > 1 and np.bincount(owner, minlength=world).min() == 0:
                 continue  # a batch that gives a rank no row (a small last batch): skipped on every rank
             idx = global_idx[owner == rank]  # this rank's rows of the global batch
-            local = idx if rank == 0 else idx // world  # where they are in what this rank holds
+            local = idx // world  # where they are in this rank's shard
             tok, lens = pad_batch([x_train[i] for i in local], pad)
             target = torch.from_numpy(y_train[local]).to(device)
             # Summed over this rank's rows, divided by the global batch: DDP averages gradients over the
@@ -511,6 +560,10 @@ def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: P
             log.info("early stop: no better validation macro-F1 for %d epochs", stale)
             break
     train_seconds = time.perf_counter() - started
+    # what each rank held and its peak memory so far (on rank 0: the data stage's too, when it ran in this process)
+    held = [0.0] * 2 * world
+    held[2 * rank : 2 * rank + 2] = [len(train_rows), peak_rss_mib()]
+    held = all_sum(held) if world > 1 else held
     if rank != 0:
         return {}  # only rank 0 evaluates and writes
     model.load_state_dict(best_state)
@@ -528,7 +581,8 @@ def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: P
         "threads": torch.get_num_threads(),  # intra-op threads it trained with (--threads)
         "parameters": sum(p.numel() for p in model.parameters()),
         "world_size": world,  # processes that trained it (torchrun), each on its share of every batch
-        "longest_train_tokens": int(max(len(tokenizer.tokens(t)) for t, _ in train_rows)),
+        "ranks": [{"train_rows": int(held[2 * r]), "peak_rss_mib": round(held[2 * r + 1], 1)} for r in range(world)],
+        "longest_train_tokens": longest,
         "class_weights": None if weights is None else {lab: round(float(w), 6) for lab, w in zip(labels, weights)},
     }
     if wide is not None:
@@ -545,25 +599,34 @@ def _train(train_rows, val_rows, test_rows, labels, cfg: TrainConfig, out_dir: P
     return metrics
 
 
-def _wide_options(cfg: TrainConfig, train_rows) -> dict:
-    """ModelConfig's wide_ngrams and wide_buckets for these options (none when --no-wide)."""
+def _wide_options(cfg: TrainConfig, train_rows, fitted: dict | None = None) -> dict:
+    """ModelConfig's wide_ngrams and wide_buckets for these options (none when --no-wide); those of the part
+    fitted apart when there is one."""
     if not cfg.wide:
         return {}
     from seqship.pipeline.wide import default_ngrams
 
-    texts = [t for t, _ in train_rows]
-    return {
-        "wide_ngrams": cfg.wide_ngrams or default_ngrams(cfg.tokenizer, cfg.lowercase, texts),
-        "wide_buckets": cfg.wide_buckets,
-    }
+    if fitted is not None:
+        ngrams = fitted["ngrams"]
+    else:
+        ngrams = cfg.wide_ngrams or default_ngrams(cfg.tokenizer, cfg.lowercase, [t for t, _ in train_rows])
+    return {"wide_ngrams": ngrams, "wide_buckets": cfg.wide_buckets}
 
 
 def _fit_wide(model: TextClassifier, cfg: TrainConfig, train, val, labels, pad: int) -> dict:
     """Fit the model's wide part (pipeline.wide), zero its recurrent head, freeze the wide part unless --wide-tune."""
     from seqship.pipeline.wide import fit_wide
 
-    fitted = fit_wide(model.wide, train, val, labels, pad, seed=cfg.seed)
+    return _use_wide(model, cfg, fit_wide(model.wide, train, val, labels, pad, seed=cfg.seed))
+
+
+def _use_wide(model: TextClassifier, cfg: TrainConfig, fitted: dict) -> dict:
+    """After the wide part is fitted (its weights in `fitted["state"]` when fitted apart): zero the recurrent
+    head, freeze the wide part unless --wide-tune."""
+    state = fitted.pop("state", None)
     with torch.no_grad():
+        if state is not None:
+            model.wide.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
         model.head.weight.zero_()
         model.head.bias.zero_()
     model.wide.requires_grad_(cfg.wide_tune)
@@ -575,6 +638,71 @@ def _fit_wide(model: TextClassifier, cfg: TrainConfig, train, val, labels, pad: 
         fitted["fit_seconds"],
     )
     return fitted | {"tuned": cfg.wide_tune}
+
+
+WIDE_JOB, WIDE_STATE, WIDE_FITTED = "job.json", "wide.npz", "fitted.json"
+
+
+def _fit_wide_apart(split_dir: Path | None, tokenizer: Tokenizer, labels, cfg: TrainConfig) -> dict:
+    """Under torchrun, rank 0 holds only its shard, but the wide part is fitted on the whole training split: a
+    child process reads it from the data stage's files and fits it (pipeline.wide), so that its memory goes
+    back to the OS when it ends; it writes the part's arrays (.npz, no pickle) and what was chosen (JSON).
+    Returns fit_wide's record with the ngrams and, under "state", the part's arrays."""
+    import subprocess
+    import tempfile
+
+    from seqship.pipeline.distributed import COLLECTIVE_TIMEOUT
+
+    if split_dir is None:
+        raise TrainError("--wide on several processes needs the data stage's folder (train(split_dir=...))")
+    with tempfile.TemporaryDirectory(prefix="seqship-wide-") as tmp:
+        job = {"split_dir": str(split_dir), "labels": list(labels), "config": asdict(cfg)}
+        job |= {"tokenizer": json.loads(tokenizer.spec.to_json()), "threads": torch.get_num_threads()}
+        Path(tmp, WIDE_JOB).write_text(json.dumps(job), encoding="utf-8")
+        code = "import sys; from seqship.pipeline.train import fit_wide_child; fit_wide_child(sys.argv[1])"
+        seconds = COLLECTIVE_TIMEOUT.total_seconds()
+        log.info("wide part: fitted on the whole training split in a child process (waiting up to %g s)", seconds)
+        try:
+            p = subprocess.run([sys.executable, "-c", code, tmp], capture_output=True, text=True, timeout=seconds)
+        except subprocess.TimeoutExpired:
+            raise TrainError(f"the wide part's fit (a child process of rank 0) took over {seconds:g} s") from None
+        if p.returncode != 0:
+            lines = p.stderr.strip().splitlines() or [f"exit status {p.returncode}"]
+            raise TrainError(f"the wide part's fit (a child process of rank 0) failed: {lines[-1][:500]}")
+        fitted = json.loads(Path(tmp, WIDE_FITTED).read_text(encoding="utf-8"))
+        with np.load(Path(tmp, WIDE_STATE), allow_pickle=False) as arrays:
+            fitted["state"] = {k: arrays[k] for k in arrays.files}
+    return fitted
+
+
+def fit_wide_child(folder: str) -> None:
+    """The child process of _fit_wide_apart: fit the wide part on the split files its job names, write the
+    results into `folder`; a seqship error is its last stderr line and exit status 1."""
+    from seqship.pipeline.data import read_split
+    from seqship.pipeline.model import WideLinear
+    from seqship.pipeline.wide import default_ngrams, fit_wide
+
+    try:
+        job = json.loads(Path(folder, WIDE_JOB).read_text(encoding="utf-8"))
+        cfg, labels = TrainConfig(**job["config"]), job["labels"]
+        tokenizer = Tokenizer(TokenizerSpec.from_dict(job["tokenizer"], "the training tokenizer"))
+        torch.use_deterministic_algorithms(True)  # as train() trains
+        torch.backends.mkldnn.enabled = False
+        torch.set_num_threads(job["threads"])
+        label_ids = {lab: i for i, lab in enumerate(labels)}
+        train_rows = read_split(Path(job["split_dir"]), "train")
+        ngrams = cfg.wide_ngrams or default_ngrams(cfg.tokenizer, cfg.lowercase, [t for t, _ in train_rows])
+        pad = tokenizer.spec.pad_id
+        wide = WideLinear(tokenizer.vocab_size, len(labels), ngrams, cfg.wide_buckets, pad)
+        train_ids = encode_split(tokenizer, train_rows, label_ids)
+        del train_rows
+        val = encode_split(tokenizer, read_split(Path(job["split_dir"]), "val"), label_ids)
+        fitted = fit_wide(wide, train_ids, val, labels, pad, seed=cfg.seed)
+    except SeqshipError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    np.savez(Path(folder, WIDE_STATE), **{k: v.numpy() for k, v in wide.state_dict().items()})
+    Path(folder, WIDE_FITTED).write_text(json.dumps(fitted), encoding="utf-8")
 
 
 def _load_run_tokenizer(path: Path) -> Tokenizer:

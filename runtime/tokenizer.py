@@ -39,7 +39,7 @@ import re
 import unicodedata
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -388,7 +388,11 @@ def build_vocab(
     token_lists: Iterable[Sequence[str]], min_freq: int = 1, max_size: int | None = None
 ) -> tuple[str, ...]:
     """Specials first, then tokens by falling frequency (ties by code point order): deterministic."""
-    counts = Counter(t for tokens in token_lists for t in tokens)
+    return vocab_from_counts(Counter(t for tokens in token_lists for t in tokens), min_freq, max_size)
+
+
+def vocab_from_counts(counts: Mapping[str, int], min_freq: int = 1, max_size: int | None = None) -> tuple[str, ...]:
+    """build_vocab from token counts (summed over shards of a split, say): the same vocabulary."""
     ranked = sorted((t for t, c in counts.items() if c >= min_freq), key=lambda t: (-counts[t], t))
     if max_size is not None:
         ranked = ranked[: max(0, max_size - 2)]

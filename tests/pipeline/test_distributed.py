@@ -24,9 +24,10 @@ def torchrun_cmd() -> list[str]:
 
 @pytest.mark.slow
 def test_two_processes_train_a_model_as_good_as_one_process_and_it_passes_the_parity_gate(tiny_run, data_dir, tmp_path):
-    """The same config and global batch size as the tiny run, on 2 processes: each rank reads its own shard of
-    the training split and takes that shard's rows of every batch. Only rank 0 writes; the bundle it packages passed the parity gate (verify); its test accuracy is
-    within 1.5 points of the single-process run's."""
+    """The same config and global batch size as the tiny run, on 2 processes: each rank, rank 0 too, reads its
+    own shard of the training split (the train record says how many rows each held) and takes that shard's rows
+    of every batch. Only rank 0 writes; the bundle it packages passed the parity gate (verify); its test
+    accuracy is within 1.5 points of the single-process run's."""
     artifacts = tmp_path / "artifacts"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.run(
@@ -55,6 +56,10 @@ def test_two_processes_train_a_model_as_good_as_one_process_and_it_passes_the_pa
     assert out["ok"] and out["parity"]["passed"] and Path(out["bundle"], "manifest.json").is_file()
     train = json.loads((artifacts / "ddp" / "stages" / "train.json").read_text())
     assert train["summary"]["world_size"] == 2
+    # every rank, rank 0 too, held only its own shard of the training split: rows i with i % 2 == rank
+    n = len((artifacts / "ddp" / "data" / "train.jsonl").read_text(encoding="utf-8").splitlines())
+    assert [r["train_rows"] for r in train["summary"]["ranks"]] == [len(range(0, n, 2)), len(range(1, n, 2))]
+    assert all(r["peak_rss_mib"] > 0 for r in train["summary"]["ranks"])
     single = tiny_run[1]["metrics"]
     assert abs(out["metrics"]["test_accuracy"] - single["test_accuracy"]) <= 0.015, (out["metrics"], single)
     assert "rank 1 of 2 (gloo)" in p.stderr
