@@ -208,3 +208,37 @@ def test_a_rank_reads_only_its_own_shard_of_a_split_and_says_where_storage_must_
     monkeypatch.setattr(distributed, "world", lambda: (2, 3))
     with pytest.raises(distributed.DistributedError, match="rank 2: cannot read its shard .*storage every machine"):
         distributed.read_shard(tmp_path / "elsewhere", "train")
+
+
+@pytest.mark.slow
+def test_the_wide_part_fitted_apart_from_the_split_files_is_the_one_fitted_in_process(data_dir, tmp_path):
+    """Under torchrun rank 0 holds only its shard, so the wide part (fitted on the whole training split) is fitted
+    by a child process from the data stage's files: the same weights and choices as a fit in this process; a fit
+    that fails there is one line that says why."""
+    from seqship.pipeline.model import WideLinear
+    from seqship.pipeline.train import TrainConfig, TrainError, _fit_wide_apart, encode_split, fit_tokenizer
+    from seqship.pipeline.wide import fit_wide
+
+    labels, rows = ["Czech", "Greek", "Japanese"], {"train": [], "val": []}
+    for lang in labels:
+        names = sorted(set((data_dir / "names" / f"{lang}.txt").read_text(encoding="utf-8").split()))[:100]
+        rows["train"] += [(n, lang) for n in names[:75]]
+        rows["val"] += [(n, lang) for n in names[75:]]
+    for split, part in rows.items():
+        text = "".join(json.dumps({"text": t, "label": lab}) + "\n" for t, lab in part)
+        (tmp_path / f"{split}.jsonl").write_text(text, encoding="utf-8")
+    cfg = TrainConfig(wide=True, wide_buckets=2**12)
+    tok = fit_tokenizer([t for t, _ in rows["train"]], cfg)
+    apart = _fit_wide_apart(tmp_path, tok, labels, cfg)
+
+    ids = {lab: i for i, lab in enumerate(labels)}
+    here = WideLinear(tok.vocab_size, len(labels), apart["ngrams"], cfg.wide_buckets, tok.spec.pad_id)
+    train, val = (encode_split(tok, rows[s], ids) for s in ("train", "val"))
+    fitted = fit_wide(here, train, val, labels, tok.spec.pad_id, seed=cfg.seed)
+    assert (apart["C"], apart["class_weight"], apart["val"]) == (fitted["C"], fitted["class_weight"], fitted["val"])
+    assert sorted(apart["state"]) == sorted(here.state_dict())
+    for name, value in here.state_dict().items():
+        assert (apart["state"][name] == value.numpy()).all(), name
+
+    with pytest.raises(TrainError, match=r"wide part's fit \(a child process of rank 0\) failed: Error: .*elsewhere"):
+        _fit_wide_apart(tmp_path / "elsewhere", tok, labels, cfg)
