@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -139,14 +140,28 @@ def fit_baseline(
 
     threads: the BLAS and OpenMP threads of every fit (default 1, as training's: see `baseline_threads`);
     recorded in the metrics with what each thread pool really had."""
+    threads = baseline_threads(threads)
+    with blas_threads(threads) as pools:
+        return _fit(train_rows, val_rows, test_rows, labels, cfg) | {"threads": threads, "thread_pools": pools}
+
+
+@contextmanager
+def blas_threads(threads: int) -> Iterator[dict[str, int]]:
+    """Every BLAS and OpenMP pool limited to `threads` for the fits, scikit-learn's own among them; yields what
+    each kind of pool really has (threadpoolctl's user_api -> its largest pool's threads), as the metrics record it.
+
+    threadpoolctl limits only the libraries loaded when it is entered, and the OpenBLAS that liblinear calls is
+    loaded by the first import of scikit-learn's linear models: imported inside the limits, it kept its 2 threads.
+    A first fit in a process (the wide part's, trained before the baseline) took 22 s of CPU a fit on names on 2
+    busy cores against 1.2 s with one thread."""
+    from sklearn.linear_model import LogisticRegression  # noqa: F401  (loads that BLAS before the limits)
     from threadpoolctl import threadpool_info, threadpool_limits  # a dependency of scikit-learn
 
-    threads = baseline_threads(threads)
     with threadpool_limits(limits=threads):
         pools: dict[str, int] = {}
         for pool in threadpool_info():
             pools[pool["user_api"]] = max(pools.get(pool["user_api"], 0), pool["num_threads"])
-        return _fit(train_rows, val_rows, test_rows, labels, cfg) | {"threads": threads, "thread_pools": pools}
+        yield pools
 
 
 def baseline_threads(threads: int | None) -> int:

@@ -91,8 +91,9 @@ def markdown(rows: list[dict]) -> str:
             delta = f"{da:+.4f} / {df:+.4f} {'✓' if da >= 0 and df >= 0 else '✗'}" + paired_cell(r.get("paired"))
         else:
             base, delta = "not run", ""
+        name = r["dataset"] + (" (wide)" if r.get("model", {}).get("wide_ngrams") else "")  # the GRU plus a wide part
         lines.append(
-            f"| {r['dataset']} | {acc} | {target} | {r['macro_f1']:.4f} | {base} | {delta} | {time} | "
+            f"| {name} | {acc} | {target} | {r['macro_f1']:.4f} | {base} | {delta} | {time} | "
             f"{r['parity_max_abs']:.1e} (test set {r['test_set_max_abs']:.1e}, labels {r['label_agreement']:.0%}) | {_mib(r['bundle_bytes'])} |"
         )
     return "\n".join(lines)

@@ -214,3 +214,34 @@ def test_buckets_that_float32_cannot_hash_exactly_are_refused_by_name():
             ModelConfig(50, 3, wide_ngrams=2, wide_buckets=bad)
         with pytest.raises(TrainError, match="--wide-buckets must be a power of two"):
             TrainConfig(wide=True, wide_buckets=bad)
+
+
+FIT_IN_A_FRESH_PROCESS = """
+import json, numpy as np, sys
+from seqship.pipeline.model import WideLinear
+from seqship.pipeline.wide import fit_wide
+assert "sklearn" not in sys.modules  # as in `pipeline run all`, where training (and this fit) comes before the baseline
+rng = np.random.default_rng(0)
+y = rng.integers(0, 2, 400)
+ids = [[int(i) for i in rng.integers(10, 200, int(n))] + [5] * int(label) for n, label in zip(rng.integers(3, 12, 400), y)]
+wide = WideLinear(1000, 2, 2, 2**12, 0)  # ids 200-999 never occur: their buckets only by collision
+fitted = fit_wide(wide, (ids[:300], y[:300]), (ids[300:], y[300:]), ["a", "b"], 0, c_grid=(8.0,))
+unseen = (wide.idf == 0).numpy()
+print(json.dumps({"pools": fitted["thread_pools"], "unseen": int(unseen.sum()),
+                  "unseen_weights": float(abs(wide.weight.detach().numpy()[unseen]).max()), "val": fitted["val"]}))
+"""
+
+
+@pytest.mark.slow
+def test_the_wide_fit_runs_on_one_blas_thread_even_when_it_loads_scikit_learn():
+    """threadpoolctl limits only libraries already loaded; the wide fit, the first in `run all`, loads liblinear's
+    BLAS itself: 2 spinning threads made a names fit 20x slower on busy cores. Buckets no training text has stay 0."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", FIT_IN_A_FRESH_PROCESS], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.splitlines()[-1])
+    assert got["pools"].get("blas") == 1 and set(got["pools"].values()) == {1}, got["pools"]
+    assert got["unseen"] > 0 and got["unseen_weights"] == 0.0
+    assert got["val"]["accuracy"] > 0.9  # label 1 is the texts with token 5: its unigram tells it
