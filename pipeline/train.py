@@ -702,6 +702,7 @@ def fit_wide_child(folder: str) -> None:
         print(f"Error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
     np.savez(Path(folder, WIDE_STATE), **{k: v.numpy() for k, v in wide.state_dict().items()})
+    fitted["fit_peak_rss_mib"] = round(peak_rss_mib(), 1)  # the child's own: rank 0's does not include it
     Path(folder, WIDE_FITTED).write_text(json.dumps(fitted), encoding="utf-8")
 
 
