@@ -12,6 +12,7 @@ import contextlib
 import functools
 import logging
 import re
+import time
 from typing import TYPE_CHECKING
 
 from seqship.runtime import __version__
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")  # as Starlette's {name} and {version}
 OFF_LOOP_BYTES = 1 << 16  # a body larger than this is inflated and parsed on a worker thread, not the event loop
 
 
@@ -55,7 +57,7 @@ async def off_loop(size: int, fn, *args):
 async def score(served: Served, texts: list, top_k: int, errors: str, metrics: Metrics) -> list:
     """Every text's Prediction or error; with errors='raise', the first bad text is a 400 naming it (HTTP and gRPC)."""
     good = [i for i, t in enumerate(texts) if isinstance(t, str)]
-    scored = await served.batcher.submit([texts[i] for i in good], top_k) if good else []
+    scored = await served.batcher.submit([texts[i] for i in good], top_k, metrics.active == 1) if good else []
     results = list(texts)
     for i, r in zip(good, scored):
         if isinstance(r, (InputError, ModelOutputError)):  # its index is within the batch: name the request's
@@ -75,32 +77,13 @@ async def score(served: Served, texts: list, top_k: int, errors: str, metrics: M
     return results
 
 
-def close_when_draining(app, state: dict):
-    """ASGI middleware: once the server drains, every answer carries `Connection: close`, so a keep-alive client
-    reconnects (elsewhere) after its answer instead of sending its next request into a closing connection."""
-
-    async def wrapped(scope, receive, send):
-        if scope["type"] != "http":
-            return await app(scope, receive, send)
-
-        async def closing_send(message):
-            if message["type"] == "http.response.start" and state["draining"]:
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
-                message = {**message, "headers": [*headers, (b"connection", b"close")]}
-            await send(message)
-
-        return await app(scope, receive, closing_send)
-
-    return wrapped
-
-
 def build_app(models: Models, limits: Limits, metrics: Metrics, state: dict, repository: Repository | None = None):
     """The ASGI application (Starlette), wrapped in the request accounting; `state["draining"]` is set on SIGTERM.
     With a `repository`, its index, load and unload calls are routes too, and it is kept in step while serving."""
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException as StarletteHTTPException
-    from starlette.requests import ClientDisconnect
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import Response
     from starlette.routing import Route
 
@@ -322,10 +305,11 @@ def build_app(models: Models, limits: Limits, metrics: Metrics, state: dict, rep
         if repository is not None:
             repository.start(limits, metrics)
         yield
+        deadline = state.get("drain_deadline", time.monotonic() + limits.drain_timeout_s)  # the drain's, if one ran
         if repository is not None:
-            await repository.stop()
+            await repository.stop(max(0.0, deadline - time.monotonic()))
         for served in models.all():
-            await served.batcher.close(limits.drain_timeout_s)
+            await served.batcher.close(max(0.0, deadline - time.monotonic()))
 
     app = Starlette(
         routes=routes,
@@ -333,4 +317,20 @@ def build_app(models: Models, limits: Limits, metrics: Metrics, state: dict, rep
         exception_handlers={HTTPError: on_http_error, StarletteHTTPException: on_starlette_error, Exception: on_bug},
     )
     app.router.redirect_slashes = False  # a 307 built from the Host header helps no client of this protocol
-    return Accounting(close_when_draining(app, state), metrics)
+
+    async def application(scope, receive, send):
+        """Starlette's app, but an infer call (the hot path) goes straight to its handler: no middleware layers
+        and no walk of the route table (the same handler and error answers as through Starlette)."""
+        if scope["type"] == "http" and scope["method"] == "POST" and (match := INFER_PATH.fullmatch(scope["path"])):
+            scope["path_params"] = {"name": match[1]} if match[2] is None else {"name": match[1], "version": match[2]}
+            request = Request(scope, receive)
+            try:
+                response = await infer(request)
+            except HTTPError as e:
+                response = await on_http_error(request, e)
+            except Exception as e:  # noqa: BLE001 - a bug: logged, answered 500
+                response = await on_bug(request, e)
+            return await response(scope, receive, send)
+        return await app(scope, receive, send)
+
+    return Accounting(application, metrics, state)

@@ -15,6 +15,9 @@ from seqship.runtime.serve.protocol import HTTPError, Limits, Served
 
 log = logging.getLogger(__name__)
 
+INLINE_MAX_S = 0.001  # a one-text batch cheaper than this (EWMA) may be scored on the event loop for a lone request
+EWMA_WEIGHT = 0.1  # of the newest one-text batch in the running average
+
 
 @dataclass
 class _Item:
@@ -36,6 +39,12 @@ class Batcher:
     once; otherwise it queues, and a callback on the event loop's next turn takes what has queued (every request
     that arrived in this turn shares a batch) and hands it to a free worker thread. A worker passes the results
     back with one call_soon_threadsafe.
+
+    A lone one-text request of a cheap model is scored on the event loop itself (`inline`): when it is the only
+    request in flight in the server, the batcher is idle, and the model's recent one-text batches took less
+    than INLINE_MAX_S each on average (an EWMA of every one-text batch, wherever it ran). The hand-off to a thread
+    costs about as much as scoring such a text; a slow model (or a machine that makes it slow) is never
+    scored on the loop, so it never holds the other connections for longer than that bound.
     """
 
     def __init__(self, served: Served, limits: Limits, metrics: Metrics):
@@ -48,6 +57,7 @@ class Batcher:
         self._closed = False
         self._soon: asyncio.Handle | None = None  # _dispatch on the next turn of the loop
         self._timer: asyncio.TimerHandle | None = None  # _dispatch when the oldest request has waited max_delay
+        self.one_text_s: float | None = None  # EWMA of one-text batches' scoring time (None: none scored yet)
         name = served.name  # the metric children, looked up once
         self._queue = metrics.queue.labels(name)
         self._rejected = metrics.rejected.labels(name)
@@ -59,8 +69,9 @@ class Batcher:
         self._loop = asyncio.get_running_loop()
         self._wake()
 
-    async def submit(self, texts: list[str], top_k: int) -> list:
-        """Predictions (or InputError / ModelOutputError per text) for `texts`, in order."""
+    async def submit(self, texts: list[str], top_k: int, alone: bool = False) -> list:
+        """Predictions (or InputError / ModelOutputError per text) for `texts`, in order. alone: no other request
+        is in flight in the server (then a cheap one-text request may be scored inline, see the class)."""
         if self.waiting + len(texts) > self.limits.max_queue_texts and self.waiting:
             self._rejected.inc()
             raise HTTPError(
@@ -69,16 +80,18 @@ class Batcher:
                 f"{self.limits.max_queue_texts}); retry in a moment",
                 {"Retry-After": "1"},
             )
+        idle = self.free == self.limits.threads and not self.pending and not self.limits.max_delay_ms
+        if idle and self._loop and not self._closed:
+            cost = self.one_text_s
+            if alone and len(texts) == 1 and cost is not None and cost < INLINE_MAX_S:
+                results = self._run(texts, top_k)
+                if isinstance(results, str):
+                    raise HTTPError(500, results)
+                return results
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         item = _Item(texts, top_k, future, loop.time())
-        if (
-            self.free == self.limits.threads
-            and not self.pending
-            and not self.limits.max_delay_ms
-            and self._loop
-            and not self._closed
-        ):
+        if idle and self._loop and not self._closed:
             self._start_batch([item])  # an idle batcher: a lone request is scored at once, on a worker thread
         else:
             self.pending.append(item)
@@ -138,19 +151,26 @@ class Batcher:
         self.free -= 1
         self.executor.submit(self._score, batch)
 
-    def _score(self, batch: list[_Item]) -> None:
-        """On a worker thread: score the batch, then hand the results to the event loop."""
-        texts = [t for item in batch for t in item.texts]
-        top_k = max(item.top_k for item in batch)
+    def _run(self, texts: list[str], top_k: int) -> list | str:
+        """Score one batch (on a worker thread, or inline): its results, or why it failed."""
         started = time.perf_counter()
         try:
             results = self.served.predictor.predict(texts, top_k=top_k, errors="return")
         except Exception as e:  # noqa: BLE001 - onnxruntime failing mid-run: every caller gets a 500
             log.error("scoring a batch of %d texts failed", len(texts), exc_info=e)
-            results = f"scoring failed: {type(e).__name__}: {str(e)[:200]}"
-        else:
-            self._batch_texts.observe(len(texts))
-            self._batch_seconds.observe(time.perf_counter() - started)
+            return f"scoring failed: {type(e).__name__}: {str(e)[:200]}"
+        took = time.perf_counter() - started
+        if len(texts) == 1:
+            cost = self.one_text_s
+            self.one_text_s = took if cost is None else cost + EWMA_WEIGHT * (took - cost)
+        self._batch_texts.observe(len(texts))
+        self._batch_seconds.observe(took)
+        return results
+
+    def _score(self, batch: list[_Item]) -> None:
+        """On a worker thread: score the batch, then hand the results to the event loop."""
+        top_k = max(item.top_k for item in batch)
+        results = self._run([t for item in batch for t in item.texts], top_k)
         with contextlib.suppress(RuntimeError):  # the event loop is closed: the drain was cut short
             self._loop.call_soon_threadsafe(self._answer, batch, top_k, results)
 

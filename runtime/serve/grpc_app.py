@@ -105,6 +105,12 @@ def check_entries(req, limits: Limits) -> None:
                 413,
                 f"{len(t.contents.bytes_contents)} texts in one request; the limit is {limits.max_texts} (--max-texts)",
             )
+        if req.raw_input_contents and t.HasField("contents"):  # Triton's check, and its words
+            raise HTTPError(
+                400,
+                f"contents field must not be specified when using raw_input_contents for {t.name[:64]!r} for model "
+                f"{req.model_name[:64]!r}; send the texts in one of them",
+            )
     for o in req.outputs:
         if len(o.parameters) > MAX_ENTRIES:
             raise HTTPError(400, f"output {o.name[:64]!r} holds more parameters than a valid one")
@@ -201,7 +207,7 @@ class GrpcServer:
 
         async def handler(request, context):
             self.accepted += 1
-            self.metrics.in_flight.inc()
+            self.metrics.started()
             started, code = time.perf_counter(), "OK"
             try:
                 return await fn(request, context)
@@ -223,7 +229,7 @@ class GrpcServer:
                 )
             finally:
                 self.answered += 1
-                self.metrics.in_flight.dec()
+                self.metrics.ended()
                 self.requests.labels(method, code).inc()
                 self.latency.labels(method).observe(time.perf_counter() - started)
 

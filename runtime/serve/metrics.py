@@ -26,6 +26,7 @@ class Metrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
         self._texts: dict = {}
+        self.active = 0  # requests in flight in this process, HTTP and gRPC together (the gauge, readable cheaply)
         if multiprocess_dir:
             from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -90,6 +91,16 @@ class Metrics:
             multiprocess_mode="livesum",
         )
 
+    def started(self) -> None:
+        """A request (HTTP or gRPC) was accepted."""
+        self.active += 1
+        self.in_flight.inc()
+
+    def ended(self) -> None:
+        """A request was answered (or cut off)."""
+        self.active -= 1
+        self.in_flight.dec()
+
     def texts_of(self, model: str, outcome: str):
         """The `seqship_texts` child of (model, outcome), looked up once."""
         key = (model, outcome)
@@ -115,14 +126,17 @@ def endpoint_of(path: str) -> str:
 
 
 class Accounting:
-    """ASGI middleware: counts, times and labels every HTTP request, and keeps the tally the drain reports.
+    """ASGI middleware: counts, times and labels every HTTP request, and keeps the tally the drain reports. Once
+    the server drains (`state["draining"]`, set on SIGTERM), every answer carries `Connection: close`, so a
+    keep-alive client reconnects (elsewhere) after its answer instead of sending its next request into a closing
+    connection.
 
     A request whose handler is cancelled before it answered (the drain timed out, or a second signal forced
     the exit) is answered here with 503 and Retry-After, and counted as cut off.
     """
 
-    def __init__(self, app, metrics: Metrics):
-        self.app, self.metrics = app, metrics
+    def __init__(self, app, metrics: Metrics, state: dict | None = None):
+        self.app, self.metrics, self.state = app, metrics, state if state is not None else {"draining": False}
         self.accepted = self.answered = self.cut_off = 0
         self._children: dict = {}  # (endpoint, status) -> its metric children, looked up once
 
@@ -146,12 +160,15 @@ class Accounting:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         self.accepted += 1
-        self.metrics.in_flight.inc()
+        self.metrics.started()
         started, endpoint, status = time.perf_counter(), endpoint_of(scope["path"]), [0]
 
         async def counted_send(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                if self.state["draining"]:  # a keep-alive client reconnects (elsewhere) after this answer
+                    headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+                    message = {**message, "headers": [*headers, (b"connection", b"close")]}
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 self.answered += 1
@@ -183,4 +200,4 @@ class Accounting:
             )
             await counted_send({"type": "http.response.body", "body": body})
         finally:
-            self.metrics.in_flight.dec()
+            self.metrics.ended()

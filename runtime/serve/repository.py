@@ -43,13 +43,16 @@ class RepositoryError(SeqshipError):
 
 
 def signature(folder: Path) -> tuple:
-    """What a version folder holds now: each file's path, size and modification time (a copy in progress
-    changes it)."""
+    """What a version folder holds now: each file's path, size, modification time and change time (a copy in
+    progress changes it). The change time is the one a copy tool cannot set back: one that writes files at
+    their full size first and their content later, then restores the source's modification times, still
+    changes it (and a file replaced by a rename changes its inode)."""
     out = []
     for dirpath, _, files in os.walk(folder):
         for f in files:
             st = os.stat(os.path.join(dirpath, f))
-            out.append((os.path.relpath(os.path.join(dirpath, f), folder), st.st_size, st.st_mtime_ns))
+            path = os.path.relpath(os.path.join(dirpath, f), folder)
+            out.append((path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
     return tuple(sorted(out))
 
 
@@ -220,12 +223,16 @@ class Repository:
         for name in {*self.models, *names}:
             self.versions_gauge.labels(name).set(len(self.models.versions(name)))
 
-    async def stop(self) -> None:
-        """Stop polling, and finish closing the versions being unloaded (each within --drain-timeout-s)."""
+    async def stop(self, timeout_s: float) -> None:
+        """Stop polling, and finish closing the versions being unloaded within timeout_s (what is left of the
+        drain); a version still holding requests then is closed without waiting for them."""
         for task in list(self._tasks):
             if task.get_name() == "repository-poll":
                 task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout_s)
         for task in list(self._tasks):
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 

@@ -207,7 +207,9 @@ def serve(
             if first:
                 state["draining"] = True
                 state["drain_started"] = time.monotonic()
-                in_flight = app.accepted - app.answered
+                in_flight = app.accepted - app.answered  # HTTP's, and gRPC's
+                if grpc_server is not None:
+                    in_flight += grpc_server.accepted - grpc_server.answered
 
                 def announce():  # not from inside the signal handler: it may have interrupted a write to stderr
                     delay = f"; accepting for {limits.drain_delay_s:g} s more" if limits.drain_delay_s else ""
@@ -251,9 +253,8 @@ def serve(
             try:
                 # a worker shares the gRPC port with its siblings (SO_REUSEPORT); alone, a port in use is an error
                 address = await grpc_server.start(host, grpc_port, reuse_port=worker is not None)
-            except ServeError as e:
-                print(f"Error: {e}", file=sys.stderr, flush=True)
-                state["grpc_failed"] = True
+            except ServeError as e:  # raised once the server has stopped: one Error: line, the CLI's
+                state["grpc_failed"] = e
                 self.should_exit = True
                 return
             on_ready(url, address)
@@ -262,10 +263,12 @@ def serve(
             # Closing a listening socket resets the connections in its accept queue, which their clients see
             # as a reset, not a refusal: take them in first (nothing awaits between the last accept and the
             # close), then answer them like every other connection.
+            # One deadline for the whole drain (HTTP, gRPC, the batchers' queues): --drain-timeout-s from now, when
+            # the listener closes (after --drain-delay-s)
+            deadline = state["drain_deadline"] = time.monotonic() + limits.drain_timeout_s
             grpc_stopped = None
             if grpc_server is not None:  # refuses new calls now; those in flight get what is left of the drain
-                left = limits.drain_timeout_s - (time.monotonic() - state.get("drain_started", time.monotonic()))
-                grpc_stopped = asyncio.ensure_future(grpc_server.stop(max(0.0, left)))
+                grpc_stopped = asyncio.ensure_future(grpc_server.stop(limits.drain_timeout_s))
             pending = []
             with contextlib.suppress(OSError):
                 sock.setblocking(False)
@@ -279,11 +282,13 @@ def serve(
                 await loop.connect_accepted_socket(self.new_protocol, conn)
             # uvicorn closes idle keep-alive connections at once, and a request their client sent meanwhile
             # fails with EOF or a reset: each first gets a grace to send one (answered with Connection: close)
-            grace_end = time.monotonic() + min(IDLE_GRACE_S, limits.drain_timeout_s)
+            grace_end = min(time.monotonic() + IDLE_GRACE_S, deadline)
             while time.monotonic() < grace_end and any(map(idle, self.server_state.connections)):
                 await asyncio.sleep(0.02)
             if grpc_stopped is not None:  # before the application's shutdown closes the batchers
                 await grpc_stopped
+            # what is left of the deadline, less the 0.1 s uvicorn waits before it starts counting
+            self.config.timeout_graceful_shutdown = max(0.0, deadline - time.monotonic() - 0.1)
             await super().shutdown(sockets)
 
         def new_protocol(self):
@@ -328,7 +333,7 @@ def serve(
     finally:
         sock.close()
     if state.get("grpc_failed"):
-        raise ServeError(f"cannot listen for gRPC on {host}:{grpc_port}; pick another --grpc-port (0: any free one)")
+        raise state["grpc_failed"]
     drain = time.monotonic() - state["drain_started"] if "drain_started" in state else None
     grpc_counts = grpc_server or SimpleNamespace(accepted=0, answered=0, cut_off=0)
     tally = {

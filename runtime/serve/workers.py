@@ -8,7 +8,8 @@ scoring threads: fresh processes rather than forks of a loaded parent, because o
 threads are not safe to fork, and a worker then starts exactly as a lone server does.
 
 Metrics: each worker writes its Prometheus metrics to files in a private folder the parent creates and
-removes (prometheus_client's multiprocess mode), and whichever worker answers /metrics sums them all.
+removes (prometheus_client's multiprocess mode), and whichever worker answers /metrics sums them all. A parent
+killed outright cannot remove it: the next `--workers` server removes the folders of servers that are gone.
 
 The parent reports ready once every worker is; it forwards SIGTERM and SIGINT to every worker (workers run in
 their own session, so Ctrl-C reaches them once, through the parent), each drains as a lone server does, and
@@ -21,7 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import re
 import select
 import shutil
 import signal
@@ -36,9 +39,13 @@ from typing import Callable
 
 from seqship.runtime.errors import SeqshipError
 
+log = logging.getLogger(__name__)
+
 ENV = "SEQSHIP_SERVE_WORKER"  # set in a worker's environment: JSON of its WorkerContext
 START_TIMEOUT_S = 300.0  # for a worker to load its bundles and listen
 EXIT_GRACE_S = 30.0  # past the drain's own limits, before a worker that has not exited is killed
+METRICS_PREFIX = "seqship-metrics-"  # the name of a metrics folder begins so
+OWNER = "seqship-owner"  # in a metrics folder: the pid of the server (the --workers parent) that made it
 
 
 class WorkerError(SeqshipError):
@@ -114,6 +121,56 @@ def _memory_dir() -> str | None:
     return shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else None
 
 
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, exited and not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: it runs
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc here (or it just exited): as kill(0) said
+        return True
+
+
+def remove_stale_metrics(parent: str) -> list[str]:
+    """Remove the metrics folders under `parent` that a server killed without its clean-up left behind (SIGKILL,
+    out of memory): only seqship's (named so, this user's, with an OWNER marker) whose owner and every process
+    whose files are in it are gone. Returns the folders removed."""
+    removed = []
+    with contextlib.suppress(OSError), os.scandir(parent) as entries:
+        for entry in entries:
+            try:
+                if not (entry.name.startswith(METRICS_PREFIX) and entry.is_dir(follow_symlinks=False)):
+                    continue
+                if entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                    continue
+                with open(os.path.join(entry.path, OWNER)) as f:
+                    pids = [int(f.read(32))]
+                pids += [int(m[1]) for n in os.listdir(entry.path) if (m := re.fullmatch(r"\w+_(\d+)\.db", n))]
+            except (OSError, ValueError):  # no marker (not seqship's), or not readable: left alone
+                continue
+            if not any(map(_alive, pids)):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(entry.path)
+    if removed:
+        log.warning("removed %d metrics folder(s) left by servers that were killed: %s", len(removed), removed)
+    return removed
+
+
+def _metrics_folder() -> str:
+    """A private folder for the workers' metrics files, marked as this process's (stale ones removed first)."""
+    parent = _memory_dir()
+    remove_stale_metrics(parent or tempfile.gettempdir())
+    path = tempfile.mkdtemp(prefix=METRICS_PREFIX, dir=parent)
+    with open(os.path.join(path, OWNER), "w") as f:
+        f.write(str(os.getpid()))
+    return path
+
+
 def reserve_port(host: str, port: int = 0) -> socket.socket:
     """A socket bound to host:port (0: a free one) with SO_REUSEPORT, held (never listening) while the workers
     listen there too (gRPC's workers bind with SO_REUSEPORT). A given port is first bound without SO_REUSEPORT,
@@ -152,7 +209,7 @@ def run_workers(
 
     drain_s: how long a drain may take (--drain-delay-s + --drain-timeout-s), before a worker is killed.
     grpc_port: the port every worker serves gRPC on, which the parent holds (reserve_port)."""
-    metrics_dir = tempfile.mkdtemp(prefix="seqship-metrics-", dir=_memory_dir())
+    metrics_dir = _metrics_folder()
     workers: list[_Worker] = []
     signals: list[int] = []
 

@@ -130,11 +130,23 @@ def test_a_broken_version_is_refused_a_half_written_one_waited_for_and_a_removed
     assert infer(s, "/v2/models/names/versions/4/infer")[0] == 404
     (dst / "model.onnx").write_bytes(onnx)  # the copy ends
     until("version 4 to load once complete", lambda: infer(s)[1].get("model_version") == "4")
+    # a copy tool that writes each file at its full size first and its content later, restoring the source's
+    # modification times: refused while the content is not there (once, not at every poll), loaded once it is
+    dst = repo / "names" / "5"
+    shutil.copytree(bundle, dst)
+    (dst / "model.onnx").write_bytes(bytes(len(onnx)))
+    shutil.copystat(Path(bundle) / "model.onnx", dst / "model.onnx")
+    until("version 5 to be refused", lambda: _metric(s, failures) == 2)
+    time.sleep(1.0)  # five polls
+    assert infer(s)[1]["model_version"] == "4" and _metric(s, failures) == 2
+    (dst / "model.onnx").write_bytes(onnx)
+    shutil.copystat(Path(bundle) / "model.onnx", dst / "model.onnx")  # names, sizes and mtimes as refused
+    until("version 5 to load once its content is there", lambda: infer(s)[1].get("model_version") == "5")
     # a removed version is unloaded; the others keep serving
     shutil.rmtree(repo / "names" / "1")
     until("version 1 to be unloaded", lambda: infer(s, "/v2/models/names/versions/1/infer")[0] == 404)
     meta = json.loads(request(s, "GET", "/v2/models/names")[2])
-    assert meta["versions"] == ["2", "4"] and _metric(s, failures) == 1
+    assert meta["versions"] == ["2", "4", "5"] and _metric(s, failures) == 2
     # repository calls that change what is served are off in poll mode, and say how to turn them on
     status, _, answer = request(s, "POST", "/v2/repository/models/names/unload")
     assert status == 503 and "--model-control-mode explicit" in json.loads(answer)["error"]

@@ -26,6 +26,7 @@ import pytest
 
 from seqship.runtime import Predictor
 from tests.conftest import REPO
+from tests.serving.load import KeepAliveClients
 
 PIPELINE = [sys.executable, "-m", "seqship.pipeline.cli"]
 
@@ -125,6 +126,32 @@ def server(bundle):
     code, err = s.stop()
     assert code == 0, err
     assert re.search(r"stopped: (\d+) requests accepted, \1 answered", err), err
+
+
+def test_the_written_json_answer_is_byte_for_byte_the_general_one(local, surnames):
+    """The common answer (every text scored, JSON outputs) is written from pieces, for speed: it must be exactly the
+    bytes json.dumps makes of the general path's dict, whatever the texts, k, outputs and id (escapes included)."""
+    from seqship.runtime.serve.protocol import Limits, Served, _written_response, parse_infer, tensors_response
+
+    served = Served("names", Path("."), local, version=3)
+    rng = random.Random(7)
+    ids = [None, "", "42", 'q"uote\\back\nline\u0001', "é日本", "\ud800"]
+    outputs = ["label", "score", "top_k_labels", "top_k_scores", "num_tokens", "truncated", "error"]
+    written = 0
+    for _ in range(60):
+        texts = rng.sample(surnames, rng.randint(1, 5)) + (["x" * 400] if rng.random() < 0.2 else [])
+        body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}]}
+        body["parameters"] = {"top_k": rng.randint(1, len(local.labels))}
+        if rng.random() < 0.5:
+            body["outputs"] = [{"name": n} for n in rng.sample(outputs, rng.randint(1, len(outputs)))]
+        if (rid := rng.choice(ids)) is not None:
+            body["id"] = rid
+        req = parse_infer(json.dumps(body).encode(), None, len(local.labels), Limits())
+        results = local.predict(req.texts, top_k=req.top_k, errors="return")
+        fast = _written_response(served, req, results)
+        assert fast == tensors_response(served, req, results)[0] or (fast is None and rid == "\ud800"), body
+        written += fast is not None
+    assert written > 40  # the lone surrogate's (ensure_ascii then) are left to the general path
 
 
 # ---------------------------------------------------------------------------------------- an outside client
@@ -579,49 +606,16 @@ def test_sigterm_under_load_answers_every_accepted_request_and_exits_0(bundle):
     """Sixteen keep-alive clients hammer a fresh server; SIGTERM lands mid-load. The server must answer
     every request it accepted (its own tally), and the clients must have received exactly that many 200s."""
     s = Server("--bundle", f"m={bundle}", "--max-batch", "16")
-    body = infer_body(["Nguyen", "Schmidt", "Rossi"])
-    ok, failures, stop, term = [0], [], threading.Event(), threading.Event()
-    lock = threading.Lock()
-
-    def client():
-        c = s.conn()
-        while not stop.is_set():
-            fresh = c.sock is None  # this request opens a new connection (the last answer said Connection: close)
-            try:
-                c.request("POST", "/v2/models/m/infer", body=body)
-                r = c.getresponse()
-                r.read()
-                with lock:
-                    if r.status == 200:
-                        ok[0] += 1
-                    else:
-                        failures.append(r.status)
-            except ConnectionRefusedError:
-                return  # the listener is closed: the drain has begun
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
-                if fresh and term.is_set():
-                    # A connection the kernel completed in the instant between the server's last accept and its
-                    # listener's close is reset by the kernel: never accepted, never counted, as good as refused.
-                    return
-                with lock:  # a keep-alive connection closed under a request: the drain says Connection: close first
-                    failures.append(repr(e))
-                return
-
-    threads = [threading.Thread(target=client) for _ in range(16)]
-    for t in threads:
-        t.start()
-    while ok[0] < 300 and all(t.is_alive() for t in threads):
-        time.sleep(0.05)
-    term.set()
+    load = KeepAliveClients(s, infer_body(["Nguyen", "Schmidt", "Rossi"]))
+    load.wait_for(300)
+    load.terminating()
     code, err = s.stop(signal.SIGTERM)
-    stop.set()
-    for t in threads:
-        t.join(timeout=60)
+    load.stop()
     assert code == 0, err
     assert "SIGTERM: draining" in err
     m = re.search(r"stopped: (\d+) requests accepted, (\d+) answered", err)
     assert m and m.group(1) == m.group(2), err
-    assert failures == [] and ok[0] == int(m.group(2)) >= 300, (ok, failures, err)
+    assert load.failures == [] and load.ok == int(m.group(2)) >= 300, (load.ok, load.failures, err)
 
 
 def test_sigint_with_nothing_in_flight_drains_and_exits_0(bundle):
@@ -745,6 +739,26 @@ def test_a_drain_cut_short_answers_503_with_retry_after_and_exits_1(bundle, surn
         if status == 503:
             assert headers["retry-after"] == "1" and "--drain-timeout-s ran out" in json.loads(got)["error"]
     assert code == 1 and "because the drain was cut short" in err and "Traceback" not in err, err
+
+
+@pytest.mark.slow
+def test_the_whole_drain_keeps_to_one_drain_timeout(bundle):
+    """An idle keep-alive connection (given a grace to send one more request) and a request whose body never
+    comes, at SIGTERM with --drain-timeout-s 3: the grace, the wait for requests in flight and the batchers'
+    close share the one deadline (each step counted from its own start made it 5 s), and the request cut off
+    by it gets its 503."""
+    s = Server("--bundle", f"m={bundle}", "--drain-timeout-s", "3")
+    idle = s.conn()
+    idle.request("GET", "/v2/health/live")
+    assert idle.getresponse().read() == b'{"live":true}'
+    slow = _raw(s, b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+    while _metric(s, "seqship_requests_in_flight") < 2:  # the slow one, and this scrape
+        time.sleep(0.02)
+    code, err = s.stop(signal.SIGTERM)
+    assert _read_to_close(slow).startswith(b"HTTP/1.1 503")
+    idle.close()
+    drained = float(re.search(r"drained in (\S+) s", err).group(1))
+    assert drained < 3.5 and code == 1 and "1 of them with 503 because the drain was cut short" in err, err
 
 
 def test_signals_that_keep_coming_while_the_server_exits_never_turn_a_clean_drain_into_143(bundle):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import http.client
 import os
 import re
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from seqship.runtime import Predictor
+from tests.serving.load import KeepAliveClients
 from tests.serving.test_serve import OK, Server, infer_body, request
 
 
@@ -44,38 +46,9 @@ def test_two_workers_share_the_port_sum_their_metrics_and_drain_every_accepted_r
     batches; under 16 keep-alive clients, SIGTERM to the parent drains both: every accepted request is answered
     (the parent's tally, the clients' 200s), both workers served, and the exit is 0."""
     s = Server("--bundle", f"m={bundle}", "--workers", "2", "--threads", "1")
-    body = infer_body(["Nguyen", "Schmidt", "Rossi"])
-    ok, failures, stop, term, lock = [0], [], threading.Event(), threading.Event(), threading.Lock()
-
-    def client():
-        c = s.conn()
-        while not stop.is_set():
-            fresh = c.sock is None
-            try:
-                c.request("POST", "/v2/models/m/infer", body=body)
-                r = c.getresponse()
-                r.read()
-                with lock:
-                    if r.status == 200:
-                        ok[0] += 1
-                    else:
-                        failures.append(r.status)
-            except ConnectionRefusedError:
-                return
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
-                if not (fresh and term.is_set()):  # see test_serve's drain test: a reset of a never-accepted one
-                    with lock:
-                        failures.append(repr(e))
-                return
-
     assert len(_workers(s)) == 2
-    threads = [threading.Thread(target=client) for _ in range(16)]
-    for t in threads:
-        t.start()
-    while ok[0] < 300 and all(t.is_alive() for t in threads):
-        time.sleep(0.05)
-    with lock:
-        answered = ok[0]  # answered before the scrapes began: every scrape counts at least these
+    load = KeepAliveClients(s, infer_body(["Nguyen", "Schmidt", "Rossi"]))
+    answered = load.wait_for(300)  # answered before the scrapes began: every scrape counts at least these
     scrapes = [request(s, "GET", "/metrics")[2].decode() for _ in range(6)]  # fresh connections: either worker
     for text in scrapes:
         count = _value(text, "seqship_batch_texts_count", model="m")
@@ -83,16 +56,14 @@ def test_two_workers_share_the_port_sum_their_metrics_and_drain_every_accepted_r
         assert _value(text, "seqship_batch_texts_sum", model="m") >= 3 * answered
         assert _value(text, "seqship_batch_texts_sum", model="m") > 3 * count  # 16 clients: batches of several
         assert "process_cpu_seconds_total" not in text  # one worker's: left out
-    term.set()
+    load.terminating()
     code, err = s.stop(signal.SIGTERM)
-    stop.set()
-    for t in threads:
-        t.join(timeout=60)
+    load.stop()
     assert code == 0, err
     m = re.search(r"stopped: (\d+) requests accepted, (\d+) answered .*; by worker: (\d+), (\d+) accepted", err)
     assert m and m.group(1) == m.group(2), err
     assert int(m.group(3)) > 0 and int(m.group(4)) > 0, err  # both workers served
-    assert failures == [] and ok[0] + 6 == int(m.group(2)), (ok, failures, err)  # the 6 scrapes
+    assert load.failures == [] and load.ok + 6 == int(m.group(2)), (load.ok, load.failures, err)  # the 6 scrapes
 
 
 def test_workers_serve_grpc_on_one_port_and_one_that_dies_is_reported_the_other_drains_exit_1(bundle, local):
@@ -119,6 +90,42 @@ def test_workers_serve_grpc_on_one_port_and_one_that_dies_is_reported_the_other_
     assert f"worker 2 (pid {second}) died while serving (killed by SIGKILL)" in err and "draining the others" in err
     with pytest.raises(ProcessLookupError):
         os.kill(first, 0)  # drained and gone too
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.slow
+def test_a_parent_killed_outright_leaves_its_metrics_folder_to_the_next_server_to_remove(bundle):
+    """SIGKILL to the parent: its workers drain themselves and exit, and the metrics folder nothing could remove is
+    removed when the next --workers server makes its own; seqship's only, and only when no process uses it."""
+    from seqship.runtime.serve import workers
+
+    s = Server("--bundle", f"m={bundle}", "--workers", "2")
+    pids = _workers(s)
+    environ = Path(f"/proc/{pids[0]}/environ").read_bytes().split(b"\0")
+    folder = Path(next(e for e in environ if e.startswith(b"PROMETHEUS_MULTIPROC_DIR=")).split(b"=", 1)[1].decode())
+    s.proc.kill()
+    s.proc.wait(timeout=30)
+    deadline = time.monotonic() + 60
+    while any(map(_running, pids)):
+        assert time.monotonic() < deadline, "the workers did not drain and exit without their parent"
+        time.sleep(0.05)
+    assert (folder / workers.OWNER).read_text() == str(s.proc.pid)
+    foreign = Path(tempfile.mkdtemp(prefix=workers.METRICS_PREFIX, dir=folder.parent))  # not marked: not ours
+    live = Path(tempfile.mkdtemp(prefix=workers.METRICS_PREFIX, dir=folder.parent))
+    (live / workers.OWNER).write_text(str(os.getpid()))  # its owner runs
+    fresh = Path(workers._metrics_folder())  # as the next server starts
+    try:
+        assert not folder.exists() and foreign.is_dir() and live.is_dir() and fresh.is_dir()
+    finally:
+        for path in (foreign, live, fresh):
+            shutil.rmtree(path)
 
 
 # ---------------------------------------------------------------------------------------- the batcher, in-process
@@ -181,3 +188,43 @@ def test_a_lone_request_whose_scoring_outlasts_the_timeout_gets_503_and_its_late
     assert waited < 30  # the timeout answered, not the thread's release
     assert metrics.registry.get_sample_value("seqship_batch_texts_count", {"model": "names"}) == 1  # scored, dropped
     assert batcher.idle()
+
+
+class Watched:
+    """The real Predictor, recording the thread each batch is scored on, and slower by `delay_s` (a larger model)."""
+
+    def __init__(self, predictor: Predictor, delay_s: float = 0.0):
+        self.predictor, self.delay_s, self.threads = predictor, delay_s, []
+
+    def predict(self, texts, **options):
+        self.threads.append(threading.current_thread().name)
+        time.sleep(self.delay_s)
+        return self.predictor.predict(texts, **options)
+
+
+@pytest.mark.parametrize("delay_s, inline", [(0.0, True), (0.002, False)])
+def test_a_lone_one_text_request_is_scored_on_the_event_loop_only_for_a_cheap_model(local, delay_s, inline):
+    """Once a one-text batch has been measured under 1 ms, a lone one-text request is scored on the event loop
+    (no hand-off to a thread); a request with company or with several texts still goes to a worker thread, and
+    a model slower than 1 ms a text never holds the event loop. Answers are the same either way."""
+    from seqship.runtime.serve.batching import Batcher
+    from seqship.runtime.serve.metrics import Metrics
+    from seqship.runtime.serve.protocol import Limits, Served
+
+    local.predict(["Kim"])  # warm: a fresh session's first run is slower than the rest
+    model = Watched(local, delay_s)
+    batcher = Batcher(Served("names", Path("."), model), Limits(threads=1), Metrics())
+
+    async def main():
+        batcher.start()
+        got = [await batcher.submit(["Nguyen"], 2, alone=True) for _ in range(4)]
+        got.append(await batcher.submit(["Nguyen", "Kim"], 2, alone=True))
+        got.append(await batcher.submit(["Nguyen"], 2, alone=False))
+        await batcher.close(5)
+        return got
+
+    got = asyncio.run(asyncio.wait_for(main(), 60))
+    on_loop = [name == threading.main_thread().name for name in model.threads]
+    assert on_loop == [False, inline, inline, inline, False, False]  # the first: not measured yet
+    want = local.predict(["Nguyen", "Kim"], top_k=2)
+    assert all(g[0].top_k == want[0].top_k for g in got) and got[4][1].top_k == want[1].top_k
