@@ -57,7 +57,7 @@ async def off_loop(size: int, fn, *args):
 async def score(served: Served, texts: list, top_k: int, errors: str, metrics: Metrics) -> list:
     """Every text's Prediction or error; with errors='raise', the first bad text is a 400 naming it (HTTP and gRPC)."""
     good = [i for i, t in enumerate(texts) if isinstance(t, str)]
-    scored = await served.batcher.submit([texts[i] for i in good], top_k, metrics.active == 1) if good else []
+    scored = await served.batcher.submit([texts[i] for i in good], top_k, metrics.alone()) if good else []
     results = list(texts)
     for i, r in zip(good, scored):
         if isinstance(r, (InputError, ModelOutputError)):  # its index is within the batch: name the request's

@@ -27,6 +27,8 @@ class Metrics:
 
         self._texts: dict = {}
         self.active = 0  # requests in flight in this process, HTTP and gRPC together (the gauge, readable cheaply)
+        # uvicorn's tasks, one per HTTP request it has read the headers of, started or not (set by the server)
+        self.http_tasks: set | frozenset = frozenset()
         if multiprocess_dir:
             from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -100,6 +102,12 @@ class Metrics:
         """A request was answered (or cut off)."""
         self.active -= 1
         self.in_flight.dec()
+
+    def alone(self) -> bool:
+        """Whether the request asking is the only one in this process: none other in flight, and none that
+        uvicorn has read but not yet started (under load, the first of a loop turn's requests to run would
+        otherwise see itself alone)."""
+        return self.active == 1 and len(self.http_tasks) <= 1
 
     def texts_of(self, model: str, outcome: str):
         """The `seqship_texts` child of (model, outcome), looked up once."""

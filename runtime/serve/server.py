@@ -327,6 +327,7 @@ def serve(
         access.setLevel(logging.INFO)
         access.propagate = False
     server = Server(config)
+    metrics.http_tasks = server.server_state.tasks  # for Metrics.alone
     started = time.monotonic()
     try:
         server.run(sockets=[sock])

@@ -228,3 +228,18 @@ def test_a_lone_one_text_request_is_scored_on_the_event_loop_only_for_a_cheap_mo
     assert on_loop == [False, inline, inline, inline, False, False]  # the first: not measured yet
     want = local.predict(["Nguyen", "Kim"], top_k=2)
     assert all(g[0].top_k == want[0].top_k for g in got) and got[4][1].top_k == want[1].top_k
+
+
+def test_under_load_one_text_requests_are_still_batched_not_scored_one_by_one_inline(bundle):
+    """Sixteen keep-alive clients of one text each: the requests uvicorn has read but not started count as in
+    flight, so none is scored inline as if alone (the first to run in each turn of the loop would be, and then
+    the next: every text scored on the event loop, one at a time): they are batched."""
+    s = Server("--bundle", f"m={bundle}", "--threads", "1")
+    load = KeepAliveClients(s, infer_body(["Nguyen"]))
+    load.wait_for(400)
+    text = request(s, "GET", "/metrics")[2].decode()
+    load.stop()
+    batches, texts = (_value(text, f"seqship_batch_texts_{k}", model="m") for k in ("count", "sum"))
+    assert texts >= 400 and texts > 2 * batches, text  # batches of several texts on average
+    code, err = s.stop()
+    assert code == 0 and load.failures == [], (err, load.failures)
