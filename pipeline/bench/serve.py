@@ -18,6 +18,9 @@ its share of a noisy machine's good and bad moments), on one connection (a lone 
   one call at a time, then --connections calls in flight on one HTTP/2 channel);
 - with --previous REV, `pipeline serve` as it was at that git revision (`git archive`, run from a temp folder).
 Every contender is one process started once and warmed up for 2 s. Ratios are per round, then the median.
+Beside requests/s, each run reads the server's CPU time from /proc (a --workers parent's workers included) and
+reports its CPU microseconds per request: at one connection, the client and the kernel's loopback share the
+latency, and the server's own cost per request is the steadier figure on a busy machine.
 
 --batching prints the older table instead: batching on and off, --max-delay-ms, one or two scoring
 threads, and the server's overhead against calling the Predictor in-process.
@@ -31,6 +34,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -235,6 +239,28 @@ def _grpc(address: str, texts: list[str], seconds: float, connections: int) -> d
     }
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of process `pid` and of its children now running (a --workers parent's workers),
+    from /proc; 0 where there is no /proc."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        for p in [pid, *map(int, children)]:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    except (OSError, IndexError):
+        return 0.0
+    return total
+
+
+def _measured(load, pid: int, *args, seconds: float, **kwargs) -> dict:
+    """load(*args, seconds=..., **kwargs)'s figures, plus the server's CPU microseconds per request answered."""
+    before = _cpu_seconds(pid)
+    r = load(*args, seconds=seconds, **kwargs)
+    r["cpu_us"] = (_cpu_seconds(pid) - before) / max(1.0, r["rps"] * seconds) * 1e6
+    return r
+
+
 def _in_process(bundle: str, texts: list[str], per_call: int, seconds: float) -> float:
     """Texts/s of Predictor.predict called with `per_call` texts at a time, single-threaded, for `seconds`."""
     from seqship.runtime import Predictor
@@ -285,6 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batching", action="store_true", help="The batching table instead (on, off, delay, threads).")
     add_json(ap)
     args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the servers it started are stopped on the way out
     if shutil.which("hey") is None:
         raise SystemExit("needs hey: apt-get install -y hey")
     n = args.texts_per_request
@@ -338,8 +365,9 @@ def _compare(args, body: Path, texts: list[str], tmp: Path) -> None:
             load(urls[name], seconds=2, connections=args.connections)  # warm-up
         for r in range(args.rounds):
             for name in contenders:
-                one = loads[name](urls[name], seconds=args.one_duration, connections=1)
-                many = loads[name](urls[name], seconds=args.duration, connections=args.connections)
+                pid = procs[name].pid
+                one = _measured(loads[name], pid, urls[name], seconds=args.one_duration, connections=1)
+                many = _measured(loads[name], pid, urls[name], seconds=args.duration, connections=args.connections)
                 runs[name].append({"one": one, "many": many})
                 print(
                     f"round {r + 1}: {name}: 1 connection {one['rps']:.0f} requests/s, "
@@ -353,8 +381,8 @@ def _compare(args, body: Path, texts: list[str], tmp: Path) -> None:
         for proc in procs.values():
             proc.wait(timeout=120)
 
-    def ratio(a: str, b: str, key: str) -> float:
-        return _median([x[key]["rps"] / y[key]["rps"] for x, y in zip(runs[a], runs[b])])
+    def ratio(a: str, b: str, key: str, figure: str = "rps") -> float:
+        return _median([x[key][figure] / y[key][figure] for x, y in zip(runs[a], runs[b])])
 
     ratios = {
         "seqship / inline Starlette, 1 connection": ratio("seqship", "inline Starlette", "one"),
@@ -367,6 +395,9 @@ def _compare(args, body: Path, texts: list[str], tmp: Path) -> None:
     if "inline FastAPI" in runs:
         ratios["seqship / inline FastAPI, 1 connection"] = ratio("seqship", "inline FastAPI", "one")
         ratios[f"seqship / inline FastAPI, {args.connections} connections"] = ratio("seqship", "inline FastAPI", "many")
+        ratios["seqship / inline FastAPI, server CPU per request, 1 connection"] = ratio(
+            "seqship", "inline FastAPI", "one", "cpu_us"
+        )
     if args.previous:
         prev = f"seqship at {args.previous}"
         ratios[f"seqship / {args.previous}, 1 connection"] = ratio("seqship", prev, "one")
@@ -380,9 +411,10 @@ def _compare(args, body: Path, texts: list[str], tmp: Path) -> None:
         f"{c} connections for {args.duration:g} s; medians\n"
     )
     print(
-        f"| contender | 1 connection: requests/s | p50 ms | {c} connections: requests/s | p50 ms | p99 ms | non-200 / errors |"
+        f"| contender | 1 connection: requests/s | p50 ms | server CPU µs/request | {c} connections: requests/s | "
+        "p50 ms | p99 ms | non-200 / errors |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for name, rs in runs.items():
         one = [x["one"] for x in rs]
         many = [x["many"] for x in rs]
@@ -390,7 +422,7 @@ def _compare(args, body: Path, texts: list[str], tmp: Path) -> None:
         errors = sum(x["errors"] for x in one + many)
         print(
             f"| {name} | {_median([x['rps'] for x in one]):.0f} | {_median([x['p50_ms'] for x in one]):.2f} | "
-            f"{_median([x['rps'] for x in many]):.0f} | {_median([x['p50_ms'] for x in many]):.1f} | "
+            f"{_median([x['cpu_us'] for x in one]):.0f} | {_median([x['rps'] for x in many]):.0f} | {_median([x['p50_ms'] for x in many]):.1f} | "
             f"{_median([x['p99_ms'] for x in many]):.1f} | {bad} / {errors} |"
         )
     print()

@@ -80,18 +80,17 @@ class Batcher:
                 f"{self.limits.max_queue_texts}); retry in a moment",
                 {"Retry-After": "1"},
             )
-        idle = self.free == self.limits.threads and not self.pending and not self.limits.max_delay_ms
-        if idle and self._loop and not self._closed:
-            cost = self.one_text_s
-            if alone and len(texts) == 1 and cost is not None and cost < INLINE_MAX_S:
-                results = self._run(texts, top_k)
-                if isinstance(results, str):
-                    raise HTTPError(500, results)
-                return results
+        idle = self.idle() and not self.limits.max_delay_ms and self._loop is not None and not self._closed
+        cost = self.one_text_s
+        if idle and alone and len(texts) == 1 and cost is not None and cost < INLINE_MAX_S:
+            results = self._run(texts, top_k)  # on the event loop: a small model's lone text
+            if isinstance(results, str):
+                raise HTTPError(500, results)
+            return results
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         item = _Item(texts, top_k, future, loop.time())
-        if idle and self._loop and not self._closed:
+        if idle:
             self._start_batch([item])  # an idle batcher: a lone request is scored at once, on a worker thread
         else:
             self.pending.append(item)
