@@ -60,6 +60,14 @@ def test_two_processes_train_a_model_as_good_as_one_process_and_it_passes_the_pa
     n = len((artifacts / "ddp" / "data" / "train.jsonl").read_text(encoding="utf-8").splitlines())
     assert [r["train_rows"] for r in train["summary"]["ranks"]] == [len(range(0, n, 2)), len(range(1, n, 2))]
     assert all(r["peak_rss_mib"] > 0 for r in train["summary"]["ranks"])
+    # what needs the whole split, made from the shards' counts and lengths: the same as one process makes it
+    for name in ("tokenizer.json", "model_config.json"):
+        assert (artifacts / "ddp" / "train" / name).read_bytes() == Path(
+            tiny_run[0], "tiny", "train", name
+        ).read_bytes()
+    ddp_metrics = json.loads((artifacts / "ddp" / "train" / "metrics.json").read_text())
+    tiny_metrics = json.loads(Path(tiny_run[0], "tiny", "train", "metrics.json").read_text())
+    assert ddp_metrics["longest_train_tokens"] == tiny_metrics["longest_train_tokens"]
     single = tiny_run[1]["metrics"]
     assert abs(out["metrics"]["test_accuracy"] - single["test_accuracy"]) <= 0.015, (out["metrics"], single)
     assert "rank 1 of 2 (gloo)" in p.stderr
