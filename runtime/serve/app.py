@@ -114,8 +114,13 @@ def build_app(models: Models, limits: Limits, metrics: Metrics, state: dict, rep
 
         async def read():
             body = bytearray()  # one buffer, grown in place: no list of chunks, no joined copy
+            receive, more = request.receive, True  # ASGI's messages, as Starlette's request.stream() reads them
             try:
-                async for chunk in request.stream():
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise ClientDisconnect()
+                    chunk, more = message.get("body", b""), message.get("more_body", False)
                     if len(body) + len(chunk) > limits.max_body_bytes:  # the rest is not read: the connection closes
                         raise HTTPError(
                             413,

@@ -320,6 +320,7 @@ def serve(
         lifespan="on",
         server_header=False,
         timeout_keep_alive=30,
+        proxy_headers=access_log,  # X-Forwarded-For matters to the access log only: else one layer less a request
     )
     if access_log:  # after Config, which sets uvicorn's loggers to log_level
         access = logging.getLogger("uvicorn.access")
