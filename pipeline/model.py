@@ -181,19 +181,23 @@ class WideLinear(nn.Module):
         count = torch.matmul(same, real.unsqueeze(3)).squeeze(3).clamp(min=1.0)  # occurrences of each bucket
         tfidf = (1.0 + torch.log(count)) * nn.functional.embedding(bucket, self.idf.unsqueeze(1)).squeeze(3)
         share = tfidf / count * real  # each of a bucket's occurrences holds 1/count of its value
-        return bucket, share, (share * tfidf).sum((1, 2))
+        return bucket, share, (share * tfidf).double().sum((1, 2))  # float64 sums: see forward
 
     def terms(self, token_ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(bucket [B, N, T] int64, value [B, N, T] float32) of each n-gram occurrence: summed per row and bucket,
         the values are the row's L2-normalised TF-IDF vector (padding and n-grams past a row's end are 0)."""
         bucket, share, sq = self._parts(token_ids, lengths)
-        return bucket, share / _norm(sq).view(-1, 1, 1)
+        return bucket, share / _norm(sq).float().view(-1, 1, 1)
 
     def forward(self, token_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Logits [B, C] of the linear part: the weights' rows summed by the row's normalised TF-IDF, plus the bias."""
         bucket, share, sq = self._parts(token_ids, lengths)
         weights = nn.functional.embedding(bucket, self.weight)  # (B, N, T, C)
-        return (share.unsqueeze(3) * weights).sum((1, 2)) / _norm(sq).unsqueeze(1) + self.bias
+        # Summed in float64: a long row's terms are large and cancel (shopping-cats' fitted weights at T=4096: |terms|
+        # summed ~2e4 for a logit of 1.2), so float32 sums in another order (onnxruntime, onnx.reference) were 2.3e-5
+        # apart, past the gate's 1e-5 + 1e-5 * |ref|. Each product of two float32 is exact in float64.
+        logits = (share.double().unsqueeze(3) * weights.double()).sum((1, 2)) / _norm(sq).unsqueeze(1)
+        return logits.float() + self.bias
 
 
 def _norm(sq: torch.Tensor) -> torch.Tensor:
