@@ -207,8 +207,8 @@ def dispatch_rank(
     device: str | None = "cpu", threads: int | None = None, rendezvous_timeout: float | None = None
 ) -> bool:
     """Under torchrun: join the process group (left again at exit). Rank 0 goes on as the run (False); any
-    other rank trains its share of each batch with rank 0's splits and config, then is done (True). Outside
-    torchrun: False, and nothing is joined."""
+    other rank trains its share of each batch, from its own shard with rank 0's config, then is done (True).
+    Outside torchrun: False, and nothing is joined."""
     import atexit
 
     if not launched():
