@@ -128,6 +128,8 @@ def open_fs(where: str):
 
     if not is_uri(where):
         return pafs.LocalFileSystem(), os.path.abspath(where)
+    if where.split(":", 1)[0].lower() in AZURE_SCHEMES:
+        _probe_azure(where)
     try:
         return pafs.FileSystem.from_uri(where)
     except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, ArrowNotImplementedError, OSError...
@@ -135,6 +137,47 @@ def open_fs(where: str):
             f"{where}: pyarrow cannot open this file system ({str(e).splitlines()[0][:200]}); use a local path "
             "or an s3://, gs://, abfs:// or hdfs:// URI (see docs/scale.md for credentials)"
         ) from None
+
+
+AZURE_SCHEMES = ("abfs", "abfss", "az")
+PROBE_SECONDS = 120  # how long the Azure credential probe may take (Azure's credential chain tries several sources)
+_azure_ok: set[tuple[str, str]] = set()
+
+
+def _probe_azure(where: str) -> None:
+    """Open an Azure URI in a child process first. Without a credential, pyarrow's Azure file system (26.0) throws
+    from a thread it cannot report from, and the C++ runtime aborts the whole process (SIGABRT) instead of raising:
+    a child's death is turned into an InputError here. Once per account and query in a process."""
+    import subprocess
+    import sys
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(where)
+    key = (parts.netloc, parts.query)
+    if key in _azure_ok:
+        return
+    probe = "import sys, pyarrow.fs as f; fs, p = f.FileSystem.from_uri(sys.argv[1]); fs.get_file_info(p)"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", probe, where], capture_output=True, text=True, timeout=PROBE_SECONDS, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise InputError(
+            f"{where}: no answer from Azure within {PROBE_SECONDS} s while opening it (waiting for a credential "
+            "and the account's first reply); check the account name and the network"
+        ) from None
+    if done.returncode != 0:
+        # the exception's own line (Python's, or what the C++ runtime printed before aborting)
+        said = [
+            ln.strip() for ln in done.stderr.splitlines() if re.match(r"\s*(what\(\):|[\w.]+(Error|Exception)\b)", ln)
+        ]
+        raise InputError(
+            f"{where}: pyarrow cannot open it ({(said[-1] if said else f'exit status {done.returncode}')[:300]}); "
+            "give it an Azure credential: the account key in the URI (abfs://CONTAINER:KEY@ACCOUNT.dfs.core."
+            "windows.net/...), or AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET, a managed identity or "
+            "`az login` (docs/scale.md)"
+        )
+    _azure_ok.add(key)
 
 
 def child(where: str, name: str) -> str:

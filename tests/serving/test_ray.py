@@ -196,6 +196,25 @@ def test_inputs_and_outputs_it_cannot_use_are_refused_before_ray_starts(bundle, 
     assert not ray.is_initialized()
 
 
+def test_an_azure_uri_without_a_credential_is_one_error_line_not_an_abort(tmp_path):
+    # pyarrow's Azure file system with no credential threw from a thread it cannot report from: the C++ runtime
+    # aborted the process (SIGABRT, exit 134, "terminate called ...") instead of seqship's one-line error.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "MSI_", "IDENTITY_"))}
+    env["HOME"] = str(tmp_path)  # no `az login` either
+    uri = "abfs://box@devstoreaccount1.dfs.core.windows.net/out"
+    done = subprocess.run(
+        [sys.executable, "-m", "seqship.pipeline.cli", "check-output", uri],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith(f"Error: {uri}: pyarrow cannot open it"), done.stderr
+    assert "give it an Azure credential" in done.stderr and "terminate called" not in done.stderr
+    assert done.stderr.count("\n") == 1
+
+
 def test_each_file_of_a_prefix_is_read_as_itself_whatever_its_name_holds(tmp_path):
     # pyarrow percent-decodes URIs: listed as file:// (as s3:// keys are), "a%41.txt" was read as the file "aA.txt"
     # (its own rows lost, another's scored twice) and names with "#", "?" or a space could not be opened at all
