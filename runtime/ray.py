@@ -119,7 +119,18 @@ def is_uri(location: str) -> bool:
 def location(where) -> str:
     """A URI as it is, a local path made absolute (what travels to the workers)."""
     where = os.fspath(where)
-    return where.rstrip("/") if is_uri(where) else os.path.abspath(where)
+    if not is_uri(where):
+        return os.path.abspath(where)
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(where)
+    if parts.password or any(SECRET_QUERY.search(k) for k, _ in _query(parts.query)):
+        raise InputError(
+            f"{redacted(where)}: a credential in the URI would be shown in logs, in process lists and in the job's "
+            "summary.json; give it through the environment or the machine's role instead (AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, AZURE_CLIENT_SECRET, GOOGLE_APPLICATION_CREDENTIALS: docs/scale.md)"
+        )
+    return where.rstrip("/")
 
 
 def open_fs(where: str):
@@ -134,12 +145,32 @@ def open_fs(where: str):
         return pafs.FileSystem.from_uri(where)
     except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, ArrowNotImplementedError, OSError...
         raise InputError(
-            f"{where}: pyarrow cannot open this file system ({str(e).splitlines()[0][:200]}); use a local path "
-            "or an s3://, gs://, abfs:// or hdfs:// URI (see docs/scale.md for credentials)"
+            f"{redacted(where)}: pyarrow cannot open this file system ({str(e).splitlines()[0][:200]}); use a local "
+            "path or an s3://, gs://, abfs:// or hdfs:// URI (see docs/scale.md for credentials)"
         ) from None
 
 
-AZURE_SCHEMES = ("abfs", "abfss", "az")
+SECRET_QUERY = re.compile(r"(secret|sig|key|token|password|credential)", re.IGNORECASE)
+
+
+def redacted(where: str) -> str:
+    """A URI as an error may show it: a password in it (s3://KEY:SECRET@bucket) and the values of query
+    parameters that name a secret (client_secret, sig of a SAS token, ...) become ***."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(where)
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, host = netloc.rsplit("@", 1)
+        netloc = f"{user.split(':', 1)[0]}:***@{host}" if ":" in user else netloc
+    query = urlencode(
+        [(k, "***" if SECRET_QUERY.search(k) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)],
+        safe="*:/",
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+AZURE_SCHEMES = ("abfs", "abfss")  # what pyarrow (26) opens as Azure; az:// it does not know, and says so
 PROBE_SECONDS = 120  # how long the Azure credential probe may take (Azure's credential chain tries several sources)
 _azure_ok: set[tuple[str, str]] = set()
 
@@ -147,7 +178,8 @@ _azure_ok: set[tuple[str, str]] = set()
 def _probe_azure(where: str) -> None:
     """Open an Azure URI in a child process first. Without a credential, pyarrow's Azure file system (26.0) throws
     from a thread it cannot report from, and the C++ runtime aborts the whole process (SIGABRT) instead of raising:
-    a child's death is turned into an InputError here. Once per account and query in a process."""
+    a child's death is turned into an InputError here. Once per account and query in a process. The URI goes to the
+    child on stdin, never in its command line (which any user of the machine can read)."""
     import subprocess
     import sys
     from urllib.parse import urlsplit
@@ -156,28 +188,42 @@ def _probe_azure(where: str) -> None:
     key = (parts.netloc, parts.query)
     if key in _azure_ok:
         return
-    probe = "import sys, pyarrow.fs as f; fs, p = f.FileSystem.from_uri(sys.argv[1]); fs.get_file_info(p)"
+    probe = "import sys, pyarrow.fs as f; fs, p = f.FileSystem.from_uri(sys.stdin.read()); fs.get_file_info(p)"
+    shown = redacted(where)
     try:
         done = subprocess.run(
-            [sys.executable, "-c", probe, where], capture_output=True, text=True, timeout=PROBE_SECONDS, check=False
+            [sys.executable, "-c", probe], input=where, capture_output=True, text=True, timeout=PROBE_SECONDS
         )
     except subprocess.TimeoutExpired:
         raise InputError(
-            f"{where}: no answer from Azure within {PROBE_SECONDS} s while opening it (waiting for a credential "
+            f"{shown}: no answer from Azure within {PROBE_SECONDS} s while opening it (waiting for a credential "
             "and the account's first reply); check the account name and the network"
         ) from None
     if done.returncode != 0:
-        # the exception's own line (Python's, or what the C++ runtime printed before aborting)
-        said = [
-            ln.strip() for ln in done.stderr.splitlines() if re.match(r"\s*(what\(\):|[\w.]+(Error|Exception)\b)", ln)
-        ]
+        # the exception's own line: Python's (pyarrow.lib.ArrowInvalid: ...), or what the C++ runtime printed
+        # before it aborted (what(): ...)
+        lines = [ln.strip() for ln in done.stderr.splitlines()]
+        said = [ln for ln in lines if re.match(r"(what\(\):|[\w.]+(Error|Exception|Invalid)\b)", ln)]
+        why = said[-1] if said else f"exit status {done.returncode}"
+        for secret in {parts.password, *(v for k, v in _query(parts.query) if SECRET_QUERY.search(k))} - {None, ""}:
+            why = why.replace(secret, "***")
+        credential = re.search(r"credential|token|authenticat|authoriz|403", why, re.IGNORECASE) or done.returncode < 0
         raise InputError(
-            f"{where}: pyarrow cannot open it ({(said[-1] if said else f'exit status {done.returncode}')[:300]}); "
-            "give it an Azure credential: the account key in the URI (abfs://CONTAINER:KEY@ACCOUNT.dfs.core."
-            "windows.net/...), or AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET, a managed identity or "
-            "`az login` (docs/scale.md)"
+            f"{shown}: pyarrow cannot open it ({why[:300]})"
+            + (
+                "; give it an Azure credential: AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET (a service "
+                "principal), a managed identity or `az login`, on every node (docs/scale.md)"
+                if credential
+                else ""
+            )
         )
     _azure_ok.add(key)
+
+
+def _query(query: str) -> list[tuple[str, str]]:
+    from urllib.parse import parse_qsl
+
+    return parse_qsl(query, keep_blank_values=True)
 
 
 def child(where: str, name: str) -> str:

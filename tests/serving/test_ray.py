@@ -213,6 +213,21 @@ def test_an_azure_uri_without_a_credential_is_one_error_line_not_an_abort(tmp_pa
     assert done.stderr.startswith(f"Error: {uri}: pyarrow cannot open it"), done.stderr
     assert "give it an Azure credential" in done.stderr and "terminate called" not in done.stderr
     assert done.stderr.count("\n") == 1
+    from seqship.runtime.errors import InputError
+    from seqship.runtime.ray import check_output
+
+    # A credential in a URI would reach error lines, process lists (the probe's command line) and summary.json:
+    # refused, and not shown in the refusal either.
+    for secret_uri in (
+        "abfs://box:SECRETKEY==@acct.dfs.core.windows.net/out",
+        "s3://AKIA:SECRETKEY@bucket/out?endpoint_override=127.0.0.1:1",
+        "abfs://box@acct.dfs.core.windows.net/out?client_id=a&client_secret=SECRETKEY&tenant_id=t",
+    ):
+        with pytest.raises(InputError, match="a credential in the URI") as e:
+            check_output(secret_uri)
+        assert "SECRETKEY" not in str(e.value) and "***" in str(e.value)
+    with pytest.raises(InputError, match=r"az://box/out: pyarrow cannot open this file system \(Unrecognized"):
+        check_output("az://box/out")  # a scheme pyarrow does not know: its own reason, not credential advice
 
 
 def test_each_file_of_a_prefix_is_read_as_itself_whatever_its_name_holds(tmp_path):
