@@ -16,6 +16,8 @@ from seqship.runtime.serve.protocol import HTTPError, Limits, Served
 log = logging.getLogger(__name__)
 
 INLINE_MAX_S = 0.001  # a one-text batch cheaper than this (EWMA) may be scored on the event loop for a lone request
+INLINE_MAX_CHARS = 1024  # and only a text this short: tokenizing walks the text (8 MB of spaces is 0.3 s), which
+# the EWMA of ordinary texts cannot foresee
 EWMA_WEIGHT = 0.1  # of the newest one-text batch in the running average
 
 
@@ -42,7 +44,8 @@ class Batcher:
 
     A lone one-text request of a cheap model is scored on the event loop itself (`inline`): when it is the only
     request in flight in the server, the batcher is idle, and the model's recent one-text batches took less
-    than INLINE_MAX_S each on average (an EWMA of every one-text batch, wherever it ran). The hand-off to a thread
+    than INLINE_MAX_S each on average (an EWMA of every one-text batch, wherever it ran), and the text is at most
+    INLINE_MAX_CHARS characters (what a text costs to tokenize grows with its characters, not only its tokens). The hand-off to a thread
     costs about as much as scoring such a text; a slow model (or a machine that makes it slow) is never
     scored on the loop, so it never holds the other connections for longer than that bound.
     """
@@ -82,7 +85,14 @@ class Batcher:
             )
         idle = self.idle() and not self.limits.max_delay_ms and self._loop is not None and not self._closed
         cost = self.one_text_s
-        if idle and alone and len(texts) == 1 and cost is not None and cost < INLINE_MAX_S:
+        if (
+            idle
+            and alone
+            and len(texts) == 1
+            and len(texts[0]) <= INLINE_MAX_CHARS
+            and cost is not None
+            and cost < INLINE_MAX_S
+        ):
             results = self._run(texts, top_k)  # on the event loop: a small model's lone text
             if isinstance(results, str):
                 raise HTTPError(500, results)

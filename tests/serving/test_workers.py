@@ -220,12 +220,14 @@ def test_a_lone_one_text_request_is_scored_on_the_event_loop_only_for_a_cheap_mo
         got = [await batcher.submit(["Nguyen"], 2, alone=True) for _ in range(4)]
         got.append(await batcher.submit(["Nguyen", "Kim"], 2, alone=True))
         got.append(await batcher.submit(["Nguyen"], 2, alone=False))
+        # a text cheap to send but long to walk (8 MB of spaces took 0.3 s to tokenize on the loop): on a thread
+        got.append(await batcher.submit([" " * 100_000 + "Nguyen"], 2, alone=True))
         await batcher.close(5)
         return got
 
     got = asyncio.run(asyncio.wait_for(main(), 60))
     on_loop = [name == threading.main_thread().name for name in model.threads]
-    assert on_loop == [False, inline, inline, inline, False, False]  # the first: not measured yet
+    assert on_loop == [False, inline, inline, inline, False, False, False]  # the first: not measured yet
     want = local.predict(["Nguyen", "Kim"], top_k=2)
     assert all(g[0].top_k == want[0].top_k for g in got) and got[4][1].top_k == want[1].top_k
 
