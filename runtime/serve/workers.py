@@ -138,21 +138,37 @@ def _alive(pid: int) -> bool:
 
 def remove_stale_metrics(parent: str) -> list[str]:
     """Remove the metrics folders under `parent` that a server killed without its clean-up left behind (SIGKILL,
-    out of memory): only seqship's (named so, this user's, with an OWNER marker) whose owner and every process
-    whose files are in it are gone. Returns the folders removed."""
+    out of memory): only seqship's (named so, this user's, with an OWNER marker that is a plain file) that no
+    process holds. A live server and its workers hold a lock on the marker (an flock, released by the kernel
+    when the last of them exits, whatever its pid namespace); and the pids the folder names must be gone too.
+    Returns the folders removed."""
+    import fcntl
+    import stat
+
     removed = []
     with contextlib.suppress(OSError), os.scandir(parent) as entries:
         for entry in entries:
+            fd = -1
             try:
                 if not (entry.name.startswith(METRICS_PREFIX) and entry.is_dir(follow_symlinks=False)):
                     continue
                 if entry.stat(follow_symlinks=False).st_uid != os.getuid():
                     continue
-                with open(os.path.join(entry.path, OWNER)) as f:
-                    pids = [int(f.read(32))]
+                # never a blocking open: a FIFO under the marker's name would wait for a writer for ever
+                fd = os.open(os.path.join(entry.path, OWNER), os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # a server or one of its workers runs
+                    continue
+                pids = [int(os.read(fd, 32))]
                 pids += [int(m[1]) for n in os.listdir(entry.path) if (m := re.fullmatch(r"\w+_(\d+)\.db", n))]
             except (OSError, ValueError):  # no marker (not seqship's), or not readable: left alone
                 continue
+            finally:
+                if fd >= 0:
+                    os.close(fd)
             if not any(map(_alive, pids)):
                 shutil.rmtree(entry.path, ignore_errors=True)
                 removed.append(entry.path)
@@ -161,14 +177,18 @@ def remove_stale_metrics(parent: str) -> list[str]:
     return removed
 
 
-def _metrics_folder() -> str:
-    """A private folder for the workers' metrics files, marked as this process's (stale ones removed first)."""
+def _metrics_folder() -> tuple[str, int]:
+    """A private folder for the workers' metrics files, marked as this process's (stale ones removed first), and
+    the marker's descriptor, locked: the workers inherit it, so the lock lasts while any of them runs."""
+    import fcntl
+
     parent = _memory_dir()
     remove_stale_metrics(parent or tempfile.gettempdir())
     path = tempfile.mkdtemp(prefix=METRICS_PREFIX, dir=parent)
-    with open(os.path.join(path, OWNER), "w") as f:
-        f.write(str(os.getpid()))
-    return path
+    fd = os.open(os.path.join(path, OWNER), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, str(os.getpid()).encode())
+    return path, fd
 
 
 def reserve_port(host: str, port: int = 0) -> socket.socket:
@@ -209,7 +229,7 @@ def run_workers(
 
     drain_s: how long a drain may take (--drain-delay-s + --drain-timeout-s), before a worker is killed.
     grpc_port: the port every worker serves gRPC on, which the parent holds (reserve_port)."""
-    metrics_dir = _metrics_folder()
+    metrics_dir, owner_lock = _metrics_folder()
     workers: list[_Worker] = []
     signals: list[int] = []
 
@@ -223,7 +243,7 @@ def run_workers(
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         for i in range(n):
-            workers.append(_spawn(i, command, sock, metrics_dir, grpc_port))
+            workers.append(_spawn(i, command, sock, metrics_dir, owner_lock, grpc_port))
         try:
             _wait_ready(workers, signals)
         except WorkerError:  # the workers already listening drain what they accepted
@@ -245,6 +265,7 @@ def run_workers(
                 with contextlib.suppress(OSError):
                     os.close(fd)
         shutil.rmtree(metrics_dir, ignore_errors=True)
+        os.close(owner_lock)
         for s, handler in previous.items():
             signal.signal(s, signal.SIG_IGN if signals else handler)
     tallies = [w.tally or {} for w in workers]
@@ -257,14 +278,20 @@ def run_workers(
     }
 
 
-def _spawn(index: int, command: list[str], sock: socket.socket, metrics_dir: str, grpc_port: int | None) -> _Worker:
+def _spawn(
+    index: int, command: list[str], sock: socket.socket, metrics_dir: str, owner_lock: int, grpc_port: int | None
+) -> _Worker:
     report_r, report_w = os.pipe()
     control_r, control_w = os.pipe()
     context = WorkerContext(index, sock.fileno(), report_w, control_r, metrics_dir, grpc_port)
     env = {**os.environ, ENV: json.dumps(context.__dict__), "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
     try:
         proc = subprocess.Popen(
-            command, env=env, pass_fds=(sock.fileno(), report_w, control_r), start_new_session=True, stdout=sys.stderr
+            command,
+            env=env,
+            pass_fds=(sock.fileno(), report_w, control_r, owner_lock),
+            start_new_session=True,
+            stdout=sys.stderr,
         )
     finally:
         os.close(report_w)

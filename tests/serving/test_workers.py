@@ -120,11 +120,20 @@ def test_a_parent_killed_outright_leaves_its_metrics_folder_to_the_next_server_t
     foreign = Path(tempfile.mkdtemp(prefix=workers.METRICS_PREFIX, dir=folder.parent))  # not marked: not ours
     live = Path(tempfile.mkdtemp(prefix=workers.METRICS_PREFIX, dir=folder.parent))
     (live / workers.OWNER).write_text(str(os.getpid()))  # its owner runs
-    fresh = Path(workers._metrics_folder())  # as the next server starts
+    # a server in another pid namespace (docker --ipc=host): its pid looks dead from here, but it holds the lock
+    elsewhere, elsewhere_lock = workers._metrics_folder()
+    Path(elsewhere, workers.OWNER).write_text(str(s.proc.pid))  # a pid that is gone here
+    fifo = Path(tempfile.mkdtemp(prefix=workers.METRICS_PREFIX, dir=folder.parent))
+    os.mkfifo(fifo / workers.OWNER)  # opened without O_NONBLOCK, this waited for a writer for ever
+    fresh, fresh_lock = workers._metrics_folder()  # as the next server starts
     try:
-        assert not folder.exists() and foreign.is_dir() and live.is_dir() and fresh.is_dir()
+        assert not folder.exists() and foreign.is_dir() and live.is_dir() and Path(fresh).is_dir()
+        assert Path(elsewhere).is_dir() and fifo.is_dir()
+        os.close(elsewhere_lock)  # that server ends too, killed: now its folder is stale
+        assert workers.remove_stale_metrics(str(folder.parent)) == [elsewhere]
     finally:
-        for path in (foreign, live, fresh):
+        os.close(fresh_lock)
+        for path in (foreign, live, fresh, fifo):
             shutil.rmtree(path)
 
 
