@@ -293,20 +293,25 @@ def broadcast(obj=None, src: int = 0):
     return box[0]
 
 
-def read_shard(data_dir: Path, split: str) -> list[tuple[str, str]]:
+def read_shard(data_dir: Path, split: str, sha256: str | None = None) -> list[tuple[str, str]]:
     """This rank's shard of a split the data stage wrote: its rows i with i % world == rank, read from the
     file as a stream (the other rows are passed over, never kept). The ranks share a file system with rank 0
-    (one machine; several: the run folder on shared storage)."""
+    (one machine; several: the run folder on shared storage). The whole file is hashed as it is read: when
+    it is not the one the data stage recorded (`sha256`: a stale copy on another machine's mount), or has
+    fewer rows than the job has ranks (a rank would have none), that is an error, the same on every rank."""
+    import hashlib
+
     from seqship.pipeline.runs import SPLIT_SUFFIX
 
     rank, size = world()
     path = Path(data_dir) / f"{split}{SPLIT_SUFFIX}"
-    rows = []
+    rows, digest, n = [], hashlib.sha256(), 0
     try:
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f):
-                if i % size == rank:
-                    row = json.loads(line)
+        with open(path, "rb") as f:
+            for n, line in enumerate(f, 1):
+                digest.update(line)
+                if (n - 1) % size == rank:
+                    row = json.loads(line.decode("utf-8"))
                     rows.append((row["text"], row["label"]))
     except OSError as e:
         raise DistributedError(
@@ -315,6 +320,17 @@ def read_shard(data_dir: Path, split: str) -> list[tuple[str, str]]:
         ) from None
     except (ValueError, KeyError, TypeError) as e:
         raise DistributedError(f"rank {rank}: {path}: not a split the data stage wrote ({e}); rerun it") from None
+    if sha256 is not None and digest.hexdigest() != sha256:
+        raise DistributedError(
+            f"rank {rank}: {path} is not the file the data stage wrote: its sha256 is {digest.hexdigest()}, the "
+            f"data stage recorded {sha256} (a stale or partial copy on this machine's mount?): give every rank the "
+            "same run folder (shared storage, or an up-to-date copy)"
+        )
+    if 1 < size and n < size:
+        raise DistributedError(
+            f"the {split} split ({path}) has {n} rows, fewer than the {size} ranks of this job, so a rank would "
+            f"train on none: run on at most {n} processes (torchrun --nproc-per-node/--nnodes), or give more data"
+        )
     log.info("rank %d: %d rows of %s, its shard (every %dth row)", rank, len(rows), path.name, size)
     return rows
 

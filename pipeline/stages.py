@@ -22,6 +22,7 @@ from seqship.pipeline.runs import (  # noqa: F401 (Run, StageError, StageResult 
     LABELS,
     METRICS,
     PARITY,
+    SPLIT_SUFFIX,
     SPLITS,
     UPSTREAM,
     Run,
@@ -87,14 +88,19 @@ def stage_train(run: Run, cfg, force: bool = False, progress=None, threads: int 
     distributed = world()[1] > 1
 
     def produce(out: Path) -> dict:
-        # under torchrun, every rank (this one too) reads its shard of the training split's file; rank 0 keeps
-        # validation and test, and sends the others its config and where the data stage's files are
+        # under torchrun, every rank (this one too) reads its shard of the training split's file, checked against
+        # the data stage's sha256; rank 0 keeps validation and test, and sends the others its config, where the
+        # data stage's files are and that digest
+        sha256 = data["outputs"][f"train{SPLIT_SUFFIX}"]["sha256"]
         splits = [
-            read_shard(run.dir("data"), n) if distributed and n == "train" else read_split(run.dir("data"), n)
+            read_shard(run.dir("data"), n, sha256) if distributed and n == "train" else read_split(run.dir("data"), n)
             for n in SPLITS
         ]
         if distributed:
-            broadcast({"data_dir": str(run.dir("data")), "labels": data["summary"]["labels"], "config": asdict(cfg)})
+            broadcast(
+                {"data_dir": str(run.dir("data")), "labels": data["summary"]["labels"], "config": asdict(cfg)}
+                | {"train_sha256": sha256}
+            )
         metrics = train(
             *splits, data["summary"]["labels"], cfg, out, progress, threads=threads, split_dir=run.dir("data")
         )
@@ -131,10 +137,10 @@ def follow_training(threads: int | None = None) -> bool:
     job = broadcast(None)
     if job is None:
         return False
-    shard = read_shard(Path(job["data_dir"]), "train")
-    with tempfile.TemporaryDirectory(prefix="seqship-rank-") as tmp:  # rank 0 writes; nothing is kept here
-        cfg = TrainConfig(**job["config"])
-        train(shard, [], [], job["labels"], cfg, Path(tmp), threads=threads, split_dir=Path(job["data_dir"]))
+    shard = read_shard(Path(job["data_dir"]), "train", job["train_sha256"])
+    cfg, data_dir = TrainConfig(**job["config"]), Path(job["data_dir"])
+    # out_dir None: only rank 0 writes, so this rank makes no folder that a killed job would leave behind
+    train(shard, [], [], job["labels"], cfg, None, threads=threads, split_dir=data_dir)
     return True
 
 

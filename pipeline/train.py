@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from seqship.pipeline.distributed import all_sum, gather_rows, sum_on_root
+from seqship.pipeline.distributed import COLLECTIVE_TIMEOUT, all_sum, gather_rows, sum_on_root
 from seqship.pipeline.distributed import broadcast as dist_broadcast
 from seqship.pipeline.distributed import world as dist_world
 from seqship.pipeline.metrics import classification_metrics
@@ -35,7 +35,7 @@ from seqship.pipeline.model import (
 )
 
 # train/'s file names (the run folder's layout is defined once, in pipeline.runs)
-from seqship.pipeline.runs import HISTORY, LABELS, METRICS, MODEL_CONFIG, TOKENIZER, WEIGHTS
+from seqship.pipeline.runs import HISTORY, LABELS, METRICS, MODEL_CONFIG, SPLIT_SUFFIX, TOKENIZER, WEIGHTS
 from seqship.runtime.errors import SeqshipError
 from seqship.runtime.tokenizer import (
     MAX_LENGTH,
@@ -350,7 +350,7 @@ def train(
     test_rows: Sequence[tuple[str, str]],
     labels: Sequence[str],
     cfg: TrainConfig,
-    out_dir: Path,
+    out_dir: Path | None,
     progress: Progress | None = None,
     threads: int | None = None,
     split_dir: Path | None = None,
@@ -359,7 +359,8 @@ def train(
 
     threads: torch's intra-op threads (default: `default_threads()`); recorded in metrics.json.
     Under torchrun (pipeline.distributed), train_rows is this rank's shard of the training split, val_rows
-    and test_rows are rank 0's alone, and split_dir is the data stage's folder (the wide part is fitted from it).
+    and test_rows are rank 0's alone, and split_dir is the data stage's folder (the wide part is fitted from it);
+    the other ranks write nothing (out_dir None).
     """
     follower = dist_world()[0] != 0  # under torchrun, a rank other than 0: train_rows is its shard, and no more
     for name, rows in (("training", train_rows), ("validation", val_rows), ("test", test_rows)):
@@ -413,7 +414,7 @@ def _train(
         tokenizer = tokenizer_from_stats(counts, raw_lengths, cfg)
         longest = int(raw_lengths.max())
         if cfg.wide and world > 1:  # the whole training split, in a child process (its memory goes back)
-            fitted = _fit_wide_apart(split_dir, tokenizer, labels, cfg)
+            fitted = _fit_wide_apart(split_dir, tokenizer, labels, cfg, out_dir)
         mcfg = ModelConfig(
             vocab_size=tokenizer.vocab_size,
             num_labels=len(labels),
@@ -498,16 +499,19 @@ def _train(
         order = bucketed_order(lengths, cfg.batch_size, rng)  # the same on every rank (same seed)
         for start in range(0, len(order), cfg.batch_size):
             global_idx = order[start : start + cfg.batch_size]
-            owner = global_idx % world  # row i is in rank (i % world)'s shard
-            if world > 1 and np.bincount(owner, minlength=world).min() == 0:
-                continue  # a batch that gives a rank no row (a small last batch): skipped on every rank
-            idx = global_idx[owner == rank]  # this rank's rows of the global batch
+            idx = global_idx[global_idx % world == rank]  # this rank's rows of the global batch (row i: rank i % world)
             local = idx // world  # where they are in this rank's shard
-            tok, lens = pad_batch([x_train[i] for i in local], pad)
-            target = torch.from_numpy(y_train[local]).to(device)
+            # A batch that gives this rank no row (small batches do) is still every rank's step: DDP's all-reduce
+            # needs each rank's backward, so this one runs its shard's first row with the loss times 0 (a zero
+            # gradient), and the update is the one a single process makes from the batch.
+            rows = local if len(local) else np.zeros(1, dtype=np.int64)
+            tok, lens = pad_batch([x_train[i] for i in rows], pad)
+            target = torch.from_numpy(y_train[rows]).to(device)
             # Summed over this rank's rows, divided by the global batch: DDP averages gradients over the
             # ranks, so times world, the gradient is the global batch's mean, as one process computes it.
             batch_loss = loss_fn(net(torch.from_numpy(tok).to(device), torch.from_numpy(lens).to(device)), target)
+            if not len(local):
+                batch_loss = batch_loss * 0.0
             loss = batch_loss * world / len(global_idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -518,7 +522,7 @@ def _train(
             total += batch_loss.item()
             seen += len(idx)
             if progress:
-                progress("step", {"loss": total / seen})
+                progress("step", {"loss": total / max(1, seen)})  # this rank's rows so far (none yet: 0)
         if world > 1:
             total, seen = all_sum([total, seen])
         # Validation on rank 0; its numbers go to every rank, so that the schedule and early stopping agree.
@@ -643,36 +647,60 @@ def _use_wide(model: TextClassifier, cfg: TrainConfig, fitted: dict) -> dict:
 WIDE_JOB, WIDE_STATE, WIDE_FITTED = "job.json", "wide.npz", "fitted.json"
 
 
-def _fit_wide_apart(split_dir: Path | None, tokenizer: Tokenizer, labels, cfg: TrainConfig) -> dict:
+# The child's limit: below the collective timeout, so that the other ranks, waiting in a broadcast for rank 0's
+# tokenizer and model (the wide part's shape), do not give up first and hide which wait ran out.
+WIDE_FIT_TIMEOUT_S = COLLECTIVE_TIMEOUT.total_seconds() - 300
+
+
+def _fit_wide_apart(split_dir: Path | None, tokenizer: Tokenizer, labels, cfg: TrainConfig, within: Path) -> dict:
     """Under torchrun, rank 0 holds only its shard, but the wide part is fitted on the whole training split: a
     child process reads it from the data stage's files and fits it (pipeline.wide), so that its memory goes
-    back to the OS when it ends; it writes the part's arrays (.npz, no pickle) and what was chosen (JSON).
-    Returns fit_wide's record with the ngrams and, under "state", the part's arrays."""
+    back to the OS when it ends; it writes the part's arrays (.npz, no pickle) and what was chosen (JSON), in a
+    folder inside `within` (the train stage's temporary folder: removed after, and if rank 0 is killed, swept
+    by the next run with the rest of it). Returns fit_wide's record with the ngrams and, under "state", the
+    part's arrays."""
     import subprocess
     import tempfile
 
-    from seqship.pipeline.distributed import COLLECTIVE_TIMEOUT
-
     if split_dir is None:
         raise TrainError("--wide on several processes needs the data stage's folder (train(split_dir=...))")
-    with tempfile.TemporaryDirectory(prefix="seqship-wide-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="wide-fit-", dir=within) as tmp:
         job = {"split_dir": str(split_dir), "labels": list(labels), "config": asdict(cfg)}
         job |= {"tokenizer": json.loads(tokenizer.spec.to_json()), "threads": torch.get_num_threads()}
         Path(tmp, WIDE_JOB).write_text(json.dumps(job), encoding="utf-8")
         code = "import sys; from seqship.pipeline.train import fit_wide_child; fit_wide_child(sys.argv[1])"
-        seconds = COLLECTIVE_TIMEOUT.total_seconds()
+        seconds = WIDE_FIT_TIMEOUT_S
         log.info("wide part: fitted on the whole training split in a child process (waiting up to %g s)", seconds)
         try:
             p = subprocess.run([sys.executable, "-c", code, tmp], capture_output=True, text=True, timeout=seconds)
         except subprocess.TimeoutExpired:
-            raise TrainError(f"the wide part's fit (a child process of rank 0) took over {seconds:g} s") from None
+            raise TrainError(
+                f"the wide part's fit (a child process of rank 0) ran out of its time limit of {seconds:g} s (the "
+                f"other ranks wait {COLLECTIVE_TIMEOUT.total_seconds():g} s for it): train with --no-wide, or on "
+                "less data"
+            ) from None
         if p.returncode != 0:
-            lines = p.stderr.strip().splitlines() or [f"exit status {p.returncode}"]
-            raise TrainError(f"the wide part's fit (a child process of rank 0) failed: {lines[-1][:500]}")
+            why = child_failure(p.returncode, p.stderr)
+            raise TrainError(f"the wide part's fit (a child process of rank 0) failed: {why}")
         fitted = json.loads(Path(tmp, WIDE_FITTED).read_text(encoding="utf-8"))
         with np.load(Path(tmp, WIDE_STATE), allow_pickle=False) as arrays:
             fitted["state"] = {k: arrays[k] for k in arrays.files}
     return fitted
+
+
+def child_failure(returncode: int, stderr: str) -> str:
+    """Why a child process failed, in a few words: killed by a signal (named), else its last stderr line."""
+    import signal
+
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "an unknown signal"
+        hint = ": out of memory?" if name == "SIGKILL" else ""
+        return f"killed by signal {-returncode} ({name}{hint})"
+    lines = stderr.strip().splitlines() or [f"exit status {returncode}"]
+    return lines[-1][:500]
 
 
 def fit_wide_child(folder: str) -> None:
@@ -690,13 +718,24 @@ def fit_wide_child(folder: str) -> None:
         torch.backends.mkldnn.enabled = False
         torch.set_num_threads(job["threads"])
         label_ids = {lab: i for i, lab in enumerate(labels)}
+
+        def encode(split: str, rows):
+            unknown = next((lab for _, lab in rows if lab not in label_ids), None)
+            if unknown is not None:
+                raise TrainError(
+                    f"{Path(job['split_dir'], split + SPLIT_SUFFIX)}: label {unknown!r} is not one of the data "
+                    f"stage's labels ({', '.join(map(repr, labels))}): the file changed after the data stage; "
+                    "rerun it (pipeline run data --force)"
+                )
+            return encode_split(tokenizer, rows, label_ids)
+
         train_rows = read_split(Path(job["split_dir"]), "train")
         ngrams = cfg.wide_ngrams or default_ngrams(cfg.tokenizer, cfg.lowercase, [t for t, _ in train_rows])
         pad = tokenizer.spec.pad_id
         wide = WideLinear(tokenizer.vocab_size, len(labels), ngrams, cfg.wide_buckets, pad)
-        train_ids = encode_split(tokenizer, train_rows, label_ids)
+        train_ids = encode("train", train_rows)
         del train_rows
-        val = encode_split(tokenizer, read_split(Path(job["split_dir"]), "val"), label_ids)
+        val = encode("val", read_split(Path(job["split_dir"]), "val"))
         fitted = fit_wide(wide, train_ids, val, labels, pad, seed=cfg.seed)
     except SeqshipError as e:
         print(f"Error: {e}", file=sys.stderr)

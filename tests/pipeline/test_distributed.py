@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY
+from conftest import TINY, invoke
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -218,13 +218,80 @@ def test_a_rank_reads_only_its_own_shard_of_a_split_and_says_where_storage_must_
         distributed.read_shard(tmp_path / "elsewhere", "train")
 
 
+def test_a_rank_whose_split_file_is_not_the_data_stage_s_or_too_short_for_the_ranks_says_so(tmp_path, monkeypatch):
+    """Every rank hashes the whole file it streams: a stale copy with the same row count (another machine's mount)
+    is one error naming the file and both digests, not a silent training. A split with fewer rows than ranks
+    says so and what to do, not "no texts" on the rank whose shard is empty."""
+    import hashlib
+
+    from seqship.pipeline import distributed
+
+    text = "".join(json.dumps({"text": f"name {i}", "label": "a"}) + "\n" for i in range(5))
+    (tmp_path / "train.jsonl").write_text(text, encoding="utf-8")
+    recorded = hashlib.sha256(text.encode()).hexdigest()
+    monkeypatch.setattr(distributed, "world", lambda: (1, 2))
+    assert len(distributed.read_shard(tmp_path, "train", recorded)) == 2
+    (tmp_path / "train.jsonl").write_text(text.replace("name 4", "name 9"), encoding="utf-8")  # same rows, other file
+    stale = hashlib.sha256(text.replace("name 4", "name 9").encode()).hexdigest()
+    with pytest.raises(distributed.DistributedError) as e:
+        distributed.read_shard(tmp_path, "train", recorded)
+    assert str(e.value).startswith(f"rank 1: {tmp_path / 'train.jsonl'} is not the file the data stage wrote")
+    assert f"its sha256 is {stale}, the data stage recorded {recorded}" in str(e.value)
+    monkeypatch.setattr(distributed, "world", lambda: (5, 8))  # rank 5 of 8: its shard of 5 rows is empty
+    with pytest.raises(
+        distributed.DistributedError, match=r"has 5 rows, fewer than the 8 ranks .* at most 5 processes"
+    ):
+        distributed.read_shard(tmp_path, "train", stale)
+
+
+def small_names(data_dir: Path, labels: list[str], per_label: int) -> list[tuple[str, str]]:
+    """The first `per_label` distinct names of each language: a small real dataset."""
+    rows = []
+    for lang in labels:
+        names = sorted(set((data_dir / "names" / f"{lang}.txt").read_text(encoding="utf-8").split()))
+        rows += [(n, lang) for n in names[:per_label]]
+    return rows
+
+
+@pytest.mark.slow
+def test_batches_smaller_than_the_ranks_make_the_update_one_process_makes(data_dir, tmp_path):
+    """--batch-size 1 on 2 processes: every batch gives one rank no row. That rank still joins the step (a zero
+    gradient), so the epoch trains on every row, exactly as one process does (it used to skip every batch:
+    loss 0, nothing trained). The other rank writes no temporary folder."""
+    data = tmp_path / "small.jsonl"
+    rows = small_names(data_dir, ["Czech", "Greek", "Japanese"], 20)
+    data.write_text("".join(json.dumps({"text": t, "label": lab}) + "\n" for t, lab in rows), encoding="utf-8")
+    art, opts = str(tmp_path / "a"), ["--epochs", "1", "--embed-dim", "16", "--hidden-dim", "16", "--batch-size", "1"]
+    for name in ("one", "two"):
+        assert invoke("run", "data", "--data", str(data), "--artifacts-dir", art, "--run-name", name).exit_code == 0
+    assert invoke("run", "train", "--artifacts-dir", art, "--run-name", "one", "--no-wide", *opts).exit_code == 0
+    (tmp_path / "tmp").mkdir()
+    p = subprocess.run(
+        [*torchrun_cmd(), "run", "train", "--artifacts-dir", art, "--run-name", "two", "--no-wide", *opts],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path / "tmp")},
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    one, two = (
+        json.loads((tmp_path / "a" / n / "train" / "history.json").read_text())["epochs"] for n in ("one", "two")
+    )
+    assert two[0]["train_loss"] > 0
+    assert two[0]["train_loss"] == pytest.approx(one[0]["train_loss"], rel=1e-6)
+    assert two[0]["val_accuracy"] == one[0]["val_accuracy"]
+    metrics = [json.loads((tmp_path / "a" / n / "train" / "metrics.json").read_text()) for n in ("one", "two")]
+    assert metrics[0]["test_predictions"] == metrics[1]["test_predictions"]
+    assert not [x for x in (tmp_path / "tmp").iterdir() if x.name.startswith("seqship-")]
+
+
 @pytest.mark.slow
 def test_the_wide_part_fitted_apart_from_the_split_files_is_the_one_fitted_in_process(data_dir, tmp_path):
     """Under torchrun rank 0 holds only its shard, so the wide part (fitted on the whole training split) is fitted
-    by a child process from the data stage's files: the same weights and choices as a fit in this process; a fit
-    that fails there is one line that says why."""
+    by a child process from the data stage's files: the same weights and choices as a fit in this process."""
     from seqship.pipeline.model import WideLinear
-    from seqship.pipeline.train import TrainConfig, TrainError, _fit_wide_apart, encode_split, fit_tokenizer
+    from seqship.pipeline.train import TrainConfig, _fit_wide_apart, encode_split, fit_tokenizer
     from seqship.pipeline.wide import fit_wide
 
     labels, rows = ["Czech", "Greek", "Japanese"], {"train": [], "val": []}
@@ -237,7 +304,10 @@ def test_the_wide_part_fitted_apart_from_the_split_files_is_the_one_fitted_in_pr
         (tmp_path / f"{split}.jsonl").write_text(text, encoding="utf-8")
     cfg = TrainConfig(wide=True, wide_buckets=2**12)
     tok = fit_tokenizer([t for t, _ in rows["train"]], cfg)
-    apart = _fit_wide_apart(tmp_path, tok, labels, cfg)
+    within = tmp_path / "stage"  # the train stage's temporary folder
+    within.mkdir()
+    apart = _fit_wide_apart(tmp_path, tok, labels, cfg, within)
+    assert list(within.iterdir()) == []  # the child's folder is gone
 
     ids = {lab: i for i, lab in enumerate(labels)}
     here = WideLinear(tok.vocab_size, len(labels), apart["ngrams"], cfg.wide_buckets, tok.spec.pad_id)
@@ -248,5 +318,39 @@ def test_the_wide_part_fitted_apart_from_the_split_files_is_the_one_fitted_in_pr
     for name, value in here.state_dict().items():
         assert (apart["state"][name] == value.numpy()).all(), name
 
-    with pytest.raises(TrainError, match=r"wide part's fit \(a child process of rank 0\) failed: Error: .*elsewhere"):
-        _fit_wide_apart(tmp_path / "elsewhere", tok, labels, cfg)
+
+@pytest.mark.slow
+def test_the_wide_child_s_failures_say_which_file_which_signal_and_which_limit(data_dir, tmp_path, monkeypatch):
+    """A fit that fails in the child is one line that says why: a label the data stage did not record names the
+    split file and the label; a child killed by a signal names it (SIGKILL: likely out of memory); the child's
+    time limit is below the other ranks' wait, and its error says that it ran out. Nothing is left in the
+    folder the child worked in."""
+    from seqship.pipeline import train as training
+    from seqship.pipeline.distributed import COLLECTIVE_TIMEOUT
+
+    labels = ["Czech", "Greek"]
+    rows = small_names(data_dir, labels, 20)
+    for split in ("train", "val"):
+        part = rows + [("Zorba", "Klingon")] if split == "val" else rows
+        text = "".join(json.dumps({"text": t, "label": lab}) + "\n" for t, lab in part)
+        (tmp_path / f"{split}.jsonl").write_text(text, encoding="utf-8")
+    cfg = training.TrainConfig(wide=True, wide_buckets=2**10)
+    tok = training.fit_tokenizer([t for t, _ in rows], cfg)
+    within = tmp_path / "stage"
+    within.mkdir()
+    with pytest.raises(training.TrainError) as e:
+        training._fit_wide_apart(tmp_path, tok, labels, cfg, within)
+    assert str(e.value).startswith(
+        f"the wide part's fit (a child process of rank 0) failed: Error: {tmp_path / 'val.jsonl'}: label 'Klingon' "
+        "is not one of the data stage's labels ('Czech', 'Greek')"
+    )
+    assert "KeyError" not in str(e.value)
+
+    killed = subprocess.run([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+    assert training.child_failure(killed.returncode, "") == "killed by signal 9 (SIGKILL: out of memory?)"
+
+    assert training.WIDE_FIT_TIMEOUT_S < COLLECTIVE_TIMEOUT.total_seconds()
+    monkeypatch.setattr(training, "WIDE_FIT_TIMEOUT_S", 0.01)
+    with pytest.raises(training.TrainError, match=r"ran out of its time limit of 0.01 s \(the other ranks wait 3600 s"):
+        training._fit_wide_apart(tmp_path, tok, labels, cfg, within)
+    assert list(within.iterdir()) == []
