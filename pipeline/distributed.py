@@ -405,7 +405,13 @@ def sum_on_root(counts: Counter) -> Counter | None:
 
 def shutdown() -> None:
     """Leave the process group (every rank, at the end of the command)."""
+    import gc
+
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        # DDP's reducer holds gloo's last work objects; freed here rather than at interpreter teardown (a
+        # rank that ended before rank 0 was seen, rarely, to abort at exit: "terminate called without an
+        # active exception")
+        gc.collect()
         dist.destroy_process_group()

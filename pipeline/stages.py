@@ -91,7 +91,7 @@ def stage_train(run: Run, cfg, force: bool = False, progress=None, threads: int 
         # under torchrun, every rank (this one too) reads its shard of the training split's file, checked against
         # the data stage's sha256; rank 0 keeps validation and test, and sends the others its config, where the
         # data stage's files are and that digest
-        sha256 = data["outputs"][f"train{SPLIT_SUFFIX}"]["sha256"]
+        sha256 = data["outputs"][f"train{SPLIT_SUFFIX}"]["sha256"] if distributed else None
         splits = [
             read_shard(run.dir("data"), n, sha256) if distributed and n == "train" else read_split(run.dir("data"), n)
             for n in SPLITS
