@@ -15,8 +15,9 @@ class weights); rank 0 sends the tokenizer and the model's config. The wide part
 whole split, is fitted by a child process of rank 0 that reads the split's file and writes the fitted
 arrays (.npz) and choices (JSON), so its memory goes back to the OS. Each global batch of `--batch-size`
 rows, in the order a single process would take them, is shared out by shard (each rank takes the rows of
-its own shard); the loss is scaled so that the averaged gradient is the global batch's, as one process
-would compute it. Validation runs on rank 0 (which keeps the validation and test splits), and its numbers
+its own shard; one with none of a batch's rows joins the step with a zero gradient); the loss is scaled so
+that the averaged gradient is the global batch's, as one process would compute it. Every rank checks the
+split file it streams against the data stage's recorded sha256, which rank 0 sends. Validation runs on rank 0 (which keeps the validation and test splits), and its numbers
 are broadcast, so early stopping and the learning-rate schedule decide the same on every rank. Only rank 0
 writes (the stage outputs, the bundle, the report; metrics.json's "ranks" records the rows each rank
 held and its peak memory); the other ranks exit when training ends.
