@@ -404,6 +404,19 @@ def sum_on_root(counts: Counter) -> Counter | None:
     return total
 
 
+def exit_with_parent(parent: int, poll_s: float = 1.0) -> None:
+    """In a child process of a rank (the wide part's fit): end this process when `parent` is no longer its
+    parent (torchrun killed the rank), rather than computing on for nobody."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def shutdown() -> None:
     """Leave the process group (every rank, at the end of the command)."""
     import gc

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from seqship.pipeline.distributed import COLLECTIVE_TIMEOUT, all_sum, gather_rows, sum_on_root
+from seqship.pipeline.distributed import COLLECTIVE_TIMEOUT, all_sum, exit_with_parent, gather_rows, sum_on_root
 from seqship.pipeline.distributed import broadcast as dist_broadcast
 from seqship.pipeline.distributed import world as dist_world
 from seqship.pipeline.metrics import classification_metrics
@@ -665,7 +665,7 @@ def _fit_wide_apart(split_dir: Path | None, tokenizer: Tokenizer, labels, cfg: T
     if split_dir is None:
         raise TrainError("--wide on several processes needs the data stage's folder (train(split_dir=...))")
     with tempfile.TemporaryDirectory(prefix="wide-fit-", dir=within) as tmp:
-        job = {"split_dir": str(split_dir), "labels": list(labels), "config": asdict(cfg)}
+        job = {"split_dir": str(split_dir), "labels": list(labels), "config": asdict(cfg), "parent": os.getpid()}
         job |= {"tokenizer": json.loads(tokenizer.spec.to_json()), "threads": torch.get_num_threads()}
         Path(tmp, WIDE_JOB).write_text(json.dumps(job), encoding="utf-8")
         code = "import sys; from seqship.pipeline.train import fit_wide_child; fit_wide_child(sys.argv[1])"
@@ -712,6 +712,7 @@ def fit_wide_child(folder: str) -> None:
 
     try:
         job = json.loads(Path(folder, WIDE_JOB).read_text(encoding="utf-8"))
+        exit_with_parent(job["parent"])  # rank 0 killed (by torchrun): this fit stops too
         cfg, labels = TrainConfig(**job["config"]), job["labels"]
         tokenizer = Tokenizer(TokenizerSpec.from_dict(job["tokenizer"], "the training tokenizer"))
         torch.use_deterministic_algorithms(True)  # as train() trains

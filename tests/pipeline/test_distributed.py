@@ -354,3 +354,37 @@ def test_the_wide_child_s_failures_say_which_file_which_signal_and_which_limit(d
     with pytest.raises(training.TrainError, match=r"ran out of its time limit of 0.01 s \(the other ranks wait 3600 s"):
         training._fit_wide_apart(tmp_path, tok, labels, cfg, within)
     assert list(within.iterdir()) == []
+
+
+def test_the_wide_fit_s_child_ends_when_its_rank_is_killed():
+    """torchrun kills rank 0 (another rank failed): the child fitting the wide part stops too, not fitting on for
+    nobody. A real parent, killed with SIGKILL, and its real child."""
+    import signal
+    import time
+
+    code = (
+        "import os, subprocess, sys; "
+        "child = 'import os, sys, time; from seqship.pipeline.distributed import exit_with_parent; "
+        "exit_with_parent(int(sys.argv[1]), 0.05); time.sleep(120)'; "
+        "p = subprocess.Popen([sys.executable, '-c', child, str(os.getpid())]); print(p.pid, flush=True); p.wait()"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+
+    def running() -> bool:  # a zombie (ended, not yet reaped by its new parent) counts as ended
+        try:
+            return Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+
+    time.sleep(0.5)
+    assert running()  # the child is watching
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait(timeout=30)
+    for _ in range(200):  # at most 10 s; it polls every 0.05 s
+        if not running():
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the child outlived its killed parent")
