@@ -124,6 +124,39 @@ def test_every_engine_computes_the_wide_graph_as_pytorch(tmp_path):
     assert {e["engine"] for e in gate["engines"]} >= {"onnxruntime", "onnx.reference", "openvino", "tract"}
 
 
+@pytest.mark.slow
+def test_a_long_row_whose_wide_terms_cancel_is_computed_alike_by_onnxruntime_and_onnx_reference(tmp_path):
+    """Fitted weights can make a logit the small difference of large sums (shopping-cats' at T=4096: terms of ~2e4
+    in all to a logit of 1.2): summed in float32 in another order, onnxruntime and onnx.reference were 2.3e-5 from
+    PyTorch, past the gate's 1e-5 + 1e-5 * |ref|, and the run failed its gate. The sums are float64 now."""
+    import onnx
+    import onnxruntime as ort
+    from onnx.reference import ReferenceEvaluator
+
+    model = wide_model(labels=3, buckets=2**16)
+    with torch.no_grad():
+        model.wide.weight[:, 0] += 10.0  # every n-gram pushes label 0 up by ~10 (times its share) ...
+        model.wide.idf.fill_(5.0)
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+    ids = torch.from_numpy(np.random.default_rng(0).integers(1, 5000, size=(1, 4096)))
+    lengths = torch.tensor([4096])
+    with torch.no_grad():  # ... and the bias takes it back: logit 0 is the difference of two sums of ~1e3
+        model.wide.bias[0] = -float(model.wide.double()(ids, lengths)[0, 0] - model.wide.bias[0].double())
+        model.wide.float()
+        want = model(ids, lengths).numpy()
+    assert abs(want[0, 0]) < 1.0  # the cancellation this test is about
+    path = tmp_path / "model.onnx"
+    with fused_recurrence(model):
+        export_onnx(model, path, ModelContract(num_labels=3), (torch.randint(2, 20, (2, 7)), torch.tensor([7, 3])))
+    feeds = {"token_ids": ids.numpy(), "lengths": lengths.numpy()}
+    for engine, got in (
+        ("onnxruntime", ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]),
+        ("onnx.reference", ReferenceEvaluator(onnx.load(str(path))).run(None, feeds)[0]),
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=engine)
+
+
 @pytest.fixture(scope="module")
 def names_splits(data_dir):
     """Encoded train and validation splits of six real names languages (skewed as the full set), 80/20 by text."""
