@@ -150,7 +150,7 @@ def open_fs(where: str):
         ) from None
 
 
-SECRET_QUERY = re.compile(r"(secret|sig|key|token|password|credential)", re.IGNORECASE)
+SECRET_QUERY = re.compile(r"secret|sig|key|token|password", re.IGNORECASE)  # not credential_kind: a mode
 
 
 def redacted(where: str) -> str:

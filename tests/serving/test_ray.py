@@ -226,6 +226,9 @@ def test_an_azure_uri_without_a_credential_is_one_error_line_not_an_abort(tmp_pa
         with pytest.raises(InputError, match="a credential in the URI") as e:
             check_output(secret_uri)
         assert "SECRETKEY" not in str(e.value) and "***" in str(e.value)
+    from seqship.runtime.ray import location
+
+    assert location("abfs://box@acct.dfs.core.windows.net/out?credential_kind=cli")  # a mode, not a secret
     with pytest.raises(InputError, match=r"az://box/out: pyarrow cannot open this file system \(Unrecognized"):
         check_output("az://box/out")  # a scheme pyarrow does not know: its own reason, not credential advice
 
