@@ -415,20 +415,8 @@ def _train(
         longest = int(raw_lengths.max())
         if cfg.wide and world > 1:  # the whole training split, in a child process (its memory goes back)
             fitted = _fit_wide_apart(split_dir, tokenizer, labels, cfg, out_dir)
-        mcfg = ModelConfig(
-            vocab_size=tokenizer.vocab_size,
-            num_labels=len(labels),
-            pad_id=tokenizer.spec.pad_id,
-            cell=cfg.cell,
-            embed_dim=cfg.embed_dim,
-            hidden_dim=cfg.hidden_dim,
-            num_layers=cfg.num_layers,
-            bidirectional=cfg.bidirectional,
-            dropout=cfg.dropout,
-            embed_dropout=cfg.embed_dropout,
-            pooling=cfg.pooling,
-            pair_buckets=cfg.pair_buckets,
-            **_wide_options(cfg, train_rows, fitted),
+        mcfg = model_config(
+            cfg, tokenizer.vocab_size, len(labels), tokenizer.spec.pad_id, **_wide_options(cfg, train_rows, fitted)
         )
     del counts, raw_lengths
     if world > 1:
@@ -601,6 +589,25 @@ def _train(
         json.dumps({"config": asdict(cfg), "epochs": history}, indent=1) + "\n", encoding="utf-8"
     )
     return metrics
+
+
+def model_config(cfg: TrainConfig, vocab_size: int, num_labels: int, pad_id: int = 0, **wide) -> ModelConfig:
+    """The model's shape and regularisation as these training options give it (wide: wide_ngrams, wide_buckets)."""
+    return ModelConfig(
+        vocab_size=vocab_size,
+        num_labels=num_labels,
+        pad_id=pad_id,
+        cell=cfg.cell,
+        embed_dim=cfg.embed_dim,
+        hidden_dim=cfg.hidden_dim,
+        num_layers=cfg.num_layers,
+        bidirectional=cfg.bidirectional,
+        dropout=cfg.dropout,
+        embed_dropout=cfg.embed_dropout,
+        pooling=cfg.pooling,
+        pair_buckets=cfg.pair_buckets,
+        **wide,
+    )
 
 
 def _wide_options(cfg: TrainConfig, train_rows, fitted: dict | None = None) -> dict:

@@ -39,21 +39,11 @@ def session(dataset: str, wide_ngrams: int, folder: Path):
     from seqship.exporters.onnx import export_onnx
     from seqship.exporters.recurrent import fused_recurrence
     from seqship.pipeline.config import train_config
-    from seqship.pipeline.model import ModelConfig, TextClassifier
+    from seqship.pipeline.model import TextClassifier
+    from seqship.pipeline.train import model_config
 
     vocab, labels, _, _ = SHAPES[dataset]
-    c = train_config({"seed": 0}, dataset)
-    cfg = ModelConfig(
-        vocab,
-        labels,
-        cell=c.cell,
-        embed_dim=c.embed_dim,
-        hidden_dim=c.hidden_dim,
-        num_layers=c.num_layers,
-        bidirectional=c.bidirectional,
-        pooling=c.pooling,
-        wide_ngrams=wide_ngrams,
-    )
+    cfg = model_config(train_config({"seed": 0}, dataset), vocab, labels, wide_ngrams=wide_ngrams)
     torch.manual_seed(0)
     model = TextClassifier(cfg).eval()
     path = folder / f"{dataset}-{wide_ngrams}.onnx"
